@@ -1,0 +1,377 @@
+//! Server configuration: TOML, parsed with serde.
+//!
+//! ```toml
+//! [server]
+//! threads = 1                  # reactor threads; 0 or absent: one per core
+//!
+//! [instances.memory]           # an instance named "memory"
+//! module = "driver.memqueue"   # of the module class.name
+//! bind = ["/queues/"]          # keys in the driver class's table
+//!
+//! [instances.memory.config]    # opaque to the kernel: the module parses it
+//! max_depth = 10000
+//! ```
+//!
+//! The kernel reads `[server]` and each instance's `module` and `bind`; an
+//! instance's `config` table is handed to its module as a [`Section`], which
+//! the module deserializes into its own type (rejecting unknown fields with
+//! `#[serde(deny_unknown_fields)]`). Every error names the file, the line and
+//! column, the instance and the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+/// A configuration error, naming where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub file: String,
+    /// 1-based line and column, when known.
+    pub position: Option<(usize, usize)>,
+    /// The instance the error is in, if any.
+    pub instance: Option<String>,
+    /// What is wrong (serde's message names the field).
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        if let Some(i) = &self.instance {
+            write!(f, ": instance {i:?}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The text a configuration came from.
+#[derive(Debug)]
+pub struct Source {
+    name: String,
+    text: String,
+}
+
+impl Source {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text.as_bytes()[..offset];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let col = offset
+            - before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1)
+            + 1;
+        (line, col)
+    }
+
+    fn error(&self, instance: Option<&str>, e: toml::de::Error) -> ConfigError {
+        ConfigError {
+            file: self.name.clone(),
+            position: e.span().map(|s| self.position(s.start)),
+            instance: instance.map(str::to_owned),
+            message: e.message().trim_end().to_owned(),
+        }
+    }
+
+    /// The position of `[instances.NAME]`, for errors that toml cannot place.
+    fn instance_position(&self, name: &str) -> Option<(usize, usize)> {
+        let header = format!("[instances.{name}");
+        self.text.find(&header).map(|o| self.position(o))
+    }
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Reactor threads; `None` or 0: one per core.
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    instances: BTreeMap<String, RawInstance>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    module: String,
+    #[serde(default)]
+    bind: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // read again by `Section::parse`
+    config: Option<IgnoredAny>,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One instance: a module, its keys and its configuration section.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// The instance's name (its table's name under `[instances]`).
+    pub name: String,
+    /// `class.name` of the module it instantiates.
+    pub module: String,
+    /// The keys it is bound to in its class's table.
+    pub bind: Vec<String>,
+    /// Its configuration section, for the module to parse.
+    pub section: Section,
+}
+
+/// A parsed configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    source: Arc<Source>,
+    /// The `[server]` table.
+    pub server: ServerSection,
+    /// The enabled instances, sorted by name.
+    pub instances: Vec<InstanceSpec>,
+}
+
+impl Config {
+    /// Parses configuration text; `name` is what errors call the file.
+    pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let source = Arc::new(Source {
+            name: name.to_owned(),
+            text: text.to_owned(),
+        });
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.error(None, e))?;
+        let instances = raw
+            .instances
+            .into_iter()
+            .filter(|(_, r)| r.enabled)
+            .map(|(name, r)| InstanceSpec {
+                section: Section {
+                    source: source.clone(),
+                    instance: name.clone(),
+                },
+                name,
+                module: r.module,
+                bind: r.bind,
+            })
+            .collect();
+        Ok(Config {
+            source,
+            server: raw.server,
+            instances,
+        })
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            position: None,
+            instance: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&name, &text)
+    }
+
+    /// The file name errors use.
+    pub fn name(&self) -> &str {
+        &self.source.name
+    }
+
+    /// The instance called `name`.
+    pub fn instance_mut(&mut self, name: &str) -> Option<&mut InstanceSpec> {
+        self.instances.iter_mut().find(|i| i.name == name)
+    }
+
+    /// An error about instance `instance`, placed at its header.
+    pub fn instance_error(&self, instance: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.source.name.clone(),
+            position: self.source.instance_position(instance),
+            instance: Some(instance.to_owned()),
+            message: message.into(),
+        }
+    }
+}
+
+/// An instance's `config` table, opaque to the kernel.
+#[derive(Debug, Clone)]
+pub struct Section {
+    source: Arc<Source>,
+    instance: String,
+}
+
+impl Section {
+    /// Deserializes the section into the module's configuration type.
+    ///
+    /// An absent section deserializes from an empty table, so a type whose
+    /// fields all have defaults needs no section. Errors carry the file, line,
+    /// column, instance and serde's message (which names the field).
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let mut out = None;
+        let seed = Pick::<T> {
+            path: &["instances", &self.instance, "config"],
+            out: &mut out,
+        };
+        let de = toml::Deserializer::new(&self.source.text);
+        seed.deserialize(de)
+            .map_err(|e| self.source.error(Some(&self.instance), e))?;
+        match out {
+            Some(v) => Ok(v),
+            None => {
+                T::deserialize(toml::Value::Table(toml::Table::new())).map_err(|e| ConfigError {
+                    file: self.source.name.clone(),
+                    position: self.source.instance_position(&self.instance),
+                    instance: Some(self.instance.clone()),
+                    message: format!("[instances.{}.config]: {}", self.instance, e.message()),
+                })
+            }
+        }
+    }
+
+    /// The instance this section belongs to.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+}
+
+/// Walks a document along `path`, ignoring everything else, and deserializes
+/// the value found there, so errors keep the document's spans.
+struct Pick<'a, T> {
+    path: &'a [&'a str],
+    out: &'a mut Option<T>,
+}
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Pick<'_, T> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for Pick<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a table")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Pick { path, out } = self;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != path[0] {
+                map.next_value::<IgnoredAny>()?;
+            } else if path.len() == 1 {
+                *out = Some(map.next_value::<T>()?);
+            } else {
+                map.next_value_seed(Pick {
+                    path: &path[1..],
+                    out: &mut *out,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Mine {
+        depth: u32,
+        #[serde(default)]
+        name: String,
+    }
+
+    const TEXT: &str = r#"
+[server]
+threads = 2
+
+[instances.a]
+module = "driver.x"
+bind = ["/a/"]
+
+[instances.a.config]
+depth = 3
+
+[instances.b]
+module = "driver.x"
+bind = ["/b/"]
+config = { depth = 1, colour = "red" }
+
+[instances.c]
+module = "driver.x"
+"#;
+
+    #[test]
+    fn sections_parse_into_the_module_type() {
+        let c = Config::parse("test.toml", TEXT).unwrap();
+        assert_eq!(c.server.threads, Some(2));
+        let names: Vec<_> = c.instances.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let a: Mine = c.instances[0].section.parse().unwrap();
+        assert_eq!(
+            a,
+            Mine {
+                depth: 3,
+                name: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_instance_and_field() {
+        let c = Config::parse("test.toml", TEXT).unwrap();
+        let e = c.instances[1].section.parse::<Mine>().unwrap_err();
+        assert_eq!(e.file, "test.toml");
+        assert_eq!(e.instance.as_deref(), Some("b"));
+        assert_eq!(e.position.map(|p| p.0), Some(15), "{e}");
+        assert!(e.message.contains("colour"), "{e}");
+        assert!(e.to_string().starts_with("test.toml:15:"), "{e}");
+    }
+
+    #[test]
+    fn missing_section_with_required_field_is_placed_at_the_instance() {
+        let c = Config::parse("test.toml", TEXT).unwrap();
+        let e = c.instances[2].section.parse::<Mine>().unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(17), "{e}");
+        assert!(e.message.contains("depth"), "{e}");
+    }
+
+    #[test]
+    fn malformed_documents_name_the_line() {
+        let e = Config::parse("bad.toml", "[server]\nthreads = \"two\"\n").unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(2), "{e}");
+        let e = Config::parse("bad.toml", "[instances.x]\nmodul = \"a.b\"\n").unwrap_err();
+        assert!(e.message.contains("modul"), "{e}");
+        let e = Config::parse("bad.toml", "[instances.x\n").unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(1), "{e}");
+    }
+
+    #[test]
+    fn disabled_instances_are_left_out() {
+        let c = Config::parse("t", "[instances.x]\nmodule = \"a.b\"\nenabled = false\n").unwrap();
+        assert!(c.instances.is_empty());
+    }
+}

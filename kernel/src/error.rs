@@ -1,0 +1,145 @@
+//! The kernel's one error type.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A boxed error from a module: what module mains, factories and start hooks
+/// return when they fail.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can stop a kernel from being built or started.
+///
+/// Every variant names the thing at fault: the module (class, name and
+/// crate), the instance, the key, or the configuration file and line.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// A module named in the main file's list is not in the link-time slice.
+    ModuleMissing {
+        /// `class.name` of the missing module.
+        module: String,
+        /// The crate that declares it.
+        krate: &'static str,
+    },
+    /// Two linked modules claim the same class and name.
+    DuplicateModule {
+        /// `class.name` both claim.
+        module: String,
+        /// The crate of the first claimant.
+        first: &'static str,
+        /// The crate of the second claimant.
+        second: &'static str,
+    },
+    /// A module was built against another kernel ABI version.
+    AbiMismatch {
+        /// `class.name` of the module.
+        module: String,
+        /// The crate that declares it.
+        krate: &'static str,
+        /// The ABI the module was built against.
+        found: u32,
+        /// The ABI of this kernel.
+        expected: u32,
+    },
+    /// A module's main function failed.
+    ModuleMain {
+        /// `class.name` of the module.
+        module: String,
+        /// The module's reason.
+        cause: Arc<BoxError>,
+    },
+    /// The configuration is malformed or inconsistent.
+    Config(crate::config::ConfigError),
+    /// An instance's factory or start hook failed.
+    Instance {
+        /// The instance's name.
+        instance: String,
+        /// `class.name` of its module.
+        module: String,
+        /// The module's reason.
+        cause: Arc<BoxError>,
+    },
+    /// A binding could not be made.
+    Binding {
+        /// The class whose table refused it.
+        class: String,
+        /// The key as written.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// An operating-system resource (poll, waker, thread, signal) failed.
+    Io {
+        /// What the kernel was doing.
+        context: &'static str,
+        /// The error.
+        cause: Arc<std::io::Error>,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str, cause: std::io::Error) -> Self {
+        Error::Io {
+            context,
+            cause: Arc::new(cause),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::ModuleMissing { module, krate } => write!(
+                f,
+                "module {module} (crate {krate}) is listed in the main file but absent from the \
+                 module table; was the crate linked?"
+            ),
+            Error::DuplicateModule {
+                module,
+                first,
+                second,
+            } => write!(
+                f,
+                "two modules claim {module}: one in crate {first}, one in crate {second}"
+            ),
+            Error::AbiMismatch {
+                module,
+                krate,
+                found,
+                expected,
+            } => write!(
+                f,
+                "module {module} (crate {krate}) was built for kernel ABI {found}, this kernel is ABI {expected}"
+            ),
+            Error::ModuleMain { module, cause } => {
+                write!(f, "module main of {module} failed: {cause}")
+            }
+            Error::Config(e) => e.fmt(f),
+            Error::Instance {
+                instance,
+                module,
+                cause,
+            } => write!(f, "instance {instance:?} of module {module}: {cause}"),
+            Error::Binding { class, key, reason } => {
+                write!(f, "cannot bind {key:?} in the {class} table: {reason}")
+            }
+            Error::Io { context, cause } => write!(f, "{context}: {cause}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            Error::Io { cause, .. } => Some(&**cause),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::config::ConfigError> for Error {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Error::Config(e)
+    }
+}

@@ -1,0 +1,79 @@
+//! Bindery's kernel: the part of a Bindery server that knows no module.
+//!
+//! Bindery is a message server whose every layer — terminal, dispatcher,
+//! parser, driver — is a module, linked statically and bound by
+//! configuration. This crate is what those modules plug into. It knows no
+//! module class and no module; it provides:
+//!
+//! - **registration at link time** ([`module!`], [`modules!`],
+//!   [`Registry`]): each module crate places a `const` [`ModuleDescriptor`]
+//!   in one `linkme` slice; a server's main file lists the crates it links,
+//!   and the kernel refuses to start if a listed module is missing, two
+//!   modules share a class and name, a module's ABI differs, or a module
+//!   main fails;
+//! - **configuration** ([`config`]): TOML, with each instance's section
+//!   handed opaque to its module, and errors that name file, line, instance
+//!   and field;
+//! - **binding tables** ([`bindings`]): per class, keys (paths, MIME types,
+//!   exact) to instance handles, found anonymously, read without locks, and
+//!   changeable at run time;
+//! - **the reactor** ([`reactor`]): `mio` event loops on a few threads,
+//!   timers, cross-thread wake-ups, graceful shutdown;
+//! - **completions** ([`completion`]): how queued work reports back.
+//!
+//! It is not a message server by itself: the class contracts live in
+//! `bindery-classes`, and the modules in their own crates.
+//!
+//! # The completion convention
+//!
+//! Module methods return at once. A method whose work has to wait takes a
+//! [`Completion`] and completes it later, from any thread; the outcome comes
+//! back to the caller's reactor as a [`Note`] on the handler that asked:
+//!
+//! ```
+//! use bindery::{Completion, Failure, FailureKind};
+//!
+//! // A callee: queues the work and returns; completes on another thread.
+//! fn store(body: Vec<u8>, done: Completion<u64>) {
+//!     std::thread::spawn(move || {
+//!         if body.is_empty() {
+//!             done.fail(Failure::new(FailureKind::Rejected, "empty body"));
+//!         } else {
+//!             done.succeed(body.len() as u64);
+//!         }
+//!     });
+//! }
+//!
+//! // A caller outside a reactor takes the outcome from a channel; a
+//! // reactor handler would use `cx.completion(tag)` and get a `Note`.
+//! let (done, outcome) = Completion::channel();
+//! store(b"hello".to_vec(), done);
+//! assert_eq!(outcome.recv().unwrap(), Ok(5));
+//! ```
+//!
+//! A completion dropped unanswered reports [`FailureKind::Dropped`]: the
+//! caller always hears back.
+
+pub mod bindings;
+pub mod completion;
+pub mod config;
+mod error;
+mod kernel;
+pub mod reactor;
+mod registry;
+
+pub use bindings::{KeyKind, Table};
+pub use completion::{Completion, Failure, FailureKind, Note};
+pub use config::{Config, ConfigError, Section};
+pub use error::{BoxError, Error};
+pub use kernel::{
+    BindingInfo, InstanceContext, InstanceInfo, Introspection, Kernel, ModuleInfo, Runtime,
+    linked_modules,
+};
+pub use reactor::{Address, Cx, Handler, ReactorHandle};
+pub use registry::{
+    ABI_VERSION, BINDERY_MODULES, ModuleDescriptor, ModuleList, ModuleMain, Registrar, Registry,
+};
+
+#[doc(hidden)]
+pub use linkme;

@@ -1,0 +1,312 @@
+//! Link-time registration: module descriptors, the module table, the main
+//! file's list, and the registrar a module main fills in.
+//!
+//! A module crate declares itself once with [`module!`](crate::module), which
+//! places a `const` [`ModuleDescriptor`] into the [`BINDERY_MODULES`]
+//! distributed slice. Nothing runs before `main`: the slice is assembled by
+//! the linker. A server's main file names the crates it links with
+//! [`modules!`](crate::modules); that list takes the address of every
+//! descriptor, so a listed crate cannot be dropped by rustc or the linker, and
+//! [`Registry::load`] refuses to go on if a listed module is missing from the
+//! slice, if two modules share a class and name, or if a module was built for
+//! another ABI.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::bindings::KeyKind;
+use crate::error::{BoxError, Error};
+use crate::kernel::InstanceContext;
+
+/// The kernel ABI version. A module built against another version is refused.
+///
+/// Raised whenever [`ModuleDescriptor`], [`Registrar`] or the factory
+/// signature change shape.
+pub const ABI_VERSION: u32 = 1;
+
+/// A module's "module main": registers the module's instance factory.
+pub type ModuleMain = fn(&mut Registrar<'_>) -> Result<(), BoxError>;
+
+/// What a module says of itself, placed in [`BINDERY_MODULES`] at link time.
+#[derive(Debug)]
+pub struct ModuleDescriptor {
+    /// The module class: `terminal`, `dispatcher`, `parser`, `driver`, ...
+    pub class: &'static str,
+    /// The module's name, unique within its class.
+    pub name: &'static str,
+    /// The module's semver version (its crate's version).
+    pub version: &'static str,
+    /// The kernel ABI the module was built against.
+    pub abi: u32,
+    /// One line saying what the module does.
+    pub description: &'static str,
+    /// The crate that declares the module.
+    pub krate: &'static str,
+    /// The module main.
+    pub main: ModuleMain,
+}
+
+impl ModuleDescriptor {
+    /// `class.name`, the module's full name.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.class, self.name)
+    }
+}
+
+/// The module table: every module descriptor linked into this binary.
+///
+/// Use [`module!`](crate::module) to add to it; read it through
+/// [`Registry`].
+#[linkme::distributed_slice]
+pub static BINDERY_MODULES: [ModuleDescriptor];
+
+/// Declares this crate's module: a `pub static MODULE` descriptor placed in
+/// the kernel's module table.
+///
+/// ```text
+/// bindery::module! {
+///     class: "parser",
+///     name: "json",
+///     description: "validates JSON bodies",
+///     main: module_main,
+/// }
+/// ```
+///
+/// The version and crate name come from Cargo; the ABI from the kernel.
+#[macro_export]
+macro_rules! module {
+    (
+        class: $class:expr,
+        name: $name:expr,
+        description: $description:expr,
+        main: $main:path $(,)?
+    ) => {
+        /// This crate's module descriptor, in the kernel's module table.
+        #[$crate::linkme::distributed_slice($crate::BINDERY_MODULES)]
+        #[linkme(crate = $crate::linkme)]
+        pub static MODULE: $crate::ModuleDescriptor = $crate::ModuleDescriptor {
+            class: $class,
+            name: $name,
+            version: env!("CARGO_PKG_VERSION"),
+            abi: $crate::ABI_VERSION,
+            description: $description,
+            krate: env!("CARGO_CRATE_NAME"),
+            main: $main,
+        };
+    };
+}
+
+/// The list of module crates a binary links, as written in its main file.
+///
+/// ```text
+/// let linked = bindery::modules![terminal_http, driver_memqueue, parser_json];
+/// ```
+///
+/// Each name is a crate that used [`module!`](crate::module); the list takes
+/// the address of its `MODULE`, which keeps the crate in the binary.
+#[macro_export]
+macro_rules! modules {
+    ($($krate:ident),* $(,)?) => {{
+        static LISTED: &[&$crate::ModuleDescriptor] = &[$(&$krate::MODULE),*];
+        $crate::ModuleList::new(LISTED)
+    }};
+}
+
+/// The modules a main file lists; see [`modules!`](crate::modules).
+#[derive(Clone, Copy, Debug)]
+pub struct ModuleList(&'static [&'static ModuleDescriptor]);
+
+impl ModuleList {
+    /// Wraps a list of descriptors. Use [`modules!`](crate::modules).
+    pub const fn new(list: &'static [&'static ModuleDescriptor]) -> Self {
+        ModuleList(list)
+    }
+
+    /// The listed descriptors.
+    pub fn descriptors(&self) -> &'static [&'static ModuleDescriptor] {
+        self.0
+    }
+}
+
+/// A factory's output, type-erased: the handle a class's binding table holds.
+pub(crate) type Handle = Arc<dyn Any + Send + Sync>;
+
+type BuildFn = dyn Fn(&InstanceContext) -> Result<Handle, BoxError> + Send + Sync;
+
+/// A module's instance factory, as registered by its module main.
+pub(crate) struct Factory {
+    pub(crate) key_kind: KeyKind,
+    pub(crate) handle_type: TypeId,
+    pub(crate) handle_type_name: &'static str,
+    pub(crate) build: Box<BuildFn>,
+}
+
+/// What a module main fills in: the module's instance factory.
+///
+/// The class crate wraps this with typed helpers (for example
+/// `bindery_classes::driver::register`), so module authors rarely call
+/// [`Registrar::factory`] directly.
+pub struct Registrar<'a> {
+    module: &'static ModuleDescriptor,
+    factory: &'a mut Option<Factory>,
+}
+
+impl Registrar<'_> {
+    /// The descriptor of the module being registered.
+    pub fn module(&self) -> &'static ModuleDescriptor {
+        self.module
+    }
+
+    /// Registers the module's instance factory.
+    ///
+    /// Every instance of the module is made by calling `build` with the
+    /// instance's context (its name, its configuration section); the handle it
+    /// returns is what the class's binding table hands out for the instance's
+    /// keys, whose kind is `keys`. All modules of one class must use the same
+    /// key kind and handle type `H`.
+    pub fn factory<H, F>(&mut self, keys: KeyKind, build: F)
+    where
+        H: Send + Sync + 'static,
+        F: Fn(&InstanceContext) -> Result<H, BoxError> + Send + Sync + 'static,
+    {
+        *self.factory = Some(Factory {
+            key_kind: keys,
+            handle_type: TypeId::of::<H>(),
+            handle_type_name: std::any::type_name::<H>(),
+            build: Box::new(move |cx| build(cx).map(|h| Arc::new(h) as Handle)),
+        });
+    }
+}
+
+/// A registered module: its descriptor and, once its main ran, its factory.
+pub(crate) struct Registered {
+    pub(crate) descriptor: &'static ModuleDescriptor,
+    pub(crate) factory: Factory,
+}
+
+/// The modules of this binary, checked and registered.
+pub struct Registry {
+    pub(crate) modules: Vec<Registered>,
+    pub(crate) by_id: HashMap<String, usize>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.modules.iter().map(|m| m.descriptor.id()))
+            .finish()
+    }
+}
+
+/// Checks the slice against a list and for duplicates and ABI, without
+/// running any module main.
+pub(crate) fn check(
+    listed: &[&'static ModuleDescriptor],
+    slice: &'static [ModuleDescriptor],
+) -> Result<(), Error> {
+    for want in listed {
+        if !slice.iter().any(|have| std::ptr::eq(have, *want)) {
+            return Err(Error::ModuleMissing {
+                module: want.id(),
+                krate: want.krate,
+            });
+        }
+    }
+    let mut seen: HashMap<(&str, &str), &ModuleDescriptor> = HashMap::new();
+    for d in slice {
+        if let Some(first) = seen.insert((d.class, d.name), d) {
+            return Err(Error::DuplicateModule {
+                module: d.id(),
+                first: first.krate,
+                second: d.krate,
+            });
+        }
+        if d.abi != ABI_VERSION {
+            return Err(Error::AbiMismatch {
+                module: d.id(),
+                krate: d.krate,
+                found: d.abi,
+                expected: ABI_VERSION,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Loads every linked module: checks the main file's list against the
+    /// module table, then runs each module main.
+    pub fn load(list: ModuleList) -> Result<Registry, Error> {
+        Self::load_from(list.descriptors(), &BINDERY_MODULES)
+    }
+
+    /// Like [`Registry::load`] over an explicit slice (tests use this to check
+    /// the refusals).
+    pub fn load_from(
+        listed: &[&'static ModuleDescriptor],
+        slice: &'static [ModuleDescriptor],
+    ) -> Result<Registry, Error> {
+        check(listed, slice)?;
+        let mut modules = Vec::with_capacity(slice.len());
+        let mut by_id = HashMap::with_capacity(slice.len());
+        let mut ordered: Vec<&'static ModuleDescriptor> = slice.iter().collect();
+        ordered.sort_by_key(|d| (d.class, d.name));
+        for descriptor in ordered {
+            let mut factory = None;
+            let mut registrar = Registrar {
+                module: descriptor,
+                factory: &mut factory,
+            };
+            (descriptor.main)(&mut registrar).map_err(|cause| Error::ModuleMain {
+                module: descriptor.id(),
+                cause: Arc::new(cause),
+            })?;
+            let factory = factory.ok_or_else(|| Error::ModuleMain {
+                module: descriptor.id(),
+                cause: Arc::new("the module main registered no factory".into()),
+            })?;
+            if let Some(other) = modules.iter().find(|m: &&Registered| {
+                m.descriptor.class == descriptor.class
+                    && (m.factory.key_kind != factory.key_kind
+                        || m.factory.handle_type != factory.handle_type)
+            }) {
+                return Err(Error::ModuleMain {
+                    module: descriptor.id(),
+                    cause: Arc::new(
+                        format!(
+                            "its factory makes {} keyed by {:?}, but {} of the same class makes {} keyed by {:?}",
+                            factory.handle_type_name,
+                            factory.key_kind,
+                            other.descriptor.id(),
+                            other.factory.handle_type_name,
+                            other.factory.key_kind
+                        )
+                        .into(),
+                    ),
+                });
+            }
+            by_id.insert(descriptor.id(), modules.len());
+            modules.push(Registered {
+                descriptor,
+                factory,
+            });
+        }
+        Ok(Registry { modules, by_id })
+    }
+
+    /// Every registered module's descriptor, sorted by class and name.
+    pub fn descriptors(&self) -> impl Iterator<Item = &'static ModuleDescriptor> + '_ {
+        self.modules.iter().map(|m| m.descriptor)
+    }
+
+    /// The descriptor of `class.name`, if linked.
+    pub fn get(&self, id: &str) -> Option<&'static ModuleDescriptor> {
+        self.by_id.get(id).map(|&i| self.modules[i].descriptor)
+    }
+
+    pub(crate) fn registered(&self, id: &str) -> Option<&Registered> {
+        self.by_id.get(id).map(|&i| &self.modules[i])
+    }
+}
