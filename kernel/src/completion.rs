@@ -25,6 +25,9 @@ pub enum FailureKind {
     NotFound,
     /// The input was refused as invalid.
     Rejected,
+    /// The input is of a kind the callee does not handle (no parser for a
+    /// content type, say).
+    Unsupported,
     /// A limit was reached; try again later.
     Full,
     /// The callee cannot serve now (stopping, broken storage, ...).

@@ -23,6 +23,7 @@ type StopHook = Box<dyn FnOnce()>;
 pub struct InstanceContext {
     name: String,
     module: &'static ModuleDescriptor,
+    keys: Vec<String>,
     section: Section,
     runtime: Arc<Runtime>,
     span: tracing::Span,
@@ -34,6 +35,11 @@ impl InstanceContext {
     /// The instance's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The keys the instance is bound to (a terminal's listen addresses).
+    pub fn keys(&self) -> &[String] {
+        &self.keys
     }
 
     /// The module being instantiated.
@@ -305,10 +311,16 @@ impl Kernel {
                     .into());
             };
             let descriptor = registered.descriptor;
+            let keys: Vec<String> = if spec.bind.is_empty() {
+                registered.factory.default_keys.iter().map(|k| k.to_string()).collect()
+            } else {
+                spec.bind.clone()
+            };
             let span = tracing::info_span!("instance", name = %spec.name, module = %spec.module);
             let cx = InstanceContext {
                 name: spec.name.clone(),
                 module: descriptor,
+                keys: keys.clone(),
                 section: spec.section.clone(),
                 runtime: runtime.clone(),
                 span: span.clone(),
@@ -323,7 +335,7 @@ impl Kernel {
                     cause: Arc::new(cause),
                 })?;
             let table = &runtime.tables[descriptor.class];
-            for key in &spec.bind {
+            for key in &keys {
                 table.bind(key, &spec.name, &spec.module, handle.clone())?;
             }
             for hook in cx.on_start.into_inner() {
@@ -333,7 +345,7 @@ impl Kernel {
             runtime.instances.lock().push(InstanceInfo {
                 name: spec.name.clone(),
                 module: spec.module.clone(),
-                bind: spec.bind.clone(),
+                bind: keys,
             });
             tracing::debug!(instance = %spec.name, module = %spec.module, "instance made");
         }

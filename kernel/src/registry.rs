@@ -141,6 +141,7 @@ pub(crate) struct Factory {
     pub(crate) handle_type: TypeId,
     pub(crate) handle_type_name: &'static str,
     pub(crate) build: Box<BuildFn>,
+    pub(crate) default_keys: &'static [&'static str],
 }
 
 /// What a module main fills in: the module's instance factory.
@@ -176,7 +177,16 @@ impl Registrar<'_> {
             handle_type: TypeId::of::<H>(),
             handle_type_name: std::any::type_name::<H>(),
             build: Box::new(move |cx| build(cx).map(|h| Arc::new(h) as Handle)),
+            default_keys: &[],
         });
+    }
+
+    /// The keys an instance is bound to when its configuration names none
+    /// (a parser's MIME types, say). Call after [`Registrar::factory`].
+    pub fn default_keys(&mut self, keys: &'static [&'static str]) {
+        if let Some(f) = self.factory.as_mut() {
+            f.default_keys = keys;
+        }
     }
 }
 

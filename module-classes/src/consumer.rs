@@ -1,0 +1,119 @@
+//! The consumer side: how a driver hands messages to a consumer that lives
+//! on a terminal's reactor, with credit-based flow control.
+//!
+//! A consumer subscribes to a destination with some credit; the driver
+//! delivers at most that many messages and then waits; the consumer adds
+//! credit as it finishes with them (written to its socket, say). So a slow
+//! consumer costs a bounded amount of memory: what the driver keeps for it
+//! is limited by its queue depth (queues) or by its per-subscriber buffer
+//! and slow-subscriber policy (topics).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use bindery::{Cx, Note};
+
+use crate::message::Message;
+
+/// One delivery to a consumer.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    /// A message. From a queue it is leased: ack it before the lease ends or
+    /// it is delivered again.
+    Message(Message),
+    /// The subscription ended on the driver's side, with the reason (a slow
+    /// subscriber disconnected by policy, the driver stopping).
+    Closed(String),
+}
+
+/// Where a driver sends deliveries. Cheap to clone; safe to call from any
+/// thread.
+#[derive(Clone)]
+pub struct Consumer(Arc<dyn Fn(Delivery) + Send + Sync>);
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Consumer")
+    }
+}
+
+impl Consumer {
+    /// A consumer that calls `f` for each delivery (on the driver's thread:
+    /// `f` must not block).
+    pub fn new(f: impl Fn(Delivery) + Send + Sync + 'static) -> Consumer {
+        Consumer(Arc::new(f))
+    }
+
+    /// A consumer whose deliveries arrive at the calling reactor handler as
+    /// [`Note`]s with `tag`, each carrying a [`Delivery`].
+    pub fn to_handler(cx: &Cx<'_>, tag: u64) -> Consumer {
+        let handle = cx.handle();
+        let to = cx.address();
+        Consumer::new(move |d| handle.notify(to, Note::new(tag, d)))
+    }
+
+    /// A consumer whose deliveries arrive on a channel (embedding, tests).
+    pub fn channel() -> (Consumer, mpsc::Receiver<Delivery>) {
+        let (tx, rx) = mpsc::channel();
+        let tx = parking_lot::Mutex::new(tx);
+        (
+            Consumer::new(move |d| {
+                let _ = tx.lock().send(d);
+            }),
+            rx,
+        )
+    }
+
+    /// Delivers.
+    pub fn deliver(&self, delivery: Delivery) {
+        (self.0)(delivery)
+    }
+}
+
+/// The driver's side of a subscription.
+pub trait SubscriptionControl: Send + Sync {
+    /// The consumer can take `n` more messages.
+    fn credit(&self, n: u32);
+    /// The consumer is gone; deliver nothing more. Leased messages stay
+    /// leased until acked or expired.
+    fn cancel(&self);
+}
+
+/// A live subscription. Dropping it cancels it.
+pub struct Subscription(Option<Arc<dyn SubscriptionControl>>);
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Subscription")
+    }
+}
+
+impl Subscription {
+    /// Wraps a driver's control.
+    pub fn new(control: Arc<dyn SubscriptionControl>) -> Subscription {
+        Subscription(Some(control))
+    }
+
+    /// Grants `n` more messages.
+    pub fn credit(&self, n: u32) {
+        if let Some(c) = &self.0 {
+            c.credit(n);
+        }
+    }
+
+    /// Cancels now (dropping does the same).
+    pub fn cancel(mut self) {
+        if let Some(c) = self.0.take() {
+            c.cancel();
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.cancel();
+        }
+    }
+}

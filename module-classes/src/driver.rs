@@ -1,0 +1,175 @@
+//! The driver class: a destination that stores and delivers messages.
+//!
+//! A driver instance is bound to path prefixes and serves every destination
+//! under them: with a queue bound at `/queues/`, `/queues/orders` and
+//! `/queues/billing` are two queues, made on first use.
+//!
+//! # Implementing
+//!
+//! - [`Driver::publish`] stores a message and completes with a [`Receipt`]
+//!   once it is stored as the driver promises (on disk, for a durable
+//!   driver). When full, it fails with [`FailureKind::Full`] and a retry
+//!   hint, never growing without bound.
+//! - [`Driver::subscribe`] attaches a [`Consumer`] with credit. Queues give
+//!   each message to one consumer, leased; an unacked message comes back
+//!   after its lease with a higher delivery count. Topics give each message
+//!   to every live subscriber.
+//! - [`Driver::ack`] settles a leased message; an unknown id is an error,
+//!   not a panic.
+//!
+//! # Threading
+//!
+//! Methods are called from any reactor thread at once and must not block:
+//! take a lock for a short, bounded time, or queue the work to a thread of
+//! the driver's own and complete later.
+//!
+//! # Example
+//!
+//! ```
+//! use bindery::{Completion, Failure, FailureKind};
+//! use bindery_classes::*;
+//!
+//! /// A driver that stores nothing and refuses every subscription.
+//! struct Void;
+//!
+//! impl Driver for Void {
+//!     fn info(&self) -> DriverInfo {
+//!         DriverInfo { queue: false, durable: false }
+//!     }
+//!     fn publish(&self, message: Message, done: Completion<Receipt>) {
+//!         done.succeed(Receipt { id: message.id, delivered_to: 0 });
+//!     }
+//!     fn subscribe(&self, dest: &str, _: Consumer, _: SubscribeOptions) -> Result<Subscription, Failure> {
+//!         Err(Failure::new(FailureKind::Unsupported, format!("{dest}: nothing to read")))
+//!     }
+//! }
+//!
+//! let (done, outcome) = Completion::channel();
+//! Void.publish(Message::new("/void/x", "text/plain", "hi"), done);
+//! assert!(outcome.recv().unwrap().is_ok());
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bindery::{BoxError, Completion, Failure, FailureKind, InstanceContext, KeyKind, Registrar, Runtime};
+use serde::Serialize;
+
+use crate::consumer::{Consumer, Subscription};
+use crate::message::{Message, MessageId};
+
+/// What a publish confirms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The message's id.
+    pub id: MessageId,
+    /// For topics, how many subscribers it went to; for queues, 0.
+    pub delivered_to: u32,
+}
+
+/// What kind of destination a driver keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DriverInfo {
+    /// Queue semantics (each message to one consumer, leased, acked) rather
+    /// than topic semantics (each message to every live subscriber).
+    pub queue: bool,
+    /// Messages and acks survive a restart.
+    pub durable: bool,
+}
+
+/// How a consumer subscribes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// How many messages may be delivered before the consumer adds credit.
+    pub credit: u32,
+    /// How long a queue message stays leased before it is delivered again.
+    pub lease: Duration,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            credit: 1,
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters for one destination, for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DestinationStats {
+    /// The destination's path.
+    pub destination: String,
+    /// Messages waiting (queues) or buffered for subscribers (topics).
+    pub depth: u64,
+    /// Messages delivered and not yet acked (queues).
+    pub leased: u64,
+    /// Live consumers or subscribers.
+    pub consumers: u64,
+    /// Messages accepted.
+    pub published: u64,
+    /// Messages handed to consumers (redeliveries included).
+    pub delivered: u64,
+    /// Messages acked.
+    pub acked: u64,
+    /// Messages dropped (slow subscribers, no subscriber).
+    pub dropped: u64,
+    /// Publishes refused because the destination was full.
+    pub refused: u64,
+}
+
+/// A destination: stores messages and delivers them to consumers.
+pub trait Driver: Send + Sync + 'static {
+    /// What kind of destination this is.
+    fn info(&self) -> DriverInfo;
+
+    /// Stores `message` at `message.destination`; completes once stored.
+    fn publish(&self, message: Message, done: Completion<Receipt>);
+
+    /// Attaches `consumer` to `destination`.
+    fn subscribe(
+        &self,
+        destination: &str,
+        consumer: Consumer,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Failure>;
+
+    /// Settles a leased message. Topics have nothing to ack.
+    fn ack(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        let _ = id;
+        Err(Failure::new(
+            FailureKind::Unsupported,
+            format!("{destination}: this destination has no acknowledgements"),
+        ))
+    }
+
+    /// Gives a leased message back at once, as if its lease had ended,
+    /// without counting a delivery (a consumer that could not use it).
+    fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        self.ack(destination, id).map(|_| ())
+    }
+
+    /// Counters per destination.
+    fn stats(&self) -> Vec<DestinationStats> {
+        Vec::new()
+    }
+}
+
+/// A driver instance as the binding table holds it.
+pub type DriverHandle = Arc<dyn Driver>;
+
+/// Registers a driver module's factory (call from its module main).
+pub fn register<D, F>(reg: &mut Registrar<'_>, make: F)
+where
+    D: Driver,
+    F: Fn(&InstanceContext) -> Result<D, BoxError> + Send + Sync + 'static,
+{
+    reg.factory::<DriverHandle, _>(KeyKind::Path, move |cx| {
+        make(cx).map(|d| Arc::new(d) as DriverHandle)
+    });
+}
+
+/// The driver serving `path`.
+pub fn lookup(rt: &Runtime, path: &str) -> Option<DriverHandle> {
+    rt.lookup::<DriverHandle>(crate::class::DRIVER, path)
+}

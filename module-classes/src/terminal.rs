@@ -1,0 +1,66 @@
+//! The terminal class: speaks a wire protocol to clients.
+//!
+//! A terminal instance is bound to listen addresses (exact keys such as
+//! `127.0.0.1:8080`). In a start hook it binds them, registers its listener
+//! with a reactor, and looks up the dispatcher it hands publishes to. It
+//! turns what clients send into [`Message`](crate::Message)s and writes back
+//! what drivers deliver through a [`Consumer`](crate::Consumer).
+//!
+//! # Implementing
+//!
+//! - Bind in a start hook, so a port in use stops the server with an error
+//!   naming the instance.
+//! - A client that sends malformed bytes or stalls mid-request costs only
+//!   its own connection: others are served.
+//! - Reply to a publish only once the dispatcher's completion says so.
+//!
+//! # Threading
+//!
+//! Connections are reactor handlers; see [`bindery::Handler`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bindery::{BoxError, InstanceContext, KeyKind, Registrar, Runtime};
+
+/// A protocol endpoint.
+pub trait Terminal: Send + Sync + 'static {
+    /// The protocol's name (`http`, `mqtt`).
+    fn protocol(&self) -> &'static str;
+
+    /// The addresses actually listened on (a key with port 0 gets a real
+    /// port once started).
+    fn local_addrs(&self) -> Vec<SocketAddr>;
+
+    /// Open connections.
+    fn connections(&self) -> u64 {
+        0
+    }
+}
+
+/// A terminal instance as the binding table holds it.
+pub type TerminalHandle = Arc<dyn Terminal>;
+
+/// Registers a terminal module's factory.
+pub fn register<T, F>(reg: &mut Registrar<'_>, make: F)
+where
+    T: Terminal,
+    F: Fn(&InstanceContext) -> Result<Arc<T>, BoxError> + Send + Sync + 'static,
+{
+    reg.factory::<TerminalHandle, _>(KeyKind::Exact, move |cx| {
+        make(cx).map(|t| t as TerminalHandle)
+    });
+}
+
+/// Every terminal, with the key it is bound to.
+pub fn all(rt: &Runtime) -> Vec<(String, TerminalHandle)> {
+    let Some(table) = rt.table(crate::class::TERMINAL) else {
+        return Vec::new();
+    };
+    table
+        .index()
+        .bindings()
+        .iter()
+        .filter_map(|b| Some((b.key().to_owned(), b.handle::<TerminalHandle>()?.clone())))
+        .collect()
+}
