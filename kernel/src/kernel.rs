@@ -312,7 +312,12 @@ impl Kernel {
             };
             let descriptor = registered.descriptor;
             let keys: Vec<String> = if spec.bind.is_empty() {
-                registered.factory.default_keys.iter().map(|k| k.to_string()).collect()
+                registered
+                    .factory
+                    .default_keys
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect()
             } else {
                 spec.bind.clone()
             };

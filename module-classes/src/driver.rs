@@ -52,7 +52,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bindery::{BoxError, Completion, Failure, FailureKind, InstanceContext, KeyKind, Registrar, Runtime};
+use bindery::{
+    BoxError, Completion, Failure, FailureKind, InstanceContext, KeyKind, Registrar, Runtime,
+};
 use serde::Serialize;
 
 use crate::consumer::{Consumer, Subscription};
