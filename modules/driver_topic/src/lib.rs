@@ -1,0 +1,359 @@
+//! `driver.topic`: fan-out to live subscribers.
+//!
+//! Every destination under the instance's path prefixes is a topic, made on
+//! first use. A message goes to every subscriber live at the moment it is
+//! published, and to nobody else; there is nothing to ack. A subscriber that
+//! has no credit left gets its messages buffered, up to `buffer` of them;
+//! past that the `slow_subscriber` policy decides: `drop-oldest` (default),
+//! `drop-newest`, or `disconnect`. Every dropped message is counted.
+//!
+//! ```toml
+//! [instances.topics.config]
+//! buffer = 1000
+//! slow_subscriber = "drop-oldest"
+//! max_topics = 10000
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+
+use bindery::{Completion, Failure, FailureKind};
+use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
+use bindery_classes::{Consumer, Delivery, Driver, Message, Subscription, SubscriptionControl};
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+bindery::module! {
+    class: "driver",
+    name: "topic",
+    description: "fan-out topics to live subscribers with bounded per-subscriber buffers",
+    main: module_main,
+}
+
+/// What happens when a subscriber's buffer is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowPolicy {
+    /// Drop the oldest buffered message to make room.
+    DropOldest,
+    /// Drop the new message.
+    DropNewest,
+    /// End the subscription with [`Delivery::Closed`].
+    Disconnect,
+}
+
+/// The instance configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Messages buffered per subscriber beyond its credit.
+    pub buffer: usize,
+    /// What to do when that buffer is full.
+    pub slow_subscriber: SlowPolicy,
+    /// Topics per instance.
+    pub max_topics: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            buffer: 1000,
+            slow_subscriber: SlowPolicy::DropOldest,
+            max_topics: 10_000,
+        }
+    }
+}
+
+fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+    driver::register(reg, |cx| Ok(TopicDriver::new(cx.config().parse()?)));
+    Ok(())
+}
+
+/// An instance: a set of topics.
+pub struct TopicDriver {
+    config: Config,
+    topics: DashMap<Box<str>, Arc<Mutex<Topic>>>,
+}
+
+struct Sub {
+    id: u64,
+    consumer: Consumer,
+    credit: u32,
+    buffer: VecDeque<Message>,
+}
+
+#[derive(Default)]
+struct Topic {
+    subs: Vec<Sub>,
+    next_sub: u64,
+    stats: DestinationStats,
+}
+
+impl TopicDriver {
+    /// A new instance.
+    pub fn new(config: Config) -> TopicDriver {
+        TopicDriver {
+            config,
+            topics: DashMap::new(),
+        }
+    }
+
+    fn topic(&self, destination: &str) -> Result<Arc<Mutex<Topic>>, Failure> {
+        if let Some(t) = self.topics.get(destination) {
+            return Ok(t.clone());
+        }
+        if self.topics.len() >= self.config.max_topics {
+            return Err(Failure::new(
+                FailureKind::Full,
+                format!(
+                    "{destination}: this instance holds its maximum of {} topics",
+                    self.config.max_topics
+                ),
+            ));
+        }
+        Ok(self
+            .topics
+            .entry(destination.into())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Topic {
+                    stats: DestinationStats {
+                        destination: destination.to_owned(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }))
+            })
+            .clone())
+    }
+}
+
+struct TopicSub {
+    topic: Weak<Mutex<Topic>>,
+    id: u64,
+}
+
+impl SubscriptionControl for TopicSub {
+    fn credit(&self, n: u32) {
+        let Some(t) = self.topic.upgrade() else {
+            return;
+        };
+        let mut t = t.lock();
+        let Topic { subs, stats, .. } = &mut *t;
+        if let Some(s) = subs.iter_mut().find(|s| s.id == self.id) {
+            s.credit = s.credit.saturating_add(n);
+            while s.credit > 0 {
+                let Some(m) = s.buffer.pop_front() else { break };
+                s.credit -= 1;
+                stats.delivered += 1;
+                s.consumer.deliver(Delivery::Message(m));
+            }
+        }
+    }
+
+    fn cancel(&self) {
+        if let Some(t) = self.topic.upgrade() {
+            t.lock().subs.retain(|s| s.id != self.id);
+        }
+    }
+}
+
+impl Driver for TopicDriver {
+    fn info(&self) -> DriverInfo {
+        DriverInfo {
+            queue: false,
+            durable: false,
+        }
+    }
+
+    fn publish(&self, mut message: Message, done: Completion<Receipt>) {
+        let t = match self.topic(&message.destination) {
+            Ok(t) => t,
+            Err(f) => return done.fail(f),
+        };
+        let id = message.id;
+        message.delivery_count = 1;
+        let mut reached = 0;
+        {
+            let mut t = t.lock();
+            let Topic { subs, stats, .. } = &mut *t;
+            stats.published += 1;
+            if subs.is_empty() {
+                stats.dropped += 1;
+            }
+            let cap = self.config.buffer;
+            subs.retain_mut(|s| {
+                if s.credit > 0 && s.buffer.is_empty() {
+                    s.credit -= 1;
+                    stats.delivered += 1;
+                    reached += 1;
+                    s.consumer.deliver(Delivery::Message(message.clone()));
+                    return true;
+                }
+                if s.buffer.len() < cap {
+                    s.buffer.push_back(message.clone());
+                    reached += 1;
+                    return true;
+                }
+                stats.dropped += 1;
+                match self.config.slow_subscriber {
+                    SlowPolicy::DropOldest => {
+                        s.buffer.pop_front();
+                        s.buffer.push_back(message.clone());
+                        reached += 1;
+                        true
+                    }
+                    SlowPolicy::DropNewest => true,
+                    SlowPolicy::Disconnect => {
+                        s.consumer.deliver(Delivery::Closed(format!(
+                            "{}: slow subscriber: {cap} messages buffered",
+                            message.destination
+                        )));
+                        false
+                    }
+                }
+            });
+        }
+        done.succeed(Receipt {
+            id,
+            delivered_to: reached,
+        });
+    }
+
+    fn subscribe(
+        &self,
+        destination: &str,
+        consumer: Consumer,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Failure> {
+        let t = self.topic(destination)?;
+        let id = {
+            let mut g = t.lock();
+            let id = g.next_sub;
+            g.next_sub += 1;
+            g.subs.push(Sub {
+                id,
+                consumer,
+                credit: options.credit,
+                buffer: VecDeque::new(),
+            });
+            id
+        };
+        Ok(Subscription::new(Arc::new(TopicSub {
+            topic: Arc::downgrade(&t),
+            id,
+        })))
+    }
+
+    fn stats(&self) -> Vec<DestinationStats> {
+        let mut out: Vec<DestinationStats> = self
+            .topics
+            .iter()
+            .map(|e| {
+                let t = e.value().lock();
+                DestinationStats {
+                    depth: t.subs.iter().map(|s| s.buffer.len() as u64).sum(),
+                    consumers: t.subs.len() as u64,
+                    ..t.stats.clone()
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.destination.cmp(&b.destination));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(d: &TopicDriver, dest: &str, body: &str) -> Receipt {
+        let (done, rx) = Completion::channel();
+        d.publish(Message::new(dest, "text/plain", body.to_owned()), done);
+        rx.recv().unwrap().unwrap()
+    }
+
+    fn texts(rx: &std::sync::mpsc::Receiver<Delivery>) -> Vec<String> {
+        rx.try_iter()
+            .map(|d| match d {
+                Delivery::Message(m) => String::from_utf8(m.body.to_vec()).unwrap(),
+                Delivery::Closed(r) => format!("closed: {r}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fans_out_to_every_live_subscriber() {
+        let d = TopicDriver::new(Config::default());
+        assert_eq!(publish(&d, "/t/a", "before").delivered_to, 0);
+        let (c1, r1) = Consumer::channel();
+        let (c2, r2) = Consumer::channel();
+        let o = SubscribeOptions {
+            credit: 10,
+            ..Default::default()
+        };
+        let _s1 = d.subscribe("/t/a", c1, o).unwrap();
+        let s2 = d.subscribe("/t/a", c2, o).unwrap();
+        assert_eq!(publish(&d, "/t/a", "x").delivered_to, 2);
+        drop(s2);
+        assert_eq!(publish(&d, "/t/a", "y").delivered_to, 1);
+        assert_eq!(texts(&r1), ["x", "y"]);
+        assert_eq!(texts(&r2), ["x"]);
+        assert_eq!(d.stats()[0].dropped, 1);
+    }
+
+    #[test]
+    fn slow_subscribers_are_bounded_by_policy() {
+        for (policy, want) in [
+            (SlowPolicy::DropOldest, vec!["0", "3", "4"]),
+            (SlowPolicy::DropNewest, vec!["0", "1", "2"]),
+        ] {
+            let d = TopicDriver::new(Config {
+                buffer: 2,
+                slow_subscriber: policy,
+                ..Config::default()
+            });
+            let (c, r) = Consumer::channel();
+            let s = d
+                .subscribe(
+                    "/t/s",
+                    c,
+                    SubscribeOptions {
+                        credit: 1,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            for i in 0..5 {
+                publish(&d, "/t/s", &i.to_string());
+            }
+            s.credit(10);
+            assert_eq!(texts(&r), want, "{policy:?}");
+            assert_eq!(d.stats()[0].dropped, 2);
+        }
+        let d = TopicDriver::new(Config {
+            buffer: 1,
+            slow_subscriber: SlowPolicy::Disconnect,
+            ..Config::default()
+        });
+        let (c, r) = Consumer::channel();
+        let _s = d
+            .subscribe(
+                "/t/s",
+                c,
+                SubscribeOptions {
+                    credit: 0,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        publish(&d, "/t/s", "a");
+        assert_eq!(publish(&d, "/t/s", "b").delivered_to, 0);
+        let got = texts(&r);
+        assert!(
+            got.len() == 1 && got[0].starts_with("closed: /t/s: slow"),
+            "{got:?}"
+        );
+        assert_eq!(d.stats()[0].consumers, 0);
+    }
+}
