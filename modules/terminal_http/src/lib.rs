@@ -1,0 +1,229 @@
+//! `terminal.http`: HTTP/1.1 and a REST messaging API.
+//!
+//! Bound to listen addresses (`127.0.0.1:8080`). Keep-alive, pipelining,
+//! chunked request bodies and `Expect: 100-continue` are supported; header
+//! and body sizes are limited (431, 413). The API, in the spirit of RestMS:
+//!
+//! | request | what it does |
+//! |---|---|
+//! | `POST <path>` | publishes the body, typed by `Content-Type`; `201` with `Message-Id` once the driver confirms; `404` no driver, `415` no parser, `400` invalid body, `503` + `Retry-After` when full |
+//! | `GET <queue>?wait=S&lease=S` | takes the next message: `200` with body, `Content-Type`, `Message-Id`, `Delivery-Count`; `204` when `wait` runs out |
+//! | `DELETE <queue>/messages/<id>` | acks; `204`, or `404` if not leased |
+//! | `GET <topic>` + `Accept: text/event-stream` | subscribes (server-sent events) |
+//! | `GET /healthz`, `/metrics`, `/admin/modules`, `/admin/bindings` | health, Prometheus text, JSON introspection |
+//!
+//! Long polls and event streams hold no thread: they are reactor handlers
+//! waiting for notes from drivers.
+//!
+//! ```toml
+//! [instances.http.config]
+//! dispatcher = "default"
+//! max_header_bytes = 8192
+//! max_body_bytes = 1048576
+//! max_connections = 10000
+//! idle_timeout_secs = 60
+//! max_wait_secs = 60
+//! default_lease_secs = 30
+//! stream_credit = 64
+//! ```
+
+mod admin;
+mod conn;
+mod request;
+mod response;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bindery::{Cx, Handler, Runtime};
+use bindery_classes::dispatcher::{self, DispatcherHandle};
+use bindery_classes::terminal::{self, Terminal};
+use mio::Interest;
+use mio::event::Event;
+use mio::net::TcpListener;
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+bindery::module! {
+    class: "terminal",
+    name: "http",
+    description: "HTTP/1.1 with a REST messaging API, server-sent events, admin and metrics",
+    main: module_main,
+}
+
+/// The instance configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The dispatcher to hand publishes to, by name.
+    pub dispatcher: String,
+    /// Largest request head (request line and headers): beyond it, 431.
+    pub max_header_bytes: usize,
+    /// Largest request body: beyond it, 413.
+    pub max_body_bytes: usize,
+    /// Open connections at most; more are refused at accept.
+    pub max_connections: u64,
+    /// A connection idle (or stalled mid-request) this long is closed.
+    pub idle_timeout_secs: u64,
+    /// The longest `wait` a long poll may ask for.
+    pub max_wait_secs: u64,
+    /// The lease a `GET` gets when it names none.
+    pub default_lease_secs: u64,
+    /// Messages in flight to an event-stream client before the driver
+    /// waits for the socket to drain.
+    pub stream_credit: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dispatcher: "default".into(),
+            max_header_bytes: 8 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_connections: 10_000,
+            idle_timeout_secs: 60,
+            max_wait_secs: 60,
+            default_lease_secs: 30,
+            stream_credit: 64,
+        }
+    }
+}
+
+fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+    terminal::register(reg, |cx| {
+        let config: Config = cx.config().parse()?;
+        let http = Arc::new(Http {
+            instance: cx.name().to_owned(),
+            config,
+            addrs: Mutex::new(Vec::new()),
+            stats: Arc::new(Stats::default()),
+        });
+        let keys = cx.keys().to_vec();
+        let me = http.clone();
+        let span = cx.span().clone();
+        cx.on_start(move |rt| span.in_scope(|| me.start(rt, &keys)));
+        Ok(http)
+    });
+    Ok(())
+}
+
+/// Counters for `/metrics`.
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    pub(crate) open: AtomicU64,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) bad_requests: AtomicU64,
+}
+
+/// An instance.
+pub struct Http {
+    instance: String,
+    config: Config,
+    addrs: Mutex<Vec<SocketAddr>>,
+    stats: Arc<Stats>,
+}
+
+/// What every connection of an instance shares.
+pub(crate) struct Shared {
+    pub(crate) instance: String,
+    pub(crate) config: Config,
+    pub(crate) dispatcher: DispatcherHandle,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Http {
+    fn start(&self, rt: &Arc<Runtime>, keys: &[String]) -> Result<(), bindery::BoxError> {
+        let dispatcher = dispatcher::lookup(rt, &self.config.dispatcher).ok_or_else(|| {
+            format!(
+                "no dispatcher is bound to {:?} (set `dispatcher` in the instance's config)",
+                self.config.dispatcher
+            )
+        })?;
+        let shared = Arc::new(Shared {
+            instance: self.instance.clone(),
+            config: self.config.clone(),
+            dispatcher,
+            runtime: rt.clone(),
+            stats: self.stats.clone(),
+        });
+        for key in keys {
+            let std_listener = std::net::TcpListener::bind(key.as_str())
+                .map_err(|e| format!("cannot listen on {key}: {e}"))?;
+            std_listener.set_nonblocking(true)?;
+            let addr = std_listener.local_addr()?;
+            self.addrs.lock().push(addr);
+            let mut listener = TcpListener::from_std(std_listener);
+            let shared = shared.clone();
+            rt.next_reactor().spawn(move |cx| {
+                cx.registry()
+                    .register(&mut listener, cx.token(), Interest::READABLE)?;
+                Ok(Box::new(Listener { listener, shared }) as Box<dyn Handler>)
+            });
+            tracing::info!(instance = %self.instance, %addr, "http listening");
+        }
+        Ok(())
+    }
+}
+
+impl Terminal for Http {
+    fn protocol(&self) -> &'static str {
+        "http"
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.lock().clone()
+    }
+
+    fn connections(&self) -> u64 {
+        self.stats.open.load(Ordering::Relaxed)
+    }
+}
+
+struct Listener {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Handler for Listener {
+    fn ready(&mut self, cx: &mut Cx<'_>, _: &Event) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _peer)) => {
+                    let stats = &self.shared.stats;
+                    if stats.open.load(Ordering::Relaxed) >= self.shared.config.max_connections {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                        continue;
+                    }
+                    stats.open.fetch_add(1, Ordering::Relaxed);
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let _ = stream.set_nodelay(true);
+                    let shared = self.shared.clone();
+                    let target = shared.runtime.next_reactor().clone();
+                    if target.is_current() {
+                        if let Err(e) = cx.insert(move |cx| conn::Conn::start(cx, stream, shared)) {
+                            tracing::warn!("connection not started: {e}");
+                        }
+                    } else {
+                        target.spawn(move |cx| conn::Conn::start(cx, stream, shared));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors and the like: log, and try again on
+                    // the next event rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The glue between a main file's module list and a running server: the
+//! command line, configuration loading, start-up and shutdown.
+//!
+//! A Bindery server binary is a main file that lists its modules and calls
+//! [`run`]:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     let linked = bindery::modules![terminal_http, dispatcher_fast, driver_memqueue, parser_octets];
+//!     bindery_server::run(linked, bindery_server::DEFAULT_CONFIG)
+//! }
+//! ```
+//!
+//! This crate holds no module logic; it only names modules (in `main.rs`)
+//! and drives the kernel.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use bindery::{Config, Kernel, ModuleList};
+use clap::Parser;
+
+/// The stock server's embedded default configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "bindery",
+    version,
+    about = "Bindery: a message server whose every layer is a module"
+)]
+pub struct Cli {
+    /// Configuration file (TOML); without it the embedded default is used.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (build every instance), then exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// List the modules this binary links, without starting.
+    #[arg(long)]
+    pub list_modules: bool,
+    /// With --list-modules: print JSON.
+    #[arg(long, requires = "list_modules")]
+    pub json: bool,
+    /// Reactor threads (0: one per core). Overrides [server] threads.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Listen address of the HTTP terminal. Overrides its `bind`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
+}
+
+/// Parses the command line and runs the server built from `linked`.
+pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    match run_cli(&cli, linked, default_config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bindery: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Loads the configuration the command line asks for, with its overrides.
+pub fn load_config(cli: &Cli, default_config: &str) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::parse("<embedded default>", default_config)?,
+    };
+    if let Some(addr) = &cli.listen {
+        let http: Vec<String> = config
+            .instances
+            .iter()
+            .filter(|i| i.module == "terminal.http")
+            .map(|i| i.name.clone())
+            .collect();
+        match http.as_slice() {
+            [one] => {
+                if let Some(i) = config.instance_mut(one) {
+                    i.bind = vec![addr.clone()];
+                }
+            }
+            [] => bail!("--listen: the configuration has no terminal.http instance"),
+            _ => bail!(
+                "--listen: the configuration has several terminal.http instances ({}); set their bind instead",
+                http.join(", ")
+            ),
+        }
+    }
+    Ok(config)
+}
+
+fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Result<()> {
+    if cli.print_default_config {
+        print!("{default_config}");
+        return Ok(());
+    }
+    if cli.list_modules {
+        let modules = bindery::linked_modules(linked)?;
+        let mut out = std::io::stdout().lock();
+        if cli.json {
+            let list: Vec<_> = modules
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "class": d.class, "name": d.name, "version": d.version,
+                        "crate": d.krate, "description": d.description, "abi": d.abi,
+                    })
+                })
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+        } else {
+            for d in modules {
+                writeln!(
+                    out,
+                    "{:<24} {:<8} {:<18} {}",
+                    d.id(),
+                    d.version,
+                    d.krate,
+                    d.description
+                )?;
+            }
+        }
+        return Ok(());
+    }
+    let config = load_config(cli, default_config)?;
+    let mut kernel = Kernel::build(linked, &config, cli.threads)
+        .with_context(|| format!("cannot build the server from {}", config.name()))?;
+    if cli.check_config {
+        println!(
+            "{}: configuration OK ({} instances)",
+            config.name(),
+            config.instances.len()
+        );
+        return Ok(());
+    }
+    kernel.start()?;
+    {
+        let mut out = std::io::stdout().lock();
+        for (key, t) in bindery_classes::terminal::all(kernel.runtime()) {
+            for addr in t.local_addrs() {
+                writeln!(
+                    out,
+                    "bindery: {} listening on {addr} (bound as {key})",
+                    t.protocol()
+                )?;
+            }
+        }
+        writeln!(out, "bindery: ready")?;
+        out.flush()?;
+    }
+    kernel.run_until_signal()?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! The stock Bindery server: this file is its module list.
+//!
+//! To build a custom server, copy this file, change the list, and build it
+//! as a binary of its own (see `examples/tiny_server.rs`): one main file,
+//! one binary.
+
+fn main() -> std::process::ExitCode {
+    let linked = bindery::modules![
+        terminal_http,
+        dispatcher_fast,
+        driver_memqueue,
+        driver_topic,
+        parser_json,
+        parser_text,
+        parser_octets,
+    ];
+    bindery_server::run(linked, bindery_server::DEFAULT_CONFIG)
+}
