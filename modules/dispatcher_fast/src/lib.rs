@@ -56,11 +56,14 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
     Ok(())
 }
 
+/// Found handles (or their absence) by key, for one table generation.
+type Entries<H> = (u64, FxHashMap<Box<str>, Option<H>>);
+
 /// A cache of lookups in one table, emptied when the table changes.
 struct Cache<H> {
     table: Option<Arc<Table>>,
     limit: usize,
-    entries: RwLock<(u64, FxHashMap<Box<str>, Option<H>>)>,
+    entries: RwLock<Entries<H>>,
 }
 
 impl<H: Clone + Send + Sync + 'static> Cache<H> {

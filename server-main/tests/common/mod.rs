@@ -1,0 +1,153 @@
+//! Starting and stopping a real `bindery` process for tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// The default configuration on port 0, with `extra` TOML appended.
+pub fn config(extra: &str) -> String {
+    let base = bindery_server::DEFAULT_CONFIG.replace("127.0.0.1:8080", "127.0.0.1:0");
+    format!("{base}\n{extra}")
+}
+
+/// A running server; killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bindery-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Server {
+    /// Starts `bindery --config <file with text>` and waits for it to be ready.
+    pub fn start(config_text: &str) -> Server {
+        Self::start_with(config_text, &["--threads", "2"])
+    }
+
+    pub fn start_with(config_text: &str, args: &[&str]) -> Server {
+        let dir = TempDir::new();
+        let path = dir.0.join("bindery.toml");
+        std::fs::write(&path, config_text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bindery"))
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start bindery");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addr = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("bindery: http listening on ") {
+                addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+            }
+            if line == "bindery: ready" {
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let addr = addr.expect("server printed no http address");
+        Server {
+            child: Some(child),
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("server did not stop within 10 s of SIGTERM");
+    }
+
+    /// Whether the server still answers `/healthz`.
+    pub fn healthy(&self) -> bool {
+        ureq::get(&self.url("/healthz"))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    }
+
+    /// Sends raw bytes on a new connection and returns everything read back
+    /// until the server closes it or `wait` passes.
+    pub fn raw(&self, bytes: &[u8], wait: Duration) -> String {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An HTTP agent with short timeouts.
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(20))
+        .build()
+}
+
+/// Status and body of a response, error statuses included.
+pub fn outcome(r: Result<ureq::Response, ureq::Error>) -> (u16, String, Option<ureq::Response>) {
+    match r {
+        Ok(resp) => (resp.status(), String::new(), Some(resp)),
+        Err(ureq::Error::Status(code, resp)) => {
+            (code, resp.into_string().unwrap_or_default(), None)
+        }
+        Err(e) => panic!("transport error: {e}"),
+    }
+}

@@ -1,0 +1,82 @@
+//! Registration at link time: every module crate a main file lists is in
+//! the module table, in whatever profile and with whatever linker CI builds
+//! this test (`.ci/run` runs it in debug and release).
+
+use std::process::Command;
+
+use bindery::{Registry, linked_modules};
+
+#[test]
+fn every_listed_module_crate_is_registered() {
+    let linked = bindery::modules![
+        terminal_http,
+        dispatcher_fast,
+        driver_memqueue,
+        driver_topic,
+        parser_json,
+        parser_text,
+        parser_octets,
+    ];
+    let registry = Registry::load(linked).expect("all listed modules are linked");
+    let want = [
+        ("dispatcher.fast", "dispatcher_fast"),
+        ("driver.memqueue", "driver_memqueue"),
+        ("driver.topic", "driver_topic"),
+        ("parser.json", "parser_json"),
+        ("parser.octets", "parser_octets"),
+        ("parser.text", "parser_text"),
+        ("terminal.http", "terminal_http"),
+    ];
+    for (id, krate) in want {
+        let d = registry
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} is not registered"));
+        assert_eq!(d.krate, krate);
+        assert_eq!(d.abi, bindery::ABI_VERSION);
+        assert!(!d.description.is_empty());
+    }
+    assert_eq!(linked_modules(linked).unwrap().len(), want.len());
+}
+
+#[test]
+fn the_server_binary_lists_its_modules_without_starting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .args(["--list-modules", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}.{}",
+                m["class"].as_str().unwrap(),
+                m["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "dispatcher.fast",
+            "driver.memqueue",
+            "driver.topic",
+            "parser.json",
+            "parser.octets",
+            "parser.text",
+            "terminal.http"
+        ]
+    );
+    let text = Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .arg("--list-modules")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("terminal.http") && text.contains("terminal_http"),
+        "{text}"
+    );
+}
