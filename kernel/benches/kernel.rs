@@ -96,7 +96,9 @@ fn calls(c: &mut Criterion) {
         .unwrap();
     let adder = Adder(7);
     let mut g = c.benchmark_group("call");
-    g.bench_function("direct", |b| b.iter(|| direct(black_box(&adder), black_box(5))));
+    g.bench_function("direct", |b| {
+        b.iter(|| direct(black_box(&adder), black_box(5)))
+    });
     g.bench_function("cached_handle", |b| {
         b.iter(|| black_box(&handle).work(black_box(5)))
     });
@@ -108,8 +110,9 @@ fn lookups(c: &mut Criterion) {
     let rt = kernel.runtime();
     let drivers: Arc<Table> = rt.table("driver").unwrap().clone();
     let parsers: Arc<Table> = rt.table("parser").unwrap().clone();
-    let baseline: std::collections::HashMap<String, u32> =
-        (0..1000).map(|i| (format!("/area{}/svc{i}", i % 10), i)).collect();
+    let baseline: std::collections::HashMap<String, u32> = (0..1000)
+        .map(|i| (format!("/area{}/svc{i}", i % 10), i))
+        .collect();
 
     let mut g = c.benchmark_group("lookup");
     g.bench_function("hashmap_get_baseline", |b| {
