@@ -131,11 +131,67 @@ impl fmt::Debug for Binding {
     }
 }
 
+/// MIME keys by type, then subtype: a lookup hashes two short strings and
+/// builds none.
+#[derive(Default)]
+struct MimeIndex {
+    types: FxHashMap<Box<str>, MimeType>,
+    any: Option<u32>,
+}
+
+#[derive(Default)]
+struct MimeType {
+    subtypes: FxHashMap<Box<str>, u32>,
+    wildcard: Option<u32>,
+}
+
+impl MimeIndex {
+    fn new(normalized: &[Box<str>]) -> MimeIndex {
+        let mut index = MimeIndex::default();
+        for (i, k) in normalized.iter().enumerate() {
+            let i = i as u32;
+            let (ty, sub) = k.split_once('/').unwrap_or((k, ""));
+            if ty == "*" {
+                index.any = Some(i);
+                continue;
+            }
+            let entry = index.types.entry(ty.into()).or_default();
+            if sub == "*" {
+                entry.wildcard = Some(i);
+            } else {
+                entry.subtypes.insert(sub.into(), i);
+            }
+        }
+        index
+    }
+
+    /// `essence` is lowercase `type/subtype` with no parameters.
+    #[inline]
+    fn find(&self, essence: &str) -> Option<u32> {
+        let Some((ty, sub)) = essence.split_once('/') else {
+            return self.any;
+        };
+        let Some(t) = self.types.get(ty) else {
+            return self.any;
+        };
+        if let Some(&i) = t.subtypes.get(sub) {
+            return Some(i);
+        }
+        if let Some(plus) = sub.rfind('+') {
+            if let Some(&i) = t.subtypes.get(&sub[plus + 1..]) {
+                return Some(i);
+            }
+        }
+        t.wildcard.or(self.any)
+    }
+}
+
 /// An immutable index of one table's bindings: what readers search.
 pub struct Index {
     kind: KeyKind,
     bindings: Vec<Arc<Binding>>,
     map: FxHashMap<Box<str>, u32>,
+    mime: MimeIndex,
     /// Bit `n` set: some key is `n` bytes long (keys of 256 or more bytes
     /// always set bit 255's neighbour check off; see `may_have`).
     lengths: [u64; 4],
@@ -155,10 +211,16 @@ impl Index {
                 long_keys = true;
             }
         }
+        let mime = if kind == KeyKind::Mime {
+            MimeIndex::new(normalized)
+        } else {
+            MimeIndex::default()
+        };
         Index {
             kind,
             bindings,
             map,
+            mime,
             lengths,
             long_keys,
         }
@@ -208,64 +270,46 @@ impl Index {
     }
 
     fn find_mime(&self, content_type: &str) -> Option<&Arc<Binding>> {
-        let essence = match content_type.find(';') {
-            Some(i) => &content_type[..i],
-            None => content_type,
-        }
-        .trim();
-        let mut lower = [0u8; 128];
-        let essence = if essence.bytes().any(|b| b.is_ascii_uppercase()) {
-            if essence.len() > lower.len() {
-                return self.get("*/*");
+        // One pass: cut the parameters, note upper case.
+        let bytes = content_type.as_bytes();
+        let mut end = bytes.len();
+        let mut upper = false;
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b';' {
+                end = i;
+                break;
             }
-            let out = &mut lower[..essence.len()];
-            for (o, b) in out.iter_mut().zip(essence.bytes()) {
-                *o = b.to_ascii_lowercase();
-            }
-            // ASCII lowercasing keeps UTF-8 valid.
-            std::str::from_utf8(out).unwrap_or("")
-        } else {
-            essence
-        };
-        if let Some(b) = self.get(essence) {
-            return Some(b);
+            upper |= b.is_ascii_uppercase();
         }
-        let Some(slash) = essence.find('/') else {
-            return self.get("*/*");
-        };
-        let (ty, sub) = (&essence[..slash], &essence[slash + 1..]);
-        let mut buf = [0u8; 160];
-        if let Some(plus) = sub.rfind('+') {
-            if let Some(k) = join(&mut buf, ty, &sub[plus + 1..]) {
-                if let Some(b) = self.get(k) {
-                    return Some(b);
-                }
-            }
-        }
-        if let Some(k) = join(&mut buf, ty, "*") {
-            if let Some(b) = self.get(k) {
+        let essence = content_type[..end].trim();
+        if !upper {
+            // The common case, an exact key, costs one hash.
+            if let Some(b) = self.get(essence) {
                 return Some(b);
             }
         }
-        self.get("*/*")
+        let found = if upper {
+            let mut lower = [0u8; 128];
+            match lower.get_mut(..essence.len()) {
+                Some(out) => {
+                    for (o, b) in out.iter_mut().zip(essence.bytes()) {
+                        *o = b.to_ascii_lowercase();
+                    }
+                    // ASCII lowercasing keeps UTF-8 valid.
+                    self.mime.find(std::str::from_utf8(out).unwrap_or(""))
+                }
+                None => self.mime.any,
+            }
+        } else {
+            self.mime.find(essence)
+        };
+        found.map(|i| &self.bindings[i as usize])
     }
 
     /// Every binding, in key order.
     pub fn bindings(&self) -> &[Arc<Binding>] {
         &self.bindings
     }
-}
-
-/// Writes `a/b` into `buf`, if it fits.
-fn join<'b>(buf: &'b mut [u8; 160], a: &str, b: &str) -> Option<&'b str> {
-    let n = a.len() + 1 + b.len();
-    if n > buf.len() {
-        return None;
-    }
-    buf[..a.len()].copy_from_slice(a.as_bytes());
-    buf[a.len()] = b'/';
-    buf[a.len() + 1..n].copy_from_slice(b.as_bytes());
-    std::str::from_utf8(&buf[..n]).ok()
 }
 
 /// A class's binding table.

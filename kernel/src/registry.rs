@@ -11,8 +11,8 @@
 //! slice, if two modules share a class and name, or if a module was built for
 //! another ABI.
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -199,7 +199,7 @@ pub(crate) struct Registered {
 /// The modules of this binary, checked and registered.
 pub struct Registry {
     pub(crate) modules: Vec<Registered>,
-    pub(crate) by_id: HashMap<String, usize>,
+    pub(crate) by_id: FxHashMap<(&'static str, &'static str), usize>,
 }
 
 impl fmt::Debug for Registry {
@@ -216,31 +216,51 @@ pub(crate) fn check(
     listed: &[&'static ModuleDescriptor],
     slice: &'static [ModuleDescriptor],
 ) -> Result<(), Error> {
-    for want in listed {
-        if !slice.iter().any(|have| std::ptr::eq(have, *want)) {
-            return Err(Error::ModuleMissing {
-                module: want.id(),
-                krate: want.krate,
-            });
-        }
-    }
-    let mut seen: HashMap<(&str, &str), &ModuleDescriptor> = HashMap::new();
+    check_listed(listed, slice)?;
+    let mut seen: FxHashMap<(&str, &str), &ModuleDescriptor> = FxHashMap::default();
+    seen.reserve(slice.len());
     for d in slice {
-        if let Some(first) = seen.insert((d.class, d.name), d) {
-            return Err(Error::DuplicateModule {
-                module: d.id(),
-                first: first.krate,
-                second: d.krate,
-            });
-        }
-        if d.abi != ABI_VERSION {
-            return Err(Error::AbiMismatch {
-                module: d.id(),
-                krate: d.krate,
-                found: d.abi,
-                expected: ABI_VERSION,
-            });
-        }
+        check_one(d, seen.insert((d.class, d.name), d))?;
+    }
+    Ok(())
+}
+
+/// Every listed descriptor must be in the slice.
+fn check_listed(
+    listed: &[&'static ModuleDescriptor],
+    slice: &'static [ModuleDescriptor],
+) -> Result<(), Error> {
+    let present: Box<dyn Fn(&ModuleDescriptor) -> bool> = if listed.len() < 16 {
+        Box::new(|want| slice.iter().any(|have| std::ptr::eq(have, want)))
+    } else {
+        let set: FxHashSet<*const ModuleDescriptor> = slice.iter().map(|d| d as *const _).collect();
+        Box::new(move |want| set.contains(&(want as *const _)))
+    };
+    match listed.iter().find(|want| !present(want)) {
+        Some(want) => Err(Error::ModuleMissing {
+            module: want.id(),
+            krate: want.krate,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks one descriptor's ABI, and that no other claimed its class and name.
+fn check_one(d: &ModuleDescriptor, earlier: Option<&ModuleDescriptor>) -> Result<(), Error> {
+    if let Some(first) = earlier {
+        return Err(Error::DuplicateModule {
+            module: d.id(),
+            first: first.krate,
+            second: d.krate,
+        });
+    }
+    if d.abi != ABI_VERSION {
+        return Err(Error::AbiMismatch {
+            module: d.id(),
+            krate: d.krate,
+            found: d.abi,
+            expected: ABI_VERSION,
+        });
     }
     Ok(())
 }
@@ -258,12 +278,18 @@ impl Registry {
         listed: &[&'static ModuleDescriptor],
         slice: &'static [ModuleDescriptor],
     ) -> Result<Registry, Error> {
-        check(listed, slice)?;
-        let mut modules = Vec::with_capacity(slice.len());
-        let mut by_id = HashMap::with_capacity(slice.len());
-        let mut ordered: Vec<&'static ModuleDescriptor> = slice.iter().collect();
-        ordered.sort_by_key(|d| (d.class, d.name));
-        for descriptor in ordered {
+        check_listed(listed, slice)?;
+        let mut modules: Vec<Registered> = Vec::with_capacity(slice.len());
+        let mut by_id = FxHashMap::default();
+        by_id.reserve(slice.len());
+        // The first module registered for each class: the others must agree
+        // with it on key kind and handle type.
+        let mut class_first: FxHashMap<&str, usize> = FxHashMap::default();
+        for descriptor in slice {
+            let earlier = by_id
+                .get(&(descriptor.class, descriptor.name))
+                .map(|&i: &usize| modules[i].descriptor);
+            check_one(descriptor, earlier)?;
             let mut factory = None;
             let mut registrar = Registrar {
                 module: descriptor,
@@ -277,27 +303,27 @@ impl Registry {
                 module: descriptor.id(),
                 cause: Arc::new("the module main registered no factory".into()),
             })?;
-            if let Some(other) = modules.iter().find(|m: &&Registered| {
-                m.descriptor.class == descriptor.class
-                    && (m.factory.key_kind != factory.key_kind
-                        || m.factory.handle_type != factory.handle_type)
-            }) {
-                return Err(Error::ModuleMain {
-                    module: descriptor.id(),
-                    cause: Arc::new(
-                        format!(
-                            "its factory makes {} keyed by {:?}, but {} of the same class makes {} keyed by {:?}",
-                            factory.handle_type_name,
-                            factory.key_kind,
-                            other.descriptor.id(),
-                            other.factory.handle_type_name,
-                            other.factory.key_kind
-                        )
-                        .into(),
-                    ),
-                });
+            let first = *class_first.entry(descriptor.class).or_insert(modules.len());
+            if let Some(other) = modules.get(first) {
+                let f = &other.factory;
+                if f.key_kind != factory.key_kind || f.handle_type != factory.handle_type {
+                    return Err(Error::ModuleMain {
+                        module: descriptor.id(),
+                        cause: Arc::new(
+                            format!(
+                                "its factory makes {} keyed by {:?}, but {} of the same class makes {} keyed by {:?}",
+                                factory.handle_type_name,
+                                factory.key_kind,
+                                other.descriptor.id(),
+                                f.handle_type_name,
+                                f.key_kind
+                            )
+                            .into(),
+                        ),
+                    });
+                }
             }
-            by_id.insert(descriptor.id(), modules.len());
+            by_id.insert((descriptor.class, descriptor.name), modules.len());
             modules.push(Registered {
                 descriptor,
                 factory,
@@ -308,15 +334,28 @@ impl Registry {
 
     /// Every registered module's descriptor, sorted by class and name.
     pub fn descriptors(&self) -> impl Iterator<Item = &'static ModuleDescriptor> + '_ {
-        self.modules.iter().map(|m| m.descriptor)
+        let mut all: Vec<_> = self.modules.iter().map(|m| m.descriptor).collect();
+        all.sort_unstable_by_key(|d| (d.class, d.name));
+        all.into_iter()
+    }
+
+    /// How many modules are registered.
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// Whether no module is registered.
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
     }
 
     /// The descriptor of `class.name`, if linked.
     pub fn get(&self, id: &str) -> Option<&'static ModuleDescriptor> {
-        self.by_id.get(id).map(|&i| self.modules[i].descriptor)
+        self.registered(id).map(|m| m.descriptor)
     }
 
     pub(crate) fn registered(&self, id: &str) -> Option<&Registered> {
-        self.by_id.get(id).map(|&i| &self.modules[i])
+        let (class, name) = id.split_once('.')?;
+        self.by_id.get(&(class, name)).map(|&i| &self.modules[i])
     }
 }

@@ -1,0 +1,22 @@
+//! Generates 10,000 module descriptors for the `registered` binary.
+
+use std::fmt::Write as _;
+
+const COUNT: usize = 10_000;
+
+fn main() {
+    let mut out = String::with_capacity(COUNT * 400);
+    for i in 0..COUNT {
+        let _ = writeln!(
+            out,
+            "#[bindery::linkme::distributed_slice(bindery::BINDERY_MODULES)]\n\
+             #[linkme(crate = bindery::linkme)]\n\
+             static M{i}: bindery::ModuleDescriptor = bindery::ModuleDescriptor {{ \
+             class: \"generated\", name: \"m{i}\", version: \"0.0.0\", abi: bindery::ABI_VERSION, \
+             description: \"generated\", krate: \"generated\", main: generated_main }};"
+        );
+    }
+    let dir = std::env::var("OUT_DIR").expect("OUT_DIR");
+    std::fs::write(format!("{dir}/registrations.rs"), out).expect("write registrations");
+    println!("cargo::rerun-if-changed=build.rs");
+}
