@@ -11,6 +11,8 @@
 //! slice, if two modules share a class and name, or if a module was built for
 //! another ABI.
 
+use std::collections::hash_map::Entry;
+
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -280,16 +282,24 @@ impl Registry {
     ) -> Result<Registry, Error> {
         check_listed(listed, slice)?;
         let mut modules: Vec<Registered> = Vec::with_capacity(slice.len());
-        let mut by_id = FxHashMap::default();
+        let mut by_id: FxHashMap<(&str, &str), usize> = FxHashMap::default();
         by_id.reserve(slice.len());
         // The first module registered for each class: the others must agree
-        // with it on key kind and handle type.
+        // with it on key kind and handle type. Modules of a class usually
+        // sit together in the slice, so the last class is remembered.
         let mut class_first: FxHashMap<&str, usize> = FxHashMap::default();
+        let mut last_class: Option<(&str, usize)> = None;
         for descriptor in slice {
-            let earlier = by_id
-                .get(&(descriptor.class, descriptor.name))
-                .map(|&i: &usize| modules[i].descriptor);
-            check_one(descriptor, earlier)?;
+            let index = modules.len();
+            match by_id.entry((descriptor.class, descriptor.name)) {
+                Entry::Occupied(e) => {
+                    check_one(descriptor, Some(modules[*e.get()].descriptor))?;
+                }
+                Entry::Vacant(e) => {
+                    check_one(descriptor, None)?;
+                    e.insert(index);
+                }
+            }
             let mut factory = None;
             let mut registrar = Registrar {
                 module: descriptor,
@@ -303,7 +313,11 @@ impl Registry {
                 module: descriptor.id(),
                 cause: Arc::new("the module main registered no factory".into()),
             })?;
-            let first = *class_first.entry(descriptor.class).or_insert(modules.len());
+            let first = match last_class {
+                Some((class, first)) if class == descriptor.class => first,
+                _ => *class_first.entry(descriptor.class).or_insert(index),
+            };
+            last_class = Some((descriptor.class, first));
             if let Some(other) = modules.get(first) {
                 let f = &other.factory;
                 if f.key_kind != factory.key_kind || f.handle_type != factory.handle_type {
@@ -323,7 +337,6 @@ impl Registry {
                     });
                 }
             }
-            by_id.insert((descriptor.class, descriptor.name), modules.len());
             modules.push(Registered {
                 descriptor,
                 factory,
