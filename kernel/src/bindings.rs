@@ -312,6 +312,22 @@ impl Index {
     }
 }
 
+thread_local! {
+    static LOOKUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many lookups ([`Table::lookup`], [`Table::index`]) the calling
+/// thread has made: lets a test see that a caller keeps its handles instead
+/// of looking them up per message. Costs a thread-local increment.
+pub fn thread_lookups() -> u64 {
+    LOOKUPS.with(|c| c.get())
+}
+
+#[inline]
+fn count_lookup() {
+    LOOKUPS.with(|c| c.set(c.get() + 1));
+}
+
 /// A class's binding table.
 pub struct Table {
     class: Arc<str>,
@@ -357,6 +373,7 @@ impl Table {
     /// under you.
     #[inline]
     pub fn index(&self) -> arc_swap::Guard<Arc<Index>> {
+        count_lookup();
         self.current.load()
     }
 
@@ -365,6 +382,7 @@ impl Table {
     /// binding changes (compare [`Table::generation`] to notice).
     #[inline]
     pub fn lookup<H: Any + Clone>(&self, key: &str) -> Option<H> {
+        count_lookup();
         self.current.load().find(key)?.handle::<H>().cloned()
     }
 

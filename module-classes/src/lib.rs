@@ -29,7 +29,7 @@ pub use dispatcher::Dispatcher;
 pub use driver::{DestinationStats, Driver, DriverInfo, Receipt, SubscribeOptions};
 pub use message::{Message, MessageId};
 pub use parser::{ParseError, Parser};
-pub use terminal::Terminal;
+pub use terminal::{Probe, Terminal};
 
 /// Class names, as modules declare them and tables are named.
 pub mod class {

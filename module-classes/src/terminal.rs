@@ -36,6 +36,28 @@ pub trait Terminal: Send + Sync + 'static {
     fn connections(&self) -> u64 {
         0
     }
+
+    /// How to check from outside that the terminal serves: used by the
+    /// conformance suite and `bindery certify`. A terminal without one can
+    /// be certified only on the cases that need no protocol.
+    fn probe(&self) -> Option<Arc<dyn Probe>> {
+        None
+    }
+}
+
+/// The protocol-specific part of a terminal's certification.
+pub trait Probe: Send + Sync {
+    /// One complete, valid exchange over a new connection to `addr` (a
+    /// health check, a ping); `Err` says what went wrong.
+    fn exchange(&self, addr: SocketAddr) -> Result<(), String>;
+
+    /// Bytes that are not this protocol: the terminal must refuse them
+    /// without disturbing other connections.
+    fn malformed(&self) -> Vec<u8>;
+
+    /// The start of a valid request or frame, stopped short: the terminal
+    /// must keep serving others while this one waits.
+    fn partial(&self) -> Vec<u8>;
 }
 
 /// A terminal instance as the binding table holds it.

@@ -61,17 +61,16 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
         if config.max_depth == 0 {
             return Err(format!("instance {:?}: max_depth must be at least 1", cx.name()).into());
         }
-        let q = MemQueue::new(config);
-        let reaper = q.start_reaper();
-        cx.on_stop(move || reaper.stop());
-        Ok(q)
+        Ok(MemQueue::new(config))
     });
     Ok(())
 }
 
-/// An instance: a set of queues.
+/// An instance: a set of queues, and the thread that returns expired
+/// leases of idle queues (stopped when the instance is dropped).
 pub struct MemQueue {
     shared: Arc<Shared>,
+    reaper: Option<Reaper>,
 }
 
 struct Shared {
@@ -162,11 +161,14 @@ impl Queue {
 impl MemQueue {
     /// A new instance.
     pub fn new(config: Config) -> MemQueue {
+        let shared = Arc::new(Shared {
+            config,
+            queues: DashMap::new(),
+        });
+        let reaper = Reaper::start(&shared);
         MemQueue {
-            shared: Arc::new(Shared {
-                config,
-                queues: DashMap::new(),
-            }),
+            shared,
+            reaper: Some(reaper),
         }
     }
 
@@ -204,10 +206,25 @@ impl MemQueue {
             })
             .clone())
     }
+}
 
-    /// Starts the thread that returns expired leases of idle queues.
-    pub fn start_reaper(&self) -> Reaper {
-        let weak = Arc::downgrade(&self.shared);
+impl Drop for MemQueue {
+    fn drop(&mut self) {
+        if let Some(r) = self.reaper.take() {
+            r.stop();
+        }
+    }
+}
+
+/// The lease reaper's thread.
+struct Reaper {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn start(shared: &Arc<Shared>) -> Reaper {
+        let weak = Arc::downgrade(shared);
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -216,17 +233,8 @@ impl MemQueue {
             .ok();
         Reaper { stop, thread }
     }
-}
 
-/// The lease reaper's thread; stopped by the instance's stop hook.
-pub struct Reaper {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Reaper {
-    /// Stops the thread and waits for it.
-    pub fn stop(self) {
+    fn stop(self) {
         *self.stop.0.lock() = true;
         self.stop.1.notify_all();
         if let Some(t) = self.thread {
@@ -431,7 +439,6 @@ mod tests {
     #[test]
     fn fifo_lease_ack_and_redelivery() {
         let q = MemQueue::new(Config::default());
-        let reaper = q.start_reaper();
         publish(&q, "/q/a", "1").unwrap();
         publish(&q, "/q/a", "2").unwrap();
         let (c, rx) = Consumer::channel();
@@ -454,7 +461,6 @@ mod tests {
         assert_eq!(q.ack("/q/a", id).unwrap_err().kind, FailureKind::NotFound);
         let st = &q.stats()[0];
         assert_eq!((st.depth, st.leased, st.acked, st.delivered), (0, 0, 2, 3));
-        reaper.stop();
     }
 
     #[test]

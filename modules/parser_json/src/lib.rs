@@ -38,8 +38,14 @@ pub struct Json;
 
 impl Parser for Json {
     fn validate(&self, _content_type: &str, body: &[u8]) -> Result<(), ParseError> {
-        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        // JSON is UTF-8 (RFC 8259); serde_json does not check the text of
+        // strings it skips, so check it first.
+        let text = std::str::from_utf8(body)
+            .map_err(|e| ParseError::at(e.valid_up_to(), "invalid UTF-8 in JSON text"))?;
+        match serde_json::from_str::<serde::de::IgnoredAny>(text) {
             Ok(_) => Ok(()),
+            // A document that ends too soon is at fault where it ends.
+            Err(e) if e.is_eof() => Err(ParseError::at(body.len(), e.to_string())),
             Err(e) => Err(ParseError::at(
                 offset(body, e.line(), e.column()),
                 e.to_string(),
@@ -84,6 +90,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.offset, Some(14), "{e}");
         assert!(Json.validate("application/json", b"").is_err());
+        let e = Json
+            .validate("application/json", b"[\"a\xff\"]")
+            .unwrap_err();
+        assert_eq!(e.offset, Some(3), "{e}");
         assert!(Json.validate("application/json", b"{} {}").is_err());
     }
 }

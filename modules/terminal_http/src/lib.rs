@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bindery::{Cx, Handler, Runtime};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
-use bindery_classes::terminal::{self, Terminal};
+use bindery_classes::terminal::{self, Probe, Terminal};
 use mio::Interest;
 use mio::event::Event;
 use mio::net::TcpListener;
@@ -183,6 +183,41 @@ impl Terminal for Http {
 
     fn connections(&self) -> u64 {
         self.stats.open.load(Ordering::Relaxed)
+    }
+
+    fn probe(&self) -> Option<Arc<dyn Probe>> {
+        Some(Arc::new(HttpProbe))
+    }
+}
+
+/// Certification hooks: `GET /healthz`, bytes that are not HTTP, a request
+/// whose body never finishes.
+struct HttpProbe;
+
+impl Probe for HttpProbe {
+    fn exchange(&self, addr: SocketAddr) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+        if out.starts_with(b"HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!("answered {:?}", String::from_utf8_lossy(&out)))
+        }
+    }
+
+    fn malformed(&self) -> Vec<u8> {
+        b"\x16\x03\x01\x02\x00 not http\r\n\r\n".to_vec()
+    }
+
+    fn partial(&self) -> Vec<u8> {
+        b"POST /queues/x HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc".to_vec()
     }
 }
 

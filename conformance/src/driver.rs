@@ -1,0 +1,630 @@
+//! The driver contract.
+//!
+//! The harness is a function that makes an instance of the driver under
+//! test, `Fn() -> DriverHandle`. A durable driver's harness must make each
+//! new instance over the same storage as the last (that is how a restart is
+//! simulated), so cases use destinations of their own and never assume an
+//! empty instance.
+//!
+//! - queues: [`QUEUE`], and for durable queues also [`DURABLE`];
+//! - topics: [`TOPIC`].
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bindery::{Completion, Failure, FailureKind};
+use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
+use bindery_classes::{Consumer, Delivery, Message, MessageId};
+use bytes::Bytes;
+
+use crate::{Case, ensure};
+
+/// What a driver case gets: a way to make an instance.
+pub type Harness = dyn Fn() -> DriverHandle;
+
+/// How long a case waits for anything before it calls it lost.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The rules of a queue.
+pub const QUEUE: &[Case<Harness>] = &[
+    Case {
+        name: "fifo_order_for_one_consumer",
+        run: fifo_order_for_one_consumer,
+    },
+    Case {
+        name: "competing_consumers_get_each_message_exactly_once",
+        run: competing_consumers_get_each_message_exactly_once,
+    },
+    Case {
+        name: "unacked_message_returns_after_its_lease_and_not_before",
+        run: unacked_message_returns_after_its_lease_and_not_before,
+    },
+    Case {
+        name: "acking_an_unknown_id_is_an_error",
+        run: acking_an_unknown_id_is_an_error,
+    },
+    Case {
+        name: "a_full_queue_refuses_with_backpressure",
+        run: a_full_queue_refuses_with_backpressure,
+    },
+    Case {
+        name: "empty_and_large_bodies_arrive_intact",
+        run: empty_and_large_bodies_arrive_intact,
+    },
+    Case {
+        name: "concurrent_publishers_and_consumers_lose_and_duplicate_nothing",
+        run: concurrent_publishers_and_consumers_lose_and_duplicate_nothing,
+    },
+    Case {
+        name: "reports_itself_as_a_queue",
+        run: reports_itself_as_a_queue,
+    },
+];
+
+/// The rules a durable queue keeps beyond [`QUEUE`].
+pub const DURABLE: &[Case<Harness>] = &[Case {
+    name: "messages_and_acks_survive_a_restart",
+    run: messages_and_acks_survive_a_restart,
+}];
+
+/// The rules of a topic.
+pub const TOPIC: &[Case<Harness>] = &[
+    Case {
+        name: "every_live_subscriber_gets_every_message_in_order",
+        run: every_live_subscriber_gets_every_message_in_order,
+    },
+    Case {
+        name: "a_late_subscriber_gets_only_later_messages",
+        run: a_late_subscriber_gets_only_later_messages,
+    },
+    Case {
+        name: "a_cancelled_subscription_gets_nothing_more",
+        run: a_cancelled_subscription_gets_nothing_more,
+    },
+    Case {
+        name: "a_slow_subscriber_costs_bounded_memory",
+        run: a_slow_subscriber_costs_bounded_memory,
+    },
+    Case {
+        name: "empty_and_large_bodies_fan_out_intact",
+        run: empty_and_large_bodies_fan_out_intact,
+    },
+];
+
+/// Runs the queue suite (and the durable cases for `durable_queue`) or the
+/// topic suite as `#[test]`s, one per case:
+///
+/// ```ignore
+/// bindery_conformance::driver_suite!(queue, || make_my_driver());
+/// ```
+#[macro_export]
+macro_rules! driver_suite {
+    (queue, $make:expr) => {
+        mod conformance_driver_queue {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__suite!(
+                $crate::driver::QUEUE,
+                $make,
+                [
+                    fifo_order_for_one_consumer,
+                    competing_consumers_get_each_message_exactly_once,
+                    unacked_message_returns_after_its_lease_and_not_before,
+                    acking_an_unknown_id_is_an_error,
+                    a_full_queue_refuses_with_backpressure,
+                    empty_and_large_bodies_arrive_intact,
+                    concurrent_publishers_and_consumers_lose_and_duplicate_nothing,
+                    reports_itself_as_a_queue,
+                ]
+            );
+        }
+    };
+    (durable_queue, $make:expr) => {
+        $crate::driver_suite!(queue, $make);
+        mod conformance_driver_durable {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__suite!(
+                $crate::driver::DURABLE,
+                $make,
+                [messages_and_acks_survive_a_restart]
+            );
+        }
+    };
+    (topic, $make:expr) => {
+        mod conformance_driver_topic {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__suite!(
+                $crate::driver::TOPIC,
+                $make,
+                [
+                    every_live_subscriber_gets_every_message_in_order,
+                    a_late_subscriber_gets_only_later_messages,
+                    a_cancelled_subscription_gets_nothing_more,
+                    a_slow_subscriber_costs_bounded_memory,
+                    empty_and_large_bodies_fan_out_intact,
+                ]
+            );
+        }
+    };
+}
+
+/// A destination no other case (or run) uses.
+fn destination(case: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "/conformance/{case}/{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn publish(d: &DriverHandle, dest: &str, body: impl Into<Bytes>) -> Result<Receipt, Failure> {
+    let (done, outcome) = Completion::channel();
+    d.publish(Message::new(dest, "application/octet-stream", body), done);
+    outcome.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+        Err(Failure::new(
+            FailureKind::Internal,
+            "no answer to a publish within 10 s",
+        ))
+    })
+}
+
+fn publish_ok(d: &DriverHandle, dest: &str, body: impl Into<Bytes>) -> Result<Receipt, String> {
+    publish(d, dest, body).map_err(|f| format!("publish to {dest} failed: {f}"))
+}
+
+fn next(rx: &Receiver<Delivery>, what: &str) -> Result<Message, String> {
+    match rx.recv_timeout(PATIENCE) {
+        Ok(Delivery::Message(m)) => Ok(m),
+        Ok(Delivery::Closed(r)) => Err(format!("{what}: subscription closed: {r}")),
+        Err(_) => Err(format!("{what}: nothing delivered within 10 s")),
+    }
+}
+
+fn nothing_within(rx: &Receiver<Delivery>, wait: Duration, what: &str) -> Result<(), String> {
+    match rx.recv_timeout(wait) {
+        Err(RecvTimeoutError::Timeout) => Ok(()),
+        Err(RecvTimeoutError::Disconnected) => Ok(()),
+        Ok(Delivery::Message(m)) => Err(format!(
+            "{what}: got message {} (delivery {}) within {wait:?}",
+            m.id, m.delivery_count
+        )),
+        Ok(Delivery::Closed(r)) => Err(format!("{what}: subscription closed: {r}")),
+    }
+}
+
+fn text(m: &Message) -> String {
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+fn options(credit: u32, lease: Duration) -> SubscribeOptions {
+    SubscribeOptions { credit, lease }
+}
+
+fn fifo_order_for_one_consumer(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let dest = destination("fifo");
+    for i in 0..200 {
+        publish_ok(&d, &dest, i.to_string())?;
+    }
+    let (c, rx) = Consumer::channel();
+    let _sub = d
+        .subscribe(&dest, c, options(1000, Duration::from_secs(60)))
+        .map_err(|f| format!("subscribe: {f}"))?;
+    for i in 0..200 {
+        let m = next(&rx, "fifo")?;
+        ensure!(
+            text(&m) == i.to_string(),
+            "message {i} was {:?}: order broken",
+            text(&m)
+        );
+        ensure!(
+            m.delivery_count == 1,
+            "first delivery of {i} counted {}",
+            m.delivery_count
+        );
+        d.ack(&dest, m.id).map_err(|f| format!("ack of {i}: {f}"))?;
+    }
+    Ok(())
+}
+
+/// Consumers on threads: each acks what it gets and asks for one more.
+fn consume_all(
+    d: &DriverHandle,
+    dest: &str,
+    consumers: usize,
+    want: usize,
+) -> Result<Vec<(MessageId, String, u32)>, String> {
+    let got = Arc::new(Mutex::new(Vec::with_capacity(want)));
+    let mut threads = Vec::new();
+    let mut subs = Vec::new();
+    for _ in 0..consumers {
+        let (c, rx) = Consumer::channel();
+        let sub = Arc::new(
+            d.subscribe(dest, c, options(1, Duration::from_secs(60)))
+                .map_err(|f| format!("subscribe: {f}"))?,
+        );
+        subs.push(sub.clone());
+        let (d, dest, got) = (d.clone(), dest.to_owned(), got.clone());
+        threads.push(std::thread::spawn(move || -> Result<(), String> {
+            let deadline = Instant::now() + PATIENCE * 3;
+            while got.lock().map_or(0, |g| g.len()) < want && Instant::now() < deadline {
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Delivery::Message(m)) => {
+                        d.ack(&dest, m.id).map_err(|f| format!("ack: {f}"))?;
+                        if let Ok(mut g) = got.lock() {
+                            g.push((m.id, text(&m), m.delivery_count));
+                        }
+                        sub.credit(1);
+                    }
+                    Ok(Delivery::Closed(r)) => return Err(format!("closed: {r}")),
+                    Err(_) => {}
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in threads {
+        t.join()
+            .map_err(|_| "a consumer thread panicked".to_string())??;
+    }
+    drop(subs);
+    let got = got.lock().map_err(|_| "poisoned")?.clone();
+    Ok(got)
+}
+
+fn exactly_once(sent: &HashSet<MessageId>, got: &[(MessageId, String, u32)]) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for (id, body, count) in got {
+        ensure!(
+            seen.insert(*id),
+            "message {id} ({body}) delivered twice (count {count})"
+        );
+        ensure!(
+            sent.contains(id),
+            "message {id} ({body}) was never published"
+        );
+    }
+    let lost = sent.len() - seen.len();
+    ensure!(lost == 0, "{lost} of {} messages lost", sent.len());
+    Ok(())
+}
+
+fn competing_consumers_get_each_message_exactly_once(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let dest = destination("compete");
+    let mut sent = HashSet::new();
+    for i in 0..2000 {
+        sent.insert(publish_ok(&d, &dest, format!("m{i}"))?.id);
+    }
+    let got = consume_all(&d, &dest, 4, sent.len())?;
+    exactly_once(&sent, &got)
+}
+
+fn unacked_message_returns_after_its_lease_and_not_before(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let dest = destination("lease");
+    let id = publish_ok(&d, &dest, "leased")?.id;
+    let (c, rx) = Consumer::channel();
+    let lease = Duration::from_millis(1500);
+    let _sub = d
+        .subscribe(&dest, c, options(10, lease))
+        .map_err(|f| format!("subscribe: {f}"))?;
+    let first = next(&rx, "first delivery")?;
+    ensure!(
+        first.id == id && first.delivery_count == 1,
+        "first delivery: id {} count {}",
+        first.id,
+        first.delivery_count
+    );
+    // Not before the lease ends (half of it, with room for a slow machine).
+    nothing_within(&rx, lease / 2, "redelivery before the lease ended")?;
+    let again = next(&rx, "redelivery after the lease")?;
+    ensure!(again.id == id, "redelivered {} instead of {id}", again.id);
+    ensure!(
+        again.delivery_count == 2,
+        "redelivery counted {}, want 2",
+        again.delivery_count
+    );
+    d.ack(&dest, id)
+        .map_err(|f| format!("ack after redelivery: {f}"))?;
+    nothing_within(&rx, lease + lease / 2, "delivery after the ack")
+}
+
+fn acking_an_unknown_id_is_an_error(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let dest = destination("ack");
+    let unknown = MessageId(0x0bad_0bad_0bad_0bad);
+    ensure!(
+        d.ack(&dest, unknown).is_err(),
+        "ack of an unknown id on an unused queue succeeded"
+    );
+    let id = publish_ok(&d, &dest, "x")?.id;
+    ensure!(
+        d.ack(&dest, unknown).is_err(),
+        "ack of an unknown id succeeded"
+    );
+    ensure!(
+        d.ack(&dest, id).is_err(),
+        "ack of a message never delivered succeeded"
+    );
+    let (c, rx) = Consumer::channel();
+    let _sub = d
+        .subscribe(&dest, c, options(1, Duration::from_secs(60)))
+        .map_err(|f| format!("subscribe: {f}"))?;
+    let m = next(&rx, "delivery")?;
+    d.ack(&dest, m.id).map_err(|f| format!("ack: {f}"))?;
+    ensure!(
+        d.ack(&dest, m.id).is_err(),
+        "a second ack of the same message succeeded"
+    );
+    Ok(())
+}
+
+fn a_full_queue_refuses_with_backpressure(make: &Harness) -> Result<(), String> {
+    const CAP: usize = 2_000_000;
+    let d = make();
+    let dest = destination("full");
+    let mut accepted = 0;
+    let refusal = loop {
+        match publish(&d, &dest, Bytes::from_static(b"x")) {
+            Ok(_) => accepted += 1,
+            Err(f) => break f,
+        }
+        ensure!(
+            accepted < CAP,
+            "accepted {CAP} messages without refusing: memory is unbounded"
+        );
+    };
+    ensure!(
+        refusal.kind == FailureKind::Full,
+        "refused after {accepted} with {:?}, want Full: {}",
+        refusal.kind,
+        refusal.reason
+    );
+    ensure!(
+        refusal.retry_after.is_some(),
+        "a Full refusal carries no retry hint"
+    );
+    ensure!(accepted > 0, "refused the very first message");
+    // Taking one out makes room again.
+    let (c, rx) = Consumer::channel();
+    let sub = d
+        .subscribe(&dest, c, options(1, Duration::from_secs(60)))
+        .map_err(|f| format!("subscribe: {f}"))?;
+    let m = next(&rx, "delivery from a full queue")?;
+    d.ack(&dest, m.id).map_err(|f| format!("ack: {f}"))?;
+    drop(sub);
+    publish_ok(&d, &dest, "room again")?;
+    Ok(())
+}
+
+fn empty_and_large_bodies_arrive_intact(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let dest = destination("bodies");
+    let large: Vec<u8> = (0..4 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    publish_ok(&d, &dest, Bytes::new())?;
+    publish_ok(&d, &dest, large.clone())?;
+    let (c, rx) = Consumer::channel();
+    let _sub = d
+        .subscribe(&dest, c, options(2, Duration::from_secs(60)))
+        .map_err(|f| format!("subscribe: {f}"))?;
+    let empty = next(&rx, "empty body")?;
+    ensure!(
+        empty.body.is_empty(),
+        "empty body came back as {} bytes",
+        empty.body.len()
+    );
+    let big = next(&rx, "4 MiB body")?;
+    ensure!(
+        big.body.len() == large.len(),
+        "4 MiB body came back as {} bytes",
+        big.body.len()
+    );
+    ensure!(big.body[..] == large[..], "4 MiB body came back changed");
+    d.ack(&dest, empty.id).map_err(|f| format!("ack: {f}"))?;
+    d.ack(&dest, big.id).map_err(|f| format!("ack: {f}"))?;
+    Ok(())
+}
+
+fn concurrent_publishers_and_consumers_lose_and_duplicate_nothing(
+    make: &Harness,
+) -> Result<(), String> {
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 1000;
+    let d = make();
+    let dest = destination("concurrent");
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (d, dest) = (d.clone(), dest.clone());
+            std::thread::spawn(move || -> Result<Vec<MessageId>, String> {
+                (0..EACH)
+                    .map(|i| publish_ok(&d, &dest, format!("p{p}-{i}")).map(|r| r.id))
+                    .collect()
+            })
+        })
+        .collect();
+    let consumer = {
+        let (d, dest) = (d.clone(), dest.clone());
+        std::thread::spawn(move || consume_all(&d, &dest, 4, PUBLISHERS * EACH))
+    };
+    let mut sent = HashSet::new();
+    for p in publishers {
+        let ids = p.join().map_err(|_| "a publisher panicked".to_string())??;
+        sent.extend(ids);
+    }
+    ensure!(sent.len() == PUBLISHERS * EACH, "receipts repeated an id");
+    let got = consumer
+        .join()
+        .map_err(|_| "the consumers panicked".to_string())??;
+    exactly_once(&sent, &got)
+}
+
+fn reports_itself_as_a_queue(make: &Harness) -> Result<(), String> {
+    ensure!(
+        make().info().queue,
+        "a queue driver's info() says it is not a queue"
+    );
+    Ok(())
+}
+
+fn messages_and_acks_survive_a_restart(make: &Harness) -> Result<(), String> {
+    let dest = destination("restart");
+    let mut ids = Vec::new();
+    {
+        let d = make();
+        ensure!(
+            d.info().durable,
+            "a durable driver's info() says it is not durable"
+        );
+        for i in 0..10 {
+            ids.push(publish_ok(&d, &dest, format!("r{i}"))?.id);
+        }
+        let (c, rx) = Consumer::channel();
+        let sub = d
+            .subscribe(&dest, c, options(5, Duration::from_secs(60)))
+            .map_err(|f| format!("subscribe: {f}"))?;
+        for want in &ids[..5] {
+            let m = next(&rx, "before the restart")?;
+            ensure!(
+                m.id == *want,
+                "before the restart got {} instead of {want}",
+                m.id
+            );
+            d.ack(&dest, m.id).map_err(|f| format!("ack: {f}"))?;
+        }
+        drop(sub);
+    }
+    let d = make();
+    let (c, rx) = Consumer::channel();
+    let _sub = d
+        .subscribe(&dest, c, options(100, Duration::from_secs(60)))
+        .map_err(|f| format!("subscribe after the restart: {f}"))?;
+    for want in &ids[5..] {
+        let m = next(&rx, "after the restart")?;
+        ensure!(
+            m.id == *want,
+            "after the restart got {} ({}) instead of {want}",
+            m.id,
+            text(&m)
+        );
+        d.ack(&dest, m.id)
+            .map_err(|f| format!("ack after the restart: {f}"))?;
+    }
+    nothing_within(
+        &rx,
+        Duration::from_millis(300),
+        "an acked message after the restart",
+    )
+}
+
+fn subscribe_topic(
+    d: &DriverHandle,
+    dest: &str,
+    credit: u32,
+) -> Result<(bindery_classes::Subscription, Receiver<Delivery>), String> {
+    let (c, rx) = Consumer::channel();
+    let sub = d
+        .subscribe(dest, c, options(credit, Duration::from_secs(60)))
+        .map_err(|f| format!("subscribe: {f}"))?;
+    Ok((sub, rx))
+}
+
+fn every_live_subscriber_gets_every_message_in_order(make: &Harness) -> Result<(), String> {
+    let d = make();
+    ensure!(
+        !d.info().queue,
+        "a topic driver's info() says it is a queue"
+    );
+    let dest = destination("fanout");
+    let subs: Vec<_> = (0..3)
+        .map(|_| subscribe_topic(&d, &dest, 1000))
+        .collect::<Result<_, _>>()?;
+    for i in 0..100 {
+        publish_ok(&d, &dest, i.to_string())?;
+    }
+    for (n, (_, rx)) in subs.iter().enumerate() {
+        for i in 0..100 {
+            let m = next(rx, "fan-out")?;
+            ensure!(
+                text(&m) == i.to_string(),
+                "subscriber {n} got {:?} as message {i}",
+                text(&m)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn a_late_subscriber_gets_only_later_messages(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let dest = destination("late");
+    publish_ok(&d, &dest, "before")?;
+    let (_sub, rx) = subscribe_topic(&d, &dest, 10)?;
+    publish_ok(&d, &dest, "after")?;
+    let m = next(&rx, "late subscriber")?;
+    ensure!(text(&m) == "after", "a late subscriber got {:?}", text(&m));
+    nothing_within(&rx, Duration::from_millis(200), "late subscriber")
+}
+
+fn a_cancelled_subscription_gets_nothing_more(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let dest = destination("cancel");
+    let (sub, rx) = subscribe_topic(&d, &dest, 10)?;
+    publish_ok(&d, &dest, "one")?;
+    next(&rx, "before cancel")?;
+    sub.cancel();
+    publish_ok(&d, &dest, "two")?;
+    nothing_within(&rx, Duration::from_millis(200), "after cancel")
+}
+
+fn a_slow_subscriber_costs_bounded_memory(make: &Harness) -> Result<(), String> {
+    const N: u64 = 100_000;
+    let d = make();
+    let dest = destination("slow");
+    let (_sub, _rx) = subscribe_topic(&d, &dest, 0)?;
+    for i in 0..N {
+        if let Err(f) = publish(&d, &dest, Bytes::from_static(b"x")) {
+            ensure!(f.kind == FailureKind::Full, "publish {i} failed with {f}");
+        }
+    }
+    let held: u64 = d
+        .stats()
+        .iter()
+        .filter(|s| s.destination == dest)
+        .map(|s| s.depth)
+        .sum();
+    ensure!(
+        held < N,
+        "holds all {held} messages for a subscriber that takes none"
+    );
+    Ok(())
+}
+
+fn empty_and_large_bodies_fan_out_intact(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let dest = destination("topic-bodies");
+    let (_s1, r1) = subscribe_topic(&d, &dest, 10)?;
+    let (_s2, r2) = subscribe_topic(&d, &dest, 10)?;
+    let large: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    publish_ok(&d, &dest, Bytes::new())?;
+    publish_ok(&d, &dest, large.clone())?;
+    for rx in [&r1, &r2] {
+        ensure!(
+            next(rx, "empty body")?.body.is_empty(),
+            "empty body changed"
+        );
+        ensure!(
+            next(rx, "4 MiB body")?.body[..] == large[..],
+            "4 MiB body changed"
+        );
+    }
+    Ok(())
+}

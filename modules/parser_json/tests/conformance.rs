@@ -1,0 +1,3 @@
+//! `parser.json` against the parser contract.
+
+bindery_conformance::parser_suite!(parser_json::Json);

@@ -1,0 +1,3 @@
+//! `parser.text` against the parser contract.
+
+bindery_conformance::parser_suite!(parser_text::Text);

@@ -1,0 +1,3 @@
+//! `terminal.http` against the terminal contract.
+
+bindery_conformance::terminal_suite!(&terminal_http::MODULE);
