@@ -233,14 +233,26 @@ fn fifo_order_for_one_consumer(make: &Harness) -> Result<(), String> {
     Ok(())
 }
 
-/// Consumers on threads: each acks what it gets and asks for one more.
+/// What consumers took: (id, body, delivery count) in arrival order, and
+/// the acks the driver refused.
+struct Taken {
+    got: Vec<(MessageId, String, u32)>,
+    refused_acks: Vec<String>,
+}
+
+/// Consumers on threads: each records what it gets, acks it and asks for
+/// one more. They stop once `want` messages came, or after 3 s without any.
 fn consume_all(
     d: &DriverHandle,
     dest: &str,
     consumers: usize,
     want: usize,
-) -> Result<Vec<(MessageId, String, u32)>, String> {
-    let got = Arc::new(Mutex::new(Vec::with_capacity(want)));
+) -> Result<Taken, String> {
+    let taken = Arc::new(Mutex::new(Taken {
+        got: Vec::with_capacity(want),
+        refused_acks: Vec::new(),
+    }));
+    let last = Arc::new(Mutex::new(Instant::now()));
     let mut threads = Vec::new();
     let mut subs = Vec::new();
     for _ in 0..consumers {
@@ -250,15 +262,26 @@ fn consume_all(
                 .map_err(|f| format!("subscribe: {f}"))?,
         );
         subs.push(sub.clone());
-        let (d, dest, got) = (d.clone(), dest.to_owned(), got.clone());
+        let (d, dest, taken, last) = (d.clone(), dest.to_owned(), taken.clone(), last.clone());
         threads.push(std::thread::spawn(move || -> Result<(), String> {
-            let deadline = Instant::now() + PATIENCE * 3;
-            while got.lock().map_or(0, |g| g.len()) < want && Instant::now() < deadline {
+            let deadline = Instant::now() + PATIENCE * 6;
+            loop {
+                let quiet = last.lock().map_or(Duration::ZERO, |t| t.elapsed());
+                let done = taken.lock().map_or(true, |t| t.got.len() >= want);
+                if done || quiet > Duration::from_secs(3) || Instant::now() > deadline {
+                    return Ok(());
+                }
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(Delivery::Message(m)) => {
-                        d.ack(&dest, m.id).map_err(|f| format!("ack: {f}"))?;
-                        if let Ok(mut g) = got.lock() {
-                            g.push((m.id, text(&m), m.delivery_count));
+                        if let Ok(mut t) = last.lock() {
+                            *t = Instant::now();
+                        }
+                        let refused = d.ack(&dest, m.id).err();
+                        if let Ok(mut t) = taken.lock() {
+                            t.got.push((m.id, text(&m), m.delivery_count));
+                            if let Some(f) = refused {
+                                t.refused_acks.push(format!("ack of {}: {f}", m.id));
+                            }
                         }
                         sub.credit(1);
                     }
@@ -266,7 +289,6 @@ fn consume_all(
                     Err(_) => {}
                 }
             }
-            Ok(())
         }));
     }
     for t in threads {
@@ -274,13 +296,16 @@ fn consume_all(
             .map_err(|_| "a consumer thread panicked".to_string())??;
     }
     drop(subs);
-    let got = got.lock().map_err(|_| "poisoned")?.clone();
-    Ok(got)
+    let mut t = taken.lock().map_err(|_| "poisoned")?;
+    Ok(Taken {
+        got: std::mem::take(&mut t.got),
+        refused_acks: std::mem::take(&mut t.refused_acks),
+    })
 }
 
-fn exactly_once(sent: &HashSet<MessageId>, got: &[(MessageId, String, u32)]) -> Result<(), String> {
+fn exactly_once(sent: &HashSet<MessageId>, taken: &Taken) -> Result<(), String> {
     let mut seen = HashSet::new();
-    for (id, body, count) in got {
+    for (id, body, count) in &taken.got {
         ensure!(
             seen.insert(*id),
             "message {id} ({body}) delivered twice (count {count})"
@@ -292,6 +317,12 @@ fn exactly_once(sent: &HashSet<MessageId>, got: &[(MessageId, String, u32)]) -> 
     }
     let lost = sent.len() - seen.len();
     ensure!(lost == 0, "{lost} of {} messages lost", sent.len());
+    if let Some(first) = taken.refused_acks.first() {
+        return Err(format!(
+            "{} acks refused, the first: {first}",
+            taken.refused_acks.len()
+        ));
+    }
     Ok(())
 }
 

@@ -1,0 +1,269 @@
+//! The suites can fail: modules that each break one rule, and the case that
+//! must catch each. Every mutant wraps a real module and changes one thing;
+//! the unchanged module passes the same case, so the failure is the
+//! mutation's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bindery::{Completion, Failure};
+use bindery_classes::driver::{
+    DestinationStats, DriverHandle, DriverInfo, Receipt, SubscribeOptions,
+};
+use bindery_classes::{
+    Consumer, Delivery, Driver, Message, MessageId, ParseError, Parser, Subscription,
+};
+use bindery_conformance::{Case, driver, parser};
+use parking_lot::Mutex;
+
+fn memqueue() -> DriverHandle {
+    Arc::new(driver_memqueue::MemQueue::new(driver_memqueue::Config {
+        max_depth: 20_000,
+        ..Default::default()
+    }))
+}
+
+/// A driver that changes one thing about `inner`.
+struct Mutant {
+    inner: DriverHandle,
+    publish: Box<dyn Fn(&DriverHandle, Message, Completion<Receipt>) + Send + Sync>,
+    subscribe: Box<
+        dyn Fn(&DriverHandle, &str, Consumer, SubscribeOptions) -> Result<Subscription, Failure>
+            + Send
+            + Sync,
+    >,
+}
+
+impl Mutant {
+    fn new(inner: DriverHandle) -> Mutant {
+        Mutant {
+            inner,
+            publish: Box::new(|d, m, done| d.publish(m, done)),
+            subscribe: Box::new(|d, dest, c, o| d.subscribe(dest, c, o)),
+        }
+    }
+}
+
+impl Driver for Mutant {
+    fn info(&self) -> DriverInfo {
+        self.inner.info()
+    }
+    fn publish(&self, message: Message, done: Completion<Receipt>) {
+        (self.publish)(&self.inner, message, done)
+    }
+    fn subscribe(
+        &self,
+        dest: &str,
+        c: Consumer,
+        o: SubscribeOptions,
+    ) -> Result<Subscription, Failure> {
+        (self.subscribe)(&self.inner, dest, c, o)
+    }
+    fn ack(&self, dest: &str, id: MessageId) -> Result<(), Failure> {
+        self.inner.ack(dest, id)
+    }
+    fn release(&self, dest: &str, id: MessageId) -> Result<(), Failure> {
+        self.inner.release(dest, id)
+    }
+    fn stats(&self) -> Vec<DestinationStats> {
+        self.inner.stats()
+    }
+}
+
+fn case<H: ?Sized>(cases: &'static [Case<H>], name: &str) -> &'static Case<H> {
+    cases
+        .iter()
+        .find(|c| c.name == name)
+        .expect("a case of that name")
+}
+
+/// `name` passes on the real module and fails on the mutant.
+fn caught(name: &str, mutant: &driver::Harness) -> String {
+    let case = case(driver::QUEUE, name);
+    let real: &driver::Harness = &memqueue;
+    if let Err(e) = (case.run)(real) {
+        panic!("control: the unmutated driver fails {name}: {e}");
+    }
+    match (case.run)(mutant) {
+        Ok(()) => panic!("{name} did not catch the mutant"),
+        Err(reason) => reason,
+    }
+}
+
+#[test]
+fn a_driver_that_loses_one_message_in_a_thousand_is_caught() {
+    let make = || -> DriverHandle {
+        let n = Arc::new(AtomicU64::new(0));
+        let mut m = Mutant::new(memqueue());
+        m.publish = Box::new(move |d, msg, done| {
+            if n.fetch_add(1, Ordering::Relaxed) % 1000 == 999 {
+                // Confirms, keeps nothing.
+                return done.succeed(Receipt {
+                    id: msg.id,
+                    delivered_to: 0,
+                });
+            }
+            d.publish(msg, done)
+        });
+        Arc::new(m)
+    };
+    let reason = caught("competing_consumers_get_each_message_exactly_once", &make);
+    assert!(reason.contains("lost"), "{reason}");
+    let reason = caught(
+        "concurrent_publishers_and_consumers_lose_and_duplicate_nothing",
+        &make,
+    );
+    assert!(reason.contains("lost"), "{reason}");
+}
+
+#[test]
+fn a_driver_that_redelivers_before_the_lease_ends_is_caught() {
+    let make = || -> DriverHandle {
+        let mut m = Mutant::new(memqueue());
+        m.subscribe = Box::new(|d, dest, c, mut o| {
+            o.lease /= 10;
+            d.subscribe(dest, c, o)
+        });
+        Arc::new(m)
+    };
+    let reason = caught(
+        "unacked_message_returns_after_its_lease_and_not_before",
+        &make,
+    );
+    assert!(reason.contains("before the lease ended"), "{reason}");
+}
+
+#[test]
+fn a_driver_that_reorders_is_caught() {
+    let make = || -> DriverHandle {
+        // Holds every other message back until the next one is stored.
+        let held: Arc<Mutex<Option<Message>>> = Arc::new(Mutex::new(None));
+        let mut m = Mutant::new(memqueue());
+        m.publish = Box::new(move |d, msg, done| {
+            let id = msg.id;
+            let earlier = held.lock().take();
+            match earlier {
+                None => {
+                    *held.lock() = Some(msg);
+                    done.succeed(Receipt {
+                        id,
+                        delivered_to: 0,
+                    });
+                }
+                Some(first) => {
+                    d.publish(msg, done);
+                    let (later, _) = Completion::channel();
+                    d.publish(first, later);
+                }
+            }
+        });
+        Arc::new(m)
+    };
+    let reason = caught("fifo_order_for_one_consumer", &make);
+    assert!(reason.contains("order broken"), "{reason}");
+}
+
+#[test]
+fn a_driver_that_duplicates_under_concurrency_is_caught() {
+    let make = || -> DriverHandle {
+        let n = Arc::new(AtomicU64::new(0));
+        let mut m = Mutant::new(memqueue());
+        m.subscribe = Box::new(move |d, dest, c, o| {
+            let n = n.clone();
+            let twice = Consumer::new(move |delivery: Delivery| {
+                if n.fetch_add(1, Ordering::Relaxed) % 100 == 50 {
+                    c.deliver(delivery.clone());
+                }
+                c.deliver(delivery);
+            });
+            d.subscribe(dest, twice, o)
+        });
+        Arc::new(m)
+    };
+    let reason = caught("competing_consumers_get_each_message_exactly_once", &make);
+    assert!(reason.contains("delivered twice"), "{reason}");
+}
+
+/// A parser that changes one thing about `parser.json`.
+struct MutantParser(fn(&str, &[u8]) -> Result<(), ParseError>);
+
+impl Parser for MutantParser {
+    fn validate(&self, ct: &str, body: &[u8]) -> Result<(), ParseError> {
+        (self.0)(ct, body)
+    }
+    fn default_types(&self) -> &'static [&'static str] {
+        parser_json::DEFAULT_TYPES
+    }
+}
+
+fn parser_caught(name: &str, mutant: &MutantParser) -> String {
+    let case = case(parser::PARSER, name);
+    if let Err(e) = (case.run)(&parser_json::Json) {
+        panic!("control: parser.json fails {name}: {e}");
+    }
+    match (case.run)(mutant) {
+        Ok(()) => panic!("{name} did not catch the mutant"),
+        Err(reason) => reason,
+    }
+}
+
+#[test]
+fn a_parser_that_panics_on_some_input_is_caught() {
+    let mutant = MutantParser(|ct, body| {
+        if body.len() > 2 && body[1] == b'}' {
+            panic!("mutant: index out of bounds");
+        }
+        parser_json::Json.validate(ct, body)
+    });
+    let reason = parser_caught("never_panics_on_arbitrary_bytes", &mutant);
+    assert!(reason.contains("panicked"), "{reason}");
+}
+
+#[test]
+fn a_parser_that_accepts_invalid_bodies_is_caught() {
+    let mutant = MutantParser(|_, _| Ok(()));
+    let reason = parser_caught("rejects_invalid_bodies_with_a_reason_and_offset", &mutant);
+    assert!(reason.contains("accepted invalid"), "{reason}");
+}
+
+#[test]
+fn a_parser_that_misplaces_the_fault_is_caught() {
+    let mutant = MutantParser(|ct, body| {
+        parser_json::Json
+            .validate(ct, body)
+            .map_err(|e| ParseError::new(e.reason))
+    });
+    let reason = parser_caught("rejects_invalid_bodies_with_a_reason_and_offset", &mutant);
+    assert!(reason.contains("offset None"), "{reason}");
+}
+
+#[test]
+fn the_runner_reports_each_case_and_turns_panics_into_failures() {
+    let mutant = MutantParser(|_, body| {
+        if body.is_empty() {
+            panic!("mutant: empty body");
+        }
+        Ok(())
+    });
+    let verdicts = bindery_conformance::run_all(parser::PARSER, &mutant as &parser::Harness);
+    assert_eq!(verdicts.len(), parser::PARSER.len());
+    let failed: Vec<&str> = verdicts
+        .iter()
+        .filter(|v| v.failure.is_some())
+        .map(|v| v.case)
+        .collect();
+    assert!(
+        failed.contains(&"never_panics_on_arbitrary_bytes"),
+        "{verdicts:?}"
+    );
+    assert!(
+        failed.contains(&"rejects_invalid_bodies_with_a_reason_and_offset"),
+        "{verdicts:?}"
+    );
+    assert!(
+        !failed.contains(&"declares_valid_default_mime_types"),
+        "{verdicts:?}"
+    );
+    let _ = Duration::ZERO;
+}
