@@ -14,6 +14,8 @@
 //! This crate holds no module logic; it only names modules (in `main.rs`)
 //! and drives the kernel.
 
+pub mod certify;
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +23,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use bindery::{Config, Kernel, ModuleList};
 use clap::Parser;
+use clap::Subcommand;
 
 /// The stock server's embedded default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -43,8 +46,8 @@ pub struct Cli {
     #[arg(long)]
     pub list_modules: bool,
     /// With --list-modules: print JSON.
-    #[arg(long, requires = "list_modules")]
-    pub json: bool,
+    #[arg(long = "json", requires = "list_modules")]
+    pub list_json: bool,
     /// Reactor threads (0: one per core). Overrides [server] threads.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -54,6 +57,21 @@ pub struct Cli {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     pub print_default_config: bool,
+    /// Something other than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run each linked module's class conformance suite; exit non-zero on
+    /// any failure.
+    Certify {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses the command line and runs the server built from `linked`.
@@ -66,6 +84,16 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
+    if let Some(Command::Certify { json }) = cli.command {
+        return match certify::certify(linked, json) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("bindery: error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run_cli(&cli, linked, default_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -112,7 +140,7 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
     if cli.list_modules {
         let modules = bindery::linked_modules(linked)?;
         let mut out = std::io::stdout().lock();
-        if cli.json {
+        if cli.list_json {
             let list: Vec<_> = modules
                 .iter()
                 .map(|d| {

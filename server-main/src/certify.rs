@@ -1,0 +1,149 @@
+//! `bindery certify`: every linked module against its class's suite.
+
+use std::io::Write as _;
+
+use bindery::{Config, Kernel, ModuleDescriptor, ModuleList, Registry};
+use bindery_classes::driver::DriverHandle;
+use bindery_classes::parser::ParserHandle;
+use bindery_conformance::{Verdict, dispatcher, driver, parser, run_all, terminal};
+use serde::Serialize;
+
+/// One module's results.
+#[derive(Serialize)]
+pub struct Report {
+    /// `class.name`.
+    pub module: String,
+    /// The crate that declares it.
+    #[serde(rename = "crate")]
+    pub krate: &'static str,
+    /// The suite it was held to, or why none.
+    pub suite: String,
+    /// A verdict per case.
+    pub cases: Vec<Verdict>,
+}
+
+impl Report {
+    fn failed(&self) -> usize {
+        self.cases.iter().filter(|v| v.failure.is_some()).count()
+    }
+}
+
+/// An instance of `module` with its default configuration, alone in a
+/// kernel (not started), bound at `key` if given.
+fn instance(module: &'static ModuleDescriptor, key: Option<&str>) -> Result<Kernel, String> {
+    let registry = Registry::of(&[module]).map_err(|e| e.to_string())?;
+    let bind = key.map_or(String::new(), |k| format!("bind = [\"{k}\"]\n"));
+    let text = format!(
+        "[instances.under-test]\nmodule = \"{}\"\n{bind}",
+        module.id()
+    );
+    let config = Config::parse("certify", &text).map_err(|e| e.to_string())?;
+    Kernel::build_with(registry, &config, Some(1)).map_err(|e| e.to_string())
+}
+
+fn make_driver(module: &'static ModuleDescriptor) -> DriverHandle {
+    let kernel = instance(module, Some("/conformance/"))
+        .unwrap_or_else(|e| panic!("cannot make an instance of {}: {e}", module.id()));
+    bindery_classes::driver::lookup(kernel.runtime(), "/conformance/x")
+        .unwrap_or_else(|| panic!("{} made no driver", module.id()))
+}
+
+fn certify_one(module: &'static ModuleDescriptor) -> Report {
+    let mut report = Report {
+        module: module.id(),
+        krate: module.krate,
+        suite: String::new(),
+        cases: Vec::new(),
+    };
+    let setup_failure = |report: &mut Report, e: String| {
+        report.cases.push(Verdict {
+            case: "makes_an_instance_with_its_default_configuration",
+            failure: Some(e),
+        })
+    };
+    match module.class {
+        "driver" => {
+            let probe = std::panic::catch_unwind(|| make_driver(module).info());
+            let info = match probe {
+                Ok(info) => info,
+                Err(p) => {
+                    setup_failure(&mut report, bindery_conformance::panic_text(&*p));
+                    return report;
+                }
+            };
+            let make = move || make_driver(module);
+            let h: &driver::Harness = &make;
+            if info.queue {
+                report.suite = "driver/queue".into();
+                report.cases = run_all(driver::QUEUE, h);
+                if info.durable {
+                    report.suite = "driver/queue+durable".into();
+                    report.cases.extend(run_all(driver::DURABLE, h));
+                }
+            } else {
+                report.suite = "driver/topic".into();
+                report.cases = run_all(driver::TOPIC, h);
+            }
+        }
+        "parser" => {
+            report.suite = "parser".into();
+            let kernel = match instance(module, None) {
+                Ok(k) => k,
+                Err(e) => {
+                    setup_failure(&mut report, e);
+                    return report;
+                }
+            };
+            let handle = kernel.runtime().table("parser").and_then(|t| {
+                t.index()
+                    .bindings()
+                    .first()
+                    .and_then(|b| b.handle::<ParserHandle>().cloned())
+            });
+            match handle {
+                Some(p) => report.cases = run_all(parser::PARSER, &*p),
+                None => setup_failure(&mut report, "its instance is bound to no MIME type".into()),
+            }
+        }
+        "dispatcher" => {
+            report.suite = "dispatcher".into();
+            report.cases = run_all(dispatcher::DISPATCHER, &module);
+        }
+        "terminal" => {
+            report.suite = "terminal".into();
+            report.cases = run_all(terminal::TERMINAL, &module);
+        }
+        other => report.suite = format!("none: no suite for class {other:?}"),
+    }
+    report
+}
+
+/// Certifies every module `linked` holds; prints a table (or JSON) and
+/// returns whether every case passed.
+pub fn certify(linked: ModuleList, json: bool) -> anyhow::Result<bool> {
+    let modules = bindery::linked_modules(linked)?;
+    let reports: Vec<Report> = modules.into_iter().map(certify_one).collect();
+    let failed: usize = reports.iter().map(Report::failed).sum();
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
+    } else {
+        for r in &reports {
+            writeln!(out, "{} ({}) — suite {}", r.module, r.krate, r.suite)?;
+            for v in &r.cases {
+                match &v.failure {
+                    None => writeln!(out, "  pass  {}", v.case)?,
+                    Some(why) => writeln!(out, "  FAIL  {}: {why}", v.case)?,
+                }
+            }
+        }
+        let cases: usize = reports.iter().map(|r| r.cases.len()).sum();
+        writeln!(
+            out,
+            "certify: {} modules, {cases} cases: {} passed, {failed} failed",
+            reports.len(),
+            cases - failed
+        )?;
+    }
+    Ok(failed == 0)
+}

@@ -1,0 +1,63 @@
+//! `bindery certify`: the stock binary certifies every module it links, and
+//! a binary with a module that breaks its contract fails certification.
+
+use std::process::Command;
+
+use bindery_classes::{ParseError, Parser};
+
+#[test]
+fn the_stock_server_certifies_every_module_it_links() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .args(["certify", "--json"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 7, "{reports:?}");
+    for r in reports {
+        let cases = r["cases"].as_array().unwrap();
+        assert!(!cases.is_empty(), "{} was held to no case", r["module"]);
+        for c in cases {
+            assert!(
+                c["failure"].is_null(),
+                "{} failed {}: {}",
+                r["module"],
+                c["case"],
+                c["failure"]
+            );
+        }
+    }
+    assert!(out.status.success());
+}
+
+/// Claims `application/json` and accepts anything: breaks the contract.
+struct Lax;
+
+impl Parser for Lax {
+    fn validate(&self, _: &str, _: &[u8]) -> Result<(), ParseError> {
+        Ok(())
+    }
+    fn default_types(&self) -> &'static [&'static str] {
+        &["application/json"]
+    }
+}
+
+fn lax_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+    bindery_classes::parser::register(reg, &["application/json"], |_| Ok(Lax));
+    Ok(())
+}
+
+bindery::module! {
+    class: "parser",
+    name: "lax",
+    description: "accepts invalid JSON: must fail certification",
+    main: lax_main,
+}
+
+#[test]
+fn a_module_that_breaks_its_contract_fails_certification() {
+    static LISTED: &[&bindery::ModuleDescriptor] = &[&MODULE];
+    let passed = bindery_server::certify::certify(bindery::ModuleList::new(LISTED), true).unwrap();
+    assert!(!passed, "parser.lax passed certification");
+}
