@@ -24,15 +24,20 @@ fn memqueue() -> DriverHandle {
     }))
 }
 
+/// A publish, as a mutant does it.
+type PublishFn = Box<dyn Fn(&DriverHandle, Message, Completion<Receipt>) + Send + Sync>;
+/// A subscribe, as a mutant does it.
+type SubscribeFn = Box<
+    dyn Fn(&DriverHandle, &str, Consumer, SubscribeOptions) -> Result<Subscription, Failure>
+        + Send
+        + Sync,
+>;
+
 /// A driver that changes one thing about `inner`.
 struct Mutant {
     inner: DriverHandle,
-    publish: Box<dyn Fn(&DriverHandle, Message, Completion<Receipt>) + Send + Sync>,
-    subscribe: Box<
-        dyn Fn(&DriverHandle, &str, Consumer, SubscribeOptions) -> Result<Subscription, Failure>
-            + Send
-            + Sync,
-    >,
+    publish: PublishFn,
+    subscribe: SubscribeFn,
 }
 
 impl Mutant {
