@@ -47,7 +47,7 @@ pub const DISPATCHER: &[Case<Harness>] = &[
 
 /// Runs the dispatcher suite as `#[test]`s, one per case:
 ///
-/// ```ignore
+/// ```text
 /// bindery_conformance::dispatcher_suite!(&my_dispatcher::MODULE);
 /// ```
 #[macro_export]

@@ -97,7 +97,7 @@ pub const TOPIC: &[Case<Harness>] = &[
 /// Runs the queue suite (and the durable cases for `durable_queue`) or the
 /// topic suite as `#[test]`s, one per case:
 ///
-/// ```ignore
+/// ```text
 /// bindery_conformance::driver_suite!(queue, || make_my_driver());
 /// ```
 #[macro_export]
@@ -178,6 +178,17 @@ fn publish_ok(d: &DriverHandle, dest: &str, body: impl Into<Bytes>) -> Result<Re
     publish(d, dest, body).map_err(|f| format!("publish to {dest} failed: {f}"))
 }
 
+fn ack(d: &DriverHandle, dest: &str, id: MessageId) -> Result<(), Failure> {
+    let (done, outcome) = Completion::channel();
+    d.ack(dest, id, done);
+    outcome.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+        Err(Failure::new(
+            FailureKind::Internal,
+            "no answer to an ack within 10 s",
+        ))
+    })
+}
+
 fn next(rx: &Receiver<Delivery>, what: &str) -> Result<Message, String> {
     match rx.recv_timeout(PATIENCE) {
         Ok(Delivery::Message(m)) => Ok(m),
@@ -228,7 +239,7 @@ fn fifo_order_for_one_consumer(make: &Harness) -> Result<(), String> {
             "first delivery of {i} counted {}",
             m.delivery_count
         );
-        d.ack(&dest, m.id).map_err(|f| format!("ack of {i}: {f}"))?;
+        ack(&d, &dest, m.id).map_err(|f| format!("ack of {i}: {f}"))?;
     }
     Ok(())
 }
@@ -276,7 +287,7 @@ fn consume_all(
                         if let Ok(mut t) = last.lock() {
                             *t = Instant::now();
                         }
-                        let refused = d.ack(&dest, m.id).err();
+                        let refused = ack(&d, &dest, m.id).err();
                         if let Ok(mut t) = taken.lock() {
                             t.got.push((m.id, text(&m), m.delivery_count));
                             if let Some(f) = refused {
@@ -362,8 +373,7 @@ fn unacked_message_returns_after_its_lease_and_not_before(make: &Harness) -> Res
         "redelivery counted {}, want 2",
         again.delivery_count
     );
-    d.ack(&dest, id)
-        .map_err(|f| format!("ack after redelivery: {f}"))?;
+    ack(&d, &dest, id).map_err(|f| format!("ack after redelivery: {f}"))?;
     nothing_within(&rx, lease + lease / 2, "delivery after the ack")
 }
 
@@ -372,16 +382,16 @@ fn acking_an_unknown_id_is_an_error(make: &Harness) -> Result<(), String> {
     let dest = destination("ack");
     let unknown = MessageId(0x0bad_0bad_0bad_0bad);
     ensure!(
-        d.ack(&dest, unknown).is_err(),
+        ack(&d, &dest, unknown).is_err(),
         "ack of an unknown id on an unused queue succeeded"
     );
     let id = publish_ok(&d, &dest, "x")?.id;
     ensure!(
-        d.ack(&dest, unknown).is_err(),
+        ack(&d, &dest, unknown).is_err(),
         "ack of an unknown id succeeded"
     );
     ensure!(
-        d.ack(&dest, id).is_err(),
+        ack(&d, &dest, id).is_err(),
         "ack of a message never delivered succeeded"
     );
     let (c, rx) = Consumer::channel();
@@ -389,9 +399,9 @@ fn acking_an_unknown_id_is_an_error(make: &Harness) -> Result<(), String> {
         .subscribe(&dest, c, options(1, Duration::from_secs(60)))
         .map_err(|f| format!("subscribe: {f}"))?;
     let m = next(&rx, "delivery")?;
-    d.ack(&dest, m.id).map_err(|f| format!("ack: {f}"))?;
+    ack(&d, &dest, m.id).map_err(|f| format!("ack: {f}"))?;
     ensure!(
-        d.ack(&dest, m.id).is_err(),
+        ack(&d, &dest, m.id).is_err(),
         "a second ack of the same message succeeded"
     );
     Ok(())
@@ -429,7 +439,7 @@ fn a_full_queue_refuses_with_backpressure(make: &Harness) -> Result<(), String> 
         .subscribe(&dest, c, options(1, Duration::from_secs(60)))
         .map_err(|f| format!("subscribe: {f}"))?;
     let m = next(&rx, "delivery from a full queue")?;
-    d.ack(&dest, m.id).map_err(|f| format!("ack: {f}"))?;
+    ack(&d, &dest, m.id).map_err(|f| format!("ack: {f}"))?;
     drop(sub);
     publish_ok(&d, &dest, "room again")?;
     Ok(())
@@ -460,8 +470,8 @@ fn empty_and_large_bodies_arrive_intact(make: &Harness) -> Result<(), String> {
         big.body.len()
     );
     ensure!(big.body[..] == large[..], "4 MiB body came back changed");
-    d.ack(&dest, empty.id).map_err(|f| format!("ack: {f}"))?;
-    d.ack(&dest, big.id).map_err(|f| format!("ack: {f}"))?;
+    ack(&d, &dest, empty.id).map_err(|f| format!("ack: {f}"))?;
+    ack(&d, &dest, big.id).map_err(|f| format!("ack: {f}"))?;
     Ok(())
 }
 
@@ -529,7 +539,7 @@ fn messages_and_acks_survive_a_restart(make: &Harness) -> Result<(), String> {
                 "before the restart got {} instead of {want}",
                 m.id
             );
-            d.ack(&dest, m.id).map_err(|f| format!("ack: {f}"))?;
+            ack(&d, &dest, m.id).map_err(|f| format!("ack: {f}"))?;
         }
         drop(sub);
     }
@@ -546,8 +556,7 @@ fn messages_and_acks_survive_a_restart(make: &Harness) -> Result<(), String> {
             m.id,
             text(&m)
         );
-        d.ack(&dest, m.id)
-            .map_err(|f| format!("ack after the restart: {f}"))?;
+        ack(&d, &dest, m.id).map_err(|f| format!("ack after the restart: {f}"))?;
     }
     nothing_within(
         &rx,

@@ -44,7 +44,7 @@ pub const PARSER: &[Case<Harness>] = &[
 
 /// Runs the parser suite as `#[test]`s, one per case:
 ///
-/// ```ignore
+/// ```text
 /// bindery_conformance::parser_suite!(MyParser);
 /// ```
 #[macro_export]

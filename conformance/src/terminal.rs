@@ -42,7 +42,7 @@ pub const TERMINAL: &[Case<Harness>] = &[
 
 /// Runs the terminal suite as `#[test]`s, one per case:
 ///
-/// ```ignore
+/// ```text
 /// bindery_conformance::terminal_suite!(&my_terminal::MODULE);
 /// ```
 #[macro_export]

@@ -65,8 +65,8 @@ impl Driver for Mutant {
     ) -> Result<Subscription, Failure> {
         (self.subscribe)(&self.inner, dest, c, o)
     }
-    fn ack(&self, dest: &str, id: MessageId) -> Result<(), Failure> {
-        self.inner.ack(dest, id)
+    fn ack(&self, dest: &str, id: MessageId, done: Completion<()>) {
+        self.inner.ack(dest, id, done)
     }
     fn release(&self, dest: &str, id: MessageId) -> Result<(), Failure> {
         self.inner.release(dest, id)

@@ -14,8 +14,8 @@
 //!   each message to one consumer, leased; an unacked message comes back
 //!   after its lease with a higher delivery count. Topics give each message
 //!   to every live subscriber.
-//! - [`Driver::ack`] settles a leased message; an unknown id is an error,
-//!   not a panic.
+//! - [`Driver::ack`] settles a leased message and completes once the ack
+//!   is kept; an unknown id is an error, not a panic.
 //!
 //! # Threading
 //!
@@ -136,10 +136,13 @@ pub trait Driver: Send + Sync + 'static {
         options: SubscribeOptions,
     ) -> Result<Subscription, Failure>;
 
-    /// Settles a leased message. Topics have nothing to ack.
-    fn ack(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+    /// Settles a leased message; completes once the ack is kept as the
+    /// driver promises (on disk, for a durable driver), so an acked message
+    /// never comes back. An unknown id fails with `NotFound`. Topics have
+    /// nothing to ack.
+    fn ack(&self, destination: &str, id: MessageId, done: Completion<()>) {
         let _ = id;
-        Err(Failure::new(
+        done.fail(Failure::new(
             FailureKind::Unsupported,
             format!("{destination}: this destination has no acknowledgements"),
         ))
@@ -148,7 +151,11 @@ pub trait Driver: Send + Sync + 'static {
     /// Gives a leased message back at once, as if its lease had ended,
     /// without counting a delivery (a consumer that could not use it).
     fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
-        self.ack(destination, id).map(|_| ())
+        let _ = id;
+        Err(Failure::new(
+            FailureKind::Unsupported,
+            format!("{destination}: this destination has nothing to release"),
+        ))
     }
 
     /// Counters per destination.

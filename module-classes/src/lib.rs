@@ -22,6 +22,7 @@ pub mod dispatcher;
 pub mod driver;
 pub mod message;
 pub mod parser;
+pub mod queue;
 pub mod terminal;
 
 pub use consumer::{Consumer, Delivery, Subscription, SubscriptionControl};

@@ -38,9 +38,9 @@ fn main() -> anyhow::Result<()> {
     let _sub = driver.subscribe("/jobs/build", consumer, SubscribeOptions::default());
     if let Delivery::Message(m) = deliveries.recv()? {
         println!("consumed {}: {}", m.id, String::from_utf8_lossy(&m.body));
-        driver
-            .ack("/jobs/build", m.id)
-            .map_err(|f| anyhow::anyhow!("{f}"))?;
+        let (done, acked) = Completion::channel();
+        driver.ack("/jobs/build", m.id, done);
+        acked.recv()?.map_err(|f| anyhow::anyhow!("{f}"))?;
     }
     kernel.shutdown();
     Ok(())

@@ -56,6 +56,8 @@ module = "parser.json"
         panic!("closed");
     };
     assert_eq!((m.id, &m.body[..]), (receipt.id, &br#"{"x":1}"#[..]));
-    driver.ack("/jobs/a", m.id).unwrap();
+    let (done, acked) = Completion::channel();
+    driver.ack("/jobs/a", m.id, done);
+    acked.recv().unwrap().unwrap();
     kernel.shutdown();
 }

@@ -38,6 +38,10 @@ enum Slot {
         tag: u64,
         close: bool,
     },
+    Ack {
+        tag: u64,
+        close: bool,
+    },
     Poll {
         tag: u64,
         timer: TimerId,
@@ -54,7 +58,9 @@ enum Slot {
 impl Slot {
     fn tag(&self) -> Option<u64> {
         match self {
-            Slot::Publish { tag, .. } | Slot::Poll { tag, .. } => Some(*tag),
+            Slot::Publish { tag, .. } | Slot::Ack { tag, .. } | Slot::Poll { tag, .. } => {
+                Some(*tag)
+            }
             _ => None,
         }
     }
@@ -244,7 +250,7 @@ impl Conn {
         match method {
             "POST" | "PUT" => self.publish(cx, req, close),
             "GET" => self.get(cx, req, close),
-            "DELETE" => self.delete(&req.path, close),
+            "DELETE" => self.delete(cx, &req.path, close),
             _ => self.ready(
                 405,
                 &[("Allow", "GET, POST, DELETE")],
@@ -322,7 +328,7 @@ impl Conn {
         }
     }
 
-    fn delete(&mut self, path: &str, close: bool) {
+    fn delete(&mut self, cx: &mut Cx<'_>, path: &str, close: bool) {
         let Some((queue, id)) = path.rsplit_once("/messages/") else {
             return self.ready(
                 405,
@@ -334,16 +340,11 @@ impl Conn {
         let Some(id) = MessageId::parse(id) else {
             return self.ready(400, &[], &format!("{id:?} is not a message id"), close);
         };
-        let outcome = self
-            .shared
-            .dispatcher
-            .driver(queue)
-            .and_then(|d| d.ack(queue, id));
-        match outcome {
-            Ok(()) => {
-                let mut out = Vec::new();
-                response::write(&mut out, 204, &[], None, b"", close);
-                self.slots.push_back(Slot::Ready(out));
+        match self.shared.dispatcher.driver(queue) {
+            Ok(driver) => {
+                let tag = self.tag();
+                self.slots.push_back(Slot::Ack { tag, close });
+                driver.ack(queue, id, cx.completion::<()>(tag));
             }
             Err(f) => self.failed(&f, close),
         }
@@ -470,6 +471,22 @@ impl Conn {
         self.answer_slot(tag, |_| Some(out));
     }
 
+    fn acked(&mut self, tag: u64, outcome: Result<(), Failure>) {
+        let close = matches!(
+            self.slots.iter().find(|s| s.tag() == Some(tag)),
+            Some(Slot::Ack { close: true, .. })
+        );
+        let out = match outcome {
+            Ok(()) => {
+                let mut out = Vec::new();
+                response::write(&mut out, 204, &[], None, b"", close);
+                out
+            }
+            Err(f) => failure_response(&f, close),
+        };
+        self.answer_slot(tag, |_| Some(out));
+    }
+
     fn delivered(&mut self, tag: u64, delivery: Delivery) {
         if let Some(s) = &mut self.streaming {
             match delivery {
@@ -583,6 +600,13 @@ impl Handler for Conn {
         let note = match note.take::<Result<Receipt, Failure>>() {
             Ok(outcome) => {
                 self.published(tag, outcome);
+                return self.drive(cx);
+            }
+            Err(note) => note,
+        };
+        let note = match note.take::<Result<(), Failure>>() {
+            Ok(outcome) => {
+                self.acked(tag, outcome);
                 return self.drive(cx);
             }
             Err(note) => note,

@@ -1,0 +1,402 @@
+//! A set of in-memory queues with leases, acks, redelivery and bounded
+//! depth: the state machine a queue driver keeps, whatever its storage.
+//!
+//! `driver.memqueue` is this and nothing else; `driver.filequeue` journals
+//! each publish and ack, then applies it here. Every destination is a queue,
+//! made on first use. A message goes to one consumer (competing consumers
+//! take turns), leased; an ack settles it; a lease that runs out puts it
+//! back at the head of its queue with its delivery count raised. A queue
+//! holds at most `max_depth` messages, counting those being stored
+//! ([`Reservation`]), those waiting and those leased.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bindery::{Failure, FailureKind};
+use parking_lot::{Condvar, Mutex};
+
+use crate::consumer::{Consumer, Delivery, Subscription, SubscriptionControl};
+use crate::driver::{DestinationStats, SubscribeOptions};
+use crate::message::{Message, MessageId};
+
+/// How big queues may grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Messages per queue: being stored, waiting and leased.
+    pub max_depth: usize,
+    /// Queues per set.
+    pub max_queues: usize,
+}
+
+/// A set of queues, and the thread that returns expired leases of idle
+/// queues (stopped when the set is dropped).
+pub struct Queues {
+    shared: Arc<Shared>,
+    reaper: Option<Reaper>,
+}
+
+struct Shared {
+    limits: QueueLimits,
+    queues: parking_lot::RwLock<HashMap<Box<str>, Arc<Mutex<Queue>>>>,
+}
+
+struct Lease {
+    message: Message,
+    until: Instant,
+}
+
+struct Sub {
+    id: u64,
+    consumer: Consumer,
+    credit: u32,
+    lease: Duration,
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<Message>,
+    leased: HashMap<MessageId, Lease>,
+    expiries: BinaryHeap<Reverse<(Instant, MessageId)>>,
+    subs: Vec<Sub>,
+    next_sub: u64,
+    turn: usize,
+    pending: usize,
+    stats: DestinationStats,
+}
+
+impl Queue {
+    fn depth(&self) -> usize {
+        self.ready.len() + self.leased.len() + self.pending
+    }
+
+    /// Puts expired leases back at the head, oldest first.
+    fn expire(&mut self, now: Instant) {
+        let mut back = Vec::new();
+        while let Some(&Reverse((until, id))) = self.expiries.peek() {
+            if until > now {
+                break;
+            }
+            self.expiries.pop();
+            if self.leased.get(&id).is_some_and(|l| l.until == until) {
+                back.extend(self.leased.remove(&id).map(|l| l.message));
+            }
+        }
+        for m in back.into_iter().rev() {
+            self.ready.push_front(m);
+        }
+    }
+
+    /// Hands waiting messages to consumers with credit, in turn.
+    fn pump(&mut self, now: Instant) {
+        self.expire(now);
+        while !self.ready.is_empty() {
+            let n = self.subs.len();
+            let Some(k) = (0..n)
+                .map(|i| (self.turn + i) % n)
+                .find(|&k| self.subs[k].credit > 0)
+            else {
+                return;
+            };
+            self.turn = k + 1;
+            let Some(mut message) = self.ready.pop_front() else {
+                return;
+            };
+            message.delivery_count += 1;
+            let sub = &mut self.subs[k];
+            sub.credit -= 1;
+            let until = now + sub.lease;
+            self.expiries.push(Reverse((until, message.id)));
+            self.leased.insert(
+                message.id,
+                Lease {
+                    message: message.clone(),
+                    until,
+                },
+            );
+            self.stats.delivered += 1;
+            sub.consumer.deliver(Delivery::Message(message));
+        }
+    }
+}
+
+/// Room held for one message while it is being stored; [`Reservation::fill`]
+/// makes the message deliverable, dropping gives the room back.
+pub struct Reservation {
+    queue: Arc<Mutex<Queue>>,
+    filled: bool,
+}
+
+impl Reservation {
+    /// Appends `message` to its queue and delivers it if a consumer waits.
+    pub fn fill(mut self, message: Message) {
+        self.filled = true;
+        let mut q = self.queue.lock();
+        q.pending -= 1;
+        q.stats.published += 1;
+        q.ready.push_back(message);
+        q.pump(Instant::now());
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.filled {
+            self.queue.lock().pending -= 1;
+        }
+    }
+}
+
+impl Queues {
+    /// An empty set.
+    pub fn new(limits: QueueLimits) -> Queues {
+        let shared = Arc::new(Shared {
+            limits,
+            queues: parking_lot::RwLock::new(HashMap::new()),
+        });
+        let reaper = Reaper::start(&shared);
+        Queues {
+            shared,
+            reaper: Some(reaper),
+        }
+    }
+
+    fn queue(&self, destination: &str, create: bool) -> Result<Arc<Mutex<Queue>>, Failure> {
+        if let Some(q) = self.shared.queues.read().get(destination) {
+            return Ok(q.clone());
+        }
+        if !create {
+            return Err(Failure::new(
+                FailureKind::NotFound,
+                format!("no queue {destination}"),
+            ));
+        }
+        let mut all = self.shared.queues.write();
+        if let Some(q) = all.get(destination) {
+            return Ok(q.clone());
+        }
+        if all.len() >= self.shared.limits.max_queues {
+            return Err(Failure::new(
+                FailureKind::Full,
+                format!(
+                    "{destination}: this instance holds its maximum of {} queues",
+                    self.shared.limits.max_queues
+                ),
+            ));
+        }
+        let q = Arc::new(Mutex::new(Queue {
+            stats: DestinationStats {
+                destination: destination.to_owned(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        all.insert(destination.into(), q.clone());
+        Ok(q)
+    }
+
+    /// Holds room for one message at `destination`, or fails with `Full`
+    /// (and a retry hint) when the queue is at its depth.
+    pub fn reserve(&self, destination: &str) -> Result<Reservation, Failure> {
+        let queue = self.queue(destination, true)?;
+        {
+            let mut q = queue.lock();
+            q.expire(Instant::now());
+            if q.depth() >= self.shared.limits.max_depth {
+                q.stats.refused += 1;
+                return Err(Failure::new(
+                    FailureKind::Full,
+                    format!(
+                        "{destination}: queue is full ({} messages)",
+                        self.shared.limits.max_depth
+                    ),
+                )
+                .retry_after(Duration::from_secs(1)));
+            }
+            q.pending += 1;
+        }
+        Ok(Reservation {
+            queue,
+            filled: false,
+        })
+    }
+
+    /// Puts a recovered message back, whatever the depth (recovery must not
+    /// lose what was confirmed).
+    pub fn restore(&self, message: Message) -> Result<(), Failure> {
+        let queue = self.queue(&message.destination, true)?;
+        let mut q = queue.lock();
+        q.stats.published += 1;
+        q.ready.push_back(message);
+        Ok(())
+    }
+
+    /// Attaches a consumer to `destination`.
+    pub fn subscribe(
+        &self,
+        destination: &str,
+        consumer: Consumer,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Failure> {
+        let q = self.queue(destination, true)?;
+        let id = {
+            let mut g = q.lock();
+            let id = g.next_sub;
+            g.next_sub += 1;
+            g.subs.push(Sub {
+                id,
+                consumer,
+                credit: options.credit,
+                lease: options.lease,
+            });
+            g.pump(Instant::now());
+            id
+        };
+        Ok(Subscription::new(Arc::new(QueueSub {
+            queue: Arc::downgrade(&q),
+            id,
+        })))
+    }
+
+    /// Settles a leased message.
+    pub fn ack(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        let q = self.queue(destination, false)?;
+        let mut q = q.lock();
+        match q.leased.remove(&id) {
+            Some(_) => {
+                q.stats.acked += 1;
+                Ok(())
+            }
+            None => Err(Failure::new(
+                FailureKind::NotFound,
+                format!(
+                    "{destination}: no leased message {id} (unknown, acked, or its lease ran out)"
+                ),
+            )),
+        }
+    }
+
+    /// Gives a leased message back at once, uncounted.
+    pub fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        let q = self.queue(destination, false)?;
+        let mut q = q.lock();
+        match q.leased.remove(&id) {
+            Some(lease) => {
+                let mut m = lease.message;
+                m.delivery_count = m.delivery_count.saturating_sub(1);
+                q.ready.push_front(m);
+                q.pump(Instant::now());
+                Ok(())
+            }
+            None => Err(Failure::new(
+                FailureKind::NotFound,
+                format!("{destination}: no leased message {id}"),
+            )),
+        }
+    }
+
+    /// Counters per queue, sorted by destination.
+    pub fn stats(&self) -> Vec<DestinationStats> {
+        let mut out: Vec<DestinationStats> = self
+            .shared
+            .queues
+            .read()
+            .values()
+            .map(|q| {
+                let q = q.lock();
+                DestinationStats {
+                    depth: (q.ready.len() + q.pending) as u64,
+                    leased: q.leased.len() as u64,
+                    consumers: q.subs.len() as u64,
+                    ..q.stats.clone()
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.destination.cmp(&b.destination));
+        out
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        if let Some(r) = self.reaper.take() {
+            r.stop();
+        }
+    }
+}
+
+/// The lease reaper's thread.
+struct Reaper {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn start(shared: &Arc<Shared>) -> Reaper {
+        let weak = Arc::downgrade(shared);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bindery-leases".into())
+            .spawn(move || reap(weak, s))
+            .ok();
+        Reaper { stop, thread }
+    }
+
+    fn stop(self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread {
+            let _ = t.join();
+        }
+    }
+}
+
+fn reap(shared: Weak<Shared>, stop: Arc<(Mutex<bool>, Condvar)>) {
+    loop {
+        {
+            let mut stopped = stop.0.lock();
+            if !*stopped {
+                stop.1.wait_for(&mut stopped, Duration::from_millis(20));
+            }
+            if *stopped {
+                return;
+            }
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let queues: Vec<_> = shared.queues.read().values().cloned().collect();
+        for q in queues {
+            let mut q = q.lock();
+            if q.expiries.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+                q.pump(now);
+            }
+        }
+    }
+}
+
+struct QueueSub {
+    queue: Weak<Mutex<Queue>>,
+    id: u64,
+}
+
+impl SubscriptionControl for QueueSub {
+    fn credit(&self, n: u32) {
+        if let Some(q) = self.queue.upgrade() {
+            let mut q = q.lock();
+            if let Some(s) = q.subs.iter_mut().find(|s| s.id == self.id) {
+                s.credit = s.credit.saturating_add(n);
+            }
+            q.pump(Instant::now());
+        }
+    }
+
+    fn cancel(&self) {
+        if let Some(q) = self.queue.upgrade() {
+            q.lock().subs.retain(|s| s.id != self.id);
+        }
+    }
+}
