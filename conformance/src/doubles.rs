@@ -144,6 +144,7 @@ const fn double(
         description: "a conformance test double",
         krate: "bindery_conformance",
         main,
+        certify_config: "",
     }
 }
 

@@ -56,6 +56,7 @@ static MODULES: [ModuleDescriptor; 2] = [
         description: "bench",
         krate: "bench",
         main: main_path,
+        certify_config: "",
     },
     ModuleDescriptor {
         class: "parser",
@@ -65,6 +66,7 @@ static MODULES: [ModuleDescriptor; 2] = [
         description: "bench",
         krate: "bench",
         main: main_mime,
+        certify_config: "",
     },
 ];
 

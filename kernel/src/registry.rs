@@ -48,6 +48,11 @@ pub struct ModuleDescriptor {
     pub krate: &'static str,
     /// The module main.
     pub main: ModuleMain,
+    /// The configuration section (TOML) an instance gets when the module
+    /// is certified (`bindery certify`): small limits, and `{scratch}`
+    /// where a data directory goes (replaced by a temporary one). Empty:
+    /// the defaults.
+    pub certify_config: &'static str,
 }
 
 impl ModuleDescriptor {
@@ -76,14 +81,17 @@ pub static BINDERY_MODULES: [ModuleDescriptor];
 /// }
 /// ```
 ///
-/// The version and crate name come from Cargo; the ABI from the kernel.
+/// The version and crate name come from Cargo; the ABI from the kernel. An
+/// optional `certify_config: "..."` gives the TOML section an instance gets
+/// when certified (see [`ModuleDescriptor::certify_config`]).
 #[macro_export]
 macro_rules! module {
     (
         class: $class:expr,
         name: $name:expr,
         description: $description:expr,
-        main: $main:path $(,)?
+        main: $main:path
+        $(, certify_config: $certify:expr)? $(,)?
     ) => {
         /// This crate's module descriptor, in the kernel's module table.
         #[$crate::linkme::distributed_slice($crate::BINDERY_MODULES)]
@@ -96,7 +104,19 @@ macro_rules! module {
             description: $description,
             krate: env!("CARGO_CRATE_NAME"),
             main: $main,
+            certify_config: $crate::__or_empty!($($certify)?),
         };
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __or_empty {
+    () => {
+        ""
+    };
+    ($e:expr) => {
+        $e
     };
 }
 

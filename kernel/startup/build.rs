@@ -13,7 +13,7 @@ fn main() {
              #[linkme(crate = bindery::linkme)]\n\
              static M{i}: bindery::ModuleDescriptor = bindery::ModuleDescriptor {{ \
              class: \"generated\", name: \"m{i}\", version: \"0.0.0\", abi: bindery::ABI_VERSION, \
-             description: \"generated\", krate: \"generated\", main: generated_main }};"
+             description: \"generated\", krate: \"generated\", main: generated_main, certify_config: \"\" }};"
         );
     }
     let dir = std::env::var("OUT_DIR").expect("OUT_DIR");

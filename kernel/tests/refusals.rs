@@ -46,6 +46,7 @@ const fn descriptor(
         description: "test module",
         krate,
         main: ok_main,
+        certify_config: "",
     }
 }
 

@@ -1,6 +1,7 @@
 //! `bindery certify`: every linked module against its class's suite.
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use bindery::{Config, Kernel, ModuleDescriptor, ModuleList, Registry};
 use bindery_classes::driver::DriverHandle;
@@ -28,21 +29,49 @@ impl Report {
     }
 }
 
-/// An instance of `module` with its default configuration, alone in a
-/// kernel (not started), bound at `key` if given.
-fn instance(module: &'static ModuleDescriptor, key: Option<&str>) -> Result<Kernel, String> {
+/// A scratch directory for one module's certification, removed after.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(module: &ModuleDescriptor) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "bindery-certify-{}-{}",
+            std::process::id(),
+            module.id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An instance of `module` with its certification configuration, alone in
+/// a kernel (not started), bound at `key` if given.
+fn instance(
+    module: &'static ModuleDescriptor,
+    key: Option<&str>,
+    scratch: &Path,
+) -> Result<Kernel, String> {
     let registry = Registry::of(&[module]).map_err(|e| e.to_string())?;
     let bind = key.map_or(String::new(), |k| format!("bind = [\"{k}\"]\n"));
+    let section = module
+        .certify_config
+        .replace("{scratch}", &scratch.display().to_string());
     let text = format!(
-        "[instances.under-test]\nmodule = \"{}\"\n{bind}",
+        "[instances.under-test]\nmodule = \"{}\"\n{bind}[instances.under-test.config]\n{section}\n",
         module.id()
     );
     let config = Config::parse("certify", &text).map_err(|e| e.to_string())?;
     Kernel::build_with(registry, &config, Some(1)).map_err(|e| e.to_string())
 }
 
-fn make_driver(module: &'static ModuleDescriptor) -> DriverHandle {
-    let kernel = instance(module, Some("/conformance/"))
+fn make_driver(module: &'static ModuleDescriptor, scratch: &Path) -> DriverHandle {
+    let kernel = instance(module, Some("/conformance/"), scratch)
         .unwrap_or_else(|e| panic!("cannot make an instance of {}: {e}", module.id()));
     bindery_classes::driver::lookup(kernel.runtime(), "/conformance/x")
         .unwrap_or_else(|| panic!("{} made no driver", module.id()))
@@ -63,7 +92,9 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
     };
     match module.class {
         "driver" => {
-            let probe = std::panic::catch_unwind(|| make_driver(module).info());
+            let scratch = Scratch::new(module);
+            let dir = scratch.0.clone();
+            let probe = std::panic::catch_unwind(|| make_driver(module, &dir).info());
             let info = match probe {
                 Ok(info) => info,
                 Err(p) => {
@@ -71,7 +102,7 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
                     return report;
                 }
             };
-            let make = move || make_driver(module);
+            let make = move || make_driver(module, &dir);
             let h: &driver::Harness = &make;
             if info.queue {
                 report.suite = "driver/queue".into();
@@ -87,7 +118,8 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
         }
         "parser" => {
             report.suite = "parser".into();
-            let kernel = match instance(module, None) {
+            let scratch = Scratch::new(module);
+            let kernel = match instance(module, None, &scratch.0) {
                 Ok(k) => k,
                 Err(e) => {
                     setup_failure(&mut report, e);

@@ -9,6 +9,7 @@ fn main() -> std::process::ExitCode {
         terminal_http,
         dispatcher_fast,
         driver_memqueue,
+        driver_filequeue,
         driver_topic,
         parser_json,
         parser_text,

@@ -14,7 +14,12 @@ fn bindery(args: &[&str], config: Option<&str>) -> (i32, String, String) {
         std::fs::write(&path, text).unwrap();
         cmd.arg("--config").arg(&path);
     }
-    let out = cmd.args(args).env("RUST_LOG", "error").output().unwrap();
+    let out = cmd
+        .args(args)
+        .current_dir(&dir)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     (
         out.status.code().unwrap_or(-1),
@@ -28,7 +33,7 @@ fn the_embedded_default_configuration_checks() {
     let (code, out, err) = bindery(&["--check-config"], None);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("<embedded default>: configuration OK (7 instances)"),
+        out.contains("<embedded default>: configuration OK (8 instances)"),
         "{out}"
     );
 }

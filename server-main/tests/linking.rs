@@ -12,6 +12,7 @@ fn every_listed_module_crate_is_registered() {
         terminal_http,
         dispatcher_fast,
         driver_memqueue,
+        driver_filequeue,
         driver_topic,
         parser_json,
         parser_text,
@@ -20,6 +21,7 @@ fn every_listed_module_crate_is_registered() {
     let registry = Registry::load(linked).expect("all listed modules are linked");
     let want = [
         ("dispatcher.fast", "dispatcher_fast"),
+        ("driver.filequeue", "driver_filequeue"),
         ("driver.memqueue", "driver_memqueue"),
         ("driver.topic", "driver_topic"),
         ("parser.json", "parser_json"),
@@ -62,6 +64,7 @@ fn the_server_binary_lists_its_modules_without_starting() {
         ids,
         [
             "dispatcher.fast",
+            "driver.filequeue",
             "driver.memqueue",
             "driver.topic",
             "parser.json",

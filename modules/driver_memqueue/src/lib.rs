@@ -26,6 +26,7 @@ bindery::module! {
     name: "memqueue",
     description: "in-memory FIFO queues with leases, acks, redelivery and bounded depth",
     main: module_main,
+    certify_config: "max_depth = 20000",
 }
 
 /// The instance configuration.

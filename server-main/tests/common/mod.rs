@@ -49,9 +49,19 @@ impl Server {
     }
 
     pub fn start_with(config_text: &str, args: &[&str]) -> Server {
-        let dir = TempDir::new();
+        Self::start_in(TempDir::new(), config_text, args)
+    }
+
+    /// Starts in `dir`, which holds the configuration and the data.
+    pub fn start_in(dir: TempDir, config_text: &str, args: &[&str]) -> Server {
         let path = dir.0.join("bindery.toml");
-        std::fs::write(&path, config_text).unwrap();
+        // Durable drivers keep their data in this test's own directory.
+        let data = dir.0.join("data");
+        std::fs::write(
+            &path,
+            config_text.replace("bindery-data", &data.display().to_string()),
+        )
+        .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_bindery"))
             .arg("--config")
             .arg(&path)

@@ -1,0 +1,238 @@
+//! `driver.filequeue`: durable queues.
+//!
+//! The same queue semantics as `driver.memqueue` — FIFO, competing
+//! consumers, leases, acks, redelivery, a maximum depth with backpressure —
+//! kept in an append-only, segmented journal with a CRC-32 on every record.
+//! A publish is confirmed, and an ack answered, only once its record is
+//! written and synced as the instance's `fsync` policy says; with
+//! `"always"`, concurrent writers share one sync (group commit). At start
+//! the journal is replayed; a torn or corrupted record stops the replay at
+//! the last good one, logged with segment and offset. Segments whose
+//! messages are all acked are deleted, oldest first.
+//!
+//! ```toml
+//! [instances.durable]
+//! module = "driver.filequeue"
+//! bind = ["/durable/"]
+//! [instances.durable.config]
+//! dir = "bindery-data/durable"   # created if missing; one instance per directory
+//! fsync = "always"               # "always", "interval" or "never"
+//! fsync_interval_ms = 100        # for "interval"
+//! segment_bytes = 67108864       # a new segment past this size
+//! max_depth = 100000             # messages per queue
+//! max_queues = 10000
+//! ```
+//!
+//! Leases are not journaled: after a restart every unacked message is
+//! waiting again (at-least-once). A message that stays unacked keeps its
+//! segment, and every later one, on disk.
+
+mod journal;
+mod record;
+mod recover;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bindery::{Completion, Failure};
+use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
+use bindery_classes::queue::{QueueLimits, Queues};
+use bindery_classes::{Consumer, Driver, Message, MessageId, Subscription};
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+pub use journal::Fsync;
+use journal::{Journal, Liveness, WriterConfig};
+
+bindery::module! {
+    class: "driver",
+    name: "filequeue",
+    description: "durable queues in a segmented, checksummed journal with group commit",
+    main: module_main,
+    certify_config: "dir = \"{scratch}\"\nfsync = \"interval\"\nmax_depth = 20000",
+}
+
+/// The instance configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The data directory (created if missing). One instance per directory.
+    pub dir: PathBuf,
+    /// When writes are made durable.
+    pub fsync: Fsync,
+    /// For `fsync = "interval"`: the most time between a confirmation and
+    /// its sync.
+    pub fsync_interval_ms: u64,
+    /// A segment past this size is sealed and a new one begun.
+    pub segment_bytes: u64,
+    /// Messages per queue: being stored, waiting and leased.
+    pub max_depth: usize,
+    /// Queues per instance.
+    pub max_queues: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dir: PathBuf::from("bindery-data/filequeue"),
+            fsync: Fsync::Always,
+            fsync_interval_ms: 100,
+            segment_bytes: 64 * 1024 * 1024,
+            max_depth: 100_000,
+            max_queues: 10_000,
+        }
+    }
+}
+
+fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+    driver::register(reg, |cx| {
+        let config: Config = cx.config().parse()?;
+        if config.max_depth == 0 || config.segment_bytes < 4096 {
+            return Err(format!(
+                "instance {:?}: max_depth must be at least 1 and segment_bytes at least 4096",
+                cx.name()
+            )
+            .into());
+        }
+        FileQueue::open(config).map_err(|e| format!("instance {:?}: {e}", cx.name()).into())
+    });
+    Ok(())
+}
+
+/// An instance: queues in memory, kept in a journal on disk.
+pub struct FileQueue {
+    queues: Queues,
+    liveness: Arc<Mutex<Liveness>>,
+    // Dropped first: the writer drains and syncs before the rest goes.
+    journal: Journal,
+}
+
+impl FileQueue {
+    /// Opens (recovering) the journal in `config.dir`.
+    pub fn open(config: Config) -> Result<FileQueue, String> {
+        let dir = &config.dir;
+        let recovered = recover::recover(dir)
+            .map_err(|e| format!("cannot recover the journal in {}: {e}", dir.display()))?;
+        if let Some((segment, offset, why)) = &recovered.fault {
+            tracing::warn!(
+                segment = %segment.display(),
+                offset,
+                "recovered up to {why}; later records were set aside"
+            );
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            records = recovered.records,
+            unacked = recovered.live.len(),
+            segments = recovered.segments.len(),
+            "journal recovered"
+        );
+        let queues = Queues::new(QueueLimits {
+            max_depth: config.max_depth,
+            max_queues: config.max_queues,
+        });
+        let mut liveness = Liveness::new(
+            dir.clone(),
+            recovered.segments.iter().copied(),
+            recovered.active,
+        );
+        for (m, seg) in recovered.live {
+            liveness.published(m.id, seg);
+            queues.restore(m).map_err(|f| format!("recovery: {f}"))?;
+        }
+        liveness.reclaim();
+        let liveness = Arc::new(Mutex::new(liveness));
+        let journal = Journal::start(
+            WriterConfig {
+                dir: dir.clone(),
+                fsync: config.fsync,
+                interval: Duration::from_millis(config.fsync_interval_ms.max(1)),
+                segment_bytes: config.segment_bytes,
+            },
+            recovered.active,
+            liveness.clone(),
+        )
+        .map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
+        Ok(FileQueue {
+            queues,
+            liveness,
+            journal,
+        })
+    }
+
+    /// Segment files the journal keeps now.
+    pub fn segments(&self) -> usize {
+        self.liveness.lock().segments()
+    }
+}
+
+impl Driver for FileQueue {
+    fn info(&self) -> DriverInfo {
+        DriverInfo {
+            queue: true,
+            durable: true,
+        }
+    }
+
+    fn publish(&self, message: Message, done: Completion<Receipt>) {
+        let room = match self.queues.reserve(&message.destination) {
+            Ok(r) => r,
+            Err(f) => return done.fail(f),
+        };
+        let liveness = self.liveness.clone();
+        let id = message.id;
+        // The clone shares the body and strings: no payload is copied.
+        let kept = message.clone();
+        self.journal.append(
+            |buf| record::encode_publish(buf, &message),
+            Box::new(move |written| match written {
+                Ok(segment) => {
+                    liveness.lock().published(id, segment);
+                    room.fill(kept);
+                    done.succeed(Receipt {
+                        id,
+                        delivered_to: 0,
+                    });
+                }
+                Err(f) => done.fail(f),
+            }),
+        );
+    }
+
+    fn subscribe(
+        &self,
+        destination: &str,
+        consumer: Consumer,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Failure> {
+        self.queues.subscribe(destination, consumer, options)
+    }
+
+    fn ack(&self, destination: &str, id: MessageId, done: Completion<()>) {
+        if let Err(f) = self.queues.ack(destination, id) {
+            return done.fail(f);
+        }
+        let liveness = self.liveness.clone();
+        self.journal.append(
+            |buf| record::encode_ack(buf, id, destination),
+            Box::new(move |written| {
+                if written.is_ok() {
+                    liveness.lock().acked(id);
+                }
+                done.complete(written.map(|_| ()));
+            }),
+        );
+    }
+
+    fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        self.queues.release(destination, id)
+    }
+
+    fn stats(&self) -> Vec<DestinationStats> {
+        self.queues.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests;
