@@ -146,9 +146,12 @@ fn messages_and_acks_survive_reopening() {
     );
 }
 
+/// Segment files by name, and every message published by id.
+type Sample = (Vec<(String, Vec<u8>)>, HashMap<MessageId, Vec<u8>>);
+
 /// A journal made by a real instance: 60 messages of varied sizes, some
 /// acked; returns its segment bytes and every message by id.
-fn sample_journal() -> (Vec<(String, Vec<u8>)>, HashMap<MessageId, Vec<u8>>) {
+fn sample_journal() -> Sample {
     let dir = TempDir::new("sample");
     let mut all = HashMap::new();
     {
@@ -218,9 +221,8 @@ proptest! {
     }
 }
 
-fn sample_journal_cached() -> &'static (Vec<(String, Vec<u8>)>, HashMap<MessageId, Vec<u8>>) {
-    static SAMPLE: std::sync::OnceLock<(Vec<(String, Vec<u8>)>, HashMap<MessageId, Vec<u8>>)> =
-        std::sync::OnceLock::new();
+fn sample_journal_cached() -> &'static Sample {
+    static SAMPLE: std::sync::OnceLock<Sample> = std::sync::OnceLock::new();
     SAMPLE.get_or_init(sample_journal)
 }
 
