@@ -18,7 +18,7 @@ pub fn config(extra: &str) -> String {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 pub struct TempDir(pub std::path::PathBuf);
@@ -49,14 +49,18 @@ impl Server {
     }
 
     pub fn start_with(config_text: &str, args: &[&str]) -> Server {
-        Self::start_in(TempDir::new(), config_text, args)
+        let dir = TempDir::new();
+        let mut s = Self::start_at(&dir.0, config_text, args);
+        s._dir = Some(dir);
+        s
     }
 
-    /// Starts in `dir`, which holds the configuration and the data.
-    pub fn start_in(dir: TempDir, config_text: &str, args: &[&str]) -> Server {
-        let path = dir.0.join("bindery.toml");
+    /// Starts with `dir` holding the configuration and the data; the
+    /// directory outlives the server (for restarts).
+    pub fn start_at(dir: &std::path::Path, config_text: &str, args: &[&str]) -> Server {
+        let path = dir.join("bindery.toml");
         // Durable drivers keep their data in this test's own directory.
-        let data = dir.0.join("data");
+        let data = dir.join("data");
         std::fs::write(
             &path,
             config_text.replace("bindery-data", &data.display().to_string()),
@@ -88,7 +92,7 @@ impl Server {
         Server {
             child: Some(child),
             addr,
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -112,6 +116,14 @@ impl Server {
         }
         let _ = child.kill();
         panic!("server did not stop within 10 s of SIGTERM");
+    }
+
+    /// Kills the server with SIGKILL: no shutdown, no flush.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Whether the server still answers `/healthz`.
