@@ -50,7 +50,10 @@ fn run(driver: &DriverHandle, n: usize, body: &Bytes) -> Duration {
                         *w.0.lock() -= 1;
                         w.1.notify_one();
                     });
-                    driver.publish(Message::new(&dest, "application/octet-stream", body.clone()), done);
+                    driver.publish(
+                        Message::new(&dest, "application/octet-stream", body.clone()),
+                        done,
+                    );
                 }
                 let mut open = window.0.lock();
                 while *open > 0 {
@@ -92,10 +95,11 @@ fn publish(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 (0..iters)
                     .map(|_| {
-                        let d: DriverHandle = Arc::new(driver_memqueue::MemQueue::new(driver_memqueue::Config {
-                            max_depth: 10_000_000,
-                            ..Default::default()
-                        }));
+                        let d: DriverHandle =
+                            Arc::new(driver_memqueue::MemQueue::new(driver_memqueue::Config {
+                                max_depth: 10_000_000,
+                                ..Default::default()
+                            }));
                         run(&d, N, &body)
                     })
                     .sum()

@@ -70,10 +70,11 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
     Ok(())
 }
 
-/// An instance: a set of topics.
+/// An instance: a set of topics, and the wildcard subscriptions across them.
 pub struct TopicDriver {
     config: Config,
     topics: DashMap<Box<str>, Arc<Mutex<Topic>>>,
+    patterns: Arc<Mutex<Patterns>>,
 }
 
 struct Sub {
@@ -83,11 +84,106 @@ struct Sub {
     buffer: VecDeque<Message>,
 }
 
+impl Sub {
+    fn new(id: u64, consumer: Consumer, credit: u32) -> Sub {
+        Sub {
+            id,
+            consumer,
+            credit,
+            buffer: VecDeque::new(),
+        }
+    }
+
+    /// Offers `message`; false when the subscription ends (disconnected by
+    /// policy). Counts into `stats` and `reached`.
+    fn offer(
+        &mut self,
+        message: &Message,
+        config: &Config,
+        stats: &mut DestinationStats,
+        reached: &mut u32,
+    ) -> bool {
+        if self.credit > 0 && self.buffer.is_empty() {
+            self.credit -= 1;
+            stats.delivered += 1;
+            *reached += 1;
+            self.consumer.deliver(Delivery::Message(message.clone()));
+            return true;
+        }
+        if self.buffer.len() < config.buffer {
+            self.buffer.push_back(message.clone());
+            *reached += 1;
+            return true;
+        }
+        stats.dropped += 1;
+        match config.slow_subscriber {
+            SlowPolicy::DropOldest => {
+                self.buffer.pop_front();
+                self.buffer.push_back(message.clone());
+                *reached += 1;
+                true
+            }
+            SlowPolicy::DropNewest => true,
+            SlowPolicy::Disconnect => {
+                self.consumer.deliver(Delivery::Closed(format!(
+                    "{}: slow subscriber: {} messages buffered",
+                    message.destination, config.buffer
+                )));
+                false
+            }
+        }
+    }
+
+    /// Adds credit and delivers what is buffered.
+    fn credit(&mut self, n: u32) {
+        self.credit = self.credit.saturating_add(n);
+        while self.credit > 0 {
+            let Some(m) = self.buffer.pop_front() else {
+                break;
+            };
+            self.credit -= 1;
+            self.consumer.deliver(Delivery::Message(m));
+        }
+    }
+}
+
 #[derive(Default)]
 struct Topic {
     subs: Vec<Sub>,
     next_sub: u64,
     stats: DestinationStats,
+}
+
+/// Wildcard subscriptions: a path pattern whose segments may be `+` (any
+/// one segment) or, last, `#` (any rest, none included).
+#[derive(Default)]
+struct Patterns {
+    subs: Vec<(Vec<Box<str>>, Sub)>,
+    next_sub: u64,
+}
+
+/// Whether a destination path is a wildcard pattern.
+fn is_pattern(path: &str) -> bool {
+    path.split('/').any(|s| s == "+" || s == "#")
+}
+
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.strip_prefix('/').unwrap_or(path).split('/')
+}
+
+/// Whether `path` matches the pattern `pattern` (given as segments).
+fn matches(pattern: &[Box<str>], path: &str) -> bool {
+    let mut parts = segments(path);
+    for (i, p) in pattern.iter().enumerate() {
+        if &**p == "#" && i + 1 == pattern.len() {
+            return true;
+        }
+        match parts.next() {
+            Some(s) if &**p == "+" || **p == *s => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_none()
 }
 
 impl TopicDriver {
@@ -96,6 +192,7 @@ impl TopicDriver {
         TopicDriver {
             config,
             topics: DashMap::new(),
+            patterns: Arc::new(Mutex::new(Patterns::default())),
         }
     }
 
@@ -135,18 +232,13 @@ struct TopicSub {
 
 impl SubscriptionControl for TopicSub {
     fn credit(&self, n: u32) {
-        let Some(t) = self.topic.upgrade() else {
-            return;
-        };
-        let mut t = t.lock();
-        let Topic { subs, stats, .. } = &mut *t;
-        if let Some(s) = subs.iter_mut().find(|s| s.id == self.id) {
-            s.credit = s.credit.saturating_add(n);
-            while s.credit > 0 {
-                let Some(m) = s.buffer.pop_front() else { break };
-                s.credit -= 1;
-                stats.delivered += 1;
-                s.consumer.deliver(Delivery::Message(m));
+        if let Some(t) = self.topic.upgrade() {
+            let mut t = t.lock();
+            let Topic { subs, stats, .. } = &mut *t;
+            if let Some(s) = subs.iter_mut().find(|s| s.id == self.id) {
+                let before = s.buffer.len();
+                s.credit(n);
+                stats.delivered += (before - s.buffer.len()) as u64;
             }
         }
     }
@@ -154,6 +246,27 @@ impl SubscriptionControl for TopicSub {
     fn cancel(&self) {
         if let Some(t) = self.topic.upgrade() {
             t.lock().subs.retain(|s| s.id != self.id);
+        }
+    }
+}
+
+struct PatternSub {
+    patterns: Weak<Mutex<Patterns>>,
+    id: u64,
+}
+
+impl SubscriptionControl for PatternSub {
+    fn credit(&self, n: u32) {
+        if let Some(p) = self.patterns.upgrade() {
+            if let Some((_, s)) = p.lock().subs.iter_mut().find(|(_, s)| s.id == self.id) {
+                s.credit(n);
+            }
+        }
+    }
+
+    fn cancel(&self) {
+        if let Some(p) = self.patterns.upgrade() {
+            p.lock().subs.retain(|(_, s)| s.id != self.id);
         }
     }
 }
@@ -167,6 +280,12 @@ impl Driver for TopicDriver {
     }
 
     fn publish(&self, mut message: Message, done: Completion<Receipt>) {
+        if is_pattern(&message.destination) {
+            return done.fail(Failure::new(
+                FailureKind::Rejected,
+                format!("{}: cannot publish to a wildcard", message.destination),
+            ));
+        }
         let t = match self.topic(&message.destination) {
             Ok(t) => t,
             Err(f) => return done.fail(f),
@@ -178,41 +297,23 @@ impl Driver for TopicDriver {
             let mut t = t.lock();
             let Topic { subs, stats, .. } = &mut *t;
             stats.published += 1;
-            if subs.is_empty() {
+            let config = &self.config;
+            let mut offered = subs.len();
+            subs.retain_mut(|s| s.offer(&message, config, stats, &mut reached));
+            // Topic, then patterns: the one lock order, so each subscriber
+            // sees a topic's messages in publish order.
+            let mut patterns = self.patterns.lock();
+            patterns.subs.retain_mut(|(p, s)| {
+                if !matches(p, &message.destination) {
+                    return true;
+                }
+                offered += 1;
+                s.offer(&message, config, stats, &mut reached)
+            });
+            if offered == 0 {
+                // Nobody listens: the message goes nowhere, counted.
                 stats.dropped += 1;
             }
-            let cap = self.config.buffer;
-            subs.retain_mut(|s| {
-                if s.credit > 0 && s.buffer.is_empty() {
-                    s.credit -= 1;
-                    stats.delivered += 1;
-                    reached += 1;
-                    s.consumer.deliver(Delivery::Message(message.clone()));
-                    return true;
-                }
-                if s.buffer.len() < cap {
-                    s.buffer.push_back(message.clone());
-                    reached += 1;
-                    return true;
-                }
-                stats.dropped += 1;
-                match self.config.slow_subscriber {
-                    SlowPolicy::DropOldest => {
-                        s.buffer.pop_front();
-                        s.buffer.push_back(message.clone());
-                        reached += 1;
-                        true
-                    }
-                    SlowPolicy::DropNewest => true,
-                    SlowPolicy::Disconnect => {
-                        s.consumer.deliver(Delivery::Closed(format!(
-                            "{}: slow subscriber: {cap} messages buffered",
-                            message.destination
-                        )));
-                        false
-                    }
-                }
-            });
         }
         done.succeed(Receipt {
             id,
@@ -226,17 +327,30 @@ impl Driver for TopicDriver {
         consumer: Consumer,
         options: SubscribeOptions,
     ) -> Result<Subscription, Failure> {
+        if is_pattern(destination) {
+            let pattern: Vec<Box<str>> = segments(destination).map(Into::into).collect();
+            if pattern.iter().rev().skip(1).any(|s| &**s == "#") {
+                return Err(Failure::new(
+                    FailureKind::Rejected,
+                    format!("{destination}: '#' may only be the last segment"),
+                ));
+            }
+            let mut p = self.patterns.lock();
+            let id = p.next_sub;
+            p.next_sub += 1;
+            p.subs
+                .push((pattern, Sub::new(id, consumer, options.credit)));
+            return Ok(Subscription::new(Arc::new(PatternSub {
+                patterns: Arc::downgrade(&self.patterns),
+                id,
+            })));
+        }
         let t = self.topic(destination)?;
         let id = {
             let mut g = t.lock();
             let id = g.next_sub;
             g.next_sub += 1;
-            g.subs.push(Sub {
-                id,
-                consumer,
-                credit: options.credit,
-                buffer: VecDeque::new(),
-            });
+            g.subs.push(Sub::new(id, consumer, options.credit));
             id
         };
         Ok(Subscription::new(Arc::new(TopicSub {
@@ -300,6 +414,30 @@ mod tests {
         assert_eq!(texts(&r1), ["x", "y"]);
         assert_eq!(texts(&r2), ["x"]);
         assert_eq!(d.stats()[0].dropped, 1);
+    }
+
+    #[test]
+    fn wildcard_subscriptions_match_segments() {
+        let p = |s: &str| -> Vec<Box<str>> { segments(s).map(Into::into).collect() };
+        assert!(matches(&p("/t/a/+"), "/t/a/b"));
+        assert!(!matches(&p("/t/a/+"), "/t/a/b/c"));
+        assert!(!matches(&p("/t/a/+"), "/t/a"));
+        assert!(matches(&p("/t/a/#"), "/t/a"));
+        assert!(matches(&p("/t/a/#"), "/t/a/b/c"));
+        assert!(matches(&p("/t/+/c"), "/t/x/c"));
+        assert!(!matches(&p("/t/+/c"), "/t/x/d"));
+        let d = TopicDriver::new(Config::default());
+        let (c, r) = Consumer::channel();
+        let o = SubscribeOptions {
+            credit: 10,
+            ..Default::default()
+        };
+        let _s = d.subscribe("/t/sensors/+/temp", c, o).unwrap();
+        publish(&d, "/t/sensors/k1/temp", "1");
+        publish(&d, "/t/sensors/k1/hum", "2");
+        publish(&d, "/t/sensors/k2/temp", "3");
+        assert_eq!(texts(&r), ["1", "3"]);
+        assert!(d.subscribe("/t/#/x", Consumer::channel().0, o).is_err());
     }
 
     #[test]
