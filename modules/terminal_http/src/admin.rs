@@ -72,12 +72,12 @@ fn metrics(shared: &Shared) -> String {
         (
             "bindery_http_connections_accepted_total",
             "Connections accepted.",
-            &s.accepted,
+            &s.connections.accepted,
         ),
         (
             "bindery_http_connections_refused_total",
             "Connections refused at the limit.",
-            &s.refused,
+            &s.connections.refused,
         ),
         ("bindery_http_requests_total", "Requests read.", &s.requests),
         (

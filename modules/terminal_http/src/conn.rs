@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bindery::reactor::TimerId;
 use bindery::{Cx, Failure, FailureKind, Handler, Note};
 use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
+use bindery_classes::listener::OpenConnection;
 use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
 use mio::Interest;
 use mio::event::Event;
@@ -89,12 +90,7 @@ pub(crate) struct Conn {
     continued: bool,
     last_active: Instant,
     idle_timer: TimerId,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.shared.stats.open.fetch_sub(1, Ordering::Relaxed);
-    }
+    _open: OpenConnection,
 }
 
 impl Conn {
@@ -102,6 +98,7 @@ impl Conn {
         cx: &mut Cx<'_>,
         stream: TcpStream,
         shared: Arc<Shared>,
+        open: OpenConnection,
     ) -> io::Result<Box<dyn Handler>> {
         let idle = Duration::from_secs(shared.config.idle_timeout_secs.max(1));
         let mut conn = Conn {
@@ -120,6 +117,7 @@ impl Conn {
             continued: false,
             last_active: Instant::now(),
             idle_timer: cx.set_timer(idle),
+            _open: open,
         };
         cx.registry().register(
             &mut conn.stream,

@@ -39,10 +39,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bindery::{Cx, Handler, Runtime};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
+use bindery_classes::listener::{self, Accept, ConnectionStats, OpenConnection};
 use bindery_classes::terminal::{self, Probe, Terminal};
-use mio::Interest;
-use mio::event::Event;
-use mio::net::TcpListener;
+use mio::net::TcpStream;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -112,9 +111,7 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
 /// Counters for `/metrics`.
 #[derive(Default, Debug)]
 pub(crate) struct Stats {
-    pub(crate) open: AtomicU64,
-    pub(crate) accepted: AtomicU64,
-    pub(crate) refused: AtomicU64,
+    pub(crate) connections: Arc<ConnectionStats>,
     pub(crate) requests: AtomicU64,
     pub(crate) published: AtomicU64,
     pub(crate) delivered: AtomicU64,
@@ -153,19 +150,17 @@ impl Http {
             runtime: rt.clone(),
             stats: self.stats.clone(),
         });
+        let accept = Arc::new(AcceptHttp(shared));
         for key in keys {
-            let std_listener = std::net::TcpListener::bind(key.as_str())
-                .map_err(|e| format!("cannot listen on {key}: {e}"))?;
-            std_listener.set_nonblocking(true)?;
-            let addr = std_listener.local_addr()?;
+            let addr = listener::listen(
+                rt,
+                key,
+                self.config.max_connections,
+                self.stats.connections.clone(),
+                accept.clone(),
+            )
+            .map_err(|e| format!("cannot listen on {key}: {e}"))?;
             self.addrs.lock().push(addr);
-            let mut listener = TcpListener::from_std(std_listener);
-            let shared = shared.clone();
-            rt.next_reactor().spawn(move |cx| {
-                cx.registry()
-                    .register(&mut listener, cx.token(), Interest::READABLE)?;
-                Ok(Box::new(Listener { listener, shared }) as Box<dyn Handler>)
-            });
             tracing::info!(instance = %self.instance, %addr, "http listening");
         }
         Ok(())
@@ -182,7 +177,7 @@ impl Terminal for Http {
     }
 
     fn connections(&self) -> u64 {
-        self.stats.open.load(Ordering::Relaxed)
+        self.stats.connections.open.load(Ordering::Relaxed)
     }
 
     fn probe(&self) -> Option<Arc<dyn Probe>> {
@@ -221,44 +216,15 @@ impl Probe for HttpProbe {
     }
 }
 
-struct Listener {
-    listener: TcpListener,
-    shared: Arc<Shared>,
-}
+struct AcceptHttp(Arc<Shared>);
 
-impl Handler for Listener {
-    fn ready(&mut self, cx: &mut Cx<'_>, _: &Event) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _peer)) => {
-                    let stats = &self.shared.stats;
-                    if stats.open.load(Ordering::Relaxed) >= self.shared.config.max_connections {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
-                        drop(stream);
-                        continue;
-                    }
-                    stats.open.fetch_add(1, Ordering::Relaxed);
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    let _ = stream.set_nodelay(true);
-                    let shared = self.shared.clone();
-                    let target = shared.runtime.next_reactor().clone();
-                    if target.is_current() {
-                        if let Err(e) = cx.insert(move |cx| conn::Conn::start(cx, stream, shared)) {
-                            tracing::warn!("connection not started: {e}");
-                        }
-                    } else {
-                        target.spawn(move |cx| conn::Conn::start(cx, stream, shared));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Out of descriptors and the like: log, and try again on
-                    // the next event rather than spin.
-                    tracing::warn!("accept failed: {e}");
-                    return;
-                }
-            }
-        }
+impl Accept for AcceptHttp {
+    fn start(
+        &self,
+        cx: &mut Cx<'_>,
+        stream: TcpStream,
+        open: OpenConnection,
+    ) -> io::Result<Box<dyn Handler>> {
+        conn::Conn::start(cx, stream, self.0.clone(), open)
     }
 }
