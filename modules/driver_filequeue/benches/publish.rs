@@ -11,13 +11,13 @@
 // criterion's macros make undocumented items.
 #![allow(missing_docs)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bindery::Completion;
 use bindery_classes::driver::DriverHandle;
-use bindery_classes::{Driver, Message};
+use bindery_classes::Message;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use parking_lot::{Condvar, Mutex};
@@ -71,10 +71,10 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
-fn filequeue(dir: &PathBuf) -> DriverHandle {
+fn filequeue(dir: &Path) -> DriverHandle {
     Arc::new(
         driver_filequeue::FileQueue::open(driver_filequeue::Config {
-            dir: dir.clone(),
+            dir: dir.to_owned(),
             fsync: driver_filequeue::Fsync::Always,
             max_depth: 10_000_000,
             ..Default::default()
