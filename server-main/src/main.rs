@@ -7,6 +7,7 @@
 fn main() -> std::process::ExitCode {
     let linked = bindery::modules![
         terminal_http,
+        terminal_mqtt,
         dispatcher_fast,
         driver_memqueue,
         driver_filequeue,

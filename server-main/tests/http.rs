@@ -402,7 +402,7 @@ fn admin_endpoints_describe_the_server() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 8, "{modules}");
+    assert_eq!(names.len(), 9, "{modules}");
     assert!(names.contains(&"memqueue"));
     let bindings: serde_json::Value = agent()
         .get(&s.url("/admin/bindings"))

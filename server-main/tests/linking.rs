@@ -10,6 +10,7 @@ use bindery::{Registry, linked_modules};
 fn every_listed_module_crate_is_registered() {
     let linked = bindery::modules![
         terminal_http,
+        terminal_mqtt,
         dispatcher_fast,
         driver_memqueue,
         driver_filequeue,
@@ -28,6 +29,7 @@ fn every_listed_module_crate_is_registered() {
         ("parser.octets", "parser_octets"),
         ("parser.text", "parser_text"),
         ("terminal.http", "terminal_http"),
+        ("terminal.mqtt", "terminal_mqtt"),
     ];
     for (id, krate) in want {
         let d = registry
@@ -70,7 +72,8 @@ fn the_server_binary_lists_its_modules_without_starting() {
             "parser.json",
             "parser.octets",
             "parser.text",
-            "terminal.http"
+            "terminal.http",
+            "terminal.mqtt"
         ]
     );
     let text = Command::new(env!("CARGO_BIN_EXE_bindery"))

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bindery::Completion;
-use bindery_classes::driver::DriverHandle;
 use bindery_classes::Message;
+use bindery_classes::driver::DriverHandle;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use parking_lot::{Condvar, Mutex};

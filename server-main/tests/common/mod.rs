@@ -10,7 +10,11 @@ use std::time::Duration;
 
 /// The default configuration on port 0, with `extra` TOML appended.
 pub fn config(extra: &str) -> String {
-    let base = bindery_server::DEFAULT_CONFIG.replace("127.0.0.1:8080", "127.0.0.1:0");
+    let base = bindery_server::DEFAULT_CONFIG
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        // Another loopback address: two terminals on "127.0.0.1:0" would be
+        // one key in the terminal table.
+        .replace("127.0.0.1:1883", "127.0.0.2:0");
     format!("{base}\n{extra}")
 }
 
@@ -18,6 +22,8 @@ pub fn config(extra: &str) -> String {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The MQTT terminal's address, when the configuration has one.
+    pub mqtt: Option<SocketAddr>,
     _dir: Option<TempDir>,
 }
 
@@ -77,10 +83,14 @@ impl Server {
             .expect("start bindery");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut addr = None;
+        let mut mqtt = None;
         for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(rest) = line.strip_prefix("bindery: http listening on ") {
                 addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+            }
+            if let Some(rest) = line.strip_prefix("bindery: mqtt listening on ") {
+                mqtt = rest.split_whitespace().next().map(|a| a.parse().unwrap());
             }
             if line == "bindery: ready" {
                 break;
@@ -92,6 +102,7 @@ impl Server {
         Server {
             child: Some(child),
             addr,
+            mqtt,
             _dir: None,
         }
     }

@@ -1,0 +1,259 @@
+//! `terminal.mqtt`: MQTT 3.1.1 for unmodified clients.
+//!
+//! Topics map onto kernel paths under a root (`sensors/t1` is
+//! `/topics/sensors/t1` with the default root), so a message published over
+//! HTTP reaches MQTT subscribers and the reverse, through the same drivers.
+//! Subscriptions with `+` and `#` become wildcard subscriptions of the
+//! driver bound at the root.
+//!
+//! Supported: all fourteen packet types; QoS 0, 1 and 2 in both directions
+//! (a QoS 1 or 2 publish is acknowledged only once the driver confirms);
+//! retained messages (an empty retained payload deletes); the will, sent
+//! only when a connection ends without DISCONNECT; keep-alive enforced at
+//! 1.5 times the interval; persistent sessions (`clean_session = false`:
+//! subscriptions, queued and in-flight messages, resent with DUP on
+//! reconnect); client-id takeover; zero-length client ids; SUBACK 0x80 for
+//! a refused filter; delivered QoS = min(publish QoS, granted QoS). A
+//! message published over HTTP counts as QoS 1.
+//!
+//! ```toml
+//! [instances.mqtt]
+//! module = "terminal.mqtt"
+//! bind = ["127.0.0.1:1883"]
+//! [instances.mqtt.config]
+//! topic_root = "/topics/"
+//! max_packet_bytes = 1048576     # larger packets close the connection
+//! max_inflight = 32              # unacknowledged QoS 1/2 messages per client
+//! max_queued = 1000              # messages waiting per session; more are dropped, counted
+//! max_connections = 10000
+//! connect_timeout_secs = 10      # for the CONNECT packet
+//! dispatcher = "default"
+//! ```
+
+mod codec;
+mod conn;
+mod session;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bindery::{Cx, Handler, Runtime};
+use bindery_classes::Message;
+use bindery_classes::dispatcher::{self, DispatcherHandle};
+use bindery_classes::listener::{self, Accept, ConnectionStats, OpenConnection};
+use bindery_classes::terminal::{self, Probe, Terminal};
+use mio::net::TcpStream;
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+bindery::module! {
+    class: "terminal",
+    name: "mqtt",
+    description: "MQTT 3.1.1: QoS 0-2, retained, will, sessions, wildcards, mapped onto topic paths",
+    main: module_main,
+}
+
+/// The instance configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The dispatcher to hand publishes to, by name.
+    pub dispatcher: String,
+    /// The path MQTT topics live under.
+    pub topic_root: String,
+    /// Largest packet: beyond it the connection is closed.
+    pub max_packet_bytes: usize,
+    /// Unacknowledged QoS 1 and 2 messages in flight to one client.
+    pub max_inflight: usize,
+    /// Messages waiting in one session; more are dropped and counted.
+    pub max_queued: usize,
+    /// Open connections at most.
+    pub max_connections: u64,
+    /// Time allowed between connecting and sending CONNECT.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dispatcher: "default".into(),
+            topic_root: "/topics/".into(),
+            max_packet_bytes: 1024 * 1024,
+            max_inflight: 32,
+            max_queued: 1000,
+            max_connections: 10_000,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+    terminal::register(reg, |cx| {
+        let mut config: Config = cx.config().parse()?;
+        if !config.topic_root.starts_with('/') {
+            return Err(format!("instance {:?}: topic_root must start with '/'", cx.name()).into());
+        }
+        if !config.topic_root.ends_with('/') {
+            config.topic_root.push('/');
+        }
+        let mqtt = Arc::new(Mqtt {
+            instance: cx.name().to_owned(),
+            config,
+            addrs: Mutex::new(Vec::new()),
+            stats: Arc::new(Stats::default()),
+        });
+        let keys = cx.keys().to_vec();
+        let me = mqtt.clone();
+        let span = cx.span().clone();
+        cx.on_start(move |rt| span.in_scope(|| me.start(rt, &keys)));
+        Ok(mqtt)
+    });
+    Ok(())
+}
+
+/// Counters.
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    pub(crate) connections: Arc<ConnectionStats>,
+    pub(crate) closed_for_errors: AtomicU64,
+    pub(crate) dropped: Arc<AtomicU64>,
+}
+
+/// An instance.
+pub struct Mqtt {
+    instance: String,
+    config: Config,
+    addrs: Mutex<Vec<SocketAddr>>,
+    stats: Arc<Stats>,
+}
+
+/// What every connection of an instance shares.
+pub(crate) struct Shared {
+    pub(crate) instance: String,
+    pub(crate) config: Config,
+    pub(crate) dispatcher: DispatcherHandle,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) sessions: session::Sessions,
+    /// Retained messages by topic.
+    pub(crate) retained: Mutex<std::collections::HashMap<String, Message>>,
+}
+
+impl Shared {
+    /// The kernel path of an MQTT topic.
+    pub(crate) fn path(&self, topic: &str) -> String {
+        format!("{}{topic}", self.config.topic_root)
+    }
+
+    /// The MQTT topic of a kernel path, if it is under the root.
+    pub(crate) fn topic<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.strip_prefix(self.config.topic_root.as_str())
+    }
+}
+
+impl Mqtt {
+    fn start(&self, rt: &Arc<Runtime>, keys: &[String]) -> Result<(), bindery::BoxError> {
+        let dispatcher = dispatcher::lookup(rt, &self.config.dispatcher)
+            .ok_or_else(|| format!("no dispatcher is bound to {:?}", self.config.dispatcher))?;
+        let shared = Arc::new(Shared {
+            instance: self.instance.clone(),
+            config: self.config.clone(),
+            dispatcher,
+            stats: self.stats.clone(),
+            sessions: session::Sessions::default(),
+            retained: Mutex::new(Default::default()),
+        });
+        let accept = Arc::new(AcceptMqtt(shared));
+        for key in keys {
+            let addr = listener::listen(
+                rt,
+                key,
+                self.config.max_connections,
+                self.stats.connections.clone(),
+                accept.clone(),
+            )
+            .map_err(|e| format!("cannot listen on {key}: {e}"))?;
+            self.addrs.lock().push(addr);
+            tracing::info!(instance = %self.instance, %addr, "mqtt listening");
+        }
+        Ok(())
+    }
+}
+
+struct AcceptMqtt(Arc<Shared>);
+
+impl Accept for AcceptMqtt {
+    fn start(
+        &self,
+        cx: &mut Cx<'_>,
+        stream: TcpStream,
+        open: OpenConnection,
+    ) -> io::Result<Box<dyn Handler>> {
+        conn::Conn::start(cx, stream, self.0.clone(), open)
+    }
+}
+
+impl Terminal for Mqtt {
+    fn protocol(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.lock().clone()
+    }
+
+    fn connections(&self) -> u64 {
+        self.stats.connections.open.load(Ordering::Relaxed)
+    }
+
+    fn probe(&self) -> Option<Arc<dyn Probe>> {
+        Some(Arc::new(MqttProbe))
+    }
+}
+
+/// Certification hooks: CONNECT then PINGREQ, bytes that are not MQTT, a
+/// CONNECT cut short.
+struct MqttProbe;
+
+impl Probe for MqttProbe {
+    fn exchange(&self, addr: SocketAddr) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        codec::encode(
+            &mut out,
+            &codec::Packet::Connect(Box::new(codec::Connect {
+                level: 4,
+                clean_session: true,
+                keep_alive: 30,
+                client_id: String::new(),
+                will: None,
+                username: None,
+                password: None,
+            })),
+        );
+        codec::encode(&mut out, &codec::Packet::PingReq);
+        s.write_all(&out).map_err(|e| format!("write: {e}"))?;
+        let mut got = [0u8; 6];
+        s.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
+        if got == [0x20, 2, 0, 0, 0xd0, 0] {
+            Ok(())
+        } else {
+            Err(format!(
+                "answered {got:02x?}, want CONNACK accepted and PINGRESP"
+            ))
+        }
+    }
+
+    fn malformed(&self) -> Vec<u8> {
+        b"GET / HTTP/1.1\r\n\r\n".to_vec()
+    }
+
+    fn partial(&self) -> Vec<u8> {
+        vec![0x10, 40, 0, 4, b'M', b'Q']
+    }
+}

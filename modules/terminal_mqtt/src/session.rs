@@ -1,0 +1,215 @@
+//! Sessions: what a client id keeps — subscriptions, messages waiting to be
+//! sent, messages in flight — across connections when `clean_session` is
+//! false.
+//!
+//! A session's subscriptions deliver into the session, never to a
+//! connection directly, so messages keep arriving (bounded by
+//! `max_queued`, the excess counted) while the client is away. An attached
+//! connection is woken by a note when the queue goes from empty to not.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use bindery::{Address, Note, ReactorHandle};
+use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
+use parking_lot::Mutex;
+
+use crate::codec::QoS;
+
+/// The note tag that wakes a connection: its session has messages.
+pub(crate) const WAKE: u64 = 1;
+/// The note tag that tells a connection another took its client id.
+pub(crate) const TAKEN_OVER: u64 = 2;
+
+/// A message waiting to be sent, and the subscription to credit once taken.
+pub(crate) struct Queued {
+    pub(crate) message: Message,
+    pub(crate) filter: Arc<str>,
+    pub(crate) retain: bool,
+}
+
+/// Where an outgoing QoS 1 or 2 message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent,
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// A message sent with QoS 1 or 2 and not yet settled.
+pub(crate) struct Inflight {
+    pub(crate) topic: String,
+    pub(crate) message: Message,
+    pub(crate) qos: QoS,
+    pub(crate) stage: Stage,
+}
+
+/// A subscription: its granted QoS and the driver's handle.
+pub(crate) struct Sub {
+    pub(crate) qos: QoS,
+    pub(crate) subscription: Arc<Subscription>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) subs: HashMap<Arc<str>, Sub>,
+    pub(crate) queue: VecDeque<Queued>,
+    pub(crate) inflight: BTreeMap<u16, Inflight>,
+    pub(crate) incoming_qos2: HashSet<u16>,
+    pub(crate) next_id: u16,
+    pub(crate) attached: Option<(ReactorHandle, Address, u64)>,
+    pub(crate) recent: VecDeque<MessageId>,
+}
+
+impl State {
+    /// A packet id not in flight.
+    pub(crate) fn packet_id(&mut self) -> u16 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1);
+            if self.next_id != 0 && !self.inflight.contains_key(&self.next_id) {
+                return self.next_id;
+            }
+        }
+    }
+}
+
+/// One client id's session.
+pub(crate) struct Session {
+    pub(crate) client_id: String,
+    pub(crate) clean: bool,
+    pub(crate) state: Mutex<State>,
+    max_queued: usize,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Session {
+    pub(crate) fn new(
+        client_id: String,
+        clean: bool,
+        max_queued: usize,
+        dropped: Arc<AtomicU64>,
+    ) -> Arc<Session> {
+        Arc::new(Session {
+            client_id,
+            clean,
+            state: Mutex::new(State::default()),
+            max_queued,
+            dropped,
+        })
+    }
+
+    /// A consumer that delivers into this session for `filter`.
+    pub(crate) fn consumer(self: &Arc<Session>, filter: Arc<str>) -> Consumer {
+        let weak: Weak<Session> = Arc::downgrade(self);
+        Consumer::new(move |d| {
+            if let (Some(s), Delivery::Message(m)) = (weak.upgrade(), d) {
+                s.push(Queued {
+                    message: m,
+                    filter: filter.clone(),
+                    retain: false,
+                });
+            }
+        })
+    }
+
+    /// Queues a message; wakes the attached connection if the queue was
+    /// empty. A full queue drops the message, counted.
+    pub(crate) fn push(&self, q: Queued) {
+        let wake = {
+            let mut st = self.state.lock();
+            if st.queue.len() >= self.max_queued {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            st.queue.push_back(q);
+            if st.queue.len() == 1 {
+                st.attached.clone()
+            } else {
+                None
+            }
+        };
+        if let Some((handle, addr, _)) = wake {
+            handle.notify(addr, Note::new(WAKE, ()));
+        }
+    }
+}
+
+/// The sessions of one terminal instance, by client id.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    next_conn: AtomicU64,
+    next_anonymous: AtomicU64,
+}
+
+impl Sessions {
+    /// A connection number, to tell attachments apart.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A client id for a client that gave none.
+    pub(crate) fn anonymous(&self) -> String {
+        format!(
+            "bindery-{}",
+            self.next_anonymous.fetch_add(1, Ordering::Relaxed) + 1
+        )
+    }
+
+    /// Attaches a connection to `client_id`'s session, taking it over from
+    /// any other connection; returns the session and whether it existed.
+    pub(crate) fn attach(
+        &self,
+        client_id: &str,
+        clean: bool,
+        at: (ReactorHandle, Address, u64),
+        make: impl FnOnce() -> Arc<Session>,
+    ) -> (Arc<Session>, bool) {
+        let mut map = self.map.lock();
+        let existing = map.get(client_id).cloned();
+        if let Some(old) = &existing {
+            let previous = old.state.lock().attached.take();
+            if let Some((handle, addr, _)) = previous {
+                handle.notify(addr, Note::new(TAKEN_OVER, ()));
+            }
+        }
+        let (session, present) = match existing {
+            Some(old) if !clean && !old.clean => (old, true),
+            _ => {
+                let s = make();
+                map.insert(client_id.to_owned(), s.clone());
+                (s, false)
+            }
+        };
+        session.state.lock().attached = Some(at);
+        (session, present)
+    }
+
+    /// Detaches connection `epoch`; a clean session ends with it.
+    pub(crate) fn detach(&self, session: &Arc<Session>, epoch: u64) {
+        let mut map = self.map.lock();
+        let mine = {
+            let mut st = session.state.lock();
+            if st.attached.as_ref().is_some_and(|a| a.2 == epoch) {
+                st.attached = None;
+                true
+            } else {
+                false
+            }
+        };
+        if mine && session.clean {
+            if map
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                map.remove(&session.client_id);
+            }
+            drop(map);
+            // Cancelling subscriptions takes driver locks: never under ours.
+            let subs = std::mem::take(&mut session.state.lock().subs);
+            drop(subs);
+        }
+    }
+}

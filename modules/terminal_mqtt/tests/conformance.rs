@@ -1,0 +1,3 @@
+//! `terminal.mqtt` against the terminal contract.
+
+bindery_conformance::terminal_suite!(&terminal_mqtt::MODULE);

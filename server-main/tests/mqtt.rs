@@ -1,0 +1,400 @@
+//! MQTT end to end: the `bindery` binary with a real client library
+//! (rumqttc) and, for exact packets and bad input, raw TCP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{Server, agent, config};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+fn start() -> (Server, SocketAddr) {
+    let s = Server::start(&config(""));
+    let m = s.mqtt.expect("the default configuration serves MQTT");
+    (s, m)
+}
+
+/// A rumqttc client whose incoming publishes arrive on a channel.
+fn client(
+    addr: SocketAddr,
+    id: &str,
+    clean: bool,
+) -> (
+    Client,
+    mpsc::Receiver<rumqttc::Publish>,
+    mpsc::Receiver<bool>,
+) {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(clean);
+    let (c, mut conn) = Client::new(o, 100);
+    let (tx, rx) = mpsc::channel();
+    let (ctx, crx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                    let _ = ctx.send(a.session_present);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    (c, rx, crx)
+}
+
+fn subscribed(c: &Client, filter: &str, qos: QoS) {
+    c.subscribe(filter, qos).unwrap();
+    // SUBSCRIBE is answered before later publishes are taken; a short
+    // settle keeps the first publish from racing the subscription.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+fn next(rx: &mpsc::Receiver<rumqttc::Publish>) -> rumqttc::Publish {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("a message within 10 s")
+}
+
+#[test]
+fn publish_and_subscribe_at_every_qos_with_wildcards() {
+    let (_s, m) = start();
+    let (sub, rx, _) = client(m, "sub", true);
+    subscribed(&sub, "sensors/+/temp", QoS::ExactlyOnce);
+    let (publ, _prx, _) = client(m, "pub", true);
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publ.publish(format!("sensors/k{i}/temp"), qos, false, format!("t{i}"))
+            .unwrap();
+        let p = next(&rx);
+        assert_eq!(p.topic, format!("sensors/k{i}/temp"));
+        assert_eq!(&p.payload[..], format!("t{i}").as_bytes());
+        assert_eq!(p.qos, qos, "delivered QoS = min(publish, granted)");
+    }
+    publ.publish("sensors/k9/humidity", QoS::AtLeastOnce, false, "no")
+        .unwrap();
+    publ.publish("sensors/k9/temp", QoS::AtLeastOnce, false, "yes")
+        .unwrap();
+    assert_eq!(&next(&rx).payload[..], b"yes");
+}
+
+#[test]
+fn delivered_qos_is_the_lower_of_publish_and_grant() {
+    let (_s, m) = start();
+    let (sub, rx, _) = client(m, "low", true);
+    subscribed(&sub, "q/#", QoS::AtMostOnce);
+    let (publ, _, _) = client(m, "high", true);
+    publ.publish("q/x", QoS::ExactlyOnce, false, "x").unwrap();
+    assert_eq!(next(&rx).qos, QoS::AtMostOnce);
+}
+
+#[test]
+fn messages_cross_between_http_and_mqtt() {
+    let (s, m) = start();
+    let (sub, rx, _) = client(m, "cross", true);
+    subscribed(&sub, "orders/#", QoS::AtLeastOnce);
+    let r = agent()
+        .post(&s.url("/topics/orders/eu"))
+        .set("Content-Type", "text/plain")
+        .send_string("from http")
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let p = next(&rx);
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("orders/eu", &b"from http"[..])
+    );
+    // And back: an MQTT publish reaches an HTTP long poll on the topic.
+    let url = s.url("/topics/orders/us");
+    let poll = std::thread::spawn(move || {
+        agent()
+            .get(&format!("{url}?wait=10"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    sub.publish("orders/us", QoS::AtLeastOnce, false, "from mqtt")
+        .unwrap();
+    assert_eq!(poll.join().unwrap(), "from mqtt");
+}
+
+#[test]
+fn retained_messages_reach_later_subscribers_and_an_empty_one_deletes() {
+    let (_s, m) = start();
+    let (publ, _, _) = client(m, "retainer", true);
+    publ.publish("state/door", QoS::AtLeastOnce, true, "open")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (late, rx, _) = client(m, "late", true);
+    subscribed(&late, "state/+", QoS::AtLeastOnce);
+    let p = next(&rx);
+    assert!(
+        p.retain,
+        "a retained message sent on subscribe has RETAIN set"
+    );
+    assert_eq!(&p.payload[..], b"open");
+    publ.publish("state/door", QoS::AtLeastOnce, true, "")
+        .unwrap();
+    let live = next(&rx);
+    assert!(!live.retain && live.payload.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    let (later, rx2, _) = client(m, "later", true);
+    subscribed(&later, "state/+", QoS::AtLeastOnce);
+    assert!(
+        rx2.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the deleted retained message came"
+    );
+}
+
+#[test]
+fn a_persistent_session_keeps_subscriptions_and_queued_messages() {
+    let (_s, m) = start();
+    {
+        let (c, _rx, acks) = client(m, "durable-client", false);
+        assert!(
+            !acks.recv_timeout(Duration::from_secs(5)).unwrap(),
+            "no session yet"
+        );
+        subscribed(&c, "news/#", QoS::AtLeastOnce);
+        c.disconnect().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (publ, _, _) = client(m, "newsroom", true);
+    for i in 0..3 {
+        publ.publish("news/today", QoS::AtLeastOnce, false, format!("n{i}"))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (_c, rx, acks) = client(m, "durable-client", false);
+    assert!(
+        acks.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "session present"
+    );
+    for i in 0..3 {
+        assert_eq!(next(&rx).payload[..], *format!("n{i}").as_bytes());
+    }
+}
+
+// ---- raw packets ----
+
+fn connect_packet(id: &str, clean: bool, keep_alive: u16, will: Option<(&str, &str)>) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
+    let mut flags = if clean { 0x02 } else { 0 };
+    if will.is_some() {
+        flags |= 0x04 | 0x08; // will, QoS 1
+    }
+    body.push(flags);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    if let Some((t, p)) = will {
+        body.extend_from_slice(&(t.len() as u16).to_be_bytes());
+        body.extend_from_slice(t.as_bytes());
+        body.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        body.extend_from_slice(p.as_bytes());
+    }
+    let mut out = vec![0x10, body.len() as u8];
+    out.extend(body);
+    out
+}
+
+fn raw(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn connack(s: &mut TcpStream) -> [u8; 4] {
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    b
+}
+
+/// Whether the server closes `s` within 10 s.
+fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn still_serves(m: SocketAddr) {
+    let mut s = raw(m);
+    s.write_all(&connect_packet("", true, 0, None)).unwrap();
+    assert_eq!(connack(&mut s), [0x20, 2, 0, 0]);
+    s.write_all(&[0xc0, 0]).unwrap();
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(b, [0xd0, 0]);
+}
+
+#[test]
+fn bad_input_closes_only_that_connection() {
+    let (_s, m) = start();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "malformed remaining length",
+            [
+                connect_packet("a", true, 0, None),
+                vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+            ]
+            .concat(),
+        ),
+        ("a packet before CONNECT", vec![0xc0, 0]),
+        (
+            "a second CONNECT",
+            [
+                connect_packet("b", true, 0, None),
+                connect_packet("b", true, 0, None),
+            ]
+            .concat(),
+        ),
+        (
+            "invalid UTF-8 in a topic",
+            [
+                connect_packet("c", true, 0, None),
+                vec![0x30, 5, 0, 2, 0xc3, 0x28, b'x'],
+            ]
+            .concat(),
+        ),
+        (
+            "a wildcard in a PUBLISH topic",
+            [
+                connect_packet("d", true, 0, None),
+                vec![0x30, 5, 0, 3, b'a', b'/', b'+'],
+            ]
+            .concat(),
+        ),
+        (
+            "an oversized packet",
+            [
+                connect_packet("e", true, 0, None),
+                vec![0x30, 0x80, 0x80, 0x80, 0x01],
+            ]
+            .concat(),
+        ),
+        ("not MQTT at all", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let mut s = raw(m);
+        s.write_all(&bytes).unwrap();
+        assert!(closed(&mut s), "{what}: the connection stayed open");
+        still_serves(m);
+    }
+}
+
+#[test]
+fn the_will_is_sent_on_abnormal_disconnect_only() {
+    let (_s, m) = start();
+    let (sub, rx, _) = client(m, "watcher", true);
+    subscribed(&sub, "wills/#", QoS::AtLeastOnce);
+    let mut polite = raw(m);
+    polite
+        .write_all(&connect_packet(
+            "polite",
+            true,
+            0,
+            Some(("wills/polite", "gone")),
+        ))
+        .unwrap();
+    connack(&mut polite);
+    polite.write_all(&[0xe0, 0]).unwrap();
+    assert!(closed(&mut polite));
+    let rude = {
+        let mut s = raw(m);
+        s.write_all(&connect_packet(
+            "rude",
+            true,
+            0,
+            Some(("wills/rude", "crashed")),
+        ))
+        .unwrap();
+        connack(&mut s);
+        s
+    };
+    drop(rude);
+    let p = next(&rx);
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("wills/rude", &b"crashed"[..])
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the polite client's will was sent"
+    );
+}
+
+#[test]
+fn keep_alive_is_enforced_and_takeover_closes_the_first_client() {
+    let (_s, m) = start();
+    let mut quiet = raw(m);
+    quiet
+        .write_all(&connect_packet("quiet", true, 1, None))
+        .unwrap();
+    assert_eq!(connack(&mut quiet), [0x20, 2, 0, 0]);
+    let start = std::time::Instant::now();
+    assert!(
+        closed(&mut quiet),
+        "no packets for 1.5 x keep-alive: must be closed"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(1000),
+        "closed too early"
+    );
+
+    let mut first = raw(m);
+    first
+        .write_all(&connect_packet("twin", true, 0, None))
+        .unwrap();
+    connack(&mut first);
+    let mut second = raw(m);
+    second
+        .write_all(&connect_packet("twin", true, 0, None))
+        .unwrap();
+    assert_eq!(connack(&mut second), [0x20, 2, 0, 0]);
+    assert!(
+        closed(&mut first),
+        "the first connection of a client id is closed on takeover"
+    );
+}
+
+#[test]
+fn zero_length_client_ids_and_refused_filters() {
+    let (_s, m) = start();
+    let mut s = raw(m);
+    s.write_all(&connect_packet("", false, 0, None)).unwrap();
+    assert_eq!(connack(&mut s), [0x20, 2, 0, 2], "identifier rejected");
+    assert!(closed(&mut s));
+    let mut s = raw(m);
+    s.write_all(&connect_packet("", true, 0, None)).unwrap();
+    assert_eq!(connack(&mut s), [0x20, 2, 0, 0]);
+    // SUBSCRIBE id 5: "a/#/b" QoS 1 (invalid), "ok/+" QoS 2.
+    let mut sub = vec![0x82, 0, 0, 5];
+    for (f, q) in [("a/#/b", 1u8), ("ok/+", 2)] {
+        sub.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        sub.extend_from_slice(f.as_bytes());
+        sub.push(q);
+    }
+    sub[1] = (sub.len() - 2) as u8;
+    s.write_all(&sub).unwrap();
+    let mut ack = [0u8; 6];
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x90, 4, 0, 5, 0x80, 2]);
+}
