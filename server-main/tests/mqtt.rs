@@ -398,3 +398,42 @@ fn zero_length_client_ids_and_refused_filters() {
     s.read_exact(&mut ack).unwrap();
     assert_eq!(ack, [0x90, 4, 0, 5, 0x80, 2]);
 }
+
+#[test]
+fn unacknowledged_messages_are_resent_with_dup_after_reconnect() {
+    let (_s, m) = start();
+    let subscribe = |s: &mut TcpStream| {
+        let f = b"inbox/#";
+        let mut p = vec![0x82, 0, 0, 1, 0, f.len() as u8];
+        p.extend_from_slice(f);
+        p.push(1);
+        p[1] = (p.len() - 2) as u8;
+        s.write_all(&p).unwrap();
+        let mut ack = [0u8; 5];
+        s.read_exact(&mut ack).unwrap();
+        assert_eq!(ack, [0x90, 3, 0, 1, 1]);
+    };
+    let mut first = raw(m);
+    first.write_all(&connect_packet("keeper", false, 0, None)).unwrap();
+    connack(&mut first);
+    subscribe(&mut first);
+    let (publ, _, _) = client(m, "sender", true);
+    publ.publish("inbox/a", QoS::AtLeastOnce, false, "keep me").unwrap();
+    // Read the PUBLISH (QoS 1), do not PUBACK, and drop the connection.
+    let mut head = [0u8; 2];
+    first.read_exact(&mut head).unwrap();
+    assert_eq!(head[0] & 0xf6, 0x32, "a QoS 1 PUBLISH without DUP: {head:02x?}");
+    let mut rest = vec![0u8; head[1] as usize];
+    first.read_exact(&mut rest).unwrap();
+    drop(first);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = raw(m);
+    again.write_all(&connect_packet("keeper", false, 0, None)).unwrap();
+    assert_eq!(connack(&mut again), [0x20, 2, 1, 0], "session present");
+    let mut head2 = [0u8; 2];
+    again.read_exact(&mut head2).unwrap();
+    assert_eq!(head2[0], 0x3a, "resent with DUP and QoS 1: {head2:02x?}");
+    let mut rest2 = vec![0u8; head2[1] as usize];
+    again.read_exact(&mut rest2).unwrap();
+    assert_eq!(rest2, rest, "the same topic, packet id and payload");
+}
