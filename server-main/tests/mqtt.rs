@@ -414,21 +414,30 @@ fn unacknowledged_messages_are_resent_with_dup_after_reconnect() {
         assert_eq!(ack, [0x90, 3, 0, 1, 1]);
     };
     let mut first = raw(m);
-    first.write_all(&connect_packet("keeper", false, 0, None)).unwrap();
+    first
+        .write_all(&connect_packet("keeper", false, 0, None))
+        .unwrap();
     connack(&mut first);
     subscribe(&mut first);
     let (publ, _, _) = client(m, "sender", true);
-    publ.publish("inbox/a", QoS::AtLeastOnce, false, "keep me").unwrap();
+    publ.publish("inbox/a", QoS::AtLeastOnce, false, "keep me")
+        .unwrap();
     // Read the PUBLISH (QoS 1), do not PUBACK, and drop the connection.
     let mut head = [0u8; 2];
     first.read_exact(&mut head).unwrap();
-    assert_eq!(head[0] & 0xf6, 0x32, "a QoS 1 PUBLISH without DUP: {head:02x?}");
+    assert_eq!(
+        head[0] & 0xf6,
+        0x32,
+        "a QoS 1 PUBLISH without DUP: {head:02x?}"
+    );
     let mut rest = vec![0u8; head[1] as usize];
     first.read_exact(&mut rest).unwrap();
     drop(first);
     std::thread::sleep(Duration::from_millis(300));
     let mut again = raw(m);
-    again.write_all(&connect_packet("keeper", false, 0, None)).unwrap();
+    again
+        .write_all(&connect_packet("keeper", false, 0, None))
+        .unwrap();
     assert_eq!(connack(&mut again), [0x20, 2, 1, 0], "session present");
     let mut head2 = [0u8; 2];
     again.read_exact(&mut head2).unwrap();

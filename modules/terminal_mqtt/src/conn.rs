@@ -22,6 +22,11 @@ use crate::session::{self, Inflight, Queued, Session, Stage, Sub};
 const PUBLISHED: u64 = 1 << 40;
 /// Unsent output past which queued messages wait.
 const MAX_OUTPUT: usize = 1 << 20;
+/// Bytes read in one turn before other connections on the reactor get
+/// theirs (a fast publisher must not starve its subscribers).
+const READ_BATCH: usize = 64 * 1024;
+/// The note tag that continues reading after a full batch.
+const CONTINUE: u64 = 3;
 /// The header that carries an MQTT message's QoS through the kernel.
 const QOS_HEADER: &str = "mqtt-qos";
 
@@ -179,10 +184,18 @@ impl Conn {
 
     fn read(&mut self, cx: &mut Cx<'_>) {
         let mut chunk = [0u8; 16 * 1024];
+        let mut taken = 0;
         loop {
+            if taken >= READ_BATCH {
+                // Yield: notes queued meanwhile (deliveries to subscribers
+                // on this reactor) run first, then this connection reads on.
+                cx.handle().notify(cx.address(), Note::new(CONTINUE, ()));
+                return;
+            }
             match self.stream.read(&mut chunk) {
                 Ok(0) => return self.close(cx, true, "the client closed the connection"),
                 Ok(n) => {
+                    taken += n;
                     self.rbuf.extend_from_slice(&chunk[..n]);
                     self.last_seen = Instant::now();
                     if !self.packets(cx) {
@@ -586,6 +599,7 @@ impl Handler for Conn {
     fn notify(&mut self, cx: &mut Cx<'_>, note: Note) {
         match note.tag {
             session::WAKE => {}
+            CONTINUE => self.read(cx),
             session::TAKEN_OVER => {
                 return self.close(cx, true, "another connection took this client id");
             }
