@@ -35,6 +35,7 @@ impl Driver for RecordingDriver {
         done.succeed(Receipt {
             id,
             delivered_to: 0,
+            backlog: 0,
         });
     }
 

@@ -107,6 +107,7 @@ fn a_driver_that_loses_one_message_in_a_thousand_is_caught() {
                 return done.succeed(Receipt {
                     id: msg.id,
                     delivered_to: 0,
+                    backlog: 0,
                 });
             }
             d.publish(msg, done)
@@ -154,6 +155,7 @@ fn a_driver_that_reorders_is_caught() {
                     done.succeed(Receipt {
                         id,
                         delivered_to: 0,
+                        backlog: 0,
                     });
                 }
                 Some(first) => {

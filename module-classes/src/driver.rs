@@ -37,7 +37,7 @@
 //!         DriverInfo { queue: false, durable: false }
 //!     }
 //!     fn publish(&self, message: Message, done: Completion<Receipt>) {
-//!         done.succeed(Receipt { id: message.id, delivered_to: 0 });
+//!         done.succeed(Receipt { id: message.id, delivered_to: 0, backlog: 0 });
 //!     }
 //!     fn subscribe(&self, dest: &str, _: Consumer, _: SubscribeOptions) -> Result<Subscription, Failure> {
 //!         Err(Failure::new(FailureKind::Unsupported, format!("{dest}: nothing to read")))
@@ -67,6 +67,10 @@ pub struct Receipt {
     pub id: MessageId,
     /// For topics, how many subscribers it went to; for queues, 0.
     pub delivered_to: u32,
+    /// How far behind the slowest consumer it reached is: messages it has
+    /// buffered (topics). A publisher that sees this grow should slow down
+    /// before the driver's slow-consumer policy has to drop.
+    pub backlog: u32,
 }
 
 /// What kind of destination a driver keeps.

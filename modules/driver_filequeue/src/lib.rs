@@ -193,6 +193,7 @@ impl Driver for FileQueue {
                     done.succeed(Receipt {
                         id,
                         delivered_to: 0,
+                        backlog: 0,
                     });
                 }
                 Err(f) => done.fail(f),

@@ -92,6 +92,7 @@ impl Driver for MemQueue {
                 done.succeed(Receipt {
                     id,
                     delivered_to: 0,
+                    backlog: 0,
                 });
             }
             Err(f) => done.fail(f),

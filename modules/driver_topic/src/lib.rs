@@ -293,13 +293,18 @@ impl Driver for TopicDriver {
         let id = message.id;
         message.delivery_count = 1;
         let mut reached = 0;
+        let mut backlog = 0;
         {
             let mut t = t.lock();
             let Topic { subs, stats, .. } = &mut *t;
             stats.published += 1;
             let config = &self.config;
             let mut offered = subs.len();
-            subs.retain_mut(|s| s.offer(&message, config, stats, &mut reached));
+            subs.retain_mut(|s| {
+                let keep = s.offer(&message, config, stats, &mut reached);
+                backlog = backlog.max(s.buffer.len());
+                keep
+            });
             // Topic, then patterns: the one lock order, so each subscriber
             // sees a topic's messages in publish order.
             let mut patterns = self.patterns.lock();
@@ -308,7 +313,9 @@ impl Driver for TopicDriver {
                     return true;
                 }
                 offered += 1;
-                s.offer(&message, config, stats, &mut reached)
+                let keep = s.offer(&message, config, stats, &mut reached);
+                backlog = backlog.max(s.buffer.len());
+                keep
             });
             if offered == 0 {
                 // Nobody listens: the message goes nowhere, counted.
@@ -318,6 +325,7 @@ impl Driver for TopicDriver {
         done.succeed(Receipt {
             id,
             delivered_to: reached,
+            backlog: backlog as u32,
         });
     }
 

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bindery::reactor::TimerId;
@@ -24,9 +24,13 @@ const PUBLISHED: u64 = 1 << 40;
 const MAX_OUTPUT: usize = 1 << 20;
 /// Bytes read in one turn before other connections on the reactor get
 /// theirs (a fast publisher must not starve its subscribers).
-const READ_BATCH: usize = 64 * 1024;
+const READ_BATCH: usize = 32 * 1024;
 /// The note tag that continues reading after a full batch.
 const CONTINUE: u64 = 3;
+/// Buffered messages behind the slowest subscriber past which a publisher
+/// is slowed: it reads small batches with pauses until the backlog clears,
+/// so subscribers catch up instead of the driver dropping.
+const SLOW_BACKLOG: u32 = 256;
 /// The header that carries an MQTT message's QoS through the kernel.
 const QOS_HEADER: &str = "mqtt-qos";
 
@@ -47,6 +51,9 @@ pub(crate) struct Conn {
     last_seen: Instant,
     timer: TimerId,
     closed: bool,
+    /// The backlog the driver reported for this connection's last publish.
+    backlog: Arc<AtomicU32>,
+    resume: Option<TimerId>,
     _open: OpenConnection,
 }
 
@@ -98,6 +105,8 @@ impl Conn {
             last_seen: Instant::now(),
             timer,
             closed: false,
+            backlog: Arc::new(AtomicU32::new(0)),
+            resume: None,
             _open: open,
         };
         cx.registry().register(
@@ -183,16 +192,29 @@ impl Conn {
     }
 
     fn read(&mut self, cx: &mut Cx<'_>) {
+        if self.resume.is_some() {
+            return;
+        }
         let mut chunk = [0u8; 16 * 1024];
         let mut taken = 0;
         loop {
+            let backlog = self.backlog.load(Ordering::Relaxed);
+            let slow = backlog > SLOW_BACKLOG;
+            if slow && taken > 0 {
+                // Subscribers are behind: pause (longer the further behind
+                // they are), then read a little more.
+                let pause = Duration::from_micros(u64::from(backlog).clamp(500, 20_000));
+                self.resume = Some(cx.set_timer(pause));
+                return;
+            }
             if taken >= READ_BATCH {
                 // Yield: notes queued meanwhile (deliveries to subscribers
                 // on this reactor) run first, then this connection reads on.
                 cx.handle().notify(cx.address(), Note::new(CONTINUE, ()));
                 return;
             }
-            match self.stream.read(&mut chunk) {
+            let want = if slow { 1024 } else { chunk.len() };
+            match self.stream.read(&mut chunk[..want]) {
                 Ok(0) => return self.close(cx, true, "the client closed the connection"),
                 Ok(n) => {
                     taken += n;
@@ -407,7 +429,12 @@ impl Conn {
             self.retain(&p.topic, &message);
         }
         let done = if p.qos == 0 {
-            Completion::new(|_| {})
+            let backlog = self.backlog.clone();
+            Completion::new(move |r: Result<Receipt, Failure>| {
+                if let Ok(r) = r {
+                    backlog.store(r.backlog, Ordering::Relaxed);
+                }
+            })
         } else {
             cx.completion::<Receipt>(PUBLISHED | (p.qos as u64) << 16 | p.packet_id as u64)
         };
@@ -418,6 +445,9 @@ impl Conn {
     fn published(&mut self, cx: &mut Cx<'_>, tag: u64, outcome: Result<Receipt, Failure>) {
         let id = (tag & 0xffff) as u16;
         let qos = (tag >> 16) & 3;
+        if let Ok(r) = &outcome {
+            self.backlog.store(r.backlog, Ordering::Relaxed);
+        }
         match outcome {
             Ok(_) if qos == 1 => self.send(&Packet::PubAck(id)),
             Ok(_) => self.send(&Packet::PubRec(id)),
@@ -615,6 +645,12 @@ impl Handler for Conn {
     }
 
     fn timeout(&mut self, cx: &mut Cx<'_>, timer: TimerId) {
+        if Some(timer) == self.resume {
+            self.resume = None;
+            self.read(cx);
+            self.drain();
+            return self.after(cx);
+        }
         if timer != self.timer {
             return;
         }

@@ -165,6 +165,13 @@ fn flow(
                         if qos > 0 && c.puback(packet_id).is_err() {
                             break;
                         }
+                        // Acks leave once the input read so far is handled.
+                        if qos > 0 && c.reader.buffer().is_empty() {
+                            use std::io::Write;
+                            if c.writer.flush().is_err() {
+                                break;
+                            }
+                        }
                     }
                     Ok(_) => {}
                     Err(e)
