@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bindery::reactor::TimerId;
 use bindery::{Completion, Cx, Failure, Handler, Note};
-use bindery_classes::Message;
 use bindery_classes::driver::{Receipt, SubscribeOptions};
 use bindery_classes::listener::OpenConnection;
+use bindery_classes::{Message, Subscription};
 use mio::Interest;
 use mio::event::Event;
 use mio::net::TcpStream;
@@ -32,7 +32,7 @@ const CONTINUE: u64 = 3;
 /// so subscribers catch up instead of the driver dropping.
 const SLOW_BACKLOG: u32 = 256;
 /// The header that carries an MQTT message's QoS through the kernel.
-const QOS_HEADER: &str = "mqtt-qos";
+pub(crate) const QOS_HEADER: &str = "mqtt-qos";
 
 struct Connected {
     session: Arc<Session>,
@@ -168,12 +168,9 @@ impl Conn {
     }
 
     fn publish_will(&self, will: &Will) {
-        let message = Message::new(
-            &self.shared.path(&will.topic),
-            "application/octet-stream",
-            will.payload.clone(),
-        )
-        .with_headers(vec![(QOS_HEADER.into(), will.qos.to_string().into())]);
+        let message = self
+            .shared
+            .message(&will.topic, will.qos, will.payload.clone());
         if will.retain {
             self.retain(&will.topic, &message);
         }
@@ -419,12 +416,7 @@ impl Conn {
             self.send(&Packet::PubRec(p.packet_id));
             return Ok(());
         }
-        let message = Message::new(
-            &self.shared.path(&p.topic),
-            "application/octet-stream",
-            p.payload,
-        )
-        .with_headers(vec![(QOS_HEADER.into(), p.qos.to_string().into())]);
+        let message = self.shared.message(&p.topic, p.qos, p.payload);
         if p.retain {
             self.retain(&p.topic, &message);
         }
@@ -514,26 +506,33 @@ impl Conn {
             return;
         };
         let session = c.session.clone();
-        let mut credit = Vec::new();
+        let mut credit: Vec<(Arc<Subscription>, u32)> = Vec::new();
         let mut out = Vec::new();
         {
             let mut st = session.state.lock();
+            // With overlapping subscriptions a message may arrive once per
+            // match: it goes out once, at the highest grant among them.
+            let overlapping = st.subs.len() > 1;
             while self.wbuf.len() + out.len() < MAX_OUTPUT {
                 let Some(front) = st.queue.front() else { break };
                 let topic = self
                     .shared
                     .topic(&front.message.destination)
                     .map(str::to_owned);
-                let sub_qos = st.subs.get(&front.filter).map(|s| s.qos);
-                let granted = topic.as_deref().and_then(|t| {
-                    let mut best = None;
-                    for (f, s) in &st.subs {
-                        if matches(f, t) {
-                            best = Some(best.map_or(s.qos, |b: QoS| b.max(s.qos)));
-                        }
-                    }
-                    best
-                });
+                let granted = match &topic {
+                    Some(t) if overlapping => st
+                        .subs
+                        .iter()
+                        .filter(|(f, _)| matches(f, t))
+                        .map(|(_, s)| s.qos)
+                        .max(),
+                    Some(t) => st
+                        .subs
+                        .get(&front.filter)
+                        .filter(|_| !t.starts_with('$') || matches(&front.filter, t))
+                        .map(|s| s.qos),
+                    None => None,
+                };
                 let qos = granted.map(|g| g.min(message_qos(&front.message)));
                 if qos.is_some_and(|q| q > 0)
                     && st.inflight.len() >= self.shared.config.max_inflight
@@ -541,19 +540,23 @@ impl Conn {
                     break;
                 }
                 let Some(q) = st.queue.pop_front() else { break };
-                if !q.retain {
-                    if let Some(s) = st.subs.get(&q.filter) {
-                        credit.push(s.subscription.clone());
+                if let Some(s) = st.subs.get(&q.filter).filter(|_| !q.retain) {
+                    // One credit call per subscription per drain.
+                    match credit
+                        .iter_mut()
+                        .find(|(sub, _)| Arc::ptr_eq(sub, &s.subscription))
+                    {
+                        Some((_, n)) => *n += 1,
+                        None => credit.push((s.subscription.clone(), 1)),
                     }
                 }
-                let duplicate = !q.retain && st.recent.contains(&q.message.id);
-                let (Some(topic), Some(qos), Some(_)) = (topic, qos, sub_qos) else {
+                let (Some(topic), Some(qos)) = (topic, qos) else {
                     continue;
                 };
-                if duplicate || (!matches(&q.filter, &topic)) {
-                    continue;
-                }
-                if !q.retain {
+                if overlapping && !q.retain {
+                    if st.recent.contains(&q.message.id) {
+                        continue;
+                    }
                     st.recent.push_back(q.message.id);
                     if st.recent.len() > 256 {
                         st.recent.pop_front();
@@ -583,8 +586,8 @@ impl Conn {
             }
         }
         self.wbuf.extend_from_slice(&out);
-        for s in credit {
-            s.credit(1);
+        for (s, n) in credit {
+            s.credit(n);
         }
     }
 

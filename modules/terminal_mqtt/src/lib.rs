@@ -138,12 +138,25 @@ pub(crate) struct Shared {
     pub(crate) sessions: session::Sessions,
     /// Retained messages by topic.
     pub(crate) retained: Mutex<std::collections::HashMap<String, Message>>,
+    /// The headers of a message published at QoS 0, 1, 2 (shared, so a
+    /// publish allocates none).
+    pub(crate) qos_headers: [Arc<[bindery_classes::message::Header]>; 3],
+    /// `application/octet-stream`, shared likewise.
+    pub(crate) octets: Arc<str>,
 }
 
 impl Shared {
     /// The kernel path of an MQTT topic.
     pub(crate) fn path(&self, topic: &str) -> String {
         format!("{}{topic}", self.config.topic_root)
+    }
+
+    /// A message for `topic` published at `qos`.
+    pub(crate) fn message(&self, topic: &str, qos: u8, payload: bytes::Bytes) -> Message {
+        let mut m = Message::new(&self.path(topic), "", payload);
+        m.content_type = self.octets.clone();
+        m.headers = self.qos_headers[usize::from(qos.min(2))].clone();
+        m
     }
 
     /// The MQTT topic of a kernel path, if it is under the root.
@@ -163,6 +176,10 @@ impl Mqtt {
             stats: self.stats.clone(),
             sessions: session::Sessions::default(),
             retained: Mutex::new(Default::default()),
+            qos_headers: [0, 1, 2].map(|q: u8| -> Arc<[bindery_classes::message::Header]> {
+                Arc::new([(conn::QOS_HEADER.into(), q.to_string().into())])
+            }),
+            octets: "application/octet-stream".into(),
         });
         let accept = Arc::new(AcceptMqtt(shared));
         for key in keys {
