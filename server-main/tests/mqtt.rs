@@ -446,3 +446,20 @@ fn unacknowledged_messages_are_resent_with_dup_after_reconnect() {
     again.read_exact(&mut rest2).unwrap();
     assert_eq!(rest2, rest, "the same topic, packet id and payload");
 }
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_the_highest_grant() {
+    let (_s, m) = start();
+    let (sub, rx, _) = client(m, "overlap", true);
+    sub.subscribe("ov/#", QoS::AtMostOnce).unwrap();
+    subscribed(&sub, "ov/+", QoS::AtLeastOnce);
+    let (publ, _, _) = client(m, "ov-pub", true);
+    publ.publish("ov/a", QoS::AtLeastOnce, false, "once")
+        .unwrap();
+    let p = next(&rx);
+    assert_eq!((&p.payload[..], p.qos), (&b"once"[..], QoS::AtLeastOnce));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "delivered twice"
+    );
+}
