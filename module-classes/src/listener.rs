@@ -11,6 +11,30 @@ use mio::Interest;
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 
+/// Writes `buf[*pos..]` to a non-blocking socket until it would block;
+/// clears `buf` once all is written (and compacts a long written prefix).
+/// A connection's handler calls it whenever it has output or turns
+/// writable.
+pub fn write_out(w: &mut impl io::Write, buf: &mut Vec<u8>, pos: &mut usize) -> io::Result<()> {
+    while *pos < buf.len() {
+        match w.write(&buf[*pos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if *pos == buf.len() {
+        buf.clear();
+        *pos = 0;
+    } else if *pos > 64 * 1024 {
+        buf.drain(..*pos);
+        *pos = 0;
+    }
+    Ok(())
+}
+
 /// Connection counters a terminal keeps.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {

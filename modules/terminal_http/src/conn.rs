@@ -8,7 +8,7 @@
 //! stream for the rest of its life.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bindery::reactor::TimerId;
 use bindery::{Cx, Failure, FailureKind, Handler, Note};
 use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
-use bindery_classes::listener::OpenConnection;
+use bindery_classes::listener::{self, OpenConnection};
 use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
 use mio::Interest;
 use mio::event::Event;
@@ -380,26 +380,13 @@ impl Conn {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
+        listener::write_out(&mut self.stream, &mut self.wbuf, &mut self.wpos)?;
+        if self.wbuf.is_empty() {
             if let Some(s) = &mut self.streaming {
                 if s.owed > 0 {
                     s.sub.credit(std::mem::take(&mut s.owed));
                 }
             }
-        } else if self.wpos > 64 * 1024 {
-            self.wbuf.drain(..self.wpos);
-            self.wpos = 0;
         }
         Ok(())
     }

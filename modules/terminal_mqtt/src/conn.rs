@@ -1,6 +1,6 @@
 //! One MQTT connection: a reactor handler.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bindery::reactor::TimerId;
 use bindery::{Completion, Cx, Failure, Handler, Note};
 use bindery_classes::driver::{Receipt, SubscribeOptions};
-use bindery_classes::listener::OpenConnection;
+use bindery_classes::listener::{self, OpenConnection};
 use bindery_classes::{Message, Subscription};
 use mio::Interest;
 use mio::event::Event;
@@ -122,23 +122,7 @@ impl Conn {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-        } else if self.wpos > 64 * 1024 {
-            self.wbuf.drain(..self.wpos);
-            self.wpos = 0;
-        }
-        Ok(())
+        listener::write_out(&mut self.stream, &mut self.wbuf, &mut self.wpos)
     }
 
     /// Ends the connection. Without a DISCONNECT first (`abnormal`), the
