@@ -3,13 +3,13 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bindery::reactor::TimerId;
 use bindery::{Completion, Cx, Failure, Handler, Note};
 use bindery_classes::driver::{Receipt, SubscribeOptions};
 use bindery_classes::listener::{self, OpenConnection};
-use bindery_classes::{Message, Subscription};
+use bindery_classes::{Message, MessageId, Subscription};
 use mio::Interest;
 use mio::event::Event;
 use mio::net::TcpStream;
@@ -54,6 +54,9 @@ pub(crate) struct Conn {
     /// The backlog the driver reported for this connection's last publish.
     backlog: Arc<AtomicU32>,
     resume: Option<TimerId>,
+    /// The topic last published to and its path: a publisher that keeps to
+    /// one topic allocates no path per message.
+    last_path: Option<(String, Arc<str>)>,
     _open: OpenConnection,
 }
 
@@ -107,6 +110,7 @@ impl Conn {
             closed: false,
             backlog: Arc::new(AtomicU32::new(0)),
             resume: None,
+            last_path: None,
             _open: open,
         };
         cx.registry().register(
@@ -360,6 +364,7 @@ impl Conn {
             code: 0,
         });
         // Resend what was in flight when the last connection ended.
+        let shared = self.shared.clone();
         let resend: Vec<Packet> = session
             .state
             .lock()
@@ -370,7 +375,10 @@ impl Conn {
                     dup: true,
                     qos: i.qos,
                     retain: false,
-                    topic: i.topic.clone(),
+                    topic: shared
+                        .topic(&i.message.destination)
+                        .unwrap_or_default()
+                        .to_owned(),
                     packet_id: id,
                     payload: i.message.body.clone(),
                 }),
@@ -400,7 +408,23 @@ impl Conn {
             self.send(&Packet::PubRec(p.packet_id));
             return Ok(());
         }
-        let message = self.shared.message(&p.topic, p.qos, p.payload);
+        let path = match &self.last_path {
+            Some((t, path)) if *t == p.topic => path.clone(),
+            _ => {
+                let path: Arc<str> = self.shared.path(&p.topic).into();
+                self.last_path = Some((p.topic.clone(), path.clone()));
+                path
+            }
+        };
+        let message = Message {
+            id: MessageId::next(),
+            destination: path,
+            content_type: self.shared.octets.clone(),
+            headers: self.shared.qos_headers[usize::from(p.qos.min(2))].clone(),
+            body: p.payload,
+            timestamp: SystemTime::now(),
+            delivery_count: 0,
+        };
         if p.retain {
             self.retain(&p.topic, &message);
         }
@@ -499,11 +523,8 @@ impl Conn {
             let overlapping = st.subs.len() > 1;
             while self.wbuf.len() + out.len() < MAX_OUTPUT {
                 let Some(front) = st.queue.front() else { break };
-                let topic = self
-                    .shared
-                    .topic(&front.message.destination)
-                    .map(str::to_owned);
-                let granted = match &topic {
+                let topic = self.shared.topic(&front.message.destination);
+                let granted = match topic {
                     Some(t) if overlapping => st
                         .subs
                         .iter()
@@ -518,6 +539,7 @@ impl Conn {
                     None => None,
                 };
                 let qos = granted.map(|g| g.min(message_qos(&front.message)));
+                let has_topic = topic.is_some();
                 if qos.is_some_and(|q| q > 0)
                     && st.inflight.len() >= self.shared.config.max_inflight
                 {
@@ -534,7 +556,7 @@ impl Conn {
                         None => credit.push((s.subscription.clone(), 1)),
                     }
                 }
-                let (Some(topic), Some(qos)) = (topic, qos) else {
+                let Some(qos) = qos.filter(|_| has_topic) else {
                     continue;
                 };
                 if overlapping && !q.retain {
@@ -547,26 +569,21 @@ impl Conn {
                     }
                 }
                 let packet_id = if qos > 0 { st.packet_id() } else { 0 };
-                let publish = Publish {
-                    dup: false,
-                    qos,
-                    retain: q.retain,
-                    topic: topic.clone(),
-                    packet_id,
-                    payload: q.message.body.clone(),
-                };
+                let topic = self
+                    .shared
+                    .topic(&q.message.destination)
+                    .unwrap_or_default();
+                codec::encode_publish(&mut out, topic, qos, q.retain, packet_id, &q.message.body);
                 if qos > 0 {
                     st.inflight.insert(
                         packet_id,
                         Inflight {
-                            topic,
                             message: q.message,
                             qos,
                             stage: Stage::Sent,
                         },
                     );
                 }
-                codec::encode(&mut out, &Packet::Publish(publish));
             }
         }
         self.wbuf.extend_from_slice(&out);

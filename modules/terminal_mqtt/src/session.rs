@@ -40,7 +40,6 @@ pub(crate) enum Stage {
 
 /// A message sent with QoS 1 or 2 and not yet settled.
 pub(crate) struct Inflight {
-    pub(crate) topic: String,
     pub(crate) message: Message,
     pub(crate) qos: QoS,
     pub(crate) stage: Stage,
