@@ -37,6 +37,12 @@ pub trait Terminal: Send + Sync + 'static {
         0
     }
 
+    /// Protocol-specific counters for `/metrics`, as (name, help, value):
+    /// limits reached, connections closed for protocol errors, ...
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        Vec::new()
+    }
+
     /// How to check from outside that the terminal serves: used by the
     /// conformance suite and `bindery certify`. A terminal without one can
     /// be certified only on the cases that need no protocol.

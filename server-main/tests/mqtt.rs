@@ -463,3 +463,23 @@ fn overlapping_subscriptions_deliver_once_at_the_highest_grant() {
         "delivered twice"
     );
 }
+
+#[test]
+fn mqtt_counters_are_in_the_metrics() {
+    let (s, m) = start();
+    let mut bad = raw(m);
+    bad.write_all(&[0xc0, 0]).unwrap();
+    assert!(closed(&mut bad));
+    let metrics = agent()
+        .get(&s.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("bindery_mqtt_closed_for_errors_total{instance=\"mqtt\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("bindery_mqtt_session_dropped_total{instance=\"mqtt\"} 0"));
+    assert!(metrics.contains("bindery_connections_open{instance=\"mqtt\"}"));
+}

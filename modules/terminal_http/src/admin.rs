@@ -112,16 +112,23 @@ fn metrics(shared: &Shared) -> String {
     if let Some(table) = rt.table(class::TERMINAL) {
         for b in table.index().bindings() {
             if let Some(t) = b.handle::<terminal::TerminalHandle>() {
-                terminals.insert(b.instance().to_owned(), t.connections());
+                terminals.insert(b.instance().to_owned(), t.clone());
             }
         }
     }
-    for (inst, n) in terminals {
+    for (inst, t) in &terminals {
         let _ = writeln!(
             m,
-            "bindery_connections_open{{instance=\"{}\"}} {n}",
-            label(&inst)
+            "bindery_connections_open{{instance=\"{}\"}} {}",
+            label(inst),
+            t.connections()
         );
+    }
+    for (inst, t) in &terminals {
+        for (name, help, value) in t.counters() {
+            let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(m, "{name}{{instance=\"{}\"}} {value}", label(inst));
+        }
     }
     let mut drivers: BTreeMap<String, DriverHandle> = BTreeMap::new();
     if let Some(table) = rt.table(class::DRIVER) {

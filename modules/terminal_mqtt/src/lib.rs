@@ -227,6 +227,27 @@ impl Terminal for Mqtt {
     fn probe(&self) -> Option<Arc<dyn Probe>> {
         Some(Arc::new(MqttProbe))
     }
+
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            (
+                "bindery_mqtt_connections_refused_total",
+                "MQTT connections refused at max_connections.",
+                s.connections.refused.load(Ordering::Relaxed),
+            ),
+            (
+                "bindery_mqtt_closed_for_errors_total",
+                "MQTT connections closed for protocol errors, limits or timeouts.",
+                s.closed_for_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "bindery_mqtt_session_dropped_total",
+                "Messages dropped because a session held max_queued already.",
+                s.dropped.load(Ordering::Relaxed),
+            ),
+        ]
+    }
 }
 
 /// Certification hooks: CONNECT then PINGREQ, bytes that are not MQTT, a
