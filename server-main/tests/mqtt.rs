@@ -483,3 +483,18 @@ fn mqtt_counters_are_in_the_metrics() {
     assert!(metrics.contains("bindery_mqtt_session_dropped_total{instance=\"mqtt\"} 0"));
     assert!(metrics.contains("bindery_connections_open{instance=\"mqtt\"}"));
 }
+
+#[test]
+fn a_leading_wildcard_does_not_match_dollar_topics() {
+    let (_s, m) = start();
+    let (all, rx_all, _) = client(m, "everything", true);
+    subscribed(&all, "#", QoS::AtLeastOnce);
+    let (sys, rx_sys, _) = client(m, "system", true);
+    subscribed(&sys, "$SYS/#", QoS::AtLeastOnce);
+    let (publ, _, _) = client(m, "dollar-pub", true);
+    publ.publish("$SYS/load", QoS::AtLeastOnce, false, "0.5")
+        .unwrap();
+    publ.publish("plain", QoS::AtLeastOnce, false, "x").unwrap();
+    assert_eq!(next(&rx_sys).topic, "$SYS/load");
+    assert_eq!(next(&rx_all).topic, "plain", "'#' must not match $SYS/load");
+}
