@@ -239,6 +239,12 @@ impl Queues {
         consumer: Consumer,
         options: SubscribeOptions,
     ) -> Result<Subscription, Failure> {
+        if destination.split('/').any(|s| s == "+" || s == "#") {
+            return Err(Failure::new(
+                FailureKind::Unsupported,
+                format!("{destination}: a queue has no wildcard subscriptions"),
+            ));
+        }
         let q = self.queue(destination, true)?;
         let id = {
             let mut g = q.lock();

@@ -179,6 +179,16 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_subscriptions_are_refused() {
+        let q = MemQueue::new(Config::default());
+        let (c, _rx) = Consumer::channel();
+        let e = q
+            .subscribe("/q/+", c, SubscribeOptions::default())
+            .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Unsupported);
+    }
+
+    #[test]
     fn bounded_depth_refuses_with_full() {
         let q = MemQueue::new(Config {
             max_depth: 2,
