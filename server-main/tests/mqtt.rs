@@ -18,12 +18,26 @@ fn start() -> (Server, SocketAddr) {
 }
 
 /// A rumqttc client whose incoming publishes arrive on a channel.
+/// A client, and the SUBACKs it has received.
+struct Mqttc {
+    client: Client,
+    subacks: mpsc::Receiver<()>,
+    pubacks: mpsc::Receiver<()>,
+}
+
+impl std::ops::Deref for Mqttc {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 fn client(
     addr: SocketAddr,
     id: &str,
     clean: bool,
 ) -> (
-    Client,
+    Mqttc,
     mpsc::Receiver<rumqttc::Publish>,
     mpsc::Receiver<bool>,
 ) {
@@ -33,6 +47,8 @@ fn client(
     let (c, mut conn) = Client::new(o, 100);
     let (tx, rx) = mpsc::channel();
     let (ctx, crx) = mpsc::channel();
+    let (stx, srx) = mpsc::channel();
+    let (ptx, prx) = mpsc::channel();
     std::thread::spawn(move || {
         for ev in conn.iter() {
             match ev {
@@ -44,19 +60,43 @@ fn client(
                 Ok(Event::Incoming(Packet::ConnAck(a))) => {
                     let _ = ctx.send(a.session_present);
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = stx.send(());
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    let _ = ptx.send(());
+                }
                 Ok(_) => {}
                 Err(_) => return,
             }
         }
     });
-    (c, rx, crx)
+    (
+        Mqttc {
+            client: c,
+            subacks: srx,
+            pubacks: prx,
+        },
+        rx,
+        crx,
+    )
 }
 
-fn subscribed(c: &Client, filter: &str, qos: QoS) {
+/// Subscribes and waits for the SUBACK: the subscription is live then.
+fn subscribed(c: &Mqttc, filter: &str, qos: QoS) {
     c.subscribe(filter, qos).unwrap();
-    // SUBSCRIBE is answered before later publishes are taken; a short
-    // settle keeps the first publish from racing the subscription.
-    std::thread::sleep(Duration::from_millis(200));
+    c.subacks
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a SUBACK within 10 s");
+}
+
+/// Publishes at QoS 1 and waits for the PUBACK: the server has it then.
+fn published(c: &Mqttc, topic: &str, retain: bool, payload: &str) {
+    c.publish(topic, QoS::AtLeastOnce, retain, payload.as_bytes().to_vec())
+        .unwrap();
+    c.pubacks
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a PUBACK within 10 s");
 }
 
 fn next(rx: &mpsc::Receiver<rumqttc::Publish>) -> rumqttc::Publish {
@@ -124,9 +164,15 @@ fn messages_cross_between_http_and_mqtt() {
             .into_string()
             .unwrap()
     });
-    std::thread::sleep(Duration::from_millis(300));
-    sub.publish("orders/us", QoS::AtLeastOnce, false, "from mqtt")
-        .unwrap();
+    // The poll's subscription is not visible from here: publish until the
+    // poll has its message (a publish before it subscribed reaches nobody).
+    for _ in 0..50 {
+        published(&sub, "orders/us", false, "from mqtt");
+        if poll.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(poll.join().unwrap(), "from mqtt");
 }
 
@@ -134,9 +180,7 @@ fn messages_cross_between_http_and_mqtt() {
 fn retained_messages_reach_later_subscribers_and_an_empty_one_deletes() {
     let (_s, m) = start();
     let (publ, _, _) = client(m, "retainer", true);
-    publ.publish("state/door", QoS::AtLeastOnce, true, "open")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    published(&publ, "state/door", true, "open");
     let (late, rx, _) = client(m, "late", true);
     subscribed(&late, "state/+", QoS::AtLeastOnce);
     let p = next(&rx);
@@ -145,11 +189,9 @@ fn retained_messages_reach_later_subscribers_and_an_empty_one_deletes() {
         "a retained message sent on subscribe has RETAIN set"
     );
     assert_eq!(&p.payload[..], b"open");
-    publ.publish("state/door", QoS::AtLeastOnce, true, "")
-        .unwrap();
+    published(&publ, "state/door", true, "");
     let live = next(&rx);
     assert!(!live.retain && live.payload.is_empty());
-    std::thread::sleep(Duration::from_millis(300));
     let (later, rx2, _) = client(m, "later", true);
     subscribed(&later, "state/+", QoS::AtLeastOnce);
     assert!(
@@ -173,10 +215,8 @@ fn a_persistent_session_keeps_subscriptions_and_queued_messages() {
     }
     let (publ, _, _) = client(m, "newsroom", true);
     for i in 0..3 {
-        publ.publish("news/today", QoS::AtLeastOnce, false, format!("n{i}"))
-            .unwrap();
+        published(&publ, "news/today", false, &format!("n{i}"));
     }
-    std::thread::sleep(Duration::from_millis(300));
     let (_c, rx, acks) = client(m, "durable-client", false);
     assert!(
         acks.recv_timeout(Duration::from_secs(5)).unwrap(),
@@ -446,7 +486,7 @@ fn unacknowledged_messages_are_resent_with_dup_after_reconnect() {
 fn overlapping_subscriptions_deliver_once_at_the_highest_grant() {
     let (_s, m) = start();
     let (sub, rx, _) = client(m, "overlap", true);
-    sub.subscribe("ov/#", QoS::AtMostOnce).unwrap();
+    subscribed(&sub, "ov/#", QoS::AtMostOnce);
     subscribed(&sub, "ov/+", QoS::AtLeastOnce);
     let (publ, _, _) = client(m, "ov-pub", true);
     publ.publish("ov/a", QoS::AtLeastOnce, false, "once")
