@@ -3,7 +3,7 @@
 //! The harness is the terminal module's descriptor. Each case builds a
 //! kernel of the terminal under test, bound to `127.0.0.1:0`, beside a
 //! dispatcher and a driver double; the protocol-specific part comes from
-//! the terminal's own [`Probe`](bindery_classes::Probe).
+//! the terminal's own [`Probe`].
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

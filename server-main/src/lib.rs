@@ -48,7 +48,7 @@ pub struct Cli {
     /// With --list-modules: print JSON.
     #[arg(long = "json", requires = "list_modules")]
     pub list_json: bool,
-    /// Reactor threads (0: one per core). Overrides [server] threads.
+    /// Reactor threads (0: one per core). Overrides `threads` in `[server]`.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Listen address of the HTTP terminal. Overrides its `bind`.
