@@ -270,18 +270,20 @@ impl Kernel {
         }
         let mut tables = HashMap::new();
         let mut modules = Vec::new();
-        for m in &registry.modules {
-            let d = m.descriptor;
+        for d in registry.descriptors() {
+            let Some(kind) = registry.key_kind(d.class) else {
+                continue;
+            };
             tables
                 .entry(d.class)
-                .or_insert_with(|| Arc::new(Table::new(d.class, m.factory.key_kind)));
+                .or_insert_with(|| Arc::new(Table::new(d.class, kind)));
             modules.push(ModuleInfo {
                 class: d.class,
                 name: d.name,
                 version: d.version,
                 krate: d.krate,
                 description: d.description,
-                keys: m.factory.key_kind,
+                keys: kind,
             });
         }
         let runtime = Arc::new(Runtime {
@@ -296,7 +298,7 @@ impl Kernel {
         let mut on_start = Vec::new();
         let mut on_stop = Vec::new();
         for spec in &config.instances {
-            let Some(registered) = registry.registered(&spec.module) else {
+            let Some(registered) = registry.registered(&spec.module).transpose()? else {
                 let mut known: Vec<String> = registry.descriptors().map(|d| d.id()).collect();
                 known.sort();
                 return Err(config

@@ -11,9 +11,9 @@
 //! slice, if two modules share a class and name, or if a module was built for
 //! another ABI.
 
-use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 use std::any::{Any, TypeId};
 use std::fmt;
 use std::sync::Arc;
@@ -212,22 +212,34 @@ impl Registrar<'_> {
     }
 }
 
-/// A registered module: its descriptor and, once its main ran, its factory.
+/// A registered module: its descriptor and its factory.
 pub(crate) struct Registered {
     pub(crate) descriptor: &'static ModuleDescriptor,
     pub(crate) factory: Factory,
 }
 
+/// What every module of one class must agree on.
+struct ClassInfo {
+    kind: KeyKind,
+    handle_type: TypeId,
+    handle_type_name: &'static str,
+    first: &'static ModuleDescriptor,
+}
+
 /// The modules of this binary, checked and registered.
+///
+/// Every module main runs once at load, to check it; a factory is kept
+/// only while an instance is being made (the module main runs again), so a
+/// binary with thousands of modules pays for the few it instantiates.
 pub struct Registry {
-    pub(crate) modules: Vec<Registered>,
-    pub(crate) by_id: FxHashMap<(&'static str, &'static str), usize>,
+    pub(crate) modules: Vec<&'static ModuleDescriptor>,
+    classes: FxHashMap<&'static str, ClassInfo>,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.modules.iter().map(|m| m.descriptor.id()))
+            .entries(self.modules.iter().map(|m| m.id()))
             .finish()
     }
 }
@@ -265,6 +277,23 @@ fn check_listed(
         }),
         None => Ok(()),
     }
+}
+
+/// Runs a module main and returns the factory it registered.
+fn run_main(descriptor: &'static ModuleDescriptor) -> Result<Factory, Error> {
+    let mut factory = None;
+    let mut registrar = Registrar {
+        module: descriptor,
+        factory: &mut factory,
+    };
+    (descriptor.main)(&mut registrar).map_err(|cause| Error::ModuleMain {
+        module: descriptor.id(),
+        cause: Arc::new(cause),
+    })?;
+    factory.ok_or_else(|| Error::ModuleMain {
+        module: descriptor.id(),
+        cause: Arc::new("the module main registered no factory".into()),
+    })
 }
 
 /// Checks one descriptor's ABI, and that no other claimed its class and name.
@@ -314,73 +343,53 @@ impl Registry {
     fn register(
         slice: impl ExactSizeIterator<Item = &'static ModuleDescriptor>,
     ) -> Result<Registry, Error> {
-        let mut modules: Vec<Registered> = Vec::with_capacity(slice.len());
-        let mut by_id: FxHashMap<(&str, &str), usize> = FxHashMap::default();
-        by_id.reserve(slice.len());
-        // The first module registered for each class: the others must agree
-        // with it on key kind and handle type. Modules of a class usually
-        // sit together in the slice, so the last class is remembered.
-        let mut class_first: FxHashMap<&str, usize> = FxHashMap::default();
-        let mut last_class: Option<(&str, usize)> = None;
+        let mut modules: Vec<&'static ModuleDescriptor> = Vec::with_capacity(slice.len());
+        // Hashes of class and name; a repeated hash is checked exactly.
+        let mut seen: FxHashSet<u64> = FxHashSet::default();
+        seen.reserve(slice.len());
+        let mut classes: FxHashMap<&'static str, ClassInfo> = FxHashMap::default();
         for descriptor in slice {
-            let index = modules.len();
-            match by_id.entry((descriptor.class, descriptor.name)) {
-                Entry::Occupied(e) => {
-                    check_one(descriptor, Some(modules[*e.get()].descriptor))?;
-                }
-                Entry::Vacant(e) => {
-                    check_one(descriptor, None)?;
-                    e.insert(index);
-                }
-            }
-            let mut factory = None;
-            let mut registrar = Registrar {
-                module: descriptor,
-                factory: &mut factory,
-            };
-            (descriptor.main)(&mut registrar).map_err(|cause| Error::ModuleMain {
-                module: descriptor.id(),
-                cause: Arc::new(cause),
-            })?;
-            let factory = factory.ok_or_else(|| Error::ModuleMain {
-                module: descriptor.id(),
-                cause: Arc::new("the module main registered no factory".into()),
-            })?;
-            let first = match last_class {
-                Some((class, first)) if class == descriptor.class => first,
-                _ => *class_first.entry(descriptor.class).or_insert(index),
-            };
-            last_class = Some((descriptor.class, first));
-            if let Some(other) = modules.get(first) {
-                let f = &other.factory;
-                if f.key_kind != factory.key_kind || f.handle_type != factory.handle_type {
-                    return Err(Error::ModuleMain {
-                        module: descriptor.id(),
-                        cause: Arc::new(
-                            format!(
-                                "its factory makes {} keyed by {:?}, but {} of the same class makes {} keyed by {:?}",
-                                factory.handle_type_name,
-                                factory.key_kind,
-                                other.descriptor.id(),
-                                f.handle_type_name,
-                                f.key_kind
-                            )
-                            .into(),
-                        ),
-                    });
-                }
-            }
-            modules.push(Registered {
-                descriptor,
-                factory,
+            let earlier =
+                if seen.insert(FxBuildHasher.hash_one((descriptor.class, descriptor.name))) {
+                    None
+                } else {
+                    modules
+                        .iter()
+                        .copied()
+                        .find(|m| m.class == descriptor.class && m.name == descriptor.name)
+                };
+            check_one(descriptor, earlier)?;
+            let factory = run_main(descriptor)?;
+            let class = classes.entry(descriptor.class).or_insert(ClassInfo {
+                kind: factory.key_kind,
+                handle_type: factory.handle_type,
+                handle_type_name: factory.handle_type_name,
+                first: descriptor,
             });
+            if class.kind != factory.key_kind || class.handle_type != factory.handle_type {
+                return Err(Error::ModuleMain {
+                    module: descriptor.id(),
+                    cause: Arc::new(
+                        format!(
+                            "its factory makes {} keyed by {:?}, but {} of the same class makes {} keyed by {:?}",
+                            factory.handle_type_name,
+                            factory.key_kind,
+                            class.first.id(),
+                            class.handle_type_name,
+                            class.kind
+                        )
+                        .into(),
+                    ),
+                });
+            }
+            modules.push(descriptor);
         }
-        Ok(Registry { modules, by_id })
+        Ok(Registry { modules, classes })
     }
 
     /// Every registered module's descriptor, sorted by class and name.
     pub fn descriptors(&self) -> impl Iterator<Item = &'static ModuleDescriptor> + '_ {
-        let mut all: Vec<_> = self.modules.iter().map(|m| m.descriptor).collect();
+        let mut all: Vec<_> = self.modules.clone();
         all.sort_unstable_by_key(|d| (d.class, d.name));
         all.into_iter()
     }
@@ -397,11 +406,24 @@ impl Registry {
 
     /// The descriptor of `class.name`, if linked.
     pub fn get(&self, id: &str) -> Option<&'static ModuleDescriptor> {
-        self.registered(id).map(|m| m.descriptor)
+        let (class, name) = id.split_once('.')?;
+        self.modules
+            .iter()
+            .copied()
+            .find(|m| m.class == class && m.name == name)
     }
 
-    pub(crate) fn registered(&self, id: &str) -> Option<&Registered> {
-        let (class, name) = id.split_once('.')?;
-        self.by_id.get(&(class, name)).map(|&i| &self.modules[i])
+    /// How `class`'s table matches keys, if any module is of that class.
+    pub(crate) fn key_kind(&self, class: &str) -> Option<KeyKind> {
+        self.classes.get(class).map(|c| c.kind)
+    }
+
+    /// The module `id` and a fresh factory from its main.
+    pub(crate) fn registered(&self, id: &str) -> Option<Result<Registered, Error>> {
+        let descriptor = self.get(id)?;
+        Some(run_main(descriptor).map(|factory| Registered {
+            descriptor,
+            factory,
+        }))
     }
 }
