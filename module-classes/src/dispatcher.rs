@@ -54,6 +54,15 @@ where
     reg.default_keys(&["default"]);
 }
 
+/// The dispatcher named `name`, or an error saying none is bound (for a
+/// terminal's start hook).
+pub fn require(rt: &Runtime, name: &str) -> Result<DispatcherHandle, BoxError> {
+    lookup(rt, name).ok_or_else(|| {
+        format!("no dispatcher is bound to {name:?} (set `dispatcher` in the instance's config)")
+            .into()
+    })
+}
+
 /// The dispatcher named `name`.
 pub fn lookup(rt: &Runtime, name: &str) -> Option<DispatcherHandle> {
     rt.lookup::<DispatcherHandle>(crate::class::DISPATCHER, name)

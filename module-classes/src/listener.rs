@@ -98,6 +98,27 @@ pub fn listen(
     Ok(local)
 }
 
+/// Listens on every key of a terminal instance (see [`listen`]); returns
+/// the addresses bound, or an error naming the key that failed.
+pub fn listen_all(
+    rt: &Arc<Runtime>,
+    instance: &str,
+    protocol: &str,
+    keys: &[String],
+    max_connections: u64,
+    stats: &Arc<ConnectionStats>,
+    accept: Arc<dyn Accept>,
+) -> Result<Vec<SocketAddr>, bindery::BoxError> {
+    let mut bound = Vec::with_capacity(keys.len());
+    for key in keys {
+        let addr = listen(rt, key, max_connections, stats.clone(), accept.clone())
+            .map_err(|e| format!("cannot listen on {key}: {e}"))?;
+        tracing::info!(instance, %addr, "{protocol} listening");
+        bound.push(addr);
+    }
+    Ok(bound)
+}
+
 struct Listener {
     listener: TcpListener,
     runtime: Arc<Runtime>,

@@ -137,12 +137,7 @@ pub(crate) struct Shared {
 
 impl Http {
     fn start(&self, rt: &Arc<Runtime>, keys: &[String]) -> Result<(), bindery::BoxError> {
-        let dispatcher = dispatcher::lookup(rt, &self.config.dispatcher).ok_or_else(|| {
-            format!(
-                "no dispatcher is bound to {:?} (set `dispatcher` in the instance's config)",
-                self.config.dispatcher
-            )
-        })?;
+        let dispatcher = dispatcher::require(rt, &self.config.dispatcher)?;
         let shared = Arc::new(Shared {
             instance: self.instance.clone(),
             config: self.config.clone(),
@@ -151,18 +146,16 @@ impl Http {
             stats: self.stats.clone(),
         });
         let accept = Arc::new(AcceptHttp(shared));
-        for key in keys {
-            let addr = listener::listen(
-                rt,
-                key,
-                self.config.max_connections,
-                self.stats.connections.clone(),
-                accept.clone(),
-            )
-            .map_err(|e| format!("cannot listen on {key}: {e}"))?;
-            self.addrs.lock().push(addr);
-            tracing::info!(instance = %self.instance, %addr, "http listening");
-        }
+        let bound = listener::listen_all(
+            rt,
+            &self.instance,
+            "http",
+            keys,
+            self.config.max_connections,
+            &self.stats.connections,
+            accept,
+        )?;
+        self.addrs.lock().extend(bound);
         Ok(())
     }
 }

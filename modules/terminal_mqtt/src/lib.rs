@@ -167,8 +167,7 @@ impl Shared {
 
 impl Mqtt {
     fn start(&self, rt: &Arc<Runtime>, keys: &[String]) -> Result<(), bindery::BoxError> {
-        let dispatcher = dispatcher::lookup(rt, &self.config.dispatcher)
-            .ok_or_else(|| format!("no dispatcher is bound to {:?}", self.config.dispatcher))?;
+        let dispatcher = dispatcher::require(rt, &self.config.dispatcher)?;
         let shared = Arc::new(Shared {
             instance: self.instance.clone(),
             config: self.config.clone(),
@@ -182,18 +181,16 @@ impl Mqtt {
             octets: "application/octet-stream".into(),
         });
         let accept = Arc::new(AcceptMqtt(shared));
-        for key in keys {
-            let addr = listener::listen(
-                rt,
-                key,
-                self.config.max_connections,
-                self.stats.connections.clone(),
-                accept.clone(),
-            )
-            .map_err(|e| format!("cannot listen on {key}: {e}"))?;
-            self.addrs.lock().push(addr);
-            tracing::info!(instance = %self.instance, %addr, "mqtt listening");
-        }
+        let bound = listener::listen_all(
+            rt,
+            &self.instance,
+            "mqtt",
+            keys,
+            self.config.max_connections,
+            &self.stats.connections,
+            accept,
+        )?;
+        self.addrs.lock().extend(bound);
         Ok(())
     }
 }
