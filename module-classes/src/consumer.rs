@@ -30,11 +30,14 @@ pub enum Delivery {
 /// Where a driver sends deliveries. Cheap to clone; safe to call from any
 /// thread.
 #[derive(Clone)]
-pub struct Consumer(Arc<dyn Fn(Delivery) + Send + Sync>);
+pub struct Consumer {
+    deliver: Arc<dyn Fn(Delivery) + Send + Sync>,
+    name: Option<Arc<str>>,
+}
 
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Consumer")
+        write!(f, "Consumer({})", self.name())
     }
 }
 
@@ -42,7 +45,22 @@ impl Consumer {
     /// A consumer that calls `f` for each delivery (on the driver's thread:
     /// `f` must not block).
     pub fn new(f: impl Fn(Delivery) + Send + Sync + 'static) -> Consumer {
-        Consumer(Arc::new(f))
+        Consumer {
+            deliver: Arc::new(f),
+            name: None,
+        }
+    }
+
+    /// The same consumer, named for log lines (`mqtt client "sensor-7"
+    /// 127.0.0.1:50312`).
+    pub fn named(mut self, name: impl Into<Arc<str>>) -> Consumer {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Its name, or `an unnamed consumer`.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("an unnamed consumer")
     }
 
     /// A consumer whose deliveries arrive at the calling reactor handler as
@@ -67,7 +85,7 @@ impl Consumer {
 
     /// Delivers.
     pub fn deliver(&self, delivery: Delivery) {
-        (self.0)(delivery)
+        (self.deliver)(delivery)
     }
 }
 

@@ -13,7 +13,10 @@
 //! - [`Driver::subscribe`] attaches a [`Consumer`] with credit. Queues give
 //!   each message to one consumer, leased; an unacked message comes back
 //!   after its lease with a higher delivery count. Topics give each message
-//!   to every live subscriber.
+//!   to every live subscriber; a fan-out driver keeps each subscriber in a
+//!   [`crate::fanout::Outbox`], so slow and stalled subscribers are told
+//!   apart by one rule, and reports the backlog of those that make
+//!   progress in its [`Receipt`].
 //! - [`Driver::ack`] settles a leased message and completes once the ack
 //!   is kept; an unknown id is an error, not a panic.
 //!
@@ -69,7 +72,9 @@ pub struct Receipt {
     pub delivered_to: u32,
     /// How far behind the slowest consumer it reached is: messages it has
     /// buffered (topics). A publisher that sees this grow should slow down
-    /// before the driver's slow-consumer policy has to drop.
+    /// before the driver's slow-consumer policy has to drop. Only
+    /// consumers that make progress count: a stalled one (see
+    /// [`crate::fanout`]) adds nothing, so it cannot hold publishers back.
     pub backlog: u32,
 }
 
@@ -120,6 +125,9 @@ pub struct DestinationStats {
     pub acked: u64,
     /// Messages dropped (slow subscribers, no subscriber).
     pub dropped: u64,
+    /// Subscribers stalled now: they make no progress and no longer slow
+    /// publishers (topics).
+    pub stalled: u64,
     /// Publishes refused because the destination was full.
     pub refused: u64,
 }

@@ -20,6 +20,7 @@
 pub mod consumer;
 pub mod dispatcher;
 pub mod driver;
+pub mod fanout;
 pub mod listener;
 pub mod message;
 pub mod parser;

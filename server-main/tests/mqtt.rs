@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::mqtt::{closed, connack, connect_packet, raw};
 use common::{Server, agent, config};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -224,54 +225,6 @@ fn a_persistent_session_keeps_subscriptions_and_queued_messages() {
     );
     for i in 0..3 {
         assert_eq!(next(&rx).payload[..], *format!("n{i}").as_bytes());
-    }
-}
-
-// ---- raw packets ----
-
-fn connect_packet(id: &str, clean: bool, keep_alive: u16, will: Option<(&str, &str)>) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
-    let mut flags = if clean { 0x02 } else { 0 };
-    if will.is_some() {
-        flags |= 0x04 | 0x08; // will, QoS 1
-    }
-    body.push(flags);
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    if let Some((t, p)) = will {
-        body.extend_from_slice(&(t.len() as u16).to_be_bytes());
-        body.extend_from_slice(t.as_bytes());
-        body.extend_from_slice(&(p.len() as u16).to_be_bytes());
-        body.extend_from_slice(p.as_bytes());
-    }
-    let mut out = vec![0x10, body.len() as u8];
-    out.extend(body);
-    out
-}
-
-fn raw(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-fn connack(s: &mut TcpStream) -> [u8; 4] {
-    let mut b = [0u8; 4];
-    s.read_exact(&mut b).unwrap();
-    b
-}
-
-/// Whether the server closes `s` within 10 s.
-fn closed(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
     }
 }
 

@@ -5,42 +5,41 @@
 //! published, and to nobody else; there is nothing to ack. A subscriber that
 //! has no credit left gets its messages buffered, up to `buffer` of them;
 //! past that the `slow_subscriber` policy decides: `drop-oldest` (default),
-//! `drop-newest`, or `disconnect`. Every dropped message is counted.
+//! `drop-newest`, or `disconnect` (the terminal drops the client as a slow
+//! consumer). Every dropped message is counted.
+//!
+//! Publishers learn the backlog of the slowest subscriber in each receipt
+//! and may slow down so it catches up. A subscriber that takes nothing for
+//! `stall_ms` while messages wait (or keeps a full buffer that long) is
+//! stalled and no longer counts: one stuck client never slows a publisher
+//! or anyone else ([`bindery_classes::fanout`] has the rule).
 //!
 //! ```toml
 //! [instances.topics.config]
 //! buffer = 1000
 //! slow_subscriber = "drop-oldest"
+//! stall_ms = 1000
 //! max_topics = 10000
 //! ```
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bindery::{Completion, Failure, FailureKind};
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
-use bindery_classes::{Consumer, Delivery, Driver, Message, Subscription, SubscriptionControl};
+use bindery_classes::fanout::{Clock, Limits, Offer, Outbox};
+use bindery_classes::{Consumer, Driver, Message, Subscription, SubscriptionControl};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde::Deserialize;
+
+pub use bindery_classes::fanout::SlowPolicy;
 
 bindery::module! {
     class: "driver",
     name: "topic",
     description: "fan-out topics to live subscribers with bounded per-subscriber buffers",
     main: module_main,
-}
-
-/// What happens when a subscriber's buffer is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SlowPolicy {
-    /// Drop the oldest buffered message to make room.
-    DropOldest,
-    /// Drop the new message.
-    DropNewest,
-    /// End the subscription with [`Delivery::Closed`].
-    Disconnect,
 }
 
 /// The instance configuration.
@@ -51,100 +50,83 @@ pub struct Config {
     pub buffer: usize,
     /// What to do when that buffer is full.
     pub slow_subscriber: SlowPolicy,
+    /// Milliseconds a subscriber may take nothing while messages wait (or
+    /// keep a full buffer) before it is stalled and stops slowing
+    /// publishers.
+    pub stall_ms: u64,
     /// Topics per instance.
     pub max_topics: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
+        let l = Limits::default();
         Config {
-            buffer: 1000,
-            slow_subscriber: SlowPolicy::DropOldest,
+            buffer: l.buffer,
+            slow_subscriber: l.policy,
+            stall_ms: l.stall.as_millis() as u64,
             max_topics: 10_000,
         }
     }
 }
 
+impl Config {
+    fn limits(&self) -> Limits {
+        Limits {
+            buffer: self.buffer,
+            policy: self.slow_subscriber,
+            stall: Duration::from_millis(self.stall_ms),
+        }
+    }
+}
+
 fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
-    driver::register(reg, |cx| Ok(TopicDriver::new(cx.config().parse()?)));
+    driver::register(reg, |cx| {
+        let config: Config = cx.config().parse()?;
+        if config.buffer == 0 {
+            return Err(format!("instance {:?}: buffer must be at least 1", cx.name()).into());
+        }
+        Ok(TopicDriver::new(config))
+    });
     Ok(())
 }
 
 /// An instance: a set of topics, and the wildcard subscriptions across them.
 pub struct TopicDriver {
-    config: Config,
+    limits: Limits,
+    max_topics: usize,
     topics: DashMap<Box<str>, Arc<Mutex<Topic>>>,
     patterns: Arc<Mutex<Patterns>>,
 }
 
+/// A subscriber: its id and its outbox.
 struct Sub {
     id: u64,
-    consumer: Consumer,
-    credit: u32,
-    buffer: VecDeque<Message>,
+    outbox: Outbox,
 }
 
-impl Sub {
-    fn new(id: u64, consumer: Consumer, credit: u32) -> Sub {
-        Sub {
-            id,
-            consumer,
-            credit,
-            buffer: VecDeque::new(),
-        }
+/// Offers `message` to `sub`, counting into `stats`, `reached` and
+/// `backlog`; false when the subscription ends.
+fn offer(
+    sub: &mut Sub,
+    message: &Message,
+    limits: &Limits,
+    clock: &mut Clock,
+    stats: &mut DestinationStats,
+    reached: &mut u32,
+    backlog: &mut usize,
+) -> bool {
+    let o = sub.outbox.offer(message, limits, clock);
+    match o {
+        Offer::Delivered => stats.delivered += 1,
+        _ if o.dropped() => stats.dropped += 1,
+        _ => {}
     }
-
-    /// Offers `message`; false when the subscription ends (disconnected by
-    /// policy). Counts into `stats` and `reached`.
-    fn offer(
-        &mut self,
-        message: &Message,
-        config: &Config,
-        stats: &mut DestinationStats,
-        reached: &mut u32,
-    ) -> bool {
-        if self.credit > 0 && self.buffer.is_empty() {
-            self.credit -= 1;
-            stats.delivered += 1;
-            *reached += 1;
-            self.consumer.deliver(Delivery::Message(message.clone()));
-            return true;
-        }
-        if self.buffer.len() < config.buffer {
-            self.buffer.push_back(message.clone());
-            *reached += 1;
-            return true;
-        }
-        stats.dropped += 1;
-        match config.slow_subscriber {
-            SlowPolicy::DropOldest => {
-                self.buffer.pop_front();
-                self.buffer.push_back(message.clone());
-                *reached += 1;
-                true
-            }
-            SlowPolicy::DropNewest => true,
-            SlowPolicy::Disconnect => {
-                self.consumer.deliver(Delivery::Closed(format!(
-                    "{}: slow subscriber: {} messages buffered",
-                    message.destination, config.buffer
-                )));
-                false
-            }
-        }
+    if o.reached() {
+        *reached += 1;
     }
-
-    /// Adds credit and delivers what is buffered.
-    fn credit(&mut self, n: u32) {
-        self.credit = self.credit.saturating_add(n);
-        while self.credit > 0 {
-            let Some(m) = self.buffer.pop_front() else {
-                break;
-            };
-            self.credit -= 1;
-            self.consumer.deliver(Delivery::Message(m));
-        }
-    }
+    *backlog = (*backlog).max(sub.outbox.backlog(limits, clock));
+    o.keeps()
 }
 
 #[derive(Default)]
@@ -190,7 +172,8 @@ impl TopicDriver {
     /// A new instance.
     pub fn new(config: Config) -> TopicDriver {
         TopicDriver {
-            config,
+            limits: config.limits(),
+            max_topics: config.max_topics,
             topics: DashMap::new(),
             patterns: Arc::new(Mutex::new(Patterns::default())),
         }
@@ -200,12 +183,12 @@ impl TopicDriver {
         if let Some(t) = self.topics.get(destination) {
             return Ok(t.clone());
         }
-        if self.topics.len() >= self.config.max_topics {
+        if self.topics.len() >= self.max_topics {
             return Err(Failure::new(
                 FailureKind::Full,
                 format!(
                     "{destination}: this instance holds its maximum of {} topics",
-                    self.config.max_topics
+                    self.max_topics
                 ),
             ));
         }
@@ -228,6 +211,7 @@ impl TopicDriver {
 struct TopicSub {
     topic: Weak<Mutex<Topic>>,
     id: u64,
+    limits: Limits,
 }
 
 impl SubscriptionControl for TopicSub {
@@ -236,9 +220,8 @@ impl SubscriptionControl for TopicSub {
             let mut t = t.lock();
             let Topic { subs, stats, .. } = &mut *t;
             if let Some(s) = subs.iter_mut().find(|s| s.id == self.id) {
-                let before = s.buffer.len();
-                s.credit(n);
-                stats.delivered += (before - s.buffer.len()) as u64;
+                let sent = s.outbox.credit(n, &self.limits, &mut Clock::default());
+                stats.delivered += sent as u64;
             }
         }
     }
@@ -253,13 +236,14 @@ impl SubscriptionControl for TopicSub {
 struct PatternSub {
     patterns: Weak<Mutex<Patterns>>,
     id: u64,
+    limits: Limits,
 }
 
 impl SubscriptionControl for PatternSub {
     fn credit(&self, n: u32) {
         if let Some(p) = self.patterns.upgrade() {
             if let Some((_, s)) = p.lock().subs.iter_mut().find(|(_, s)| s.id == self.id) {
-                s.credit(n);
+                s.outbox.credit(n, &self.limits, &mut Clock::default());
             }
         }
     }
@@ -294,16 +278,23 @@ impl Driver for TopicDriver {
         message.delivery_count = 1;
         let mut reached = 0;
         let mut backlog = 0;
+        let limits = &self.limits;
+        let mut clock = Clock::default();
         {
             let mut t = t.lock();
             let Topic { subs, stats, .. } = &mut *t;
             stats.published += 1;
-            let config = &self.config;
             let mut offered = subs.len();
             subs.retain_mut(|s| {
-                let keep = s.offer(&message, config, stats, &mut reached);
-                backlog = backlog.max(s.buffer.len());
-                keep
+                offer(
+                    s,
+                    &message,
+                    limits,
+                    &mut clock,
+                    stats,
+                    &mut reached,
+                    &mut backlog,
+                )
             });
             // Topic, then patterns: the one lock order, so each subscriber
             // sees a topic's messages in publish order.
@@ -313,9 +304,15 @@ impl Driver for TopicDriver {
                     return true;
                 }
                 offered += 1;
-                let keep = s.offer(&message, config, stats, &mut reached);
-                backlog = backlog.max(s.buffer.len());
-                keep
+                offer(
+                    s,
+                    &message,
+                    limits,
+                    &mut clock,
+                    stats,
+                    &mut reached,
+                    &mut backlog,
+                )
             });
             if offered == 0 {
                 // Nobody listens: the message goes nowhere, counted.
@@ -335,6 +332,7 @@ impl Driver for TopicDriver {
         consumer: Consumer,
         options: SubscribeOptions,
     ) -> Result<Subscription, Failure> {
+        let limits = self.limits;
         if is_pattern(destination) {
             let pattern: Vec<Box<str>> = segments(destination).map(Into::into).collect();
             if pattern.iter().rev().skip(1).any(|s| &**s == "#") {
@@ -346,11 +344,12 @@ impl Driver for TopicDriver {
             let mut p = self.patterns.lock();
             let id = p.next_sub;
             p.next_sub += 1;
-            p.subs
-                .push((pattern, Sub::new(id, consumer, options.credit)));
+            let outbox = Outbox::new(consumer, destination, options.credit);
+            p.subs.push((pattern, Sub { id, outbox }));
             return Ok(Subscription::new(Arc::new(PatternSub {
                 patterns: Arc::downgrade(&self.patterns),
                 id,
+                limits,
             })));
         }
         let t = self.topic(destination)?;
@@ -358,24 +357,33 @@ impl Driver for TopicDriver {
             let mut g = t.lock();
             let id = g.next_sub;
             g.next_sub += 1;
-            g.subs.push(Sub::new(id, consumer, options.credit));
+            let outbox = Outbox::new(consumer, destination, options.credit);
+            g.subs.push(Sub { id, outbox });
             id
         };
         Ok(Subscription::new(Arc::new(TopicSub {
             topic: Arc::downgrade(&t),
             id,
+            limits,
         })))
     }
 
     fn stats(&self) -> Vec<DestinationStats> {
+        let mut clock = Clock::default();
         let mut out: Vec<DestinationStats> = self
             .topics
             .iter()
             .map(|e| {
-                let t = e.value().lock();
+                let mut t = e.value().lock();
+                let stalled = t
+                    .subs
+                    .iter_mut()
+                    .filter_map(|s| s.outbox.is_stalled(&self.limits, &mut clock).then_some(()))
+                    .count();
                 DestinationStats {
-                    depth: t.subs.iter().map(|s| s.buffer.len() as u64).sum(),
+                    depth: t.subs.iter().map(|s| s.outbox.buffered() as u64).sum(),
                     consumers: t.subs.len() as u64,
+                    stalled: stalled as u64,
                     ..t.stats.clone()
                 }
             })
@@ -388,6 +396,7 @@ impl Driver for TopicDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bindery_classes::Delivery;
 
     fn publish(d: &TopicDriver, dest: &str, body: &str) -> Receipt {
         let (done, rx) = Completion::channel();

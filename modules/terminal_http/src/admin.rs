@@ -95,6 +95,11 @@ fn metrics(shared: &Shared) -> String {
             "Messages delivered to clients.",
             &s.delivered,
         ),
+        (
+            "bindery_http_streams_ended_total",
+            "Event streams closed because a driver ended the subscription (slow consumers).",
+            &s.streams_ended,
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -141,7 +146,7 @@ fn metrics(shared: &Shared) -> String {
         }
     }
     type Field = fn(&bindery_classes::DestinationStats) -> u64;
-    let series: [(&str, &str, &str, Field); 8] = [
+    let series: [(&str, &str, &str, Field); 9] = [
         (
             "bindery_messages_in_total",
             "counter",
@@ -189,6 +194,12 @@ fn metrics(shared: &Shared) -> String {
             "gauge",
             "Live consumers or subscribers.",
             |d| d.consumers,
+        ),
+        (
+            "bindery_destination_stalled_subscribers",
+            "gauge",
+            "Subscribers that take nothing while messages wait: they no longer slow publishers.",
+            |d| d.stalled,
         ),
     ];
     let stats: Vec<(String, Vec<bindery_classes::DestinationStats>)> =

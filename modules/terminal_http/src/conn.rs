@@ -87,6 +87,8 @@ pub(crate) struct Conn {
     want_read: bool,
     read_eof: bool,
     close_after: bool,
+    /// A driver ended the event stream: close once the output is tried.
+    stream_ended: bool,
     continued: bool,
     last_active: Instant,
     idle_timer: TimerId,
@@ -114,6 +116,7 @@ impl Conn {
             want_read: true,
             read_eof: false,
             close_after: false,
+            stream_ended: false,
             continued: false,
             last_active: Instant::now(),
             idle_timer: cx.set_timer(idle),
@@ -284,7 +287,12 @@ impl Conn {
         let tag = self.tag();
         let shared = self.shared.clone();
         let config = &shared.config;
-        let consumer = Consumer::to_handler(cx, tag);
+        let peer = self
+            .stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let consumer =
+            Consumer::to_handler(cx, tag).named(format!("{}: http client {peer}", shared.instance));
         if req.event_stream {
             let options = SubscribeOptions {
                 credit: config.stream_credit.max(1),
@@ -414,7 +422,7 @@ impl Conn {
         let flushed = self.wbuf.is_empty();
         let finished = self.slots.is_empty() && flushed;
         if self.streaming.is_some() {
-            if self.read_eof || (self.close_after && flushed) {
+            if self.read_eof || self.stream_ended || (self.close_after && flushed) {
                 cx.close();
             }
         } else if finished && (self.close_after || self.read_eof) {
@@ -481,8 +489,21 @@ impl Conn {
                     s.owed += 1;
                 }
                 Delivery::Closed(reason) => {
+                    // The driver ended the stream (a slow consumer): say
+                    // why if the socket takes it, and close at once, since
+                    // the client may not be reading.
+                    tracing::warn!(
+                        instance = %self.shared.instance,
+                        peer = ?self.stream.peer_addr().ok(),
+                        "closing an event stream: {reason}"
+                    );
+                    self.shared
+                        .stats
+                        .streams_ended
+                        .fetch_add(1, Ordering::Relaxed);
                     response::event(&mut self.wbuf, "-", "closed", reason.as_bytes());
                     self.close_after = true;
+                    self.stream_ended = true;
                 }
             }
             return;

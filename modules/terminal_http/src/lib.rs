@@ -116,6 +116,7 @@ pub(crate) struct Stats {
     pub(crate) published: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) bad_requests: AtomicU64,
+    pub(crate) streams_ended: AtomicU64,
 }
 
 /// An instance.

@@ -478,8 +478,8 @@ impl Conn {
             lease: Duration::from_secs(60),
         };
         // The driver may deliver at once: never call it under the session lock.
-        let Ok(subscription) = driver.subscribe(&path, session.consumer(key.clone()), options)
-        else {
+        let consumer = session.consumer(key.clone(), &self.shared.instance);
+        let Ok(subscription) = driver.subscribe(&path, consumer, options) else {
             return 0x80;
         };
         let old = session.state.lock().subs.insert(
@@ -592,6 +592,23 @@ impl Conn {
         }
     }
 
+    /// A driver ended a subscription (a slow consumer): the client is
+    /// disconnected, and its session is not kept.
+    fn ended(&mut self, cx: &mut Cx<'_>) {
+        let Some(c) = &self.connected else { return };
+        let why = c.session.state.lock().ended.clone().unwrap_or_default();
+        tracing::warn!(
+            instance = %self.shared.instance,
+            client = %c.session.client_id,
+            "disconnecting the client: {why}"
+        );
+        self.shared
+            .stats
+            .subscriptions_ended
+            .fetch_add(1, Ordering::Relaxed);
+        self.close(cx, true, &why);
+    }
+
     fn after(&mut self, cx: &mut Cx<'_>) {
         if self.closed {
             return;
@@ -637,6 +654,7 @@ impl Handler for Conn {
             session::TAKEN_OVER => {
                 return self.close(cx, true, "another connection took this client id");
             }
+            session::ENDED => return self.ended(cx),
             tag if tag & PUBLISHED != 0 => {
                 if let Ok(outcome) = note.take::<Result<Receipt, Failure>>() {
                     self.published(cx, tag, outcome);

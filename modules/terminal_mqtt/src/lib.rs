@@ -119,6 +119,7 @@ pub(crate) struct Stats {
     pub(crate) connections: Arc<ConnectionStats>,
     pub(crate) closed_for_errors: AtomicU64,
     pub(crate) dropped: Arc<AtomicU64>,
+    pub(crate) subscriptions_ended: AtomicU64,
 }
 
 /// An instance.
@@ -237,6 +238,11 @@ impl Terminal for Mqtt {
                 "bindery_mqtt_closed_for_errors_total",
                 "MQTT connections closed for protocol errors, limits or timeouts.",
                 s.closed_for_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "bindery_mqtt_subscriptions_ended_total",
+                "MQTT clients disconnected because a driver ended a subscription (slow consumers).",
+                s.subscriptions_ended.load(Ordering::Relaxed),
             ),
             (
                 "bindery_mqtt_session_dropped_total",

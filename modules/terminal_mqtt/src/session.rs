@@ -21,6 +21,9 @@ use crate::codec::QoS;
 pub(crate) const WAKE: u64 = 1;
 /// The note tag that tells a connection another took its client id.
 pub(crate) const TAKEN_OVER: u64 = 2;
+/// The note tag that tells a connection a driver ended one of its
+/// subscriptions (a slow consumer under the `disconnect` policy).
+pub(crate) const ENDED: u64 = 4;
 
 /// A message waiting to be sent, and the subscription to credit once taken.
 pub(crate) struct Queued {
@@ -60,6 +63,9 @@ pub(crate) struct State {
     pub(crate) next_id: u16,
     pub(crate) attached: Option<(ReactorHandle, Address, u64)>,
     pub(crate) recent: VecDeque<MessageId>,
+    /// Why a driver ended a subscription of this session: the session is
+    /// over (its connection is closed, and it is not resumed).
+    pub(crate) ended: Option<String>,
 }
 
 impl State {
@@ -99,18 +105,37 @@ impl Session {
         })
     }
 
-    /// A consumer that delivers into this session for `filter`.
-    pub(crate) fn consumer(self: &Arc<Session>, filter: Arc<str>) -> Consumer {
+    /// A consumer that delivers into this session for `filter`, named
+    /// after the client for the drivers' log lines.
+    pub(crate) fn consumer(self: &Arc<Session>, filter: Arc<str>, instance: &str) -> Consumer {
         let weak: Weak<Session> = Arc::downgrade(self);
-        Consumer::new(move |d| {
-            if let (Some(s), Delivery::Message(m)) = (weak.upgrade(), d) {
-                s.push(Queued {
-                    message: m,
-                    filter: filter.clone(),
-                    retain: false,
-                });
-            }
+        let name = format!("{instance}: mqtt client {:?}", self.client_id);
+        Consumer::new(move |d| match (weak.upgrade(), d) {
+            (Some(s), Delivery::Message(m)) => s.push(Queued {
+                message: m,
+                filter: filter.clone(),
+                retain: false,
+            }),
+            (Some(s), Delivery::Closed(why)) => s.end(why),
+            (None, _) => {}
         })
+        .named(name)
+    }
+
+    /// A driver ended a subscription: the session is over; its connection,
+    /// if any, is told to close.
+    fn end(&self, why: String) {
+        let attached = {
+            let mut st = self.state.lock();
+            if st.ended.is_some() {
+                return;
+            }
+            st.ended = Some(why);
+            st.attached.clone()
+        };
+        if let Some((handle, addr, _)) = attached {
+            handle.notify(addr, Note::new(ENDED, ()));
+        }
     }
 
     /// Queues a message; wakes the attached connection if the queue was
@@ -175,7 +200,7 @@ impl Sessions {
             }
         }
         let (session, present) = match existing {
-            Some(old) if !clean && !old.clean => (old, true),
+            Some(old) if !clean && !old.clean && old.state.lock().ended.is_none() => (old, true),
             _ => {
                 let s = make();
                 map.insert(client_id.to_owned(), s.clone());
@@ -186,19 +211,19 @@ impl Sessions {
         (session, present)
     }
 
-    /// Detaches connection `epoch`; a clean session ends with it.
+    /// Detaches connection `epoch`; a clean session ends with it, and so
+    /// does one a driver ended.
     pub(crate) fn detach(&self, session: &Arc<Session>, epoch: u64) {
         let mut map = self.map.lock();
-        let mine = {
+        let (mine, ended) = {
             let mut st = session.state.lock();
-            if st.attached.as_ref().is_some_and(|a| a.2 == epoch) {
+            let mine = st.attached.as_ref().is_some_and(|a| a.2 == epoch);
+            if mine {
                 st.attached = None;
-                true
-            } else {
-                false
             }
+            (mine, st.ended.is_some())
         };
-        if mine && session.clean {
+        if mine && (session.clean || ended) {
             if map
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, session))

@@ -4,6 +4,9 @@
 //! - `throughput`: one publisher, one subscriber (1 -> 1);
 //! - `fanout`: one publisher, N subscribers (1 -> N);
 //! - `fanin`: N publishers, one subscriber (N -> 1);
+//! - `stalled`: one publisher, N subscribers that read, and one more that
+//!   subscribes and then never reads (a small receive buffer): the rate is
+//!   what the N healthy ones get, to set beside `fanout`;
 //! - `latency`: ping-pong round trips, with percentiles (hdrhistogram).
 //!
 //! ```sh
@@ -77,9 +80,11 @@ enum Scenario {
     Fanout,
     /// N -> 1 throughput.
     Fanin,
+    /// 1 -> N throughput with one more subscriber that never reads.
+    Stalled,
     /// Ping-pong latency.
     Latency,
-    /// All four.
+    /// All five.
     All,
 }
 
@@ -91,6 +96,8 @@ struct Outcome {
     size: usize,
     publishers: usize,
     subscribers: usize,
+    /// Subscribers that never read (not counted in `subscribers`).
+    stalled: usize,
     /// Messages published.
     published: u64,
     /// Deliveries expected (published x subscribers).
@@ -136,8 +143,20 @@ fn flow(
     scenario: &str,
     publishers: usize,
     subscribers: usize,
+    stalled: usize,
 ) -> anyhow::Result<Outcome> {
     let t = topic(scenario);
+    // Subscribed, never read: kept open until the run ends.
+    let _stalled = (0..stalled)
+        .map(|i| {
+            let mut c = Conn::open_small(
+                cli.broker,
+                &format!("bench-stalled-{i}-{}", std::process::id()),
+            )?;
+            c.subscribe(&t, cli.qos)?;
+            Ok(c)
+        })
+        .collect::<anyhow::Result<Vec<Conn>>>()?;
     let deadline = Instant::now() + Duration::from_secs(cli.timeout);
     let expected = cli.count * subscribers as u64;
     let received = Arc::new(AtomicU64::new(0));
@@ -266,6 +285,7 @@ fn flow(
         size: cli.size,
         publishers,
         subscribers,
+        stalled,
         published,
         expected: published * subscribers as u64,
         received: got,
@@ -352,6 +372,7 @@ fn latency(cli: &Cli) -> anyhow::Result<Outcome> {
         size: cli.size,
         publishers: 1,
         subscribers: 1,
+        stalled: 0,
         published: done,
         expected: rounds,
         received: done,
@@ -414,6 +435,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Throughput,
             Scenario::Fanout,
             Scenario::Fanin,
+            Scenario::Stalled,
             Scenario::Latency,
         ],
         s => vec![s],
@@ -421,9 +443,10 @@ fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for s in scenarios {
         let r = match s {
-            Scenario::Throughput => flow(&cli, "throughput", 1, 1)?,
-            Scenario::Fanout => flow(&cli, "fanout", 1, cli.clients)?,
-            Scenario::Fanin => flow(&cli, "fanin", cli.clients, 1)?,
+            Scenario::Throughput => flow(&cli, "throughput", 1, 1, 0)?,
+            Scenario::Fanout => flow(&cli, "fanout", 1, cli.clients, 0)?,
+            Scenario::Fanin => flow(&cli, "fanin", cli.clients, 1, 0)?,
+            Scenario::Stalled => flow(&cli, "stalled", 1, cli.clients, 1)?,
             Scenario::Latency => latency(&cli)?,
             Scenario::All => unreachable!("expanded above"),
         };

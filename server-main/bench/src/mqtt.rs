@@ -64,6 +64,21 @@ impl Conn {
     pub(crate) fn open(addr: SocketAddr, client_id: &str) -> anyhow::Result<Conn> {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .with_context(|| format!("connecting to {addr}"))?;
+        Conn::handshake(addr, s, client_id)
+    }
+
+    /// Connects with a small receive buffer: a client that will stall
+    /// (subscribe, then never read).
+    pub(crate) fn open_small(addr: SocketAddr, client_id: &str) -> anyhow::Result<Conn> {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_recv_buffer_size(4096)?;
+        s.connect_timeout(&addr.into(), Duration::from_secs(5))
+            .with_context(|| format!("connecting to {addr}"))?;
+        Conn::handshake(addr, s.into(), client_id)
+    }
+
+    fn handshake(addr: SocketAddr, s: TcpStream, client_id: &str) -> anyhow::Result<Conn> {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut c = Conn {

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod mqtt;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -183,4 +185,33 @@ pub fn outcome(r: Result<ureq::Response, ureq::Error>) -> (u16, String, Option<u
         }
         Err(e) => panic!("transport error: {e}"),
     }
+}
+
+/// A connection whose receive buffer is small and that is never read: a
+/// stalled client (a crashed app, a half-open connection).
+pub fn stalled_socket(addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+    // Before connecting, so the window the server sees stays small.
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// The value of the `/metrics` series `name` whose labels contain
+/// `labels` (e.g. `destination="/topics/a"`), if it is there.
+pub fn metric(server: &Server, name: &str, labels: &str) -> Option<u64> {
+    let text = agent()
+        .get(&server.url("/metrics"))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
