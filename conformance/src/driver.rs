@@ -92,7 +92,15 @@ pub const TOPIC: &[Case<Harness>] = &[
         name: "empty_and_large_bodies_fan_out_intact",
         run: empty_and_large_bodies_fan_out_intact,
     },
+    Case {
+        name: "a_stalled_subscriber_stops_holding_back_publishers",
+        run: a_stalled_subscriber_stops_holding_back_publishers,
+    },
 ];
+
+/// How long a topic driver may take to call a subscriber that takes
+/// nothing stalled: its own stall time must be at most this.
+pub const STALL_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Runs the queue suite (and the durable cases for `durable_queue`) or the
 /// topic suite as `#[test]`s, one per case:
@@ -147,6 +155,7 @@ macro_rules! driver_suite {
                     a_cancelled_subscription_gets_nothing_more,
                     a_slow_subscriber_costs_bounded_memory,
                     empty_and_large_bodies_fan_out_intact,
+                    a_stalled_subscriber_stops_holding_back_publishers,
                 ]
             );
         }
@@ -664,6 +673,63 @@ fn empty_and_large_bodies_fan_out_intact(make: &Harness) -> Result<(), String> {
         ensure!(
             next(rx, "4 MiB body")?.body[..] == large[..],
             "4 MiB body changed"
+        );
+    }
+    Ok(())
+}
+
+/// The backlog a publisher sees counts subscribers that drain, and stops
+/// counting one that takes nothing within [`STALL_PATIENCE`], which is
+/// then reported in the stats (see `bindery_classes::fanout`).
+fn a_stalled_subscriber_stops_holding_back_publishers(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let dest = destination("stalled");
+    let (_stalled, _ignored) = subscribe_topic(&d, &dest, 0)?;
+    let (_healthy, healthy) = subscribe_topic(&d, &dest, 100_000)?;
+    let mut sent = 0;
+    let mut last = publish_ok(&d, &dest, "0")?;
+    while sent < 9 {
+        sent += 1;
+        last = publish_ok(&d, &dest, sent.to_string())?;
+    }
+    ensure!(
+        last.backlog > 0,
+        "receipts report no backlog while 10 messages wait for a subscriber"
+    );
+    let start = Instant::now();
+    while last.backlog > 0 {
+        ensure!(
+            start.elapsed() < STALL_PATIENCE,
+            "a subscriber that took nothing for {STALL_PATIENCE:?} still sets the publishers' \
+             backlog ({} messages)",
+            last.backlog
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        sent += 1;
+        last = publish_ok(&d, &dest, sent.to_string())?;
+    }
+    ensure!(
+        last.delivered_to == 2,
+        "the stalled subscriber was dropped instead of buffered by policy \
+         (reached {} subscribers)",
+        last.delivered_to
+    );
+    let stalled: u64 = d
+        .stats()
+        .iter()
+        .filter(|s| s.destination == dest)
+        .map(|s| s.stalled)
+        .sum();
+    ensure!(
+        stalled == 1,
+        "stats report {stalled} stalled subscribers, not 1"
+    );
+    for i in 0..=sent {
+        let m = next(&healthy, "the healthy subscriber")?;
+        ensure!(
+            text(&m) == i.to_string(),
+            "the healthy subscriber got {:?} as message {i}",
+            text(&m)
         );
     }
     Ok(())

@@ -83,10 +83,25 @@ fn case<H: ?Sized>(cases: &'static [Case<H>], name: &str) -> &'static Case<H> {
         .expect("a case of that name")
 }
 
+fn topic() -> DriverHandle {
+    Arc::new(driver_topic::TopicDriver::new(
+        driver_topic::Config::default(),
+    ))
+}
+
 /// `name` passes on the real module and fails on the mutant.
 fn caught(name: &str, mutant: &driver::Harness) -> String {
-    let case = case(driver::QUEUE, name);
-    let real: &driver::Harness = &memqueue;
+    caught_in(driver::QUEUE, &memqueue, name, mutant)
+}
+
+/// `name` of `cases` passes on `real` and fails on the mutant.
+fn caught_in(
+    cases: &'static [Case<driver::Harness>],
+    real: &driver::Harness,
+    name: &str,
+    mutant: &driver::Harness,
+) -> String {
+    let case = case(cases, name);
     if let Err(e) = (case.run)(real) {
         panic!("control: the unmutated driver fails {name}: {e}");
     }
@@ -121,6 +136,45 @@ fn a_driver_that_loses_one_message_in_a_thousand_is_caught() {
         &make,
     );
     assert!(reason.contains("lost"), "{reason}");
+}
+
+#[test]
+fn a_topic_that_lets_a_stalled_subscriber_hold_back_publishers_is_caught() {
+    // Reports everything buffered as the backlog, stalled subscribers
+    // included: slow and stalled treated alike.
+    let make = || -> DriverHandle {
+        let mut m = Mutant::new(topic());
+        m.publish = Box::new(|d, msg, done| {
+            let dest = msg.destination.clone();
+            let (inner, outcome) = Completion::channel();
+            d.publish(msg, inner);
+            match outcome.recv() {
+                Ok(Ok(mut r)) => {
+                    let held = d
+                        .stats()
+                        .iter()
+                        .filter(|s| *s.destination == *dest)
+                        .map(|s| s.depth)
+                        .sum::<u64>();
+                    r.backlog = held as u32;
+                    done.succeed(r)
+                }
+                Ok(Err(f)) => done.fail(f),
+                Err(_) => done.fail(Failure::new(bindery::FailureKind::Internal, "no outcome")),
+            }
+        });
+        Arc::new(m)
+    };
+    let reason = caught_in(
+        driver::TOPIC,
+        &topic,
+        "a_stalled_subscriber_stops_holding_back_publishers",
+        &make,
+    );
+    assert!(
+        reason.contains("still sets the publishers' backlog"),
+        "{reason}"
+    );
 }
 
 #[test]
