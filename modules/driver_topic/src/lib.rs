@@ -388,6 +388,28 @@ impl Driver for TopicDriver {
                 }
             })
             .collect();
+        // Wildcard subscriptions, one entry per pattern: their subscribers,
+        // what is buffered for them, and how many are stalled (what they
+        // drop is counted on the topics).
+        let mut patterns = self.patterns.lock();
+        for (pattern, sub) in patterns.subs.iter_mut() {
+            let name = format!("/{}", pattern.join("/"));
+            let i = match out.iter().position(|d| d.destination == name) {
+                Some(i) => i,
+                None => {
+                    out.push(DestinationStats {
+                        destination: name,
+                        ..Default::default()
+                    });
+                    out.len() - 1
+                }
+            };
+            let d = &mut out[i];
+            d.consumers += 1;
+            d.depth += sub.outbox.buffered() as u64;
+            d.stalled += u64::from(sub.outbox.is_stalled(&self.limits, &mut clock));
+        }
+        drop(patterns);
         out.sort_by(|a, b| a.destination.cmp(&b.destination));
         out
     }
@@ -455,6 +477,15 @@ mod tests {
         publish(&d, "/t/sensors/k2/temp", "3");
         assert_eq!(texts(&r), ["1", "3"]);
         assert!(d.subscribe("/t/#/x", Consumer::channel().0, o).is_err());
+        let pattern = d
+            .stats()
+            .into_iter()
+            .find(|s| s.destination == "/t/sensors/+/temp");
+        assert_eq!(
+            pattern.map(|p| p.consumers),
+            Some(1),
+            "patterns are in the stats"
+        );
     }
 
     #[test]

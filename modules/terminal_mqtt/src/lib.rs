@@ -16,6 +16,18 @@
 //! a refused filter; delivered QoS = min(publish QoS, granted QoS). A
 //! message published over HTTP counts as QoS 1.
 //!
+//! Flow: a subscription is credited as its messages go into the
+//! connection's output (at most 1 MiB unsent) and, at QoS 1 and 2, within
+//! `max_inflight`; a publisher whose subscribers fall behind is read in
+//! small batches with pauses. A client that stops reading or acknowledging
+//! (or a persistent session whose client is away) stops taking credit, so
+//! the driver calls it stalled and it slows nobody
+//! ([`bindery_classes::fanout`]). When a driver ends a subscription (a slow
+//! consumer under `slow_subscriber = "disconnect"`), the client is
+//! disconnected with a warning naming it, counted in
+//! `bindery_mqtt_subscriptions_ended_total`, and its session is not kept:
+//! it reconnects with `session_present = 0` and subscribes again.
+//!
 //! ```toml
 //! [instances.mqtt]
 //! module = "terminal.mqtt"
