@@ -51,30 +51,46 @@ fn a_stalled_mqtt_subscriber_slows_nobody_and_loses_only_its_own_messages() {
             N,
             "{policy}: the healthy subscriber got all"
         );
-        let dropped = metric(&s, "bindery_messages_dropped_total", &dest(topic)).unwrap();
-        assert!(
-            dropped > 0,
-            "{policy}: the stalled subscriber's drops are counted"
+        stalled_client_followed_the_policy(
+            &s,
+            policy,
+            topic,
+            "bindery_mqtt_subscriptions_ended_total",
+            &mut stalled,
         );
-        if policy == "disconnect" {
-            assert_eq!(
-                metric(&s, "bindery_mqtt_subscriptions_ended_total", "").unwrap(),
-                1,
-                "{policy}: one slow consumer disconnected"
-            );
-            assert!(
-                closed(&mut stalled),
-                "{policy}: the stalled client was closed"
-            );
-        } else {
-            assert_eq!(
-                metric(&s, "bindery_destination_stalled_subscribers", &dest(topic)),
-                Some(1),
-                "{policy}: the stalled subscriber is reported"
-            );
-        }
-        assert!(s.healthy());
     }
+}
+
+/// After a run: the stalled client's messages were dropped and counted,
+/// and it is reported as stalled or, under `disconnect`, was closed and
+/// counted in `ended_metric`; the server serves on.
+fn stalled_client_followed_the_policy(
+    s: &Server,
+    policy: &str,
+    topic: &str,
+    ended_metric: &str,
+    stalled: &mut TcpStream,
+) {
+    let dropped = metric(s, "bindery_messages_dropped_total", &dest(topic)).unwrap();
+    assert!(
+        dropped > 0,
+        "{policy}: the stalled client's drops are counted"
+    );
+    if policy == "disconnect" {
+        assert_eq!(
+            metric(s, ended_metric, "").unwrap(),
+            1,
+            "{policy}: one slow consumer disconnected"
+        );
+        assert!(closed(stalled), "{policy}: the stalled client was closed");
+    } else {
+        assert_eq!(
+            metric(s, "bindery_destination_stalled_subscribers", &dest(topic)),
+            Some(1),
+            "{policy}: the stalled client is reported"
+        );
+    }
+    assert!(s.healthy());
 }
 
 #[test]
@@ -162,25 +178,13 @@ fn a_stalled_event_stream_slows_nobody() {
             N,
             "{policy}: the healthy stream got all"
         );
-        assert!(metric(&s, "bindery_messages_dropped_total", &dest(topic)).unwrap() > 0);
-        if policy == "disconnect" {
-            assert_eq!(
-                metric(&s, "bindery_http_streams_ended_total", "").unwrap(),
-                1,
-                "{policy}: one slow stream closed"
-            );
-            assert!(
-                closed(&mut stalled),
-                "{policy}: the stalled stream was closed"
-            );
-        } else {
-            assert_eq!(
-                metric(&s, "bindery_destination_stalled_subscribers", &dest(topic)),
-                Some(1),
-                "{policy}: the stalled stream is reported"
-            );
-        }
-        assert!(s.healthy());
+        stalled_client_followed_the_policy(
+            &s,
+            policy,
+            topic,
+            "bindery_http_streams_ended_total",
+            &mut stalled,
+        );
     }
 }
 

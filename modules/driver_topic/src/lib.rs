@@ -105,28 +105,33 @@ struct Sub {
     outbox: Outbox,
 }
 
-/// Offers `message` to `sub`, counting into `stats`, `reached` and
-/// `backlog`; false when the subscription ends.
-fn offer(
-    sub: &mut Sub,
-    message: &Message,
-    limits: &Limits,
-    clock: &mut Clock,
-    stats: &mut DestinationStats,
-    reached: &mut u32,
-    backlog: &mut usize,
-) -> bool {
-    let o = sub.outbox.offer(message, limits, clock);
-    match o {
-        Offer::Delivered => stats.delivered += 1,
-        _ if o.dropped() => stats.dropped += 1,
-        _ => {}
+/// One publish's pass over the subscribers it reaches.
+struct Round<'a> {
+    message: &'a Message,
+    limits: &'a Limits,
+    clock: Clock,
+    stats: &'a mut DestinationStats,
+    reached: u32,
+    backlog: usize,
+}
+
+impl Round<'_> {
+    /// Offers the message to `sub`, counting; false when the subscription
+    /// ends.
+    fn offer(&mut self, sub: &mut Sub) -> bool {
+        let o = sub.outbox.offer(self.message, self.limits, &mut self.clock);
+        match o {
+            Offer::Delivered => self.stats.delivered += 1,
+            _ if o.dropped() => self.stats.dropped += 1,
+            _ => {}
+        }
+        if o.reached() {
+            self.reached += 1;
+        }
+        let backlog = sub.outbox.backlog(self.limits, &mut self.clock);
+        self.backlog = self.backlog.max(backlog);
+        o.keeps()
     }
-    if o.reached() {
-        *reached += 1;
-    }
-    *backlog = (*backlog).max(sub.outbox.backlog(limits, clock));
-    o.keeps()
 }
 
 #[derive(Default)]
@@ -276,26 +281,20 @@ impl Driver for TopicDriver {
         };
         let id = message.id;
         message.delivery_count = 1;
-        let mut reached = 0;
-        let mut backlog = 0;
-        let limits = &self.limits;
-        let mut clock = Clock::default();
-        {
+        let (reached, backlog) = {
             let mut t = t.lock();
             let Topic { subs, stats, .. } = &mut *t;
             stats.published += 1;
+            let mut round = Round {
+                message: &message,
+                limits: &self.limits,
+                clock: Clock::default(),
+                stats,
+                reached: 0,
+                backlog: 0,
+            };
             let mut offered = subs.len();
-            subs.retain_mut(|s| {
-                offer(
-                    s,
-                    &message,
-                    limits,
-                    &mut clock,
-                    stats,
-                    &mut reached,
-                    &mut backlog,
-                )
-            });
+            subs.retain_mut(|s| round.offer(s));
             // Topic, then patterns: the one lock order, so each subscriber
             // sees a topic's messages in publish order.
             let mut patterns = self.patterns.lock();
@@ -304,21 +303,14 @@ impl Driver for TopicDriver {
                     return true;
                 }
                 offered += 1;
-                offer(
-                    s,
-                    &message,
-                    limits,
-                    &mut clock,
-                    stats,
-                    &mut reached,
-                    &mut backlog,
-                )
+                round.offer(s)
             });
             if offered == 0 {
                 // Nobody listens: the message goes nowhere, counted.
-                stats.dropped += 1;
+                round.stats.dropped += 1;
             }
-        }
+            (round.reached, round.backlog)
+        };
         done.succeed(Receipt {
             id,
             delivered_to: reached,
