@@ -24,9 +24,16 @@
 //!
 //! A stalled subscriber no longer counts toward the backlog a publisher
 //! sees; its messages follow the policy (dropped and counted, or the
-//! subscriber disconnected). The moment it grants credit again it counts
-//! again. Each transition is logged with the consumer's
+//! subscriber disconnected). It counts again once it has caught up: its
+//! buffer drained to half (a client that reads a little now and then stays
+//! stalled). Each change is logged with the consumer's
 //! [name](crate::Consumer::name).
+//!
+//! The stall time is short by default (250 ms): a connection that drains
+//! at any pace grants credit at least once per round trip, and what a
+//! subscriber judged stalled too early risks is only what every client of
+//! a broker that never slows publishers risks (mosquitto, nats-server):
+//! drops by policy once its buffer is full.
 //!
 //! Every fan-out driver uses this one type, so the rule is the same for
 //! every terminal and every driver.
@@ -70,7 +77,7 @@ impl Default for Limits {
         Limits {
             buffer: 1000,
             policy: SlowPolicy::DropOldest,
-            stall: Duration::from_secs(1),
+            stall: Duration::from_millis(250),
         }
     }
 }
@@ -235,24 +242,33 @@ impl Outbox {
         if self.buffer.len() <= limits.buffer / 2 {
             // Drained to half: it is catching up.
             self.full_since = None;
+            self.resume();
         }
+        before - self.buffer.len()
+    }
+
+    /// A stalled subscriber caught up.
+    fn resume(&mut self) {
         if self.stalled {
             self.stalled = false;
             tracing::info!(
                 subscriber = %self.consumer.name(),
                 subscribed = %self.subscribed,
                 dropped = self.dropped,
-                "a stalled subscriber took messages again: it slows publishers again"
+                "a stalled subscriber caught up: it slows publishers again"
             );
         }
-        before - self.buffer.len()
     }
 
     /// Whether the subscriber is stalled now (see the module docs); logs
     /// when it becomes so.
     pub fn is_stalled(&mut self, limits: &Limits, clock: &mut Clock) -> bool {
         if self.buffer.is_empty() {
+            self.resume();
             return false;
+        }
+        if self.stalled {
+            return true;
         }
         let now = clock.now();
         let idle = now.saturating_duration_since(self.progress) >= limits.stall;
@@ -260,7 +276,7 @@ impl Outbox {
             .full_since
             .is_some_and(|t| now.saturating_duration_since(t) >= limits.stall);
         let stalled = idle || full;
-        if stalled && !self.stalled {
+        if stalled {
             tracing::info!(
                 subscriber = %self.consumer.name(),
                 subscribed = %self.subscribed,
@@ -364,6 +380,27 @@ mod tests {
         // Draining to half resets it.
         o.credit(2, &l, &mut at(t0, 100));
         assert!(!o.is_stalled(&l, &mut at(t0, 101)));
+    }
+
+    #[test]
+    fn a_stalled_subscriber_counts_again_only_once_it_caught_up() {
+        let l = limits(10, SlowPolicy::DropOldest);
+        let (c, _rx) = Consumer::channel();
+        let mut o = Outbox::new(c, "/t/x", 0);
+        let t0 = Instant::now();
+        for i in 0..10 {
+            o.offer(&m(i), &l, &mut at(t0, 0));
+        }
+        assert!(o.is_stalled(&l, &mut at(t0, 60)));
+        // A little now and then: still stalled.
+        o.credit(1, &l, &mut at(t0, 70));
+        o.offer(&m(10), &l, &mut at(t0, 71));
+        assert!(o.is_stalled(&l, &mut at(t0, 72)));
+        assert_eq!(o.backlog(&l, &mut at(t0, 73)), 0);
+        // Drained to half: it counts again.
+        o.credit(5, &l, &mut at(t0, 80));
+        assert!(!o.is_stalled(&l, &mut at(t0, 81)));
+        assert_eq!(o.backlog(&l, &mut at(t0, 82)), 5);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! [instances.topics.config]
 //! buffer = 1000
 //! slow_subscriber = "drop-oldest"
-//! stall_ms = 1000
+//! stall_ms = 250
 //! max_topics = 10000
 //! ```
 
