@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::registry::Handle;
+pub(crate) use crate::registry::Handle;
 
 /// How a class's table matches keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -454,6 +454,56 @@ impl Table {
             .collect();
         self.publish(entries);
         true
+    }
+
+    /// Points `key`, bound to `instance`, at a new handle of that instance
+    /// (a restart); says whether it was bound to it.
+    pub(crate) fn rebind(&self, key: &str, instance: &str, handle: Handle) -> bool {
+        let Ok(normalized) = self.kind.normalize(key) else {
+            return false;
+        };
+        let _w = self.writer.lock();
+        let old = self.current.load();
+        let mut found = false;
+        let entries = old
+            .bindings
+            .iter()
+            .zip(keys_of(&old))
+            .map(|(b, k)| {
+                if *k == *normalized && &*b.instance == instance {
+                    found = true;
+                    let fresh = Binding {
+                        key: b.key.clone(),
+                        instance: b.instance.clone(),
+                        module: b.module.clone(),
+                        handle: handle.clone(),
+                    };
+                    (k, Arc::new(fresh))
+                } else {
+                    (k, b.clone())
+                }
+            })
+            .collect();
+        if found {
+            self.publish(entries);
+        }
+        found
+    }
+
+    /// `key` as this table shows it once bound (paths end in `/`); keys
+    /// it cannot take are shown as written.
+    pub fn display(&self, key: &str) -> String {
+        self.kind
+            .normalize(key)
+            .map_or_else(|_| key.to_owned(), |n| self.kind.display(&n))
+    }
+
+    /// Whether two keys are the same key in this table.
+    pub fn same_key(&self, a: &str, b: &str) -> bool {
+        match (self.kind.normalize(a), self.kind.normalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        }
     }
 
     fn publish(&self, mut entries: Vec<(Box<str>, Arc<Binding>)>) {

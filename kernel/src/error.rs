@@ -68,6 +68,25 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An instance names a module this binary does not link.
+    NotLinked {
+        /// The instance.
+        instance: String,
+        /// The `class.name` it asked for.
+        module: String,
+        /// What is linked, sorted.
+        linked: Vec<String>,
+    },
+    /// No instance has that name.
+    NoInstance {
+        /// The name asked for.
+        instance: String,
+    },
+    /// An instance of that name exists already.
+    InstanceExists {
+        /// The name.
+        instance: String,
+    },
     /// An operating-system resource (poll, waker, thread, signal) failed.
     Io {
         /// What the kernel was doing.
@@ -78,6 +97,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// What [`Error::NotLinked`] says, without the instance.
+    pub(crate) fn not_linked(module: &str, linked: &[String]) -> String {
+        format!(
+            "module {module:?} is not linked into this binary (linked: {})",
+            linked.join(", ")
+        )
+    }
+
     pub(crate) fn io(context: &'static str, cause: std::io::Error) -> Self {
         Error::Io {
             context,
@@ -122,6 +149,19 @@ impl fmt::Display for Error {
             } => write!(f, "instance {instance:?} of module {module}: {cause}"),
             Error::Binding { class, key, reason } => {
                 write!(f, "cannot bind {key:?} in the {class} table: {reason}")
+            }
+            Error::NotLinked {
+                instance,
+                module,
+                linked,
+            } => write!(
+                f,
+                "instance {instance:?}: {}",
+                Error::not_linked(module, linked)
+            ),
+            Error::NoInstance { instance } => write!(f, "no instance is called {instance:?}"),
+            Error::InstanceExists { instance } => {
+                write!(f, "an instance called {instance:?} exists already")
             }
             Error::Io { context, cause } => write!(f, "{context}: {cause}"),
         }

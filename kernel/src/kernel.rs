@@ -1,23 +1,28 @@
 //! The kernel: modules, instances, binding tables and reactors, put together
-//! from a module list and a configuration, then started and stopped.
+//! from a module list and a configuration, then started and stopped — the
+//! whole server, or one instance at a time while it runs.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
-use crate::bindings::{KeyKind, Table};
-use crate::config::{Config, Section};
+use crate::bindings::{Handle, KeyKind, Table};
+use crate::config::{Config, InstanceSpec, Section};
 use crate::error::{BoxError, Error};
 use crate::reactor::{Reactor, ReactorHandle};
 use crate::registry::{ModuleDescriptor, ModuleList, Registry};
 
-type StartHook = Box<dyn FnOnce(&Arc<Runtime>) -> Result<(), BoxError>>;
-type StopHook = Box<dyn FnOnce()>;
+type StartHook = Box<dyn FnOnce(&Arc<Runtime>) -> Result<(), BoxError> + Send>;
+type StopHook = Box<dyn FnOnce(Instant) + Send>;
+
+/// How long an instance stopped without a deadline of its own may take.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 /// What a module's factory gets to make one instance.
 pub struct InstanceContext {
@@ -64,16 +69,22 @@ impl InstanceContext {
         &self.span
     }
 
-    /// Runs `hook` when the kernel starts, after every instance is made and
-    /// bound, in configuration order. A failing hook stops the start with an
-    /// error naming this instance.
-    pub fn on_start(&self, hook: impl FnOnce(&Arc<Runtime>) -> Result<(), BoxError> + 'static) {
+    /// Runs `hook` when the instance starts: at server start, after every
+    /// instance is made and bound (in configuration order), or when the
+    /// instance is started at run time. A failing hook fails the start with
+    /// an error naming this instance.
+    pub fn on_start(
+        &self,
+        hook: impl FnOnce(&Arc<Runtime>) -> Result<(), BoxError> + Send + 'static,
+    ) {
         self.on_start.borrow_mut().push(Box::new(hook));
     }
 
-    /// Runs `hook` when the kernel stops, in reverse configuration order,
-    /// before the reactors are shut down.
-    pub fn on_stop(&self, hook: impl FnOnce() + 'static) {
+    /// Runs `hook` when the instance stops — stopped, restarted or removed
+    /// at run time, or the server stopping (in reverse configuration
+    /// order, before the reactors shut down) — with the deadline by which
+    /// it should be closed. Hooks run in reverse order of registration.
+    pub fn on_stop(&self, hook: impl FnOnce(Instant) + Send + 'static) {
         self.on_stop.borrow_mut().push(Box::new(hook));
     }
 }
@@ -96,6 +107,29 @@ pub struct ModuleInfo {
     pub keys: KeyKind,
 }
 
+/// Where an instance is in its life.
+///
+/// ```text
+/// created --start--> running --stop--> stopping --> stopped --start--> running
+///    |                  ^                                |
+///    +--start fails--> failed --start-------------------+
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Made and bound; not started yet (the server has not started).
+    Created,
+    /// Started: serving.
+    Running,
+    /// Its stop hooks are running.
+    Stopping,
+    /// Stopped: still bound (a driver refuses work with `Unavailable`),
+    /// until started again or removed.
+    Stopped,
+    /// Its factory or a start hook failed; `last_error` says why.
+    Failed,
+}
+
 /// An instance as introspection shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct InstanceInfo {
@@ -105,6 +139,63 @@ pub struct InstanceInfo {
     pub module: String,
     /// Keys it is bound to.
     pub bind: Vec<String>,
+    /// Where it is in its life.
+    pub state: State,
+    /// How many times it was started again after its first start.
+    pub restarts: u32,
+    /// When it last started, in seconds since the Unix epoch.
+    pub started_at: Option<u64>,
+    /// Why it last failed (a factory, a start hook).
+    pub last_error: Option<String>,
+}
+
+/// One instance: its configuration, its current incarnation and its state.
+struct Instance {
+    spec: InstanceSpec,
+    class: &'static str,
+    keys: Vec<String>,
+    handle: Handle,
+    start: Vec<StartHook>,
+    stop: Vec<StopHook>,
+    state: State,
+    restarts: u32,
+    /// Started at least once (a later start is a restart).
+    started_once: bool,
+    started_at: Option<SystemTime>,
+    last_error: Option<String>,
+}
+
+impl Instance {
+    fn info(&self) -> InstanceInfo {
+        InstanceInfo {
+            name: self.spec.name.clone(),
+            module: self.spec.module.clone(),
+            bind: self.keys.clone(),
+            state: self.state,
+            restarts: self.restarts,
+            started_at: self
+                .started_at
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// A new incarnation of an instance: its handle and hooks.
+struct Made {
+    class: &'static str,
+    keys: Vec<String>,
+    handle: Handle,
+    start: Vec<StartHook>,
+    stop: Vec<StopHook>,
+}
+
+/// Runs stop hooks, last registered first.
+fn run_stop(hooks: Vec<StopHook>, deadline: Instant) {
+    for hook in hooks.into_iter().rev() {
+        hook(deadline);
+    }
 }
 
 /// A binding as introspection shows it.
@@ -131,14 +222,22 @@ pub struct Introspection {
     pub bindings: Vec<BindingInfo>,
 }
 
-/// The shared state of a kernel: tables and reactors. Instances keep an
-/// `Arc` of it.
+/// The shared state of a kernel: modules, instances, tables and reactors.
+/// Instances keep an `Arc` of it.
+///
+/// Its lifecycle operations ([`Runtime::create`], [`Runtime::start`],
+/// [`Runtime::stop`], [`Runtime::restart`], [`Runtime::remove`],
+/// [`Runtime::bind`], [`Runtime::unbind`]) run one at a time, from any
+/// thread, and block until done.
 pub struct Runtime {
+    registry: Registry,
     tables: HashMap<&'static str, Arc<Table>>,
     reactors: Vec<ReactorHandle>,
     next_reactor: AtomicUsize,
     modules: Vec<ModuleInfo>,
-    instances: Mutex<Vec<InstanceInfo>>,
+    instances: Mutex<Vec<Instance>>,
+    /// Held for the whole of one lifecycle operation.
+    ops: Mutex<()>,
     stop: (Mutex<bool>, Condvar),
     started: AtomicBool,
 }
@@ -191,9 +290,328 @@ impl Runtime {
         }
         Introspection {
             modules: self.modules.clone(),
-            instances: self.instances.lock().clone(),
+            instances: self.instances(),
             bindings,
         }
+    }
+
+    /// Every instance, in the order made.
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        self.instances.lock().iter().map(Instance::info).collect()
+    }
+
+    /// The instance called `name`.
+    pub fn instance(&self, name: &str) -> Option<InstanceInfo> {
+        self.instances
+            .lock()
+            .iter()
+            .find(|i| i.spec.name == name)
+            .map(Instance::info)
+    }
+
+    /// The loaded modules.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Makes a new incarnation of `spec`: runs its module's factory.
+    fn make(self: &Arc<Self>, spec: &InstanceSpec) -> Result<Made, Error> {
+        let Some(registered) = self.registry.registered(&spec.module).transpose()? else {
+            let mut linked: Vec<String> = self.registry.descriptors().map(|d| d.id()).collect();
+            linked.sort();
+            return Err(Error::NotLinked {
+                instance: spec.name.clone(),
+                module: spec.module.clone(),
+                linked,
+            });
+        };
+        let descriptor = registered.descriptor;
+        let keys: Vec<String> = if spec.bind.is_empty() {
+            registered
+                .factory
+                .default_keys
+                .iter()
+                .map(|k| k.to_string())
+                .collect()
+        } else {
+            spec.bind.clone()
+        };
+        let span = tracing::info_span!("instance", name = %spec.name, module = %spec.module);
+        let cx = InstanceContext {
+            name: spec.name.clone(),
+            module: descriptor,
+            keys: keys.clone(),
+            section: spec.section.clone(),
+            runtime: self.clone(),
+            span: span.clone(),
+            on_start: RefCell::new(Vec::new()),
+            on_stop: RefCell::new(Vec::new()),
+        };
+        let handle = span
+            .in_scope(|| (registered.factory.build)(&cx))
+            .map_err(|cause| Error::Instance {
+                instance: spec.name.clone(),
+                module: spec.module.clone(),
+                cause: Arc::new(cause),
+            })?;
+        Ok(Made {
+            class: descriptor.class,
+            keys,
+            handle,
+            start: cx.on_start.into_inner(),
+            stop: cx.on_stop.into_inner(),
+        })
+    }
+
+    /// Binds every key of a new instance, or none (the error names the
+    /// key and the instance holding it).
+    fn bind_all(&self, spec: &InstanceSpec, made: &Made) -> Result<(), Error> {
+        let table = &self.tables[made.class];
+        for (i, key) in made.keys.iter().enumerate() {
+            if let Err(e) = table.bind(key, &spec.name, &spec.module, made.handle.clone()) {
+                for done in &made.keys[..i] {
+                    table.unbind(done);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn no_instance(name: &str) -> Error {
+        Error::NoInstance {
+            instance: name.to_owned(),
+        }
+    }
+
+    /// Runs `f` on the record of `name`.
+    fn with<T>(&self, name: &str, f: impl FnOnce(&mut Instance) -> T) -> Result<T, Error> {
+        let mut all = self.instances.lock();
+        let i = all
+            .iter_mut()
+            .find(|i| i.spec.name == name)
+            .ok_or_else(|| Self::no_instance(name))?;
+        Ok(f(i))
+    }
+
+    /// Runs the start hooks of `name`'s current incarnation; it is running
+    /// after, or failed (its stop hooks run to undo what started).
+    fn run_start(self: &Arc<Self>, name: &str) -> Result<(), Error> {
+        let (hooks, module) = self.with(name, |i| {
+            (std::mem::take(&mut i.start), i.spec.module.clone())
+        })?;
+        for hook in hooks {
+            if let Err(cause) = hook(self) {
+                let reason = cause.to_string();
+                let stop = self.with(name, |i| {
+                    i.state = State::Failed;
+                    i.last_error = Some(reason.clone());
+                    std::mem::take(&mut i.stop)
+                })?;
+                run_stop(stop, Instant::now() + DEFAULT_GRACE);
+                tracing::warn!(instance = name, "start failed: {reason}");
+                return Err(Error::Instance {
+                    instance: name.to_owned(),
+                    module,
+                    cause: Arc::new(cause),
+                });
+            }
+        }
+        self.with(name, |i| {
+            if i.started_once {
+                i.restarts += 1;
+            }
+            i.started_once = true;
+            i.state = State::Running;
+            i.started_at = Some(SystemTime::now());
+        })?;
+        tracing::info!(instance = name, "running");
+        Ok(())
+    }
+
+    /// Makes, binds and (once the server runs) starts a new instance. On
+    /// any failure nothing stays behind: no binding, no record.
+    pub fn create(self: &Arc<Self>, spec: InstanceSpec) -> Result<InstanceInfo, Error> {
+        let _op = self.ops.lock();
+        if self
+            .instances
+            .lock()
+            .iter()
+            .any(|i| i.spec.name == spec.name)
+        {
+            return Err(Error::InstanceExists {
+                instance: spec.name,
+            });
+        }
+        let made = self.make(&spec)?;
+        if let Err(e) = self.bind_all(&spec, &made) {
+            run_stop(made.stop, Instant::now() + DEFAULT_GRACE);
+            return Err(e);
+        }
+        let name = spec.name.clone();
+        self.instances.lock().push(Instance {
+            spec,
+            class: made.class,
+            keys: made.keys,
+            handle: made.handle,
+            start: made.start,
+            stop: made.stop,
+            state: State::Created,
+            restarts: 0,
+            started_once: false,
+            started_at: None,
+            last_error: None,
+        });
+        tracing::debug!(instance = %name, "instance made");
+        if self.started.load(Ordering::Acquire) {
+            if let Err(e) = self.run_start(&name) {
+                self.drop_instance(&name);
+                return Err(e);
+            }
+        }
+        self.instance(&name).ok_or_else(|| Self::no_instance(&name))
+    }
+
+    /// Unbinds and forgets `name` (its stop hooks have run).
+    fn drop_instance(&self, name: &str) {
+        let gone = {
+            let mut all = self.instances.lock();
+            let Some(at) = all.iter().position(|i| i.spec.name == name) else {
+                return;
+            };
+            all.remove(at)
+        };
+        let table = &self.tables[gone.class];
+        for key in &gone.keys {
+            table.unbind(key);
+        }
+    }
+
+    /// Stops `name`, giving it until `grace` from now to close. A stopped
+    /// instance stays bound: its driver refuses work with `Unavailable`
+    /// (HTTP: 503 with Retry-After) rather than vanish (404). Stopping a
+    /// stopped instance does nothing.
+    pub fn stop(self: &Arc<Self>, name: &str, grace: Duration) -> Result<InstanceInfo, Error> {
+        let _op = self.ops.lock();
+        self.stop_now(name, grace)?;
+        self.instance(name).ok_or_else(|| Self::no_instance(name))
+    }
+
+    fn stop_now(&self, name: &str, grace: Duration) -> Result<(), Error> {
+        let hooks = self.with(name, |i| match i.state {
+            State::Running | State::Created => {
+                i.state = State::Stopping;
+                Some(std::mem::take(&mut i.stop))
+            }
+            _ => None,
+        })?;
+        let Some(hooks) = hooks else { return Ok(()) };
+        tracing::info!(
+            instance = name,
+            grace_ms = grace.as_millis() as u64,
+            "stopping"
+        );
+        run_stop(hooks, Instant::now() + grace);
+        self.with(name, |i| {
+            i.state = State::Stopped;
+            i.start.clear();
+        })?;
+        tracing::info!(instance = name, "stopped");
+        Ok(())
+    }
+
+    /// Starts `name`: a stopped or failed instance gets a new incarnation
+    /// from its configuration (the factory runs again, and its keys are
+    /// rebound to it at once, so the dispatcher's cached handles follow).
+    /// Starting a running instance does nothing.
+    pub fn start(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, Error> {
+        let _op = self.ops.lock();
+        self.start_now(name)?;
+        self.instance(name).ok_or_else(|| Self::no_instance(name))
+    }
+
+    fn start_now(self: &Arc<Self>, name: &str) -> Result<(), Error> {
+        let (state, spec) = self.with(name, |i| (i.state, i.spec.clone()))?;
+        match state {
+            State::Running | State::Stopping => return Ok(()),
+            State::Created if self.started.load(Ordering::Acquire) => {
+                return self.run_start(name);
+            }
+            State::Created => return Ok(()),
+            State::Stopped | State::Failed => {}
+        }
+        let made = match self.make(&spec) {
+            Ok(m) => m,
+            Err(e) => {
+                self.with(name, |i| {
+                    i.state = State::Failed;
+                    i.last_error = Some(e.to_string());
+                })?;
+                return Err(e);
+            }
+        };
+        let (class, keys) = self.with(name, |i| (i.class, i.keys.clone()))?;
+        let table = &self.tables[class];
+        for key in &keys {
+            table.rebind(key, name, made.handle.clone());
+        }
+        self.with(name, |i| {
+            i.handle = made.handle;
+            i.start = made.start;
+            i.stop = made.stop;
+            i.state = State::Created;
+            i.last_error = None;
+        })?;
+        self.run_start(name)
+    }
+
+    /// Stops `name` (within `grace`) and starts it again.
+    pub fn restart(self: &Arc<Self>, name: &str, grace: Duration) -> Result<InstanceInfo, Error> {
+        let _op = self.ops.lock();
+        self.stop_now(name, grace)?;
+        self.start_now(name)?;
+        self.instance(name).ok_or_else(|| Self::no_instance(name))
+    }
+
+    /// Stops `name` (within `grace`), then unbinds and forgets it: its keys
+    /// find nothing after (404).
+    pub fn remove(self: &Arc<Self>, name: &str, grace: Duration) -> Result<(), Error> {
+        let _op = self.ops.lock();
+        self.stop_now(name, grace)?;
+        self.drop_instance(name);
+        tracing::info!(instance = name, "removed");
+        Ok(())
+    }
+
+    /// Binds `key` to `name` as well. A key bound to another instance is
+    /// refused, naming it.
+    pub fn bind(self: &Arc<Self>, name: &str, key: &str) -> Result<InstanceInfo, Error> {
+        let _op = self.ops.lock();
+        let (class, module, handle) =
+            self.with(name, |i| (i.class, i.spec.module.clone(), i.handle.clone()))?;
+        let table = &self.tables[class];
+        table.bind(key, name, &module, handle)?;
+        let shown = table.display(key);
+        self.with(name, |i| i.keys.push(shown))?;
+        self.instance(name).ok_or_else(|| Self::no_instance(name))
+    }
+
+    /// Unbinds `key` from `name`; an error if `name` does not hold it.
+    pub fn unbind(self: &Arc<Self>, name: &str, key: &str) -> Result<InstanceInfo, Error> {
+        let _op = self.ops.lock();
+        let class = self.with(name, |i| i.class)?;
+        let table = &self.tables[class];
+        let held = self.with(name, |i| i.keys.iter().position(|k| table.same_key(k, key)))?;
+        let Some(at) = held else {
+            return Err(Error::Binding {
+                class: class.to_owned(),
+                key: key.to_owned(),
+                reason: format!("instance {name:?} is not bound to it"),
+            });
+        };
+        let stored = self.with(name, |i| i.keys.remove(at))?;
+        table.unbind(&stored);
+        self.instance(name).ok_or_else(|| Self::no_instance(name))
     }
 
     /// Asks the kernel to stop; [`Kernel::wait`] returns.
@@ -221,18 +639,15 @@ pub fn linked_modules(list: ModuleList) -> Result<Vec<&'static ModuleDescriptor>
 /// [`Kernel::shutdown`].
 pub struct Kernel {
     runtime: Arc<Runtime>,
-    registry: Registry,
     reactors: Vec<Reactor>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
-    on_start: Vec<(String, String, StartHook)>,
-    on_stop: Vec<StopHook>,
     stopped: bool,
 }
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kernel")
-            .field("registry", &self.registry)
+            .field("registry", &self.runtime.registry)
             .field("runtime", &self.runtime)
             .finish()
     }
@@ -287,98 +702,51 @@ impl Kernel {
             });
         }
         let runtime = Arc::new(Runtime {
+            registry,
             tables,
             reactors: handles,
             next_reactor: AtomicUsize::new(0),
             modules,
             instances: Mutex::new(Vec::new()),
+            ops: Mutex::new(()),
             stop: (Mutex::new(false), Condvar::new()),
             started: AtomicBool::new(false),
         });
-        let mut on_start = Vec::new();
-        let mut on_stop = Vec::new();
-        for spec in &config.instances {
-            let Some(registered) = registry.registered(&spec.module).transpose()? else {
-                let mut known: Vec<String> = registry.descriptors().map(|d| d.id()).collect();
-                known.sort();
-                return Err(config
-                    .instance_error(
-                        &spec.name,
-                        format!(
-                            "module {:?} is not linked into this binary (linked: {})",
-                            spec.module,
-                            known.join(", ")
-                        ),
-                    )
-                    .into());
-            };
-            let descriptor = registered.descriptor;
-            let keys: Vec<String> = if spec.bind.is_empty() {
-                registered
-                    .factory
-                    .default_keys
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect()
-            } else {
-                spec.bind.clone()
-            };
-            let span = tracing::info_span!("instance", name = %spec.name, module = %spec.module);
-            let cx = InstanceContext {
-                name: spec.name.clone(),
-                module: descriptor,
-                keys: keys.clone(),
-                section: spec.section.clone(),
-                runtime: runtime.clone(),
-                span: span.clone(),
-                on_start: RefCell::new(Vec::new()),
-                on_stop: RefCell::new(Vec::new()),
-            };
-            let handle = span
-                .in_scope(|| (registered.factory.build)(&cx))
-                .map_err(|cause| Error::Instance {
-                    instance: spec.name.clone(),
-                    module: spec.module.clone(),
-                    cause: Arc::new(cause),
-                })?;
-            let table = &runtime.tables[descriptor.class];
-            for key in &keys {
-                table.bind(key, &spec.name, &spec.module, handle.clone())?;
-            }
-            for hook in cx.on_start.into_inner() {
-                on_start.push((spec.name.clone(), spec.module.clone(), hook));
-            }
-            on_stop.extend(cx.on_stop.into_inner());
-            runtime.instances.lock().push(InstanceInfo {
-                name: spec.name.clone(),
-                module: spec.module.clone(),
-                bind: keys,
-            });
-            tracing::debug!(instance = %spec.name, module = %spec.module, "instance made");
-        }
-        Ok(Kernel {
+        let kernel = Kernel {
             runtime,
-            registry,
             reactors,
             threads: Vec::new(),
-            on_start,
-            on_stop,
             stopped: false,
-        })
+        };
+        for spec in &config.instances {
+            kernel.runtime.create(spec.clone()).map_err(|e| match e {
+                // Placed in the file, at the instance's header.
+                Error::NotLinked {
+                    instance,
+                    module,
+                    linked,
+                } => config
+                    .instance_error(&instance, Error::not_linked(&module, &linked))
+                    .into(),
+                e => e,
+            })?;
+        }
+        Ok(kernel)
     }
 
-    /// The runtime: tables, reactors, introspection.
+    /// The runtime: tables, reactors, instances, introspection.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
     }
 
     /// The loaded modules.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.runtime.registry
     }
 
-    /// Starts the reactor threads, then runs every start hook. On a failing
-    /// hook the kernel is shut down and the error names the instance.
+    /// Starts the reactor threads, then every instance in configuration
+    /// order. On a failing start hook the kernel is shut down and the error
+    /// names the instance.
     pub fn start(&mut self) -> Result<(), Error> {
         if self.runtime.started.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -390,14 +758,21 @@ impl Kernel {
                 .map_err(|e| Error::io("spawning a reactor thread", e))?;
             self.threads.push(t);
         }
-        for (instance, module, hook) in std::mem::take(&mut self.on_start) {
-            if let Err(cause) = hook(&self.runtime) {
+        let names: Vec<String> = self
+            .runtime
+            .instances
+            .lock()
+            .iter()
+            .map(|i| i.spec.name.clone())
+            .collect();
+        for name in names {
+            let started = {
+                let _op = self.runtime.ops.lock();
+                self.runtime.start_now(&name)
+            };
+            if let Err(e) = started {
                 self.shutdown();
-                return Err(Error::Instance {
-                    instance,
-                    module,
-                    cause: Arc::new(cause),
-                });
+                return Err(e);
             }
         }
         Ok(())
@@ -435,16 +810,27 @@ impl Kernel {
         Ok(())
     }
 
-    /// Runs stop hooks, shuts every reactor down (handlers drain, then
-    /// close) and joins their threads. Idempotent.
+    /// Stops every instance (last made first), shuts every reactor down
+    /// (handlers drain, then close) and joins their threads. Idempotent.
     pub fn shutdown(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
         self.runtime.request_stop();
-        while let Some(hook) = self.on_stop.pop() {
-            hook();
+        {
+            let _op = self.runtime.ops.lock();
+            let names: Vec<String> = self
+                .runtime
+                .instances
+                .lock()
+                .iter()
+                .rev()
+                .map(|i| i.spec.name.clone())
+                .collect();
+            for name in names {
+                let _ = self.runtime.stop_now(&name, DEFAULT_GRACE);
+            }
         }
         for r in &self.runtime.reactors {
             r.shutdown();

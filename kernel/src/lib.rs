@@ -64,11 +64,11 @@ mod registry;
 
 pub use bindings::{KeyKind, Table};
 pub use completion::{Completion, Failure, FailureKind, Note};
-pub use config::{Config, ConfigError, Section};
+pub use config::{Config, ConfigError, InstanceSpec, Section};
 pub use error::{BoxError, Error};
 pub use kernel::{
-    BindingInfo, InstanceContext, InstanceInfo, Introspection, Kernel, ModuleInfo, Runtime,
-    linked_modules,
+    BindingInfo, DEFAULT_GRACE, InstanceContext, InstanceInfo, Introspection, Kernel, ModuleInfo,
+    Runtime, State, linked_modules,
 };
 pub use reactor::{Address, Cx, Handler, ReactorHandle};
 pub use registry::{

@@ -1,0 +1,293 @@
+//! Instances have a life of their own: made, started, stopped (still
+//! bound), started again as a new incarnation, restarted, removed (then
+//! unbound); created, bound and unbound while the server runs; and every
+//! failure between leaves the instance in a state that says why.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bindery::{
+    ABI_VERSION, BoxError, Config, Error, Kernel, KeyKind, ModuleDescriptor, Registrar, Registry,
+    State,
+};
+
+/// What happened to each instance, in order: `make 1`, `start 1`,
+/// `stop 1` (with the incarnation number).
+static EVENTS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+/// Incarnations made per instance name.
+static MADE: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+/// Deadlines stop hooks were given, per instance.
+static DEADLINES: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+
+fn events(instance: &str) -> Vec<String> {
+    EVENTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(i, _)| i == instance)
+        .map(|(_, e)| e.clone())
+        .collect()
+}
+
+fn log(instance: &str, event: String) {
+    EVENTS.lock().unwrap().push((instance.to_owned(), event));
+}
+
+/// The handle: which incarnation of which instance.
+#[derive(Debug, PartialEq)]
+struct Widget {
+    instance: String,
+    incarnation: u32,
+}
+
+fn widget_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
+    reg.factory::<Arc<Widget>, _>(KeyKind::Exact, |cx| {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(deny_unknown_fields, default)]
+        struct C {
+            /// The incarnation whose start hook fails.
+            fail_start: Option<u32>,
+            /// The incarnation whose factory fails.
+            fail_make: Option<u32>,
+        }
+        let c: C = cx.config().parse()?;
+        let name = cx.name().to_owned();
+        let n = {
+            let mut made = MADE.lock().unwrap();
+            let n = made
+                .get_or_insert_with(HashMap::new)
+                .entry(name.clone())
+                .or_default();
+            *n += 1;
+            *n
+        };
+        if c.fail_make == Some(n) {
+            return Err(format!("incarnation {n} cannot be made").into());
+        }
+        log(&name, format!("make {n}"));
+        let (a, b) = (name.clone(), name.clone());
+        cx.on_start(move |_| {
+            if c.fail_start == Some(n) {
+                return Err(format!("incarnation {n} cannot start").into());
+            }
+            log(&a, format!("start {n}"));
+            Ok(())
+        });
+        cx.on_stop(move |deadline| {
+            DEADLINES.lock().unwrap().push((b.clone(), deadline));
+            log(&b, format!("stop {n}"));
+        });
+        Ok(Arc::new(Widget {
+            instance: name,
+            incarnation: n,
+        }))
+    });
+    Ok(())
+}
+
+static MODULES: [ModuleDescriptor; 1] = [ModuleDescriptor {
+    class: "widget",
+    name: "w",
+    version: "1.0.0",
+    abi: ABI_VERSION,
+    description: "a widget that logs its life",
+    krate: "lifecycle_test",
+    main: widget_main,
+    certify_config: "",
+}];
+
+fn kernel(config: &str) -> Kernel {
+    let registry = Registry::load_from(&[], &MODULES).unwrap();
+    let config = Config::parse("t.toml", config).unwrap();
+    Kernel::build_with(registry, &config, Some(1)).unwrap()
+}
+
+fn spec(text: &str) -> bindery::InstanceSpec {
+    Config::parse("request", text).unwrap().instances.remove(0)
+}
+
+fn incarnation(k: &Kernel, key: &str) -> Option<u32> {
+    k.runtime()
+        .lookup::<Arc<Widget>>("widget", key)
+        .map(|w| w.incarnation)
+}
+
+#[test]
+fn an_instance_goes_through_its_states() {
+    let mut k = kernel("[instances.life]\nmodule = \"widget.w\"\nbind = [\"life-key\"]\n");
+    let rt = k.runtime().clone();
+    let info = rt.instance("life").unwrap();
+    assert_eq!(
+        (info.state, info.restarts, info.started_at),
+        (State::Created, 0, None)
+    );
+    k.start().unwrap();
+    let info = rt.instance("life").unwrap();
+    assert_eq!(info.state, State::Running);
+    assert!(info.started_at.is_some());
+    assert_eq!(incarnation(&k, "life-key"), Some(1));
+
+    // Stopped: still bound to the stopped incarnation; stopping again is a
+    // no-op.
+    let generation = rt.table("widget").unwrap().generation();
+    assert_eq!(
+        rt.stop("life", Duration::from_secs(3)).unwrap().state,
+        State::Stopped
+    );
+    rt.stop("life", Duration::from_secs(3)).unwrap();
+    assert_eq!(incarnation(&k, "life-key"), Some(1));
+
+    // Started again: a new incarnation, rebound, and the table's
+    // generation moved so cached handles are dropped.
+    let info = rt.start("life").unwrap();
+    assert_eq!((info.state, info.restarts), (State::Running, 1));
+    assert_eq!(incarnation(&k, "life-key"), Some(2));
+    assert!(rt.table("widget").unwrap().generation() > generation);
+    rt.start("life").unwrap();
+    assert_eq!(
+        incarnation(&k, "life-key"),
+        Some(2),
+        "starting a running instance is a no-op"
+    );
+
+    let info = rt.restart("life", Duration::from_secs(1)).unwrap();
+    assert_eq!((info.state, info.restarts), (State::Running, 2));
+    assert_eq!(incarnation(&k, "life-key"), Some(3));
+
+    rt.remove("life", Duration::from_secs(1)).unwrap();
+    assert_eq!(incarnation(&k, "life-key"), None, "removed: unbound");
+    assert!(rt.instance("life").is_none());
+    assert!(matches!(rt.start("life"), Err(Error::NoInstance { .. })));
+    assert_eq!(
+        events("life"),
+        [
+            "make 1", "start 1", "stop 1", "make 2", "start 2", "stop 2", "make 3", "start 3",
+            "stop 3"
+        ]
+    );
+    k.shutdown();
+    assert_eq!(
+        events("life").len(),
+        9,
+        "a removed instance is not stopped twice"
+    );
+}
+
+#[test]
+fn stop_hooks_get_the_deadline() {
+    let mut k = kernel("[instances.dl]\nmodule = \"widget.w\"\nbind = [\"dl-key\"]\n");
+    k.start().unwrap();
+    let before = Instant::now();
+    k.runtime().stop("dl", Duration::from_secs(7)).unwrap();
+    let deadline = DEADLINES
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(i, _)| i == "dl")
+        .map(|(_, d)| *d)
+        .unwrap();
+    assert!(deadline >= before + Duration::from_secs(7));
+    assert!(deadline <= Instant::now() + Duration::from_secs(7));
+}
+
+#[test]
+fn instances_are_created_bound_and_unbound_while_the_server_runs() {
+    let mut k = kernel("[instances.base]\nmodule = \"widget.w\"\nbind = [\"base-key\"]\n");
+    k.start().unwrap();
+    let rt = k.runtime().clone();
+    let info = rt
+        .create(spec(
+            "[instances.fresh]\nmodule = \"widget.w\"\nbind = [\"fresh-key\"]\n",
+        ))
+        .unwrap();
+    assert_eq!(
+        info.state,
+        State::Running,
+        "created at run time: serves at once"
+    );
+    assert_eq!(events("fresh"), ["make 1", "start 1"]);
+    assert_eq!(incarnation(&k, "fresh-key"), Some(1));
+
+    let e = rt
+        .create(spec("[instances.fresh]\nmodule = \"widget.w\"\n"))
+        .unwrap_err();
+    assert!(matches!(e, Error::InstanceExists { .. }), "{e}");
+    let e = rt
+        .create(spec("[instances.typo]\nmodule = \"widget.x\"\n"))
+        .unwrap_err();
+    assert!(e.to_string().contains("\"widget.x\" is not linked"), "{e}");
+
+    // A key held by another instance is refused, naming the holder; the
+    // new instance leaves nothing behind.
+    let e = rt
+        .create(spec(
+            "[instances.greedy]\nmodule = \"widget.w\"\nbind = [\"g1\", \"base-key\"]\n",
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("\"base\""), "{e}");
+    assert!(rt.instance("greedy").is_none());
+    assert_eq!(incarnation(&k, "g1"), None);
+    assert_eq!(events("greedy"), ["make 1", "stop 1"]);
+
+    let info = rt.bind("fresh", "second-key").unwrap();
+    assert_eq!(info.bind, ["fresh-key", "second-key"]);
+    assert_eq!(incarnation(&k, "second-key"), Some(1));
+    let e = rt.bind("fresh", "base-key").unwrap_err();
+    assert!(e.to_string().contains("\"base\""), "{e}");
+    rt.unbind("fresh", "fresh-key").unwrap();
+    assert_eq!(incarnation(&k, "fresh-key"), None);
+    assert!(rt.unbind("fresh", "base-key").is_err(), "only its own keys");
+    // A restart keeps the keys as they are now.
+    rt.restart("fresh", Duration::from_secs(1)).unwrap();
+    assert_eq!(incarnation(&k, "second-key"), Some(2));
+    assert_eq!(incarnation(&k, "fresh-key"), None);
+
+    // A created instance whose start fails is not kept.
+    let e = rt
+        .create(spec(
+            "[instances.dud]\nmodule = \"widget.w\"\nbind = [\"dud-key\"]\nconfig = { fail_start = 1 }\n",
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot start"), "{e}");
+    assert!(rt.instance("dud").is_none());
+    assert_eq!(incarnation(&k, "dud-key"), None);
+}
+
+#[test]
+fn a_failed_start_says_why_and_keeps_the_binding() {
+    let mut k = kernel(
+        "[instances.flaky]\nmodule = \"widget.w\"\nbind = [\"flaky-key\"]\n\
+         config = { fail_start = 2, fail_make = 3 }\n",
+    );
+    k.start().unwrap();
+    let rt = k.runtime().clone();
+    let e = rt.restart("flaky", Duration::from_secs(1)).unwrap_err();
+    assert!(e.to_string().contains("incarnation 2 cannot start"), "{e}");
+    let info = rt.instance("flaky").unwrap();
+    assert_eq!(info.state, State::Failed);
+    assert!(info.last_error.unwrap().contains("cannot start"));
+    // The failed incarnation's stop hooks ran to undo its start.
+    assert_eq!(
+        events("flaky"),
+        ["make 1", "start 1", "stop 1", "make 2", "stop 2"]
+    );
+    assert!(
+        incarnation(&k, "flaky-key").is_some(),
+        "still bound: 503, not 404"
+    );
+
+    // Its factory fails next: still failed, with that reason.
+    let e = rt.start("flaky").unwrap_err();
+    assert!(
+        e.to_string().contains("incarnation 3 cannot be made"),
+        "{e}"
+    );
+    assert_eq!(rt.instance("flaky").unwrap().state, State::Failed);
+
+    // Then it starts.
+    let info = rt.start("flaky").unwrap();
+    assert_eq!(info.state, State::Running);
+    assert_eq!(info.last_error, None);
+    assert_eq!(incarnation(&k, "flaky-key"), Some(4));
+}
