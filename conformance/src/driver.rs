@@ -62,6 +62,10 @@ pub const QUEUE: &[Case<Harness>] = &[
         name: "reports_itself_as_a_queue",
         run: reports_itself_as_a_queue,
     },
+    Case {
+        name: "stop_ends_every_subscription",
+        run: stop_ends_every_subscription,
+    },
 ];
 
 /// The rules a durable queue keeps beyond [`QUEUE`].
@@ -96,6 +100,10 @@ pub const TOPIC: &[Case<Harness>] = &[
         name: "a_stalled_subscriber_stops_holding_back_publishers",
         run: a_stalled_subscriber_stops_holding_back_publishers,
     },
+    Case {
+        name: "stop_ends_every_subscription",
+        run: stop_ends_every_subscription,
+    },
 ];
 
 /// How long a topic driver may take to call a subscriber that takes
@@ -126,6 +134,7 @@ macro_rules! driver_suite {
                     empty_and_large_bodies_arrive_intact,
                     concurrent_publishers_and_consumers_lose_and_duplicate_nothing,
                     reports_itself_as_a_queue,
+                    stop_ends_every_subscription,
                 ]
             );
         }
@@ -156,6 +165,7 @@ macro_rules! driver_suite {
                     a_slow_subscriber_costs_bounded_memory,
                     empty_and_large_bodies_fan_out_intact,
                     a_stalled_subscriber_stops_holding_back_publishers,
+                    stop_ends_every_subscription,
                 ]
             );
         }
@@ -731,6 +741,31 @@ fn a_stalled_subscriber_stops_holding_back_publishers(make: &Harness) -> Result<
             "the healthy subscriber got {:?} as message {i}",
             text(&m)
         );
+    }
+    Ok(())
+}
+
+/// `Driver::stop` tells every consumer its subscription is over, so a
+/// terminal can tell its client rather than wait forever.
+fn stop_ends_every_subscription(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let a = destination("stop-a");
+    let b = destination("stop-b");
+    let (_s1, r1) = subscribe_topic(&d, &a, 10)?;
+    let (_s2, r2) = subscribe_topic(&d, &a, 10)?;
+    let (_s3, r3) = subscribe_topic(&d, &b, 10)?;
+    d.stop();
+    for (n, rx) in [r1, r2, r3].iter().enumerate() {
+        match rx.recv_timeout(PATIENCE) {
+            Ok(Delivery::Closed(_)) => {}
+            Ok(Delivery::Message(m)) => {
+                return Err(format!(
+                    "subscriber {n} got {:?} instead of Closed",
+                    text(&m)
+                ));
+            }
+            Err(_) => return Err(format!("subscriber {n} was not told of the stop")),
+        }
     }
     Ok(())
 }

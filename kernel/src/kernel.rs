@@ -810,7 +810,7 @@ impl Kernel {
         Ok(())
     }
 
-    /// Stops every instance (last made first), shuts every reactor down
+    /// Stops every running instance (last made first), shuts every reactor down
     /// (handlers drain, then close) and joins their threads. Idempotent.
     pub fn shutdown(&mut self) {
         if self.stopped {
@@ -820,12 +820,15 @@ impl Kernel {
         self.runtime.request_stop();
         {
             let _op = self.runtime.ops.lock();
+            // Started ones only: one never started (a kernel built to check
+            // a configuration, say) goes with its last handle.
             let names: Vec<String> = self
                 .runtime
                 .instances
                 .lock()
                 .iter()
                 .rev()
+                .filter(|i| i.state == State::Running)
                 .map(|i| i.spec.name.clone())
                 .collect();
             for name in names {

@@ -19,6 +19,15 @@
 //!   progress in its [`Receipt`].
 //! - [`Driver::ack`] settles a leased message and completes once the ack
 //!   is kept; an unknown id is an error, not a panic.
+//! - [`Driver::stop`] ends the instance's life (it is stopped, restarted
+//!   or removed, or the server stops): end every subscription with
+//!   [`Delivery::Closed`](crate::Delivery::Closed), complete what was
+//!   confirmed, flush and close storage. A new incarnation is made from the
+//!   configuration when the instance starts again, so a durable driver must
+//!   leave its storage ready to be opened. Before `stop` is called,
+//!   [`register`] makes the instance refuse new publishes, subscriptions
+//!   and acks with [`FailureKind::Unavailable`] and a retry hint (HTTP: 503
+//!   with `Retry-After`), so a driver need not check for itself.
 //!
 //! # Threading
 //!
@@ -53,6 +62,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bindery::{
@@ -174,20 +184,104 @@ pub trait Driver: Send + Sync + 'static {
     fn stats(&self) -> Vec<DestinationStats> {
         Vec::new()
     }
+
+    /// The instance stops (see the module docs): end subscriptions, finish
+    /// and flush what was confirmed, close storage. Called once; no new
+    /// work arrives after it.
+    fn stop(&self) {}
 }
 
 /// A driver instance as the binding table holds it.
 pub type DriverHandle = Arc<dyn Driver>;
 
 /// Registers a driver module's factory (call from its module main).
+///
+/// Each instance is wrapped so that, once the instance is stopping, it
+/// refuses new work with `Unavailable` and its [`Driver::stop`] runs.
 pub fn register<D, F>(reg: &mut Registrar<'_>, make: F)
 where
     D: Driver,
     F: Fn(&InstanceContext) -> Result<D, BoxError> + Send + Sync + 'static,
 {
     reg.factory::<DriverHandle, _>(KeyKind::Path, move |cx| {
-        make(cx).map(|d| Arc::new(d) as DriverHandle)
+        let driver = Arc::new(Lifecycle {
+            inner: make(cx)?,
+            stopped: AtomicBool::new(false),
+            instance: cx.name().into(),
+        });
+        let stopping = driver.clone();
+        cx.on_stop(move |_deadline| {
+            stopping.stopped.store(true, Ordering::Release);
+            stopping.inner.stop();
+        });
+        Ok(driver as DriverHandle)
     });
+}
+
+/// A driver instance and whether it is stopped.
+struct Lifecycle<D> {
+    inner: D,
+    stopped: AtomicBool,
+    instance: Box<str>,
+}
+
+impl<D> Lifecycle<D> {
+    /// `Unavailable` once the instance is stopping.
+    fn refuse(&self, what: &str) -> Result<(), Failure> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(Failure::new(
+                FailureKind::Unavailable,
+                format!("{what}: driver instance {:?} is stopped", self.instance),
+            )
+            .retry_after(Duration::from_secs(1)));
+        }
+        Ok(())
+    }
+}
+
+impl<D: Driver> Driver for Lifecycle<D> {
+    fn info(&self) -> DriverInfo {
+        self.inner.info()
+    }
+
+    #[inline]
+    fn publish(&self, message: Message, done: Completion<Receipt>) {
+        match self.refuse(&message.destination) {
+            Ok(()) => self.inner.publish(message, done),
+            Err(f) => done.fail(f),
+        }
+    }
+
+    fn subscribe(
+        &self,
+        destination: &str,
+        consumer: Consumer,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Failure> {
+        self.refuse(destination)?;
+        self.inner.subscribe(destination, consumer, options)
+    }
+
+    fn ack(&self, destination: &str, id: MessageId, done: Completion<()>) {
+        match self.refuse(destination) {
+            Ok(()) => self.inner.ack(destination, id, done),
+            Err(f) => done.fail(f),
+        }
+    }
+
+    fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        self.refuse(destination)?;
+        self.inner.release(destination, id)
+    }
+
+    fn stats(&self) -> Vec<DestinationStats> {
+        self.inner.stats()
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.inner.stop()
+    }
 }
 
 /// The driver serving `path`.

@@ -260,6 +260,13 @@ impl Outbox {
         }
     }
 
+    /// Ends the subscription: the consumer gets [`Delivery::Closed`] with
+    /// `reason` (the driver is stopping).
+    pub fn close(self, reason: &str) {
+        self.consumer
+            .deliver(Delivery::Closed(format!("{}: {reason}", self.subscribed)));
+    }
+
     /// Whether the subscriber is stalled now (see the module docs); logs
     /// when it becomes so.
     pub fn is_stalled(&mut self, limits: &Limits, clock: &mut Clock) -> bool {

@@ -196,6 +196,22 @@ impl Queues {
         Ok(q)
     }
 
+    /// Ends every subscription with [`Delivery::Closed`] and `reason` (the
+    /// instance is stopping). Messages stay where they are.
+    pub fn close(&self, reason: &str) {
+        let queues: Vec<_> = self.shared.queues.read().values().cloned().collect();
+        for q in queues {
+            let (destination, subs) = {
+                let mut g = q.lock();
+                (g.stats.destination.clone(), std::mem::take(&mut g.subs))
+            };
+            for s in subs {
+                s.consumer
+                    .deliver(Delivery::Closed(format!("{destination}: {reason}")));
+            }
+        }
+    }
+
     /// Holds room for one message at `destination`, or fails with `Full`
     /// (and a retry hint) when the queue is at its depth.
     pub fn reserve(&self, destination: &str) -> Result<Reservation, Failure> {

@@ -233,6 +233,10 @@ impl Driver for FileQueue {
     fn stats(&self) -> Vec<DestinationStats> {
         self.queues.stats()
     }
+
+    fn stop(&self) {
+        self.queues.close("the driver instance is stopping");
+    }
 }
 
 #[cfg(test)]

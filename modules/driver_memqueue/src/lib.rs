@@ -116,6 +116,10 @@ impl Driver for MemQueue {
         self.queues.release(destination, id)
     }
 
+    fn stop(&self) {
+        self.queues.close("the driver instance is stopping");
+    }
+
     fn stats(&self) -> Vec<DestinationStats> {
         self.queues.stats()
     }

@@ -360,6 +360,21 @@ impl Driver for TopicDriver {
         })))
     }
 
+    fn stop(&self) {
+        let why = "the driver instance is stopping";
+        let topics: Vec<_> = self.topics.iter().map(|e| e.value().clone()).collect();
+        for t in topics {
+            let subs = std::mem::take(&mut t.lock().subs);
+            for s in subs {
+                s.outbox.close(why);
+            }
+        }
+        let patterns = std::mem::take(&mut self.patterns.lock().subs);
+        for (_, s) in patterns {
+            s.outbox.close(why);
+        }
+    }
+
     fn stats(&self) -> Vec<DestinationStats> {
         let mut clock = Clock::default();
         let mut out: Vec<DestinationStats> = self
