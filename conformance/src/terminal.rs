@@ -38,6 +38,10 @@ pub const TERMINAL: &[Case<Harness>] = &[
         name: "serves_many_clients_at_once",
         run: serves_many_clients_at_once,
     },
+    Case {
+        name: "stopping_closes_everything_and_a_restart_serves_again",
+        run: stopping_closes_everything_and_a_restart_serves_again,
+    },
 ];
 
 /// Runs the terminal suite as `#[test]`s, one per case:
@@ -59,10 +63,23 @@ macro_rules! terminal_suite {
                     keeps_serving_when_a_client_sends_malformed_bytes,
                     keeps_serving_while_a_client_stalls_mid_frame,
                     serves_many_clients_at_once,
+                    stopping_closes_everything_and_a_restart_serves_again,
                 ]
             );
         }
     };
+}
+
+/// Where the terminal under test listens now.
+fn listening(kernel: &Kernel) -> Result<SocketAddr, String> {
+    let (_, t) = terminal::all(kernel.runtime())
+        .into_iter()
+        .next()
+        .ok_or("the terminal is not in the terminal table")?;
+    t.local_addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| "the terminal listens nowhere after start".into())
 }
 
 struct Running {
@@ -85,14 +102,11 @@ fn start(module: &Harness) -> Result<Running, String> {
     let config = Config::parse("conformance", &text).map_err(|e| e.to_string())?;
     let mut kernel = Kernel::build_with(registry, &config, Some(2)).map_err(|e| e.to_string())?;
     kernel.start().map_err(|e| format!("start: {e}"))?;
+    let addr = listening(&kernel)?;
     let (_, t) = terminal::all(kernel.runtime())
         .into_iter()
         .next()
         .ok_or("the terminal is not in the terminal table")?;
-    let addr = *t
-        .local_addrs()
-        .first()
-        .ok_or("the terminal listens nowhere after start")?;
     ensure!(
         addr.ip().is_loopback(),
         "bound to 127.0.0.1:0, listens on {addr}"
@@ -177,4 +191,41 @@ fn serves_many_clients_at_once(module: &Harness) -> Result<(), String> {
             .map_err(|_| "a client thread panicked".to_string())??;
     }
     Ok(())
+}
+
+/// Stopping the instance (not the server) closes its listener and every
+/// connection, idle or mid-frame, by the deadline; starting it again makes
+/// a new incarnation that serves.
+fn stopping_closes_everything_and_a_restart_serves_again(module: &Harness) -> Result<(), String> {
+    let r = start(module)?;
+    let rt = r.kernel.runtime().clone();
+    let idle = TcpStream::connect(r.addr).map_err(|e| e.to_string())?;
+    let mut partial = TcpStream::connect(r.addr).map_err(|e| e.to_string())?;
+    partial
+        .write_all(&r.probe.partial())
+        .map_err(|e| e.to_string())?;
+    r.probe.exchange(r.addr)?;
+    rt.stop("under-test", Duration::from_secs(2))
+        .map_err(|e| format!("stop: {e}"))?;
+    for (what, mut s) in [("an idle", idle), ("a mid-frame", partial)] {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let mut sink = Vec::new();
+        match s.read_to_end(&mut sink) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => return Err(format!("{what} connection stayed open after stop: {e}")),
+        }
+    }
+    ensure!(
+        TcpStream::connect_timeout(&r.addr, Duration::from_secs(2)).is_err(),
+        "{} still accepts connections after the instance stopped",
+        r.addr
+    );
+    rt.start("under-test")
+        .map_err(|e| format!("start again: {e}"))?;
+    let addr = listening(&r.kernel)?;
+    r.probe
+        .exchange(addr)
+        .map_err(|e| format!("exchange after a restart: {e}"))
 }

@@ -137,6 +137,18 @@ impl ReactorHandle {
         self.execute(move |r| r.deliver(to, note));
     }
 
+    /// Asks the handler at `to` to finish what is in flight and close
+    /// ([`Handler::shutdown`]), as when the server stops; gone handlers
+    /// are skipped.
+    pub fn shutdown_handler(&self, to: Address) {
+        self.execute(move |r| r.shutdown_one(to));
+    }
+
+    /// Drops the handler at `to` now: its sockets close.
+    pub fn close_handler(&self, to: Address) {
+        self.execute(move |r| r.close_one(to));
+    }
+
     /// Creates a handler on this reactor; `make` registers its sources with
     /// the context's token. Errors are logged and the handler is not kept.
     pub fn spawn<F>(&self, make: F)
@@ -310,6 +322,28 @@ impl Reactor {
         self.with_handler(to.slot as usize, Some(to.generation), |h, cx| {
             h.notify(cx, note)
         });
+    }
+
+    fn shutdown_one(&mut self, to: Address) {
+        if to.reactor == self.shared.id {
+            self.with_handler(to.slot as usize, Some(to.generation), |h, cx| {
+                h.shutdown(cx)
+            });
+        }
+    }
+
+    fn close_one(&mut self, to: Address) {
+        if to.reactor != self.shared.id {
+            return;
+        }
+        let slot = to.slot as usize;
+        if self
+            .slots
+            .get(slot)
+            .is_some_and(|s| s.generation == to.generation && s.handler.is_some())
+        {
+            self.slots.remove(slot);
+        }
     }
 
     fn run_tasks(&mut self) {

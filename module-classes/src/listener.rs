@@ -1,15 +1,19 @@
 //! Listening sockets for terminals: bind, accept, spread connections over
-//! the reactors, and count them against a limit.
+//! the reactors, count them against a limit, and stop them all when the
+//! terminal instance stops.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use bindery::{Cx, Handler, Runtime};
+use bindery::{Address, Cx, Handler, ReactorHandle, Runtime};
 use mio::Interest;
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
+use parking_lot::Mutex;
 
 /// Writes `buf[*pos..]` to a non-blocking socket until it would block;
 /// clears `buf` once all is written (and compacts a long written prefix).
@@ -35,7 +39,8 @@ pub fn write_out(w: &mut impl io::Write, buf: &mut Vec<u8>, pos: &mut usize) -> 
     Ok(())
 }
 
-/// Connection counters a terminal keeps.
+/// A terminal instance's connection counters, and its live listeners and
+/// connections, so that it can be stopped ([`ConnectionStats::stop`]).
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
     /// Connections open now.
@@ -44,16 +49,95 @@ pub struct ConnectionStats {
     pub accepted: AtomicU64,
     /// Connections refused at the limit.
     pub refused: AtomicU64,
+    /// Set once the instance stops: listeners accept nothing more.
+    stopping: AtomicBool,
+    /// Every live listener and connection handler.
+    live: Mutex<HashMap<Address, ReactorHandle>>,
+}
+
+impl ConnectionStats {
+    fn track(&self, cx: &Cx<'_>) {
+        self.live.lock().insert(cx.address(), cx.handle());
+    }
+
+    fn untrack(&self, at: Address) {
+        self.live.lock().remove(&at);
+    }
+
+    /// Listeners and connections alive.
+    pub fn live(&self) -> usize {
+        self.live.lock().len()
+    }
+
+    /// Stops the instance's network side: listeners close at once (their
+    /// ports are free when this returns), every connection is asked to
+    /// finish what is in flight and close ([`bindery::Handler::shutdown`]),
+    /// and what is still open at `deadline` is closed. Blocks until done;
+    /// never call it on a reactor thread.
+    pub fn stop(&self, deadline: Instant) {
+        self.stopping.store(true, Ordering::Release);
+        let all: Vec<(Address, ReactorHandle)> = self
+            .live
+            .lock()
+            .iter()
+            .map(|(a, h)| (*a, h.clone()))
+            .collect();
+        for (at, reactor) in &all {
+            reactor.shutdown_handler(*at);
+        }
+        let settle = |until: Instant| {
+            while self.live() > 0 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        settle(deadline);
+        let left: Vec<(Address, ReactorHandle)> = self
+            .live
+            .lock()
+            .iter()
+            .map(|(a, h)| (*a, h.clone()))
+            .collect();
+        if !left.is_empty() {
+            tracing::info!(
+                connections = left.len(),
+                "closing what did not finish in time"
+            );
+            for (at, reactor) in left {
+                reactor.close_handler(at);
+            }
+            // The reactors drop them on their next turn.
+            settle(Instant::now() + Duration::from_secs(2));
+        }
+    }
 }
 
 /// Guards one open connection in [`ConnectionStats::open`]; keep it in the
 /// connection's handler so dropping the handler counts it closed.
 #[derive(Debug)]
-pub struct OpenConnection(Arc<ConnectionStats>);
+pub struct OpenConnection {
+    stats: Arc<ConnectionStats>,
+    at: Option<Address>,
+}
+
+impl OpenConnection {
+    /// Counts a connection open; tracked once it has its handler's address.
+    fn new(stats: Arc<ConnectionStats>) -> OpenConnection {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection { stats, at: None }
+    }
+
+    fn track(&mut self, cx: &Cx<'_>) {
+        self.stats.track(cx);
+        self.at = Some(cx.address());
+    }
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(at) = self.at {
+            self.stats.untrack(at);
+        }
     }
 }
 
@@ -84,17 +168,23 @@ pub fn listen(
     let local = std_listener.local_addr()?;
     let mut listener = TcpListener::from_std(std_listener);
     let runtime = rt.clone();
+    let (placed, here) = std::sync::mpsc::channel();
     rt.next_reactor().spawn(move |cx| {
         cx.registry()
             .register(&mut listener, cx.token(), Interest::READABLE)?;
+        stats.track(cx);
+        let _ = placed.send(());
         Ok(Box::new(Listener {
             listener,
             runtime,
             max_connections,
             stats,
             accept,
+            at: cx.address(),
         }) as Box<dyn Handler>)
     });
+    // Tracked before this returns, so a stop right after start finds it.
+    let _ = here.recv_timeout(Duration::from_secs(5));
     Ok(local)
 }
 
@@ -125,6 +215,13 @@ struct Listener {
     max_connections: u64,
     stats: Arc<ConnectionStats>,
     accept: Arc<dyn Accept>,
+    at: Address,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stats.untrack(self.at);
+    }
 }
 
 impl Handler for Listener {
@@ -132,22 +229,28 @@ impl Handler for Listener {
         loop {
             match self.listener.accept() {
                 Ok((stream, _peer)) => {
+                    if self.stats.stopping.load(Ordering::Acquire) {
+                        continue;
+                    }
                     if self.stats.open.load(Ordering::Relaxed) >= self.max_connections {
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    self.stats.open.fetch_add(1, Ordering::Relaxed);
                     self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let _ = stream.set_nodelay(true);
-                    let open = OpenConnection(self.stats.clone());
+                    let mut open = OpenConnection::new(self.stats.clone());
                     let accept = self.accept.clone();
+                    let start = move |cx: &mut Cx<'_>| {
+                        open.track(cx);
+                        accept.start(cx, stream, open)
+                    };
                     let target = self.runtime.next_reactor().clone();
                     if target.is_current() {
-                        if let Err(e) = cx.insert(move |cx| accept.start(cx, stream, open)) {
+                        if let Err(e) = cx.insert(start) {
                             tracing::warn!("connection not started: {e}");
                         }
                     } else {
-                        target.spawn(move |cx| accept.start(cx, stream, open));
+                        target.spawn(start);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -13,6 +13,11 @@
 //! - A client that sends malformed bytes or stalls mid-request costs only
 //!   its own connection: others are served.
 //! - Reply to a publish only once the dispatcher's completion says so.
+//! - [`Terminal::stop`]: stop accepting, let requests in flight finish,
+//!   close every connection by the deadline; the ports are free when it
+//!   returns (a restarted instance binds them again).
+//!   [`ConnectionStats::stop`](crate::listener::ConnectionStats::stop) does
+//!   all of it for a terminal built on [`crate::listener`].
 //!
 //! # Threading
 //!
@@ -20,6 +25,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bindery::{BoxError, InstanceContext, KeyKind, Registrar, Runtime};
 
@@ -49,6 +55,12 @@ pub trait Terminal: Send + Sync + 'static {
     fn probe(&self) -> Option<Arc<dyn Probe>> {
         None
     }
+
+    /// The instance stops (see the module docs): close by `deadline`.
+    /// Called once, never on a reactor thread.
+    fn stop(&self, deadline: Instant) {
+        let _ = deadline;
+    }
 }
 
 /// The protocol-specific part of a terminal's certification.
@@ -76,7 +88,10 @@ where
     F: Fn(&InstanceContext) -> Result<Arc<T>, BoxError> + Send + Sync + 'static,
 {
     reg.factory::<TerminalHandle, _>(KeyKind::Exact, move |cx| {
-        make(cx).map(|t| t as TerminalHandle)
+        let terminal = make(cx)?;
+        let stopping = terminal.clone();
+        cx.on_stop(move |deadline| stopping.stop(deadline));
+        Ok(terminal as TerminalHandle)
     });
 }
 

@@ -174,6 +174,10 @@ impl Terminal for Http {
         self.stats.connections.open.load(Ordering::Relaxed)
     }
 
+    fn stop(&self, deadline: std::time::Instant) {
+        self.stats.connections.stop(deadline);
+    }
+
     fn probe(&self) -> Option<Arc<dyn Probe>> {
         Some(Arc::new(HttpProbe))
     }

@@ -234,6 +234,10 @@ impl Terminal for Mqtt {
         self.stats.connections.open.load(Ordering::Relaxed)
     }
 
+    fn stop(&self, deadline: std::time::Instant) {
+        self.stats.connections.stop(deadline);
+    }
+
     fn probe(&self) -> Option<Arc<dyn Probe>> {
         Some(Arc::new(MqttProbe))
     }
