@@ -248,9 +248,9 @@ impl Journal {
         writer.hold_reserve();
         writer.measure();
         if !writer.space.room_to_resume(0) {
-            // Started on a full disk (or past the budget): acks only, until
+            // Started on a full disk (or at the budget): acks only, until
             // they give space back.
-            let _ = writer.space.admit(0);
+            writer.space.refuse(writer.space.shortage());
         }
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -586,7 +586,14 @@ impl Writer {
     fn measure(&mut self) {
         self.last_measure = Instant::now();
         match free_bytes(&self.config.dir) {
-            Ok(free) => self.space.measured(free, self.written),
+            Ok(free) => {
+                // A test's full disk is full for statvfs too.
+                #[cfg(test)]
+                let free = self.config.faults.as_ref().map_or(free, |f| {
+                    free.min(f.room.load(std::sync::atomic::Ordering::Relaxed))
+                });
+                self.space.measured(free, self.written)
+            }
             Err(e) => {
                 tracing::warn!(dir = %self.config.dir.display(), "cannot measure free space: {e}")
             }
@@ -669,6 +676,13 @@ impl Writer {
         self.reserve_held = false;
         match std::fs::remove_file(&path) {
             Ok(()) => {
+                #[cfg(test)]
+                if let Some(f) = &self.config.faults {
+                    f.room.fetch_add(
+                        self.space.limits.reserve_bytes,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
                 tracing::warn!(
                     reserve = %path.display(),
                     "the disk is full: the ack reserve of {} bytes is given back for acks",

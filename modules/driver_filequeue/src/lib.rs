@@ -171,6 +171,17 @@ pub struct FileQueue {
 impl FileQueue {
     /// Opens (recovering) the journal in `config.dir`.
     pub fn open(config: Config) -> Result<FileQueue, String> {
+        Self::open_with(
+            config,
+            #[cfg(test)]
+            None,
+        )
+    }
+
+    fn open_with(
+        config: Config,
+        #[cfg(test)] faults: Option<Arc<journal::Faults>>,
+    ) -> Result<FileQueue, String> {
         let dir = &config.dir;
         let recovered = recover::recover(dir)
             .map_err(|e| format!("cannot recover the journal in {}: {e}", dir.display()))?;
@@ -225,7 +236,7 @@ impl FileQueue {
                 interval: Duration::from_millis(config.fsync_interval_ms.max(1)),
                 segment_bytes: config.segment_bytes,
                 #[cfg(test)]
-                faults: None,
+                faults,
             },
             recovered.active,
             liveness.clone(),

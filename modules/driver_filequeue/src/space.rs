@@ -229,6 +229,21 @@ impl Space {
         budget && self.free() >= want
     }
 
+    /// What the journal uses and the disk has, against the limits, for a
+    /// refusal at start.
+    pub(crate) fn shortage(&self) -> String {
+        format!(
+            "at start the journal in {} holds {} bytes (max_disk_bytes {}) and {} bytes are free (min_free_bytes {})",
+            self.dir.display(),
+            self.used(),
+            self.limits
+                .max_disk_bytes
+                .map_or("none".to_string(), |m| m.to_string()),
+            self.free(),
+            self.limits.min_free_bytes
+        )
+    }
+
     /// Refuses every write from now on, for `why` (logged as an error).
     pub(crate) fn fail(&self, why: String) {
         let mut s = self.state.lock();
