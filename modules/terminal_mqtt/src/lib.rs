@@ -16,6 +16,11 @@
 //! a refused filter; delivered QoS = min(publish QoS, granted QoS). A
 //! message published over HTTP counts as QoS 1.
 //!
+//! A QoS 1 or 2 publish the driver refuses (a full queue, a durable store
+//! out of space) closes the connection, with the reason in the log: MQTT
+//! 3.1.1 has no negative PUBACK, and acknowledging would be a false
+//! confirm. The client reconnects and resends; a QoS 0 publish is dropped.
+//!
 //! ```toml
 //! [instances.mqtt]
 //! module = "terminal.mqtt"
