@@ -569,7 +569,8 @@ impl Writer {
     fn sync(&mut self) {
         if let Err(e) = self.sync_data() {
             self.fail(format!(
-                "journal fsync of {} failed: {e}",
+                "journal fsync of {} failed: {e} (what was confirmed since the last \
+                 good sync may be lost)",
                 segment_path(&self.config.dir, self.segment).display()
             ));
         }

@@ -39,6 +39,7 @@ fn config(dir: &Path) -> Config {
         dir: dir.to_owned(),
         fsync: Fsync::Never,
         segment_bytes: 4096,
+        reserve_bytes: 64 * 1024,
         ..Config::default()
     }
 }
