@@ -6,10 +6,17 @@
 //! simulated), so cases use destinations of their own and never assume an
 //! empty instance.
 //!
+//! A durable driver's store must also be small, a few MiB (for
+//! `driver.filequeue`, a `max_disk_bytes` budget), and each case's own:
+//! [`DURABLE`]'s `a_full_store_refuses_publishes_and_still_takes_acks` fills
+//! it, and what other cases left unacked could keep it full. The crate
+//! macro calls the harness expression once per case; `bindery certify`
+//! gives every case a scratch directory of its own.
+//!
 //! - queues: [`QUEUE`], and for durable queues also [`DURABLE`];
 //! - topics: [`TOPIC`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -69,10 +76,20 @@ pub const QUEUE: &[Case<Harness>] = &[
 ];
 
 /// The rules a durable queue keeps beyond [`QUEUE`].
-pub const DURABLE: &[Case<Harness>] = &[Case {
-    name: "messages_and_acks_survive_a_restart",
-    run: messages_and_acks_survive_a_restart,
-}];
+pub const DURABLE: &[Case<Harness>] = &[
+    Case {
+        name: "messages_and_acks_survive_a_restart",
+        run: messages_and_acks_survive_a_restart,
+    },
+    Case {
+        name: "a_full_store_refuses_publishes_and_still_takes_acks",
+        run: a_full_store_refuses_publishes_and_still_takes_acks,
+    },
+    Case {
+        name: "a_stopped_instance_hands_its_store_to_the_next",
+        run: a_stopped_instance_hands_its_store_to_the_next,
+    },
+];
 
 /// The rules of a topic.
 pub const TOPIC: &[Case<Harness>] = &[
@@ -147,7 +164,11 @@ macro_rules! driver_suite {
             $crate::__suite!(
                 $crate::driver::DURABLE,
                 $make,
-                [messages_and_acks_survive_a_restart]
+                [
+                    messages_and_acks_survive_a_restart,
+                    a_full_store_refuses_publishes_and_still_takes_acks,
+                    a_stopped_instance_hands_its_store_to_the_next,
+                ]
             );
         }
     };
@@ -584,6 +605,165 @@ fn messages_and_acks_survive_a_restart(make: &Harness) -> Result<(), String> {
     )
 }
 
+/// The body size the full-store case fills with.
+const FILL_BODY: usize = 64 * 1024;
+/// Publishes of [`FILL_BODY`] before the case calls a store unbounded
+/// (256 MiB).
+const FILL_CAP: usize = 4096;
+
+/// What filling a store came to: confirmed messages by id, the bodies of
+/// refused ones, and the first refusal.
+struct Filled {
+    confirmed: HashMap<MessageId, String>,
+    refused: HashSet<String>,
+    refusal: Failure,
+}
+
+/// Publishes bodies of [`FILL_BODY`] to `dest` until one is refused, then
+/// tries three more (which may be confirmed or refused).
+fn fill(d: &DriverHandle, dest: &str, tag: &str) -> Result<Filled, String> {
+    let mut confirmed = HashMap::new();
+    let mut refused = HashSet::new();
+    let body = |i: usize| {
+        let mut b = format!("{tag}-{i}-").into_bytes();
+        b.resize(FILL_BODY, b'.');
+        b
+    };
+    let mut refusal = None;
+    for i in 0..FILL_CAP {
+        match publish(d, dest, body(i)) {
+            Ok(r) => {
+                confirmed.insert(r.id, format!("{tag}-{i}-"));
+            }
+            Err(f) => {
+                refused.insert(format!("{tag}-{i}-"));
+                refusal = Some(f);
+                break;
+            }
+        }
+    }
+    let Some(refusal) = refusal else {
+        return Err(format!(
+            "{FILL_CAP} publishes of {FILL_BODY} bytes and none refused: the store never \
+             filled (a durable harness must give its driver a store of a few MiB)"
+        ));
+    };
+    ensure!(
+        matches!(refusal.kind, FailureKind::Full | FailureKind::Unavailable),
+        "a full store refused with {:?}, want Full or Unavailable: {}",
+        refusal.kind,
+        refusal.reason
+    );
+    ensure!(
+        refusal.retry_after.is_some(),
+        "a full store's refusal carries no retry hint: {}",
+        refusal.reason
+    );
+    ensure!(
+        !confirmed.is_empty(),
+        "refused the very first publish: {refusal}"
+    );
+    for i in FILL_CAP..FILL_CAP + 3 {
+        match publish(d, dest, body(i)) {
+            Ok(r) => {
+                confirmed.insert(r.id, format!("{tag}-{i}-"));
+            }
+            Err(_) => {
+                refused.insert(format!("{tag}-{i}-"));
+            }
+        }
+    }
+    Ok(Filled {
+        confirmed,
+        refused,
+        refusal,
+    })
+}
+
+/// Takes every message of `dest` and acks it: each confirmed message comes
+/// once, none refused comes, and no ack is refused.
+fn drain_filled(d: &DriverHandle, dest: &str, filled: &Filled, when: &str) -> Result<(), String> {
+    let (c, rx) = Consumer::channel();
+    let sub = d
+        .subscribe(dest, c, options(16, Duration::from_secs(600)))
+        .map_err(|f| format!("subscribe {when}: {f}"))?;
+    let mut seen = HashSet::new();
+    while seen.len() < filled.confirmed.len() {
+        let m = next(&rx, &format!("draining a full store {when}"))
+            .map_err(|e| format!("{e} ({} of {} taken)", seen.len(), filled.confirmed.len()))?;
+        let head: String = text(&m).split_inclusive('-').take(2).collect();
+        ensure!(
+            !filled.refused.contains(&head),
+            "{when}: got {head}, whose publish was refused"
+        );
+        ensure!(
+            filled.confirmed.get(&m.id) == Some(&head),
+            "{when}: got message {} ({head}) that was never confirmed as such",
+            m.id
+        );
+        ensure!(
+            seen.insert(m.id),
+            "{when}: message {} ({head}) came twice",
+            m.id
+        );
+        ack(d, dest, m.id).map_err(|f| {
+            format!(
+                "{when}: the ack of {} was refused while the store was full \
+                 (acks must always have room): {f}",
+                m.id
+            )
+        })?;
+        sub.credit(1);
+    }
+    nothing_within(&rx, Duration::from_millis(200), when)
+}
+
+/// Publishes once space is back: retried within [`PATIENCE`] as the
+/// refusals' hints say; then takes and acks it.
+fn publishes_resume(d: &DriverHandle, dest: &str, when: &str) -> Result<(), String> {
+    let deadline = Instant::now() + PATIENCE;
+    let id = loop {
+        match publish(d, dest, format!("resumed {when}")) {
+            Ok(r) => break r.id,
+            Err(f) if Instant::now() < deadline => {
+                let wait = f.retry_after.unwrap_or(Duration::from_millis(100));
+                std::thread::sleep(wait.min(Duration::from_millis(100)));
+            }
+            Err(f) => {
+                return Err(format!(
+                    "{when}: the store was drained but publishes still fail after 10 s: {f}"
+                ));
+            }
+        }
+    };
+    let (c, rx) = Consumer::channel();
+    let _sub = d
+        .subscribe(dest, c, options(1, Duration::from_secs(600)))
+        .map_err(|f| format!("subscribe: {f}"))?;
+    let m = next(&rx, &format!("the publish after space came back {when}"))?;
+    ensure!(m.id == id, "{when}: got {} instead of {id}", m.id);
+    ack(d, dest, id).map_err(|f| format!("{when}: ack: {f}"))
+}
+
+fn a_full_store_refuses_publishes_and_still_takes_acks(make: &Harness) -> Result<(), String> {
+    let dest = destination("full-store");
+    {
+        let d = make();
+        // Filled, drained with acks, and taking publishes again.
+        let filled = fill(&d, &dest, "a")?;
+        drain_filled(&d, &dest, &filled, "while refusing publishes")?;
+        publishes_resume(&d, &dest, "after a drain")?;
+        // Filled again, and restarted full.
+        let filled = fill(&d, &dest, "b")?;
+        drop(d);
+        let d = make();
+        drain_filled(&d, &dest, &filled, "after a restart on a full store")
+            .map_err(|e| format!("{e} (first refusal: {})", filled.refusal))?;
+        publishes_resume(&d, &dest, "after a restart on a full store")?;
+    }
+    Ok(())
+}
+
 fn subscribe_topic(
     d: &DriverHandle,
     dest: &str,
@@ -768,4 +948,40 @@ fn stop_ends_every_subscription(make: &Harness) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A restart at run time: the old incarnation is stopped but still alive
+/// (handles to it linger) when the next one opens the same store. Every
+/// confirmed, unacked message is in the next one, which takes new work;
+/// dropping the old one after changes nothing.
+fn a_stopped_instance_hands_its_store_to_the_next(make: &Harness) -> Result<(), String> {
+    let dest = destination("handover");
+    let old = make();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(publish_ok(&old, &dest, format!("h{i}"))?.id);
+    }
+    old.stop();
+    ensure!(
+        publish(&old, &dest, "too late").is_err(),
+        "a stopped instance still stores messages: its store is not closed"
+    );
+    let new = make();
+    ids.push(publish_ok(&new, &dest, "after the handover")?.id);
+    drop(old);
+    let (c, rx) = Consumer::channel();
+    let _sub = new
+        .subscribe(&dest, c, options(100, Duration::from_secs(60)))
+        .map_err(|f| format!("subscribe after the handover: {f}"))?;
+    for want in &ids {
+        let m = next(&rx, "after the handover")?;
+        ensure!(
+            m.id == *want,
+            "after the handover got {} ({}) instead of {want}",
+            m.id,
+            text(&m)
+        );
+        ack(&new, &dest, m.id).map_err(|f| format!("ack after the handover: {f}"))?;
+    }
+    nothing_within(&rx, Duration::from_millis(200), "a message after the last")
 }

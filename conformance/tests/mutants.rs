@@ -33,11 +33,15 @@ type SubscribeFn = Box<
         + Sync,
 >;
 
+/// An ack, as a mutant does it.
+type AckFn = Box<dyn Fn(&DriverHandle, &str, MessageId, Completion<()>) + Send + Sync>;
+
 /// A driver that changes one thing about `inner`.
 struct Mutant {
     inner: DriverHandle,
     publish: PublishFn,
     subscribe: SubscribeFn,
+    ack: AckFn,
 }
 
 impl Mutant {
@@ -46,6 +50,7 @@ impl Mutant {
             inner,
             publish: Box::new(|d, m, done| d.publish(m, done)),
             subscribe: Box::new(|d, dest, c, o| d.subscribe(dest, c, o)),
+            ack: Box::new(|d, dest, id, done| d.ack(dest, id, done)),
         }
     }
 }
@@ -66,7 +71,7 @@ impl Driver for Mutant {
         (self.subscribe)(&self.inner, dest, c, o)
     }
     fn ack(&self, dest: &str, id: MessageId, done: Completion<()>) {
-        self.inner.ack(dest, id, done)
+        (self.ack)(&self.inner, dest, id, done)
     }
     fn release(&self, dest: &str, id: MessageId) -> Result<(), Failure> {
         self.inner.release(dest, id)
@@ -244,6 +249,114 @@ fn a_driver_that_duplicates_under_concurrency_is_caught() {
     };
     let reason = caught("competing_consumers_get_each_message_exactly_once", &make);
     assert!(reason.contains("delivered twice"), "{reason}");
+}
+
+/// A data directory, removed when the last instance over it is gone.
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Makes `driver.filequeue` instances over one small store of their own,
+/// each passed through `mutate`.
+fn filequeue(mutate: fn(DriverHandle) -> DriverHandle) -> impl Fn() -> DriverHandle {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = Arc::new(Dir(std::env::temp_dir().join(format!(
+        "conformance-mutant-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))));
+    move || {
+        let config = driver_filequeue::Config {
+            dir: dir.0.clone(),
+            fsync: driver_filequeue::Fsync::Never,
+            segment_bytes: 1 << 20,
+            min_free_bytes: 0,
+            max_disk_bytes: Some(8 << 20),
+            reserve_bytes: 0,
+            ..Default::default()
+        };
+        mutate(Arc::new(
+            driver_filequeue::FileQueue::open(config).expect("open the journal"),
+        ))
+    }
+}
+
+/// The durable case `name` passes on `driver.filequeue` and fails on the
+/// mutant `mutate` makes of it.
+fn durable_caught(name: &str, mutate: fn(DriverHandle) -> DriverHandle) -> String {
+    let case = case(driver::DURABLE, name);
+    if let Err(e) = (case.run)(&filequeue(|d| d)) {
+        panic!("control: driver.filequeue fails {name}: {e}");
+    }
+    match (case.run)(&filequeue(mutate)) {
+        Ok(()) => panic!("{name} did not catch the mutant"),
+        Err(reason) => reason,
+    }
+}
+
+#[test]
+fn a_durable_driver_that_refuses_acks_when_its_store_is_full_is_caught() {
+    let reason = durable_caught(
+        "a_full_store_refuses_publishes_and_still_takes_acks",
+        |inner| {
+            let full = Arc::new(AtomicU64::new(0));
+            let mut m = Mutant::new(inner);
+            let seen = full.clone();
+            m.publish = Box::new(move |d, msg, done| {
+                let seen = seen.clone();
+                d.publish(
+                    msg,
+                    Completion::new(move |outcome: Result<Receipt, Failure>| {
+                        seen.store(u64::from(outcome.is_err()), Ordering::Relaxed);
+                        done.complete(outcome)
+                    }),
+                )
+            });
+            // Acks need space too, says this one: none while full.
+            m.ack = Box::new(move |d, dest, id, done| {
+                if full.load(Ordering::Relaxed) == 1 {
+                    return done.fail(Failure::new(
+                        bindery::FailureKind::Full,
+                        "mutant: no room for the ack",
+                    ));
+                }
+                d.ack(dest, id, done)
+            });
+            Arc::new(m)
+        },
+    );
+    assert!(reason.contains("acks must always have room"), "{reason}");
+}
+
+#[test]
+fn a_durable_driver_that_confirms_a_publish_it_refused_is_caught() {
+    let reason = durable_caught(
+        "a_full_store_refuses_publishes_and_still_takes_acks",
+        |inner| {
+            let mut m = Mutant::new(inner);
+            // Turns a refusal into a confirmation: nothing is kept.
+            m.publish = Box::new(move |d, msg, done| {
+                let id = msg.id;
+                d.publish(
+                    msg,
+                    Completion::new(move |outcome: Result<Receipt, Failure>| match outcome {
+                        Err(f) if f.kind == bindery::FailureKind::Full => done.succeed(Receipt {
+                            id,
+                            delivered_to: 0,
+                            backlog: 0,
+                        }),
+                        other => done.complete(other),
+                    }),
+                )
+            });
+            Arc::new(m)
+        },
+    );
+    assert!(reason.contains("none refused"), "{reason}");
 }
 
 /// A parser that changes one thing about `parser.json`.

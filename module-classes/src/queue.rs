@@ -238,6 +238,15 @@ impl Queues {
         })
     }
 
+    /// Counts a publish to `destination` refused for a reason of the
+    /// driver's own (its store is full), as `refused` counts those refused
+    /// at the depth. A destination not yet made is not made for it.
+    pub fn refused(&self, destination: &str) {
+        if let Some(q) = self.shared.queues.read().get(destination) {
+            q.lock().stats.refused += 1;
+        }
+    }
+
     /// Puts a recovered message back, whatever the depth (recovery must not
     /// lose what was confirmed).
     pub fn restore(&self, message: Message) -> Result<(), Failure> {

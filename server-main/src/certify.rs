@@ -34,11 +34,16 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(module: &ModuleDescriptor) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "bindery-certify-{}-{}",
-            std::process::id(),
-            module.id()
-        ));
+        Self::named(format!("{}-{}", std::process::id(), module.id()))
+    }
+
+    /// A scratch directory for one case of `module`.
+    fn for_case(module: &ModuleDescriptor, case: &str) -> Scratch {
+        Self::named(format!("{}-{}-{case}", std::process::id(), module.id()))
+    }
+
+    fn named(name: String) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("bindery-certify-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         Scratch(dir)
     }
@@ -77,6 +82,26 @@ fn make_driver(module: &'static ModuleDescriptor, scratch: &Path) -> DriverHandl
         .unwrap_or_else(|| panic!("{} made no driver", module.id()))
 }
 
+/// Runs each driver case with storage of its own, as a crate's own tests
+/// do: within a case every instance shares one scratch directory (that is
+/// a restart), and no case finds another's leftovers (a case that fills
+/// the store needs it to be its own).
+fn run_fresh(
+    module: &'static ModuleDescriptor,
+    cases: &'static [bindery_conformance::Case<driver::Harness>],
+) -> Vec<Verdict> {
+    cases
+        .iter()
+        .flat_map(|case| {
+            let scratch = Scratch::for_case(module, case.name);
+            let dir = scratch.0.clone();
+            let make = move || make_driver(module, &dir);
+            let h: &driver::Harness = &make;
+            run_all(std::slice::from_ref(case), h)
+        })
+        .collect()
+}
+
 fn certify_one(module: &'static ModuleDescriptor) -> Report {
     let mut report = Report {
         module: module.id(),
@@ -102,18 +127,17 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
                     return report;
                 }
             };
-            let make = move || make_driver(module, &dir);
-            let h: &driver::Harness = &make;
+            drop(scratch);
             if info.queue {
                 report.suite = "driver/queue".into();
-                report.cases = run_all(driver::QUEUE, h);
+                report.cases = run_fresh(module, driver::QUEUE);
                 if info.durable {
                     report.suite = "driver/queue+durable".into();
-                    report.cases.extend(run_all(driver::DURABLE, h));
+                    report.cases.extend(run_fresh(module, driver::DURABLE));
                 }
             } else {
                 report.suite = "driver/topic".into();
-                report.cases = run_all(driver::TOPIC, h);
+                report.cases = run_fresh(module, driver::TOPIC);
             }
         }
         "parser" => {

@@ -486,3 +486,67 @@ fn a_leading_wildcard_does_not_match_dollar_topics() {
     assert_eq!(next(&rx_sys).topic, "$SYS/load");
     assert_eq!(next(&rx_all).topic, "plain", "'#' must not match $SYS/load");
 }
+
+/// A QoS 2 PUBLISH of `len` bytes to `topic` with packet id `id`.
+fn publish_qos2(topic: &str, id: u16, len: usize, dup: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&id.to_be_bytes());
+    body.resize(body.len() + len, b'p');
+    let mut out = vec![if dup { 0x3c } else { 0x34 }];
+    let mut n = body.len();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
+}
+
+#[test]
+fn a_qos2_publish_refused_by_a_full_store_closes_and_is_refused_again_on_resend() {
+    let s = Server::start(&config(
+        "[instances.mqtt.config]\ntopic_root = \"/small/\"\n\n\
+         [instances.small]\nmodule = \"driver.filequeue\"\nbind = [\"/small/\"]\n\
+         config = { dir = \"bindery-data/small\", segment_bytes = 65536, \
+         max_disk_bytes = 131072, min_free_bytes = 0, reserve_bytes = 0 }\n",
+    ));
+    let m = s.mqtt.expect("mqtt");
+    let mut c = raw(m);
+    c.write_all(&connect_packet("full-store", false, 0, None))
+        .unwrap();
+    assert_eq!(connack(&mut c)[3], 0);
+    let mut refused = None;
+    for id in 1..=100u16 {
+        c.write_all(&publish_qos2("q", id, 8192, false)).unwrap();
+        let mut b = [0u8; 4];
+        match c.read_exact(&mut b) {
+            Ok(()) => assert_eq!(b[..2], [0x50, 2], "not a PUBREC: {b:?}"),
+            // Refused: MQTT 3.1.1 has no negative PUBREC, so it closes.
+            Err(_) => {
+                refused = Some(id);
+                break;
+            }
+        }
+    }
+    let id = refused.expect("100 publishes of 8 KiB into a 128 KiB store, none refused");
+    // The client resends on its persistent session: still refused, never
+    // acknowledged as a duplicate of a message that was not kept.
+    let mut c = raw(m);
+    c.write_all(&connect_packet("full-store", false, 0, None))
+        .unwrap();
+    assert_eq!(connack(&mut c), [0x20, 2, 1, 0], "session present");
+    c.write_all(&publish_qos2("q", id, 8192, true)).unwrap();
+    assert!(
+        closed(&mut c),
+        "a refused QoS 2 publish was acknowledged when resent"
+    );
+}

@@ -21,15 +21,49 @@
 //! segment_bytes = 67108864       # a new segment past this size
 //! max_depth = 100000             # messages per queue
 //! max_queues = 10000
+//! min_free_bytes = 67108864      # publishes refused while less would be free on the disk
+//! max_disk_bytes = 1073741824    # optional: publishes refused past this journal size
+//! reserve_bytes = 4194304        # set aside for acks on a disk full anyway
 //! ```
 //!
 //! Leases are not journaled: after a restart every unacked message is
 //! waiting again (at-least-once). A message that stays unacked keeps its
 //! segment, and every later one, on disk.
+//!
+//! # A full disk
+//!
+//! Publishes are refused with [`FailureKind::Full`](bindery::FailureKind)
+//! and a retry hint (HTTP: 503 with `Retry-After`) *before* the disk is
+//! full: while the journal's filesystem would keep less than
+//! `min_free_bytes` free, or the journal would pass `max_disk_bytes`.
+//! Acks are never refused for space, so consumers drain a queue that
+//! refuses publishes; the segments they empty are deleted, and publishes
+//! resume by themselves once space is back (a margin past the limit), with
+//! a log line each way. Refused publishes count in the destination's
+//! `refused` counter (`bindery_publishes_refused_total`).
+//!
+//! If the disk fills anyway (another process, or a restart on a full
+//! disk), a write that fails with `ENOSPC` is not fatal: the partial
+//! record is cut off, its publishes fail with `Full`, and acks go into the
+//! room the ack reserve (`reserve_bytes`, a file of zeros set aside at
+//! start) gives back. The reserve holds the acks of roughly
+//! `reserve_bytes / (20 + destination length)` messages; the instance
+//! recovers and drains on a full disk as long as acks within it empty a
+//! segment. On copy-on-write filesystems (btrfs, ZFS) deleting a file may
+//! itself need space, so keep `min_free_bytes` generous there.
+//!
+//! A failed `fsync` is fatal, unlike a full disk: the kernel may have
+//! dropped the pages whose write-back failed (PostgreSQL's "fsyncgate"),
+//! so the journal's content is unknown. The instance then refuses every
+//! publish and ack (`Unavailable`, with the reason), logs an error, and
+//! takes writes again only once restarted, after recovery has replayed
+//! what the disk really holds. Today that is a server restart; the
+//! management API (issue #9) will restart the one instance.
 
 mod journal;
 mod record;
 mod recover;
+mod space;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,14 +77,15 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 pub use journal::Fsync;
-use journal::{Journal, Liveness, WriterConfig};
+use journal::{Journal, Kind, Liveness, WriterConfig};
+use space::{Limits, Space};
 
 bindery::module! {
     class: "driver",
     name: "filequeue",
     description: "durable queues in a segmented, checksummed journal with group commit",
     main: module_main,
-    certify_config: "dir = \"{scratch}\"\nfsync = \"interval\"\nmax_depth = 20000",
+    certify_config: "dir = \"{scratch}\"\nfsync = \"interval\"\nmax_depth = 20000\nsegment_bytes = 1048576\nmin_free_bytes = 0\nmax_disk_bytes = 16777216\nreserve_bytes = 65536",
 }
 
 /// The instance configuration.
@@ -70,6 +105,15 @@ pub struct Config {
     pub max_depth: usize,
     /// Queues per instance.
     pub max_queues: usize,
+    /// Publishes are refused while the journal's filesystem would keep
+    /// less than this free (acks are not: they give space back).
+    pub min_free_bytes: u64,
+    /// If set, publishes are refused while the journal would grow past
+    /// this many bytes (the ack reserve comes on top).
+    pub max_disk_bytes: Option<u64>,
+    /// Bytes set aside in the data directory (`ack-reserve`) and given
+    /// back for acks when the disk is full anyway; 0 for none.
+    pub reserve_bytes: u64,
 }
 
 impl Default for Config {
@@ -81,6 +125,9 @@ impl Default for Config {
             segment_bytes: 64 * 1024 * 1024,
             max_depth: 100_000,
             max_queues: 10_000,
+            min_free_bytes: 64 * 1024 * 1024,
+            max_disk_bytes: None,
+            reserve_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -95,6 +142,18 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
             )
             .into());
         }
+        if config
+            .max_disk_bytes
+            .is_some_and(|m| m < 2 * config.segment_bytes)
+        {
+            return Err(format!(
+                "instance {:?}: max_disk_bytes must be at least twice segment_bytes ({}), \
+                 or no segment could ever be reclaimed within it",
+                cx.name(),
+                config.segment_bytes
+            )
+            .into());
+        }
         FileQueue::open(config).map_err(|e| format!("instance {:?}: {e}", cx.name()).into())
     });
     Ok(())
@@ -102,8 +161,9 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
 
 /// An instance: queues in memory, kept in a journal on disk.
 pub struct FileQueue {
-    queues: Queues,
+    queues: Arc<Queues>,
     liveness: Arc<Mutex<Liveness>>,
+    space: Arc<Space>,
     // Dropped first: the writer drains and syncs before the rest goes.
     journal: Journal,
 }
@@ -111,6 +171,17 @@ pub struct FileQueue {
 impl FileQueue {
     /// Opens (recovering) the journal in `config.dir`.
     pub fn open(config: Config) -> Result<FileQueue, String> {
+        Self::open_with(
+            config,
+            #[cfg(test)]
+            None,
+        )
+    }
+
+    fn open_with(
+        config: Config,
+        #[cfg(test)] faults: Option<Arc<journal::Faults>>,
+    ) -> Result<FileQueue, String> {
         let dir = &config.dir;
         let recovered = recover::recover(dir)
             .map_err(|e| format!("cannot recover the journal in {}: {e}", dir.display()))?;
@@ -128,14 +199,29 @@ impl FileQueue {
             segments = recovered.segments.len(),
             "journal recovered"
         );
-        let queues = Queues::new(QueueLimits {
+        let queues = Arc::new(Queues::new(QueueLimits {
             max_depth: config.max_depth,
             max_queues: config.max_queues,
-        });
+        }));
+        let used = recovered
+            .segments
+            .iter()
+            .map(|&s| std::fs::metadata(journal::segment_path(dir, s)).map_or(0, |m| m.len()))
+            .sum();
+        let space = Arc::new(Space::new(
+            dir.clone(),
+            Limits {
+                min_free_bytes: config.min_free_bytes,
+                max_disk_bytes: config.max_disk_bytes,
+                reserve_bytes: config.reserve_bytes,
+            },
+            used,
+        ));
         let mut liveness = Liveness::new(
             dir.clone(),
             recovered.segments.iter().copied(),
             recovered.active,
+            space.clone(),
         );
         for (m, seg) in recovered.live {
             liveness.published(m.id, seg);
@@ -149,16 +235,32 @@ impl FileQueue {
                 fsync: config.fsync,
                 interval: Duration::from_millis(config.fsync_interval_ms.max(1)),
                 segment_bytes: config.segment_bytes,
+                #[cfg(test)]
+                faults,
             },
             recovered.active,
             liveness.clone(),
+            space.clone(),
         )
         .map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
         Ok(FileQueue {
             queues,
             liveness,
+            space,
             journal,
         })
+    }
+
+    /// Why publishes are refused now (a full disk, the budget, or a failed
+    /// sync), or `None` while they are taken.
+    pub fn refusal(&self) -> Option<Failure> {
+        self.space.refusal()
+    }
+
+    /// Journal bytes on disk (and queued for it): what `max_disk_bytes`
+    /// counts.
+    pub fn journal_bytes(&self) -> u64 {
+        self.space.used()
     }
 
     /// Segment files the journal keeps now.
@@ -181,10 +283,12 @@ impl Driver for FileQueue {
             Err(f) => return done.fail(f),
         };
         let liveness = self.liveness.clone();
+        let queues = self.queues.clone();
         let id = message.id;
         // The clone shares the body and strings: no payload is copied.
         let kept = message.clone();
         self.journal.append(
+            Kind::Publish,
             |buf| record::encode_publish(buf, &message),
             Box::new(move |written| match written {
                 Ok(segment) => {
@@ -196,7 +300,13 @@ impl Driver for FileQueue {
                         backlog: 0,
                     });
                 }
-                Err(f) => done.fail(f),
+                Err(f) => {
+                    drop(room);
+                    if f.kind == bindery::FailureKind::Full {
+                        queues.refused(&kept.destination);
+                    }
+                    done.fail(f)
+                }
             }),
         );
     }
@@ -216,6 +326,7 @@ impl Driver for FileQueue {
         }
         let liveness = self.liveness.clone();
         self.journal.append(
+            Kind::Ack,
             |buf| record::encode_ack(buf, id, destination),
             Box::new(move |written| {
                 if written.is_ok() {
@@ -236,6 +347,8 @@ impl Driver for FileQueue {
 
     fn stop(&self) {
         self.queues.close("the driver instance is stopping");
+        // Everything confirmed is on disk; the next incarnation recovers it.
+        self.journal.close();
     }
 }
 

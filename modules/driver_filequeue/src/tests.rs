@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bindery::{Completion, Failure};
+use bindery::{Completion, Failure, FailureKind};
 use bindery_classes::driver::SubscribeOptions;
 use bindery_classes::{Consumer, Delivery, Driver, Message, MessageId};
 use proptest::prelude::*;
@@ -39,6 +39,7 @@ fn config(dir: &Path) -> Config {
         dir: dir.to_owned(),
         fsync: Fsync::Never,
         segment_bytes: 4096,
+        reserve_bytes: 64 * 1024,
         ..Config::default()
     }
 }
@@ -238,4 +239,212 @@ fn an_undamaged_journal_recovers_exactly_the_unacked_messages() {
     assert!(r.fault.is_none());
     assert_eq!(r.live.len(), 40, "60 published, 20 acked");
     assert!(r.live.iter().all(|(m, _)| all[&m.id] == m.body[..]));
+}
+
+/// A configuration whose only space limit is a journal budget of `budget`.
+fn budgeted(dir: &Path, budget: u64) -> Config {
+    Config {
+        segment_bytes: 8192,
+        min_free_bytes: 0,
+        max_disk_bytes: Some(budget),
+        reserve_bytes: 0,
+        ..config(dir)
+    }
+}
+
+/// Publishes 1 KiB messages until one is refused (at most `cap`); returns
+/// what was confirmed and the refusal.
+fn fill(q: &FileQueue, dest: &str, cap: usize) -> (Vec<MessageId>, Failure) {
+    let mut confirmed = Vec::new();
+    for i in 0..cap {
+        match publish(q, dest, vec![i as u8; 1024]) {
+            Ok(id) => confirmed.push(id),
+            Err(f) => return (confirmed, f),
+        }
+    }
+    panic!("{cap} publishes of 1 KiB and none refused");
+}
+
+/// Waits (bounded) for publishes to be taken again.
+fn resumed(q: &FileQueue) -> bool {
+    for _ in 0..500 {
+        if q.refusal().is_none() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn refused(q: &FileQueue, dest: &str) -> u64 {
+    q.stats()
+        .iter()
+        .filter(|s| s.destination == dest)
+        .map(|s| s.refused)
+        .sum()
+}
+
+#[test]
+fn past_its_budget_it_refuses_publishes_takes_acks_and_resumes() {
+    let dir = TempDir::new("budget");
+    let q = FileQueue::open(budgeted(&dir.0, 64 * 1024)).unwrap();
+    let (confirmed, refusal) = fill(&q, "/d/b", 1000);
+    assert_eq!(refusal.kind, FailureKind::Full, "{refusal}");
+    assert!(refusal.retry_after.is_some(), "no retry hint: {refusal}");
+    assert!(refusal.reason.contains("max_disk_bytes"), "{refusal}");
+    assert!(
+        confirmed.len() > 40,
+        "only {} fit in 64 KiB",
+        confirmed.len()
+    );
+    assert!(
+        q.journal_bytes() <= 64 * 1024,
+        "{} bytes",
+        q.journal_bytes()
+    );
+    // Refused from now on, and counted.
+    assert!(publish(&q, "/d/b", b"small".to_vec()).is_err());
+    assert!(refused(&q, "/d/b") >= 2);
+    // Acks have room: everything confirmed comes back, once.
+    let got = drain(&q, "/d/b", |_| true);
+    assert_eq!(
+        got.iter().map(|m| m.id).collect::<Vec<_>>(),
+        confirmed,
+        "the drain differs from what was confirmed"
+    );
+    assert!(resumed(&q), "publishes never resumed: {:?}", q.refusal());
+    assert!(q.journal_bytes() < 16 * 1024, "{} bytes", q.journal_bytes());
+    let id = publish(&q, "/d/b", b"after".to_vec()).unwrap();
+    let back = drain(&q, "/d/b", |_| true);
+    assert_eq!(back.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+}
+
+#[test]
+fn restarted_past_its_budget_it_drains_and_resumes() {
+    let dir = TempDir::new("budget-restart");
+    let (confirmed, _) = {
+        let q = FileQueue::open(budgeted(&dir.0, 64 * 1024)).unwrap();
+        fill(&q, "/d/r", 1000)
+    };
+    let q = FileQueue::open(budgeted(&dir.0, 64 * 1024)).unwrap();
+    assert!(
+        q.refusal().is_some(),
+        "a full journal took publishes at start"
+    );
+    assert!(publish(&q, "/d/r", vec![0; 1024]).is_err());
+    let got = drain(&q, "/d/r", |_| true);
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), confirmed);
+    assert!(resumed(&q), "publishes never resumed: {:?}", q.refusal());
+    publish(&q, "/d/r", b"after".to_vec()).unwrap();
+    drop(q);
+    let q = FileQueue::open(budgeted(&dir.0, 64 * 1024)).unwrap();
+    let back = drain(&q, "/d/r", |_| true);
+    assert_eq!(back.len(), 1, "acked messages came back");
+}
+
+#[test]
+fn a_full_disk_cuts_the_partial_record_and_acks_go_into_the_reserve() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let dir = TempDir::new("enospc");
+    let faults = Arc::new(journal::Faults {
+        room: AtomicU64::new(u64::MAX),
+        sync_fails: AtomicBool::new(false),
+    });
+    let config = Config {
+        segment_bytes: 1 << 20,
+        min_free_bytes: 0,
+        reserve_bytes: 8192,
+        ..config(&dir.0)
+    };
+    let q = FileQueue::open_with(config.clone(), Some(faults.clone())).unwrap();
+    assert!(dir.0.join(journal::RESERVE).exists(), "no ack reserve");
+    let confirmed: Vec<MessageId> = (0..10)
+        .map(|i| publish(&q, "/d/f", vec![i; 1024]).unwrap())
+        .collect();
+    // The disk fills mid-record: the publish fails, not fatally.
+    faults.room.store(100, Ordering::Relaxed);
+    let f = publish(&q, "/d/f", vec![9; 1024]).unwrap_err();
+    assert_eq!(f.kind, FailureKind::Full, "{f}");
+    assert!(f.retry_after.is_some());
+    assert!(
+        publish(&q, "/d/f", b"x".to_vec()).is_err(),
+        "took a publish on a full disk"
+    );
+    // The acks find no room, take the reserve's, and are written.
+    let got = drain(&q, "/d/f", |_| true);
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), confirmed);
+    assert!(
+        !dir.0.join(journal::RESERVE).exists(),
+        "the reserve was not given back"
+    );
+    // Space comes back: the reserve is set aside again, publishes resume.
+    faults.room.store(u64::MAX, Ordering::Relaxed);
+    assert!(resumed(&q), "publishes never resumed: {:?}", q.refusal());
+    assert!(
+        dir.0.join(journal::RESERVE).exists(),
+        "the reserve was not set aside again"
+    );
+    let after = publish(&q, "/d/f", b"after".to_vec()).unwrap();
+    drop(q);
+    // The journal ends in whole records: no fault, nothing acked came back.
+    let r = recover::recover(&dir.0).unwrap();
+    assert!(
+        r.fault.is_none(),
+        "a partial record was left: {:?}",
+        r.fault
+    );
+    let live: Vec<MessageId> = r.live.iter().map(|(m, _)| m.id).collect();
+    assert_eq!(live, vec![after]);
+}
+
+#[test]
+fn a_failed_fsync_refuses_every_write_until_a_restart() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let dir = TempDir::new("fsyncgate");
+    let faults = Arc::new(journal::Faults {
+        room: AtomicU64::new(u64::MAX),
+        sync_fails: AtomicBool::new(false),
+    });
+    let config = Config {
+        fsync: Fsync::Always,
+        min_free_bytes: 0,
+        reserve_bytes: 0,
+        ..config(&dir.0)
+    };
+    let q = FileQueue::open_with(config.clone(), Some(faults.clone())).unwrap();
+    let kept = publish(&q, "/d/s", b"kept".to_vec()).unwrap();
+    let (c, rx) = Consumer::channel();
+    let _sub = q
+        .subscribe(
+            "/d/s",
+            c,
+            SubscribeOptions {
+                credit: 10,
+                lease: Duration::from_secs(600),
+            },
+        )
+        .unwrap();
+    let Ok(Delivery::Message(m)) = rx.recv_timeout(Duration::from_secs(10)) else {
+        panic!("no delivery")
+    };
+    faults.sync_fails.store(true, Ordering::Relaxed);
+    let f = publish(&q, "/d/s", b"lost".to_vec()).unwrap_err();
+    assert_eq!(f.kind, FailureKind::Unavailable, "{f}");
+    assert!(f.reason.contains("fsync"), "{f}");
+    // The sync works again, but the journal cannot be trusted: still refused.
+    faults.sync_fails.store(false, Ordering::Relaxed);
+    let f = publish(&q, "/d/s", b"later".to_vec()).unwrap_err();
+    assert!(f.reason.contains("restarted"), "{f}");
+    assert!(
+        ack(&q, "/d/s", m.id).is_err(),
+        "an ack was taken after a failed fsync"
+    );
+    assert!(q.refusal().is_some());
+    drop(_sub);
+    drop(q);
+    // A restart recovers and takes writes again.
+    let q = FileQueue::open(config).unwrap();
+    let back = drain(&q, "/d/s", |_| true);
+    assert_eq!(back[0].id, kept);
+    publish(&q, "/d/s", b"again".to_vec()).unwrap();
 }

@@ -1,6 +1,8 @@
 //! `driver.filequeue` against the queue contract, durability included.
 //! Each test gets a data directory of its own; within a test every instance
 //! the harness makes opens the same one, which is how a restart is made.
+//! The store is small (a 16 MiB budget) so that the full-store case fills
+//! it in a few hundred publishes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +32,9 @@ fn harness() -> impl Fn() -> DriverHandle {
             fsync: Fsync::Interval,
             max_depth: 20_000,
             segment_bytes: 1 << 20,
+            min_free_bytes: 0,
+            max_disk_bytes: Some(16 << 20),
+            reserve_bytes: 64 << 10,
             ..Config::default()
         };
         Arc::new(FileQueue::open(config).expect("open the journal"))

@@ -174,7 +174,7 @@ fn metrics(shared: &Shared) -> String {
         (
             "bindery_publishes_refused_total",
             "counter",
-            "Publishes refused because a destination was full.",
+            "Publishes refused because a destination or its store was full.",
             |d| d.refused,
         ),
         (

@@ -451,7 +451,16 @@ impl Conn {
         match outcome {
             Ok(_) if qos == 1 => self.send(&Packet::PubAck(id)),
             Ok(_) => self.send(&Packet::PubRec(id)),
-            Err(f) => self.close(cx, true, &format!("publish {id} refused: {f}")),
+            Err(f) => {
+                if qos == 2 {
+                    // Not taken: a resend (DUP) must be published again,
+                    // not acknowledged as a duplicate of what was refused.
+                    if let Some(c) = &self.connected {
+                        c.session.state.lock().incoming_qos2.remove(&id);
+                    }
+                }
+                self.close(cx, true, &format!("publish {id} refused: {f}"))
+            }
         }
     }
 

@@ -28,6 +28,11 @@
 //! `bindery_mqtt_subscriptions_ended_total`, and its session is not kept:
 //! it reconnects with `session_present = 0` and subscribes again.
 //!
+//! A QoS 1 or 2 publish the driver refuses (a full queue, a durable store
+//! out of space) closes the connection, with the reason in the log: MQTT
+//! 3.1.1 has no negative PUBACK, and acknowledging would be a false
+//! confirm. The client reconnects and resends; a QoS 0 publish is dropped.
+//!
 //! ```toml
 //! [instances.mqtt]
 //! module = "terminal.mqtt"
