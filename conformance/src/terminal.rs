@@ -83,17 +83,47 @@ fn listening(kernel: &Kernel) -> Result<SocketAddr, String> {
 }
 
 struct Running {
+    // Dropped first: the kernel stops before its scratch directory goes.
     kernel: Kernel,
     addr: SocketAddr,
     probe: Arc<dyn Probe>,
+    _scratch: Scratch,
+}
+
+/// A directory for a case's files (`{scratch}` in a module's
+/// `certify_config`), removed after.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bindery-terminal-case-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn start(module: &Harness) -> Result<Running, String> {
     let module: &'static ModuleDescriptor = module;
     let registry = Registry::of(&[module, &DIRECT_DISPATCHER, &RECORDING_DRIVER, &PICKY_PARSER])
         .map_err(|e| e.to_string())?;
+    let scratch = Scratch::new();
+    let section = module
+        .certify_config
+        .replace("{scratch}", &scratch.0.display().to_string());
     let text = format!(
         "[instances.under-test]\nmodule = \"{}\"\nbind = [\"127.0.0.1:0\"]\n\
+         [instances.under-test.config]\n{section}\n\
          [instances.d]\nmodule = \"dispatcher.conformance-direct\"\n\
          [instances.r]\nmodule = \"driver.conformance-recorder\"\nbind = [\"/\"]\n\
          [instances.p]\nmodule = \"parser.conformance-picky\"\n",
@@ -119,6 +149,7 @@ fn start(module: &Harness) -> Result<Running, String> {
         kernel,
         addr,
         probe,
+        _scratch: scratch,
     })
 }
 

@@ -15,6 +15,7 @@
 //! and drives the kernel.
 
 pub mod certify;
+pub mod ctl;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -72,6 +73,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Talk to a running server's management API (see `bindery ctl --help`).
+    Ctl(ctl::Ctl),
 }
 
 /// Parses the command line and runs the server built from `linked`.
@@ -84,6 +87,22 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
+    if let Some(Command::Ctl(c)) = &cli.command {
+        return match ctl::run(c) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(ctl::Failed::Refused(why)) => {
+                eprintln!("bindery ctl: {why}");
+                ExitCode::from(1)
+            }
+            Err(ctl::Failed::Unasked(why)) => {
+                eprintln!("bindery ctl: {why}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Command::Certify { json }) = cli.command {
         return match certify::certify(linked, json) {
             Ok(true) => ExitCode::SUCCESS,

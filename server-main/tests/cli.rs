@@ -33,7 +33,7 @@ fn the_embedded_default_configuration_checks() {
     let (code, out, err) = bindery(&["--check-config"], None);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("<embedded default>: configuration OK (9 instances)"),
+        out.contains("<embedded default>: configuration OK (10 instances)"),
         "{out}"
     );
 }

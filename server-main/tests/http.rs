@@ -383,38 +383,15 @@ fn chunked_and_expect_continue_bodies_are_read() {
 }
 
 #[test]
-fn admin_endpoints_describe_the_server() {
+fn public_endpoints_tell_health_and_metrics_but_list_nothing() {
     let s = Server::start(&config(""));
     assert_eq!(publish(&s, "/queues/m", "text/plain", "x").0, 201);
-    let modules: serde_json::Value = agent()
-        .get(&s.url("/admin/modules"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let names: Vec<&str> = modules["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names.len(), 9, "{modules}");
-    assert!(names.contains(&"memqueue"));
-    let bindings: serde_json::Value = agent()
-        .get(&s.url("/admin/bindings"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let text = bindings.to_string();
-    assert!(
-        text.contains("\"/queues/\"") && text.contains("\"text/*\""),
-        "{text}"
-    );
+    // Listing and changing the server is the management API's, behind its
+    // token: here those paths are just paths no driver serves.
+    for path in ["/admin/modules", "/admin/bindings"] {
+        let (status, _, _) = outcome(agent().get(&s.url(path)).call());
+        assert_eq!(status, 404, "{path}");
+    }
     let metrics = agent()
         .get(&s.url("/metrics"))
         .call()

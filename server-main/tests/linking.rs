@@ -11,6 +11,7 @@ fn every_listed_module_crate_is_registered() {
     let linked = bindery::modules![
         terminal_http,
         terminal_mqtt,
+        terminal_manage,
         dispatcher_fast,
         driver_memqueue,
         driver_filequeue,
@@ -29,6 +30,7 @@ fn every_listed_module_crate_is_registered() {
         ("parser.octets", "parser_octets"),
         ("parser.text", "parser_text"),
         ("terminal.http", "terminal_http"),
+        ("terminal.manage", "terminal_manage"),
         ("terminal.mqtt", "terminal_mqtt"),
     ];
     for (id, krate) in want {
@@ -73,6 +75,7 @@ fn the_server_binary_lists_its_modules_without_starting() {
             "parser.octets",
             "parser.text",
             "terminal.http",
+            "terminal.manage",
             "terminal.mqtt"
         ]
     );

@@ -23,8 +23,8 @@ use mio::event::Event;
 use mio::net::TcpStream;
 
 use crate::Shared;
-use crate::request::{self, Limits, Parsed, Request};
-use crate::response;
+use bindery_classes::http::request::{self, Limits, Parsed, Request};
+use bindery_classes::http::response;
 
 /// Requests in flight on one connection before it stops reading.
 const MAX_PIPELINE: usize = 32;
@@ -240,12 +240,12 @@ impl Conn {
             self.close_after = true;
         }
         let method = req.method.as_str();
-        if let Some(admin) = crate::admin::route(&req.path) {
+        if let Some(builtin) = crate::admin::route(&req.path) {
             if method != "GET" && method != "HEAD" {
-                return self.ready(405, &[("Allow", "GET")], "admin endpoints take GET", close);
+                return self.ready(405, &[("Allow", "GET")], "this endpoint takes GET", close);
             }
             let mut out = Vec::new();
-            crate::admin::answer(admin, &self.shared, &mut out, close);
+            crate::admin::answer(builtin, &self.shared, &mut out, close);
             return self.slots.push_back(Slot::Ready(out));
         }
         match method {

@@ -10,7 +10,10 @@
 //! | `GET <queue>?wait=S&lease=S` | takes the next message: `200` with body, `Content-Type`, `Message-Id`, `Delivery-Count`; `204` when `wait` runs out |
 //! | `DELETE <queue>/messages/<id>` | acks; `204`, or `404` if not leased |
 //! | `GET <topic>` + `Accept: text/event-stream` | subscribes (server-sent events) |
-//! | `GET /healthz`, `/metrics`, `/admin/modules`, `/admin/bindings` | health, Prometheus text, JSON introspection |
+//! | `GET /healthz`, `/metrics` | health, Prometheus text |
+//!
+//! What lists or changes the server (modules, instances, bindings) is the
+//! management API's (`terminal.manage`), behind its token.
 //!
 //! Long polls and event streams hold no thread: they are reactor handlers
 //! waiting for notes from drivers.
@@ -29,8 +32,6 @@
 
 mod admin;
 mod conn;
-mod request;
-mod response;
 
 use std::io;
 use std::net::SocketAddr;
@@ -180,6 +181,48 @@ impl Terminal for Http {
 
     fn probe(&self) -> Option<Arc<dyn Probe>> {
         Some(Arc::new(HttpProbe))
+    }
+
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let s = &self.stats;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            (
+                "bindery_http_connections_accepted_total",
+                "Connections accepted.",
+                n(&s.connections.accepted),
+            ),
+            (
+                "bindery_http_connections_refused_total",
+                "Connections refused at the limit.",
+                n(&s.connections.refused),
+            ),
+            (
+                "bindery_http_requests_total",
+                "Requests read.",
+                n(&s.requests),
+            ),
+            (
+                "bindery_http_bad_requests_total",
+                "Requests refused as malformed or too large.",
+                n(&s.bad_requests),
+            ),
+            (
+                "bindery_http_published_total",
+                "Publishes confirmed.",
+                n(&s.published),
+            ),
+            (
+                "bindery_http_delivered_total",
+                "Messages delivered to clients.",
+                n(&s.delivered),
+            ),
+            (
+                "bindery_http_streams_ended_total",
+                "Event streams closed because a driver ended the subscription (slow consumers).",
+                n(&s.streams_ended),
+            ),
+        ]
     }
 }
 

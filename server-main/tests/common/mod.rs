@@ -16,7 +16,8 @@ pub fn config(extra: &str) -> String {
         .replace("127.0.0.1:8080", "127.0.0.1:0")
         // Another loopback address: two terminals on "127.0.0.1:0" would be
         // one key in the terminal table.
-        .replace("127.0.0.1:1883", "127.0.0.2:0");
+        .replace("127.0.0.1:1883", "127.0.0.2:0")
+        .replace("127.0.0.1:8081", "127.0.0.3:0");
     format!("{base}\n{extra}")
 }
 
@@ -26,6 +27,10 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The MQTT terminal's address, when the configuration has one.
     pub mqtt: Option<SocketAddr>,
+    /// The management API's address, when the configuration has one.
+    pub manage: Option<SocketAddr>,
+    /// The management token file (under the data directory).
+    pub token_file: std::path::PathBuf,
     _dir: Option<TempDir>,
 }
 
@@ -86,6 +91,7 @@ impl Server {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut addr = None;
         let mut mqtt = None;
+        let mut manage = None;
         for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(rest) = line.strip_prefix("bindery: http listening on ") {
@@ -93,6 +99,9 @@ impl Server {
             }
             if let Some(rest) = line.strip_prefix("bindery: mqtt listening on ") {
                 mqtt = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+            }
+            if let Some(rest) = line.strip_prefix("bindery: manage listening on ") {
+                manage = rest.split_whitespace().next().map(|a| a.parse().unwrap());
             }
             if line == "bindery: ready" {
                 break;
@@ -105,8 +114,15 @@ impl Server {
             child: Some(child),
             addr,
             mqtt,
+            manage,
+            token_file: data.join("manage.token"),
             _dir: None,
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     pub fn url(&self, path: &str) -> String {

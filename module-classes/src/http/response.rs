@@ -3,15 +3,18 @@
 use std::fmt::Write as _;
 
 /// The reason phrase for a status.
-pub(crate) fn reason(status: u16) -> &'static str {
+pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         431 => "Request Header Fields Too Large",
@@ -23,7 +26,7 @@ pub(crate) fn reason(status: u16) -> &'static str {
 }
 
 /// A whole response with a body, appended to `out`.
-pub(crate) fn write(
+pub fn write(
     out: &mut Vec<u8>,
     status: u16,
     headers: &[(&str, &str)],
@@ -53,13 +56,7 @@ pub(crate) fn write(
 }
 
 /// A plain-text response: `message` and a newline.
-pub(crate) fn text(
-    out: &mut Vec<u8>,
-    status: u16,
-    headers: &[(&str, &str)],
-    message: &str,
-    close: bool,
-) {
+pub fn text(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], message: &str, close: bool) {
     let mut body = String::with_capacity(message.len() + 1);
     body.push_str(message);
     body.push('\n');
@@ -74,7 +71,7 @@ pub(crate) fn text(
 }
 
 /// One server-sent event carrying a message.
-pub(crate) fn event(out: &mut Vec<u8>, id: &str, kind: &str, data: &[u8]) {
+pub fn event(out: &mut Vec<u8>, id: &str, kind: &str, data: &[u8]) {
     out.extend_from_slice(b"id: ");
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(b"\nevent: ");

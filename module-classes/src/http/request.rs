@@ -3,30 +3,46 @@
 use bytes::Bytes;
 
 /// Limits a request must keep.
-#[derive(Clone, Copy)]
-pub(crate) struct Limits {
-    pub(crate) max_header_bytes: usize,
-    pub(crate) max_body_bytes: usize,
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The request line and headers, at most (431 beyond).
+    pub max_header_bytes: usize,
+    /// The body, at most (413 beyond).
+    pub max_body_bytes: usize,
 }
 
 /// One parsed request.
 #[derive(Debug)]
-pub(crate) struct Request {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) query: String,
-    pub(crate) content_type: Option<String>,
-    pub(crate) event_stream: bool,
-    pub(crate) keep_alive: bool,
-    pub(crate) body: Bytes,
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The target's path, not decoded.
+    pub path: String,
+    /// The target's query string, without `?`, not decoded.
+    pub query: String,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `Accept` names `text/event-stream`.
+    pub event_stream: bool,
+    /// The connection stays open after the response.
+    pub keep_alive: bool,
+    /// `Authorization`.
+    pub authorization: Option<String>,
+    /// `If-Match`.
+    pub if_match: Option<String>,
+    /// The body, de-chunked.
+    pub body: Bytes,
 }
 
 /// What the buffer holds.
 #[derive(Debug)]
-pub(crate) enum Parsed {
+pub enum Parsed {
     /// Not a whole request yet. `expect_continue`: the head is complete and
     /// the client waits for `100 Continue` before it sends the body.
-    Partial { expect_continue: bool },
+    Partial {
+        /// The client waits for `100 Continue`.
+        expect_continue: bool,
+    },
     /// A request, and how many bytes of the buffer it took.
     Done(Request, usize),
     /// A request the server will not serve; the connection closes after
@@ -37,7 +53,7 @@ pub(crate) enum Parsed {
 const MAX_HEADERS: usize = 64;
 
 /// Parses the first request in `buf`.
-pub(crate) fn parse(buf: &[u8], limits: Limits) -> Parsed {
+pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -71,6 +87,8 @@ pub(crate) fn parse(buf: &[u8], limits: Limits) -> Parsed {
     let mut event_stream = false;
     let mut keep_alive = version == 1;
     let mut expect_continue = false;
+    let mut authorization = None;
+    let mut if_match = None;
     for h in req.headers.iter() {
         let value = || std::str::from_utf8(h.value).map(str::trim);
         let name = h.name;
@@ -104,6 +122,10 @@ pub(crate) fn parse(buf: &[u8], limits: Limits) -> Parsed {
                     }
                 }
             }
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = value().ok().map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("if-match") {
+            if_match = value().ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("expect") {
             expect_continue = value().is_ok_and(|v| v.eq_ignore_ascii_case("100-continue"));
         }
@@ -143,6 +165,8 @@ pub(crate) fn parse(buf: &[u8], limits: Limits) -> Parsed {
             content_type,
             event_stream,
             keep_alive,
+            authorization,
+            if_match,
             body,
         },
         consumed,
@@ -195,7 +219,7 @@ fn dechunk(buf: &[u8], max: usize) -> Chunks {
 }
 
 /// A number of seconds from the query string (`wait=2.5`).
-pub(crate) fn query_secs(query: &str, name: &str) -> Result<Option<f64>, String> {
+pub fn query_secs(query: &str, name: &str) -> Result<Option<f64>, String> {
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if k == name {

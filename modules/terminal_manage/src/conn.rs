@@ -1,0 +1,193 @@
+//! One management connection: HTTP/1.1, one request at a time.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bindery::{Cx, Handler, Note};
+use bindery_classes::http::request::{self, Limits, Parsed};
+use bindery_classes::http::response;
+use bindery_classes::listener::{self, OpenConnection};
+use mio::Interest;
+use mio::event::Event;
+use mio::net::TcpStream;
+
+use crate::Shared;
+use crate::api::{self, Answer, Reply};
+
+/// The note tag of a finished operation.
+const DONE: u64 = 1;
+/// The head of a request, at most.
+const MAX_HEAD: usize = 16 * 1024;
+
+pub(crate) struct Conn {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// An operation is running on its own thread; its reply comes as a note.
+    busy: bool,
+    close_after: bool,
+    read_eof: bool,
+    _open: OpenConnection,
+}
+
+impl Conn {
+    pub(crate) fn start(
+        cx: &mut Cx<'_>,
+        stream: TcpStream,
+        shared: Arc<Shared>,
+        open: OpenConnection,
+    ) -> io::Result<Box<dyn Handler>> {
+        let mut conn = Conn {
+            stream,
+            shared,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            busy: false,
+            close_after: false,
+            read_eof: false,
+            _open: open,
+        };
+        cx.registry().register(
+            &mut conn.stream,
+            cx.token(),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(Box::new(conn))
+    }
+
+    fn read(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        let cap = MAX_HEAD + 2 * self.shared.config.max_body_bytes;
+        while self.rbuf.len() <= cap {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.read_eof = true;
+                    return Ok(());
+                }
+                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, r: Reply) {
+        let headers: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        response::write(
+            &mut self.wbuf,
+            r.status,
+            &headers,
+            r.content_type,
+            &r.body,
+            self.close_after,
+        );
+    }
+
+    /// Answers whole requests until one has to wait for an operation.
+    fn serve(&mut self, cx: &mut Cx<'_>) {
+        let limits = Limits {
+            max_header_bytes: MAX_HEAD,
+            max_body_bytes: self.shared.config.max_body_bytes,
+        };
+        while !self.busy && !self.close_after && !self.rbuf.is_empty() {
+            match request::parse(&self.rbuf, limits) {
+                Parsed::Partial { expect_continue } => {
+                    if expect_continue {
+                        self.wbuf
+                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    return;
+                }
+                Parsed::Fail(status, reason) => {
+                    self.close_after = true;
+                    self.rbuf.clear();
+                    self.reply(api::error(status, &reason));
+                }
+                Parsed::Done(req, used) => {
+                    self.rbuf.drain(..used);
+                    self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    if !req.keep_alive {
+                        self.close_after = true;
+                    }
+                    if !api::authorized(&self.shared.token, req.authorization.as_deref()) {
+                        self.shared
+                            .stats
+                            .unauthorized
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.reply(api::unauthorized());
+                        continue;
+                    }
+                    match api::answer(&self.shared, &req) {
+                        Answer::Now(r) => self.reply(r),
+                        Answer::Later(job) => {
+                            self.busy = true;
+                            let done = cx.completion::<Reply>(DONE);
+                            let spawned = std::thread::Builder::new()
+                                .name("bindery-manage-op".into())
+                                .spawn(move || done.succeed(job()));
+                            if let Err(e) = spawned {
+                                self.busy = false;
+                                self.reply(api::error(
+                                    500,
+                                    &format!("cannot start the operation: {e}"),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn drive(&mut self, cx: &mut Cx<'_>) {
+        self.serve(cx);
+        if let Err(e) = listener::write_out(&mut self.stream, &mut self.wbuf, &mut self.wpos) {
+            tracing::debug!(instance = %self.shared.instance, "write failed: {e}");
+            return cx.close();
+        }
+        let flushed = self.wbuf.is_empty();
+        if !self.busy && flushed && (self.close_after || self.read_eof) {
+            cx.close();
+        }
+    }
+}
+
+impl Handler for Conn {
+    fn ready(&mut self, cx: &mut Cx<'_>, event: &Event) {
+        if event.is_readable() || event.is_read_closed() {
+            if let Err(e) = self.read() {
+                tracing::debug!(instance = %self.shared.instance, "read failed: {e}");
+                return cx.close();
+            }
+        }
+        self.drive(cx);
+    }
+
+    fn notify(&mut self, cx: &mut Cx<'_>, note: Note) {
+        if note.tag == DONE {
+            if let Ok(outcome) = note.take::<Result<Reply, bindery::Failure>>() {
+                self.busy = false;
+                let reply = outcome.unwrap_or_else(|f| api::error(500, &f.to_string()));
+                self.reply(reply);
+            }
+        }
+        self.drive(cx);
+    }
+
+    fn shutdown(&mut self, cx: &mut Cx<'_>) {
+        // Finish the operation in flight, then close.
+        self.close_after = true;
+        self.rbuf.clear();
+        self.drive(cx);
+    }
+}

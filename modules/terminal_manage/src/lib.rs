@@ -1,0 +1,271 @@
+//! `terminal.manage`: the management API.
+//!
+//! A terminal of its own, on its own listener (loopback by default), that
+//! lists and changes the running server: system information, the modules
+//! linked, instances with their state, creating, starting, stopping,
+//! restarting and removing instances, binding and unbinding keys, and the
+//! metrics. Versioned under `/v1/`; the contract is the OpenAPI document
+//! served at `/v1/openapi.json` (kept in `docs/management-openapi.json`).
+//!
+//! Every request needs `Authorization: Bearer <token>`. The token is read
+//! from `token_file`; when that file does not exist, a random token is
+//! made and written there (mode 0600) at first start. Its path is logged at
+//! start; the token never is. A missing or wrong token gets 401 with no
+//! detail; tokens are compared in constant time.
+//!
+//! Lifecycle operations block (a stop waits for connections to close), so
+//! they run on a thread of their own and answer when done; the reactor
+//! keeps serving meanwhile.
+//!
+//! ```toml
+//! [instances.manage]
+//! module = "terminal.manage"
+//! bind = ["127.0.0.1:8081"]
+//! [instances.manage.config]
+//! token_file = "bindery-data/manage.token"
+//! max_body_bytes = 1048576
+//! max_connections = 64
+//! ```
+
+mod api;
+mod conn;
+
+use std::io::{self, Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use bindery::{Cx, Handler, Runtime};
+use bindery_classes::listener::{self, Accept, ConnectionStats, OpenConnection};
+use bindery_classes::terminal::{self, Probe, Terminal};
+use mio::net::TcpStream;
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+bindery::module! {
+    class: "terminal",
+    name: "manage",
+    description: "the management API: instances, bindings, lifecycle, metrics; bearer token; OpenAPI",
+    main: module_main,
+    certify_config: "token_file = \"{scratch}/manage.token\"",
+}
+
+/// The OpenAPI document of the API this module serves.
+pub const OPENAPI: &str = include_str!("../../../docs/management-openapi.json");
+
+/// The instance configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The file holding the bearer token; made at first start if missing.
+    pub token_file: PathBuf,
+    /// Largest request body (a configuration) accepted.
+    pub max_body_bytes: usize,
+    /// Open connections at most.
+    pub max_connections: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            token_file: PathBuf::from("bindery-data/manage.token"),
+            max_body_bytes: 1024 * 1024,
+            max_connections: 64,
+        }
+    }
+}
+
+/// When this process first made a management instance: the server's
+/// uptime is counted from it.
+static STARTED: OnceLock<SystemTime> = OnceLock::new();
+
+fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+    terminal::register(reg, |cx| {
+        let config: Config = cx.config().parse()?;
+        STARTED.get_or_init(SystemTime::now);
+        let manage = Arc::new(Manage {
+            instance: cx.name().to_owned(),
+            config,
+            addrs: Mutex::new(Vec::new()),
+            stats: Arc::new(Stats::default()),
+        });
+        let keys = cx.keys().to_vec();
+        let me = manage.clone();
+        let span = cx.span().clone();
+        cx.on_start(move |rt| span.in_scope(|| me.start(rt, &keys)));
+        Ok(manage)
+    });
+    Ok(())
+}
+
+/// Counters.
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    pub(crate) connections: Arc<ConnectionStats>,
+    pub(crate) requests: AtomicU64,
+    pub(crate) unauthorized: AtomicU64,
+}
+
+/// An instance.
+pub struct Manage {
+    instance: String,
+    config: Config,
+    addrs: Mutex<Vec<SocketAddr>>,
+    stats: Arc<Stats>,
+}
+
+/// What every connection of an instance shares.
+pub(crate) struct Shared {
+    pub(crate) instance: String,
+    pub(crate) config: Config,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) token: Box<[u8]>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Manage {
+    fn start(&self, rt: &Arc<Runtime>, keys: &[String]) -> Result<(), bindery::BoxError> {
+        let token = token(&self.config.token_file)
+            .map_err(|e| format!("token file {}: {e}", self.config.token_file.display()))?;
+        tracing::info!(
+            instance = %self.instance,
+            token_file = %self.config.token_file.display(),
+            "the management API takes the bearer token in this file"
+        );
+        let shared = Arc::new(Shared {
+            instance: self.instance.clone(),
+            config: self.config.clone(),
+            runtime: rt.clone(),
+            token: token.into_bytes().into_boxed_slice(),
+            stats: self.stats.clone(),
+        });
+        let bound = listener::listen_all(
+            rt,
+            &self.instance,
+            "manage",
+            keys,
+            self.config.max_connections,
+            &self.stats.connections,
+            Arc::new(AcceptManage(shared)),
+        )?;
+        *self.addrs.lock() = bound;
+        Ok(())
+    }
+}
+
+/// Reads the token in `path`, or makes one there (mode 0600) if the file
+/// does not exist.
+fn token(path: &Path) -> io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().is_empty() => Err(io::Error::other("the file is empty")),
+        Ok(t) => Ok(t.trim().to_owned()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut random = [0u8; 32];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+            let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(path)?;
+            file.write_all(token.as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            tracing::info!(token_file = %path.display(), "made a management token");
+            Ok(token)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+struct AcceptManage(Arc<Shared>);
+
+impl Accept for AcceptManage {
+    fn start(
+        &self,
+        cx: &mut Cx<'_>,
+        stream: TcpStream,
+        open: OpenConnection,
+    ) -> io::Result<Box<dyn Handler>> {
+        conn::Conn::start(cx, stream, self.0.clone(), open)
+    }
+}
+
+impl Terminal for Manage {
+    fn protocol(&self) -> &'static str {
+        "manage"
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.lock().clone()
+    }
+
+    fn connections(&self) -> u64 {
+        self.stats.connections.open.load(Ordering::Relaxed)
+    }
+
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            (
+                "bindery_manage_requests_total",
+                "Management API requests read.",
+                s.requests.load(Ordering::Relaxed),
+            ),
+            (
+                "bindery_manage_unauthorized_total",
+                "Management API requests refused for a missing or wrong token.",
+                s.unauthorized.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+
+    fn stop(&self, deadline: std::time::Instant) {
+        self.stats.connections.stop(deadline);
+    }
+
+    fn probe(&self) -> Option<Arc<dyn Probe>> {
+        Some(Arc::new(ManageProbe))
+    }
+}
+
+/// Certification hooks: a request without the token (401 is a whole,
+/// valid exchange), bytes that are not HTTP, a head never finished.
+struct ManageProbe;
+
+impl Probe for ManageProbe {
+    fn exchange(&self, addr: SocketAddr) -> Result<(), String> {
+        let mut s =
+            std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /v1/system HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+        if out.starts_with(b"HTTP/1.1 401 ") {
+            Ok(())
+        } else {
+            Err(format!(
+                "answered {:?}, want 401 without a token",
+                String::from_utf8_lossy(&out[..out.len().min(64)])
+            ))
+        }
+    }
+
+    fn malformed(&self) -> Vec<u8> {
+        b"\x16\x03\x01\x02\x00 this is not HTTP\r\n\r\n".to_vec()
+    }
+
+    fn partial(&self) -> Vec<u8> {
+        b"GET /v1/system HTTP/1.1\r\nHost: probe\r\n".to_vec()
+    }
+}

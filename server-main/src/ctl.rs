@@ -1,0 +1,336 @@
+//! `bindery ctl`: the management API from the command line.
+//!
+//! Reads the token file itself, prints human tables (or the API's JSON with
+//! `--json`), and exits 0 when the server did what was asked, 1 when it
+//! refused (the error is printed), 2 when it could not be asked at all.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+/// Where the management API is and how to talk to it.
+#[derive(Args, Debug)]
+pub struct Ctl {
+    /// The management API's base URL.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8081",
+        env = "BINDERY_MANAGE_URL"
+    )]
+    pub url: String,
+    /// The file holding the bearer token.
+    #[arg(
+        long,
+        default_value = "bindery-data/manage.token",
+        env = "BINDERY_TOKEN_FILE"
+    )]
+    pub token_file: PathBuf,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub op: Op,
+}
+
+/// What `bindery ctl` can do.
+#[derive(Subcommand, Debug)]
+pub enum Op {
+    /// The server: version, target, cores, memory, uptime.
+    Info,
+    /// Every instance with its state.
+    List,
+    /// The linked modules.
+    Modules,
+    /// Every binding.
+    Bindings,
+    /// Start a stopped or failed instance.
+    Start {
+        /// The instance.
+        name: String,
+    },
+    /// Stop an instance (it stays bound: its keys answer 503).
+    Stop {
+        /// The instance.
+        name: String,
+        /// Seconds it has to finish and close.
+        #[arg(long, default_value_t = 5.0)]
+        grace: f64,
+    },
+    /// Stop and start an instance.
+    Restart {
+        /// The instance.
+        name: String,
+        /// Seconds it has to finish and close.
+        #[arg(long, default_value_t = 5.0)]
+        grace: f64,
+    },
+    /// Stop an instance and forget it (its keys answer 404).
+    Remove {
+        /// The instance.
+        name: String,
+        /// Seconds it has to finish and close.
+        #[arg(long, default_value_t = 5.0)]
+        grace: f64,
+    },
+    /// Make, bind and start an instance.
+    Create {
+        /// The instance's name.
+        name: String,
+        /// Its module, `class.name`.
+        #[arg(long)]
+        module: String,
+        /// A key to bind (repeat for more; none: the module's defaults).
+        #[arg(long = "bind")]
+        bind: Vec<String>,
+        /// A TOML file with the instance's `config` table (its fields at
+        /// the top level).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Bind one more key to an instance.
+    Bind {
+        /// The instance.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// Unbind one of an instance's keys.
+    Unbind {
+        /// The instance.
+        name: String,
+        /// The key.
+        key: String,
+    },
+}
+
+/// Why `ctl` did not succeed: the server refused (exit 1), or it could not
+/// be asked (exit 2).
+#[derive(Debug)]
+pub enum Failed {
+    /// The server answered with an error status.
+    Refused(String),
+    /// No answer: no server, no token, a bad argument.
+    Unasked(String),
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The body `create` sends: one `[instances.NAME]` table.
+fn fragment(
+    name: &str,
+    module: &str,
+    bind: &[String],
+    config: Option<&PathBuf>,
+) -> Result<String, Failed> {
+    let mut instance = toml::Table::new();
+    instance.insert("module".into(), module.into());
+    if !bind.is_empty() {
+        instance.insert(
+            "bind".into(),
+            toml::Value::Array(bind.iter().map(|k| k.as_str().into()).collect()),
+        );
+    }
+    if let Some(path) = config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failed::Unasked(format!("{}: {e}", path.display())))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| Failed::Unasked(format!("{}: {e}", path.display())))?;
+        instance.insert("config".into(), toml::Value::Table(table));
+    }
+    let mut instances = toml::Table::new();
+    instances.insert(name.into(), toml::Value::Table(instance));
+    let mut doc = toml::Table::new();
+    doc.insert("instances".into(), toml::Value::Table(instances));
+    toml::to_string(&doc).map_err(|e| Failed::Unasked(e.to_string()))
+}
+
+/// Runs one `ctl` command; what to print on success.
+pub fn run(ctl: &Ctl) -> Result<String, Failed> {
+    let token = std::fs::read_to_string(&ctl.token_file).map_err(|e| {
+        Failed::Unasked(format!(
+            "cannot read the token file {}: {e} (--token-file or BINDERY_TOKEN_FILE)",
+            ctl.token_file.display()
+        ))
+    })?;
+    let (method, path, body): (&str, String, Option<String>) = match &ctl.op {
+        Op::Info => ("GET", "/v1/system".into(), None),
+        Op::List => ("GET", "/v1/instances".into(), None),
+        Op::Modules => ("GET", "/v1/modules".into(), None),
+        Op::Bindings => ("GET", "/v1/bindings".into(), None),
+        Op::Start { name } => ("POST", format!("/v1/instances/{}/start", enc(name)), None),
+        Op::Stop { name, grace } => (
+            "POST",
+            format!("/v1/instances/{}/stop?grace_secs={grace}", enc(name)),
+            None,
+        ),
+        Op::Restart { name, grace } => (
+            "POST",
+            format!("/v1/instances/{}/restart?grace_secs={grace}", enc(name)),
+            None,
+        ),
+        Op::Remove { name, grace } => (
+            "DELETE",
+            format!("/v1/instances/{}?grace_secs={grace}", enc(name)),
+            None,
+        ),
+        Op::Create {
+            name,
+            module,
+            bind,
+            config,
+        } => (
+            "POST",
+            "/v1/instances".into(),
+            Some(fragment(name, module, bind, config.as_ref())?),
+        ),
+        Op::Bind { name, key } => (
+            "POST",
+            format!("/v1/instances/{}/bindings", enc(name)),
+            Some(serde_json::json!({ "key": key }).to_string()),
+        ),
+        Op::Unbind { name, key } => (
+            "DELETE",
+            format!("/v1/instances/{}/bindings?key={}", enc(name), enc(key)),
+            None,
+        ),
+    };
+    let url = format!("{}{path}", ctl.url.trim_end_matches('/'));
+    let req = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(3700))
+        .build()
+        .request(method, &url)
+        .set("Authorization", &format!("Bearer {}", token.trim()));
+    let answer = match body {
+        Some(b) => req.send_string(&b),
+        None => req.call(),
+    };
+    let text = match answer {
+        Ok(r) => r.into_string().unwrap_or_default(),
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let why = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            return Err(Failed::Refused(format!("{code}: {why}")));
+        }
+        Err(e) => return Err(Failed::Unasked(format!("{method} {url}: {e}"))),
+    };
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if ctl.json {
+        return Ok(if value.is_null() {
+            String::new()
+        } else {
+            serde_json::to_string_pretty(&value).unwrap_or(text)
+        });
+    }
+    Ok(human(&ctl.op, &value))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Rows under a header, columns padded.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[String]| {
+        let row: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", row.join("  ").trim_end());
+    };
+    line(
+        &mut out,
+        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    );
+    for r in &rows {
+        line(&mut out, r);
+    }
+    out
+}
+
+fn instance_rows(list: &[Value]) -> String {
+    table(
+        &["NAME", "MODULE", "STATE", "RESTARTS", "BIND", "LAST ERROR"],
+        list.iter()
+            .map(|i| {
+                vec![
+                    s(&i["name"]),
+                    s(&i["module"]),
+                    s(&i["state"]),
+                    s(&i["restarts"]),
+                    s(&i["bind"]),
+                    s(&i["last_error"]),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn human(op: &Op, v: &Value) -> String {
+    match op {
+        Op::Info => {
+            let mut out = String::new();
+            if let Some(map) = v.as_object() {
+                for (k, val) in map {
+                    let _ = writeln!(out, "{k:<14} {}", s(val));
+                }
+            }
+            out
+        }
+        Op::List => instance_rows(v.as_array().map_or(&[][..], Vec::as_slice)),
+        Op::Modules => table(
+            &["MODULE", "VERSION", "CRATE", "DESCRIPTION"],
+            v.as_array()
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .map(|m| {
+                    vec![
+                        format!("{}.{}", s(&m["class"]), s(&m["name"])),
+                        s(&m["version"]),
+                        s(&m["crate"]),
+                        s(&m["description"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Op::Bindings => table(
+            &["CLASS", "KEY", "INSTANCE", "MODULE"],
+            v.as_array()
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .map(|b| {
+                    vec![
+                        s(&b["class"]),
+                        s(&b["key"]),
+                        s(&b["instance"]),
+                        s(&b["module"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Op::Remove { name, .. } => format!("removed {name}\n"),
+        _ => instance_rows(std::slice::from_ref(v)),
+    }
+}
