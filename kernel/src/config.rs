@@ -98,6 +98,9 @@ pub struct ServerSection {
     /// Reactor threads; `None` or 0: one per core.
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Log lines kept per instance for the management API (default 1000).
+    #[serde(default)]
+    pub log_lines: Option<usize>,
 }
 
 #[derive(Deserialize)]

@@ -672,6 +672,12 @@ impl Kernel {
         config: &Config,
         threads: Option<usize>,
     ) -> Result<Kernel, Error> {
+        crate::logs::logs().set_capacity(
+            config
+                .server
+                .log_lines
+                .unwrap_or(crate::logs::DEFAULT_LINES),
+        );
         let threads = match threads.or(config.server.threads) {
             Some(n) if n > 0 => n,
             _ => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -19,7 +19,10 @@
 //!   changeable at run time;
 //! - **the reactor** ([`reactor`]): `mio` event loops on a few threads,
 //!   timers, cross-thread wake-ups, graceful shutdown;
-//! - **completions** ([`completion`]): how queued work reports back.
+//! - **completions** ([`completion`]): how queued work reports back;
+//! - **instance lifecycle** ([`Runtime`], [`State`]): create, start, stop,
+//!   restart, remove and rebind instances while the server runs;
+//! - **per-instance logs** ([`logs`]): the last lines each instance logged.
 //!
 //! It is not a message server by itself: the class contracts live in
 //! `bindery-classes`, and the modules in their own crates.
@@ -59,6 +62,7 @@ pub mod completion;
 pub mod config;
 mod error;
 mod kernel;
+pub mod logs;
 pub mod reactor;
 mod registry;
 

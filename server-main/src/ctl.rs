@@ -105,6 +105,17 @@ pub enum Op {
         /// The key.
         key: String,
     },
+    /// An instance's recent log lines.
+    Logs {
+        /// The instance.
+        name: String,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Keep printing new lines until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 /// Why `ctl` did not succeed: the server refused (exit 1), or it could not
@@ -200,6 +211,13 @@ pub fn run(ctl: &Ctl) -> Result<String, Failed> {
             format!("/v1/instances/{}/bindings?key={}", enc(name), enc(key)),
             None,
         ),
+        Op::Logs { name, tail, follow } => {
+            let mut q = format!("/v1/instances/{}/logs?follow={follow}", enc(name));
+            if let Some(n) = tail {
+                let _ = write!(q, "&tail={n}");
+            }
+            ("GET", q, None)
+        }
     };
     let url = format!("{}{path}", ctl.url.trim_end_matches('/'));
     let req = ureq::AgentBuilder::new()
@@ -212,6 +230,20 @@ pub fn run(ctl: &Ctl) -> Result<String, Failed> {
         None => req.call(),
     };
     let text = match answer {
+        Ok(r) if matches!(ctl.op, Op::Logs { follow: true, .. }) => {
+            // One JSON line per log line, as they come, until interrupted.
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(r.into_reader()).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if ctl.json {
+                    println!("{line}");
+                } else {
+                    print!("{}", log_lines(std::slice::from_ref(&v)));
+                }
+            }
+            return Ok(String::new());
+        }
         Ok(r) => r.into_string().unwrap_or_default(),
         Err(ureq::Error::Status(code, r)) => {
             let text = r.into_string().unwrap_or_default();
@@ -288,6 +320,24 @@ fn instance_rows(list: &[Value]) -> String {
     )
 }
 
+/// `time level target: message` per line.
+fn log_lines(lines: &[Value]) -> String {
+    let mut out = String::new();
+    for l in lines {
+        let ms = l["time_ms"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{}.{:03} {:<5} {}: {}",
+            ms / 1000,
+            ms % 1000,
+            s(&l["level"]),
+            s(&l["target"]),
+            s(&l["message"])
+        );
+    }
+    out
+}
+
 fn human(op: &Op, v: &Value) -> String {
     match op {
         Op::Info => {
@@ -331,6 +381,7 @@ fn human(op: &Op, v: &Value) -> String {
                 .collect(),
         ),
         Op::Remove { name, .. } => format!("removed {name}\n"),
+        Op::Logs { .. } => log_lines(v.as_array().map_or(&[][..], Vec::as_slice)),
         _ => instance_rows(std::slice::from_ref(v)),
     }
 }

@@ -80,13 +80,7 @@ pub enum Command {
 /// Parses the command line and runs the server built from `linked`.
 pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
     let cli = Cli::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    init_logging();
     if let Some(Command::Ctl(c)) = &cli.command {
         return match ctl::run(c) {
             Ok(out) => {
@@ -120,6 +114,27 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Log lines to stderr (colours only when stderr is a terminal), filtered
+/// by `RUST_LOG` (default `info`); and into each instance's buffer for the
+/// management API, from `info` up whatever `RUST_LOG` says.
+fn init_logging() {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter);
+    let buffers = bindery::logs::layer().with_filter(tracing::level_filters::LevelFilter::INFO);
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(buffers)
+        .try_init();
 }
 
 /// Loads the configuration the command line asks for, with its overrides.

@@ -90,3 +90,19 @@ fn a_port_in_use_stops_start_up_naming_the_instance() {
     assert_eq!(code, 2);
     assert!(err.contains("\"http\"") && err.contains(&addr), "{err}");
 }
+
+#[test]
+fn log_lines_to_a_file_carry_no_colour_codes() {
+    let dir = std::env::temp_dir().join(format!("bindery-cli-ansi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .arg("--check-config")
+        .current_dir(&dir)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("journal recovered"), "{err}");
+    assert!(!err.contains('\x1b'), "escape codes in redirected logs: {err:?}");
+}

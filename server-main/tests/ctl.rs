@@ -94,6 +94,13 @@ fn ctl_lists_creates_stops_and_removes() {
     let (code, _, err) = ctl(&s, &["start", "orders"]);
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
+
+    // An instance's recent log.
+    ctl(&s, &["restart", "queues", "--grace", "1"]);
+    let (code, out, err) = ctl(&s, &["logs", "queues", "--tail", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("INFO"), "{out}");
 }
 
 #[test]

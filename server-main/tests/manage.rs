@@ -381,3 +381,81 @@ fn bad_requests_get_errors_that_say_what_is_wrong() {
     );
     assert!(s.healthy());
 }
+
+#[test]
+fn an_instances_log_can_be_read_and_followed() {
+    let s = Server::start_with(&config(""), &["--threads", "2"]);
+    let api = Api::of(&s);
+    // Stopping and starting logs lines in the instance's span.
+    api.expect(
+        200,
+        "POST",
+        "/v1/instances/queues/restart?grace_secs=1",
+        None,
+    );
+    let lines = api.expect(200, "GET", "/v1/instances/queues/logs", None);
+    let text = lines.to_string();
+    assert!(
+        text.contains("stopping") && text.contains("running"),
+        "{text}"
+    );
+    let all = lines.as_array().unwrap().len();
+    assert!(all >= 3, "{text}");
+    let last = api.expect(200, "GET", "/v1/instances/queues/logs?tail=1", None);
+    assert_eq!(last.as_array().unwrap().len(), 1);
+    let future = api.expect(
+        200,
+        "GET",
+        "/v1/instances/queues/logs?since=99999999999",
+        None,
+    );
+    assert!(future.as_array().unwrap().is_empty());
+    api.expect(404, "GET", "/v1/instances/nobody/logs", None);
+    api.expect(400, "GET", "/v1/instances/queues/logs?tail=many", None);
+
+    // Follow: the stream stays open and brings new lines.
+    use std::io::{BufRead, BufReader, Write};
+    let mut follow = std::net::TcpStream::connect(s.manage.unwrap()).unwrap();
+    follow
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        follow,
+        "GET /v1/instances/durable/logs?follow=true&tail=0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        api.token
+    )
+    .unwrap();
+    let mut r = BufReader::new(follow);
+    let mut head = String::new();
+    r.read_line(&mut head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The stop runs on its own thread; its lines arrive on the stream.
+    let stopper = {
+        let base = api.base.clone();
+        let token = api.token.clone();
+        std::thread::spawn(move || {
+            agent()
+                .post(&format!("{base}/v1/instances/durable/stop?grace_secs=1"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .call()
+                .unwrap()
+                .status()
+        })
+    };
+    let mut got = String::new();
+    for _ in 0..200 {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        got.push_str(&line);
+        if got.contains("\"stopped\"")
+            || got.contains("stopped\"}")
+            || got.contains("message\":\"stopped")
+        {
+            break;
+        }
+    }
+    assert_eq!(stopper.join().unwrap(), 200);
+    assert!(got.contains("stopping"), "{got}");
+}

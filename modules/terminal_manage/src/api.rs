@@ -24,6 +24,12 @@ pub(crate) struct Reply {
 pub(crate) enum Answer {
     Now(Reply),
     Later(Box<dyn FnOnce() -> Reply + Send>),
+    /// Stream `instance`'s log: these lines first, then new ones as they
+    /// come, until the client leaves.
+    Follow {
+        instance: String,
+        lines: Vec<bindery::logs::LogLine>,
+    },
 }
 
 /// The longest grace a stop may ask for.
@@ -165,6 +171,7 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
         ["v1", "instances", _] => Some("GET, DELETE"),
         ["v1", "instances", _, "start" | "stop" | "restart"] => Some("POST"),
         ["v1", "instances", _, "bindings"] => Some("POST, DELETE"),
+        ["v1", "instances", _, "logs"] => Some("GET"),
         _ => None,
     }
 }
@@ -269,6 +276,39 @@ fn route(shared: &Arc<Shared>, req: &Request) -> Result<Answer, Reply> {
                     Err(e) => failed(&e, false),
                 }
             }))
+        }
+        ("GET", ["v1", "instances", name, "logs"]) => {
+            let name = decoded(name)?;
+            if rt.instance(&name).is_none() {
+                return Err(failed(&Error::NoInstance { instance: name }, false));
+            }
+            let tail = match query(req, "tail")? {
+                None => None,
+                Some(t) => Some(t.parse::<usize>().map_err(|_| {
+                    error(400, &format!("tail must be a number of lines, not {t:?}"))
+                })?),
+            };
+            let since = query_secs(&req.query, "since")
+                .map_err(|e| error(400, &e))?
+                .map(|s| (s * 1000.0) as u64);
+            let follow = match query(req, "follow")?.as_deref() {
+                None | Some("false" | "0") => false,
+                Some("true" | "1" | "") => true,
+                Some(other) => {
+                    return Err(error(
+                        400,
+                        &format!("follow must be true or false, not {other:?}"),
+                    ));
+                }
+            };
+            let lines = bindery::logs::logs().tail(&name, tail, since);
+            if follow {
+                return Ok(Answer::Follow {
+                    instance: name,
+                    lines,
+                });
+            }
+            now(json_reply(200, &lines))
         }
         ("POST", ["v1", "instances", name, "bindings"]) => {
             let name = decoded(name)?;

@@ -17,6 +17,8 @@ use crate::api::{self, Answer, Reply};
 
 /// The note tag of a finished operation.
 const DONE: u64 = 1;
+/// The note tag of a new line of a followed log.
+const LOG: u64 = 2;
 /// The head of a request, at most.
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -28,6 +30,9 @@ pub(crate) struct Conn {
     wpos: usize,
     /// An operation is running on its own thread; its reply comes as a note.
     busy: bool,
+    /// Streaming an instance's log (chunked NDJSON) for the rest of the
+    /// connection's life.
+    following: Option<bindery::logs::Follow>,
     close_after: bool,
     read_eof: bool,
     _open: OpenConnection,
@@ -47,6 +52,7 @@ impl Conn {
             wbuf: Vec::new(),
             wpos: 0,
             busy: false,
+            following: None,
             close_after: false,
             read_eof: false,
             _open: open,
@@ -99,6 +105,11 @@ impl Conn {
             max_header_bytes: MAX_HEAD,
             max_body_bytes: self.shared.config.max_body_bytes,
         };
+        if self.following.is_some() {
+            // Nothing more is read as requests while a log streams.
+            self.rbuf.clear();
+            return;
+        }
         while !self.busy && !self.close_after && !self.rbuf.is_empty() {
             match request::parse(&self.rbuf, limits) {
                 Parsed::Partial { expect_continue } => {
@@ -129,6 +140,22 @@ impl Conn {
                     }
                     match api::answer(&self.shared, &req) {
                         Answer::Now(r) => self.reply(r),
+                        Answer::Follow { instance, lines } => {
+                            self.wbuf.extend_from_slice(
+                                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\
+                                  Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            );
+                            for line in &lines {
+                                self.log_chunk(line);
+                            }
+                            let (handle, at) = (cx.handle(), cx.address());
+                            self.following =
+                                Some(bindery::logs::logs().follow(&instance, move |line| {
+                                    handle.notify(at, Note::new(LOG, line.clone()))
+                                }));
+                            self.rbuf.clear();
+                            return;
+                        }
                         Answer::Later(job) => {
                             self.busy = true;
                             let done = cx.completion::<Reply>(DONE);
@@ -147,6 +174,16 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// One log line as one chunk of NDJSON.
+    fn log_chunk(&mut self, line: &bindery::logs::LogLine) {
+        let mut json = serde_json::to_vec(line).unwrap_or_default();
+        json.push(b'\n');
+        self.wbuf
+            .extend_from_slice(format!("{:x}\r\n", json.len()).as_bytes());
+        self.wbuf.extend_from_slice(&json);
+        self.wbuf.extend_from_slice(b"\r\n");
     }
 
     fn drive(&mut self, cx: &mut Cx<'_>) {
@@ -174,6 +211,16 @@ impl Handler for Conn {
     }
 
     fn notify(&mut self, cx: &mut Cx<'_>, note: Note) {
+        if note.tag == LOG {
+            if let Ok(line) = note.take::<bindery::logs::LogLine>() {
+                // A client that does not read is not buffered for without
+                // bound: past 1 MiB unsent, lines are skipped.
+                if self.wbuf.len() < 1 << 20 {
+                    self.log_chunk(&line);
+                }
+            }
+            return self.drive(cx);
+        }
         if note.tag == DONE {
             if let Ok(outcome) = note.take::<Result<Reply, bindery::Failure>>() {
                 self.busy = false;
@@ -185,7 +232,10 @@ impl Handler for Conn {
     }
 
     fn shutdown(&mut self, cx: &mut Cx<'_>) {
-        // Finish the operation in flight, then close.
+        // Finish the operation in flight (or end a log stream), then close.
+        if self.following.take().is_some() {
+            self.wbuf.extend_from_slice(b"0\r\n\r\n");
+        }
         self.close_after = true;
         self.rbuf.clear();
         self.drive(cx);
