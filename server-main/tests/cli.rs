@@ -104,5 +104,8 @@ fn log_lines_to_a_file_carry_no_colour_codes() {
     let _ = std::fs::remove_dir_all(&dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("journal recovered"), "{err}");
-    assert!(!err.contains('\x1b'), "escape codes in redirected logs: {err:?}");
+    assert!(
+        !err.contains('\x1b'),
+        "escape codes in redirected logs: {err:?}"
+    );
 }
