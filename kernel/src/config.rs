@@ -23,8 +23,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 /// A configuration error, naming where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,14 +92,14 @@ impl Source {
 }
 
 /// The `[server]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     /// Reactor threads; `None` or 0: one per core.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// Log lines kept per instance for the management API (default 1000).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_lines: Option<usize>,
 }
 
@@ -252,6 +252,15 @@ impl Section {
     /// The instance this section belongs to.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// The section as TOML, `None` when the instance has none.
+    pub fn value(&self) -> Option<toml::Value> {
+        let doc: toml::Table = self.source.text.parse().ok()?;
+        doc.get("instances")?
+            .get(&self.instance)?
+            .get("config")
+            .cloned()
     }
 }
 

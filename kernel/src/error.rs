@@ -87,6 +87,19 @@ pub enum Error {
         /// The name.
         instance: String,
     },
+    /// A change would remove or change an instance that must stay as it is
+    /// (the management API serving the request).
+    Protected {
+        /// The instance.
+        instance: String,
+    },
+    /// The configuration changed since the version a change was made from.
+    Stale {
+        /// The version the change was made from.
+        expected: String,
+        /// The version in effect.
+        current: String,
+    },
     /// An operating-system resource (poll, waker, thread, signal) failed.
     Io {
         /// What the kernel was doing.
@@ -163,6 +176,16 @@ impl fmt::Display for Error {
             Error::InstanceExists { instance } => {
                 write!(f, "an instance called {instance:?} exists already")
             }
+            Error::Protected { instance } => write!(
+                f,
+                "instance {instance:?} serves this request: this change may not remove or \
+                 change it (keep its section as it is)"
+            ),
+            Error::Stale { expected, current } => write!(
+                f,
+                "the configuration changed since version {expected}: it is {current} now; get \
+                 it again and reapply your change"
+            ),
             Error::Io { context, cause } => write!(f, "{context}: {cause}"),
         }
     }

@@ -149,6 +149,19 @@ pub struct InstanceInfo {
     pub last_error: Option<String>,
 }
 
+/// What a [`Runtime::reload`] did, by instance name.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Reload {
+    /// Made and started.
+    pub added: Vec<String>,
+    /// Made anew from a changed section, and started.
+    pub changed: Vec<String>,
+    /// Stopped and gone.
+    pub removed: Vec<String>,
+    /// Running untouched.
+    pub unchanged: Vec<String>,
+}
+
 /// One instance: its configuration, its current incarnation and its state.
 struct Instance {
     spec: InstanceSpec,
@@ -238,6 +251,8 @@ pub struct Runtime {
     instances: Mutex<Vec<Instance>>,
     /// Held for the whole of one lifecycle operation.
     ops: Mutex<()>,
+    /// The `[server]` table the kernel was built with.
+    server: crate::config::ServerSection,
     stop: (Mutex<bool>, Condvar),
     started: AtomicBool,
 }
@@ -433,6 +448,10 @@ impl Runtime {
     /// any failure nothing stays behind: no binding, no record.
     pub fn create(self: &Arc<Self>, spec: InstanceSpec) -> Result<InstanceInfo, Error> {
         let _op = self.ops.lock();
+        self.create_now(spec)
+    }
+
+    fn create_now(self: &Arc<Self>, spec: InstanceSpec) -> Result<InstanceInfo, Error> {
         if self
             .instances
             .lock()
@@ -470,6 +489,226 @@ impl Runtime {
             }
         }
         self.instance(&name).ok_or_else(|| Self::no_instance(&name))
+    }
+
+    /// The configuration in effect, as TOML that, saved to a file, starts
+    /// the same server: `[server]`, then every instance with its module,
+    /// the keys it is bound to now and its `config` table.
+    pub fn effective_config(&self) -> String {
+        let mut instances = toml::Table::new();
+        for i in self.instances.lock().iter() {
+            let mut t = toml::Table::new();
+            t.insert("module".into(), i.spec.module.clone().into());
+            t.insert(
+                "bind".into(),
+                toml::Value::Array(i.keys.iter().map(|k| k.clone().into()).collect()),
+            );
+            if let Some(c) = i.spec.section.value() {
+                t.insert("config".into(), c);
+            }
+            instances.insert(i.spec.name.clone(), toml::Value::Table(t));
+        }
+        let mut doc = toml::Table::new();
+        if let Ok(toml::Value::Table(server)) = toml::Value::try_from(&self.server) {
+            if !server.is_empty() {
+                doc.insert("server".into(), toml::Value::Table(server));
+            }
+        }
+        doc.insert("instances".into(), toml::Value::Table(instances));
+        toml::to_string(&doc).unwrap_or_default()
+    }
+
+    /// A version of the configuration in effect: it changes whenever the
+    /// configuration does (an instance made, removed, rebound, reloaded),
+    /// not when an instance merely stops or starts.
+    pub fn config_version(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.effective_config().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// The keys `spec` binds: its own, or its module's defaults, as the
+    /// table shows them.
+    fn keys_of(&self, spec: &InstanceSpec) -> Option<(&'static str, Vec<String>)> {
+        let registered = self.registry.registered(&spec.module)?.ok()?;
+        let class = registered.descriptor.class;
+        let table = self.tables.get(class)?;
+        let keys: Vec<String> = if spec.bind.is_empty() {
+            registered
+                .factory
+                .default_keys
+                .iter()
+                .map(|k| table.display(k))
+                .collect()
+        } else {
+            spec.bind.iter().map(|k| table.display(k)).collect()
+        };
+        Some((class, keys))
+    }
+
+    /// Replaces the whole configuration: checked first (every module
+    /// linked, no key bound twice), then applied as a difference —
+    /// instances whose module, keys and `config` are the same keep running
+    /// untouched, changed ones are made anew from their new section and
+    /// started, removed ones stop and go, new ones are made and started. If
+    /// any step fails, what was done is undone (removed and changed
+    /// instances come back with their old configuration) and the error is
+    /// returned: the configuration in effect is the old one.
+    pub fn reload(self: &Arc<Self>, config: &Config) -> Result<Reload, Error> {
+        self.reload_if(config, None, &[])
+    }
+
+    /// [`Runtime::reload`], only if the configuration in effect is still
+    /// at `version` ([`Runtime::config_version`]); otherwise
+    /// [`Error::Stale`]. Checked and applied as one operation, so two
+    /// changes made from one version cannot both pass. A reload that would
+    /// remove or change one of the `protected` instances (the management
+    /// API serving the request, say) is refused with [`Error::Protected`].
+    pub fn reload_if(
+        self: &Arc<Self>,
+        config: &Config,
+        version: Option<&str>,
+        protected: &[&str],
+    ) -> Result<Reload, Error> {
+        let _op = self.ops.lock();
+        if let Some(want) = version {
+            let now = self.config_version();
+            if want != now {
+                return Err(Error::Stale {
+                    expected: want.to_owned(),
+                    current: now,
+                });
+            }
+        }
+        // Checked before anything changes.
+        let mut claimed: HashMap<(&str, String), String> = HashMap::new();
+        for spec in &config.instances {
+            let Some((class, keys)) = self.keys_of(spec) else {
+                if let Some(Err(e)) = self.registry.registered(&spec.module) {
+                    return Err(e);
+                }
+                let mut linked: Vec<String> = self.registry.descriptors().map(|d| d.id()).collect();
+                linked.sort();
+                return Err(Error::NotLinked {
+                    instance: spec.name.clone(),
+                    module: spec.module.clone(),
+                    linked,
+                });
+            };
+            for key in keys {
+                let table = &self.tables[class];
+                let normalized = table.display(&key);
+                if let Some(other) = claimed.insert((class, normalized.clone()), spec.name.clone())
+                {
+                    return Err(Error::Binding {
+                        class: class.to_owned(),
+                        key: normalized,
+                        reason: format!(
+                            "instances {other:?} and {:?} both bind it in the new configuration",
+                            spec.name
+                        ),
+                    });
+                }
+            }
+        }
+        let old: Vec<(InstanceSpec, Vec<String>)> = self
+            .instances
+            .lock()
+            .iter()
+            .map(|i| (i.spec.clone(), i.keys.clone()))
+            .collect();
+        let same = |new: &InstanceSpec, (old, keys): &(InstanceSpec, Vec<String>)| {
+            new.module == old.module
+                && self.keys_of(new).map(|(_, k)| k).as_ref() == Some(keys)
+                && new.section.value() == old.section.value()
+        };
+        let mut report = Reload::default();
+        let mut removed = Vec::new();
+        let mut changed = Vec::new();
+        for o in &old {
+            match config.instances.iter().find(|n| n.name == o.0.name) {
+                None => removed.push(o.clone()),
+                Some(n) if same(n, o) => report.unchanged.push(n.name.clone()),
+                Some(n) => changed.push((o.clone(), n.clone())),
+            }
+        }
+        let touched = removed
+            .iter()
+            .map(|o| &o.0.name)
+            .chain(changed.iter().map(|(o, _)| &o.0.name));
+        if let Some(name) = touched
+            .into_iter()
+            .find(|n| protected.contains(&n.as_str()))
+        {
+            return Err(Error::Protected {
+                instance: name.clone(),
+            });
+        }
+        let added: Vec<InstanceSpec> = config
+            .instances
+            .iter()
+            .filter(|n| old.iter().all(|o| o.0.name != n.name))
+            .cloned()
+            .collect();
+        // What to do to go back, last first.
+        enum Undo {
+            Remove(String),
+            Recreate(InstanceSpec),
+        }
+        let mut undo: Vec<Undo> = Vec::new();
+        let was = |(spec, keys): &(InstanceSpec, Vec<String>)| InstanceSpec {
+            bind: keys.clone(),
+            ..spec.clone()
+        };
+        let mut step = || -> Result<(), Error> {
+            for o in &removed {
+                self.stop_now(&o.0.name, DEFAULT_GRACE)?;
+                self.drop_instance(&o.0.name);
+                undo.push(Undo::Recreate(was(o)));
+                report.removed.push(o.0.name.clone());
+            }
+            for (o, n) in &changed {
+                self.stop_now(&o.0.name, DEFAULT_GRACE)?;
+                self.drop_instance(&o.0.name);
+                undo.push(Undo::Recreate(was(o)));
+                self.create_now(n.clone())?;
+                undo.push(Undo::Remove(n.name.clone()));
+                report.changed.push(n.name.clone());
+            }
+            for n in &added {
+                self.create_now(n.clone())?;
+                undo.push(Undo::Remove(n.name.clone()));
+                report.added.push(n.name.clone());
+            }
+            Ok(())
+        };
+        if let Err(e) = step() {
+            tracing::warn!("reload failed, going back: {e}");
+            while let Some(u) = undo.pop() {
+                match u {
+                    Undo::Remove(name) => {
+                        let _ = self.stop_now(&name, DEFAULT_GRACE);
+                        self.drop_instance(&name);
+                    }
+                    Undo::Recreate(spec) => {
+                        let name = spec.name.clone();
+                        if let Err(e) = self.create_now(spec) {
+                            tracing::error!(instance = %name, "could not bring back: {e}");
+                        }
+                    }
+                }
+            }
+            return Err(e);
+        }
+        tracing::info!(
+            added = report.added.len(),
+            changed = report.changed.len(),
+            removed = report.removed.len(),
+            unchanged = report.unchanged.len(),
+            "configuration reloaded"
+        );
+        Ok(report)
     }
 
     /// Unbinds and forgets `name` (its stop hooks have run).
@@ -642,7 +881,11 @@ pub struct Kernel {
     reactors: Vec<Reactor>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
     stopped: bool,
+    reload: Option<ReloadSource>,
 }
+
+/// Where SIGHUP reads the configuration to reload.
+type ReloadSource = Box<dyn Fn() -> Result<Config, String> + Send>;
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -715,6 +958,7 @@ impl Kernel {
             modules,
             instances: Mutex::new(Vec::new()),
             ops: Mutex::new(()),
+            server: config.server.clone(),
             stop: (Mutex::new(false), Condvar::new()),
             started: AtomicBool::new(false),
         });
@@ -723,6 +967,7 @@ impl Kernel {
             reactors,
             threads: Vec::new(),
             stopped: false,
+            reload: None,
         };
         for spec in &config.instances {
             kernel.runtime.create(spec.clone()).map_err(|e| match e {
@@ -792,23 +1037,53 @@ impl Kernel {
         }
     }
 
+    /// On SIGHUP, reload the configuration `source` reads (see
+    /// [`Runtime::reload`]); without a source, SIGHUP is logged and ignored.
+    pub fn on_reload(&mut self, source: impl Fn() -> Result<Config, String> + Send + 'static) {
+        self.reload = Some(Box::new(source));
+    }
+
     /// Blocks until SIGINT or SIGTERM (or [`Runtime::request_stop`]), then
-    /// shuts down gracefully.
-    pub fn run_until_signal(mut self) -> Result<(), Error> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    /// shuts down gracefully. SIGHUP reloads the configuration (see
+    /// [`Kernel::on_reload`]). `ready` runs once the signals are handled.
+    pub fn run_until_signal(mut self, ready: impl FnOnce()) -> Result<(), Error> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
             .map_err(|e| Error::io("installing signal handlers", e))?;
         let signal_handle = signals.handle();
         let runtime = self.runtime.clone();
+        let reload = self.reload.take();
         let waiter = std::thread::Builder::new()
             .name("bindery-signals".into())
             .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
+                for sig in signals.forever() {
+                    if sig == SIGHUP {
+                        match &reload {
+                            None => tracing::warn!("SIGHUP: no configuration file to reload"),
+                            Some(source) => match source() {
+                                Ok(config) => match runtime.reload(&config) {
+                                    Ok(r) => tracing::info!(
+                                        added = ?r.added,
+                                        changed = ?r.changed,
+                                        removed = ?r.removed,
+                                        "SIGHUP: configuration reloaded"
+                                    ),
+                                    Err(e) => tracing::error!(
+                                        "SIGHUP: reload refused, nothing changed: {e}"
+                                    ),
+                                },
+                                Err(e) => tracing::error!("SIGHUP: {e}; nothing changed"),
+                            },
+                        }
+                        continue;
+                    }
                     tracing::info!(signal = sig, "stopping");
                     runtime.request_stop();
+                    break;
                 }
             })
             .map_err(|e| Error::io("spawning the signal thread", e))?;
+        ready();
         self.wait();
         signal_handle.close();
         let _ = waiter.join();

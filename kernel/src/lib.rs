@@ -72,7 +72,7 @@ pub use config::{Config, ConfigError, InstanceSpec, Section};
 pub use error::{BoxError, Error};
 pub use kernel::{
     BindingInfo, DEFAULT_GRACE, InstanceContext, InstanceInfo, Introspection, Kernel, ModuleInfo,
-    Runtime, State, linked_modules,
+    Reload, Runtime, State, linked_modules,
 };
 pub use reactor::{Address, Cx, Handler, ReactorHandle};
 pub use registry::{

@@ -291,3 +291,72 @@ fn a_failed_start_says_why_and_keeps_the_binding() {
     assert_eq!(info.last_error, None);
     assert_eq!(incarnation(&k, "flaky-key"), Some(4));
 }
+
+#[test]
+fn a_reload_applies_the_difference_or_nothing() {
+    let mut k = kernel(
+        "[instances.r-same]\nmodule = \"widget.w\"\nbind = [\"r-same\"]\n\
+         [instances.r-change]\nmodule = \"widget.w\"\nbind = [\"r-change\"]\n\
+         [instances.r-gone]\nmodule = \"widget.w\"\nbind = [\"r-gone\"]\n",
+    );
+    k.start().unwrap();
+    let rt = k.runtime().clone();
+    let version = rt.config_version();
+    // The effective configuration starts the same server.
+    let text = rt.effective_config();
+    let again = Config::parse("effective", &text).unwrap();
+    assert_eq!(again.instances.len(), 3, "{text}");
+
+    let next = Config::parse(
+        "next.toml",
+        "[instances.r-same]\nmodule = \"widget.w\"\nbind = [\"r-same\"]\n\
+         [instances.r-change]\nmodule = \"widget.w\"\nbind = [\"r-change\"]\nconfig = { fail_start = 99 }\n\
+         [instances.r-new]\nmodule = \"widget.w\"\nbind = [\"r-new\"]\n",
+    )
+    .unwrap();
+    let report = rt.reload(&next).unwrap();
+    assert_eq!(report.unchanged, ["r-same"]);
+    assert_eq!(report.changed, ["r-change"]);
+    assert_eq!(report.removed, ["r-gone"]);
+    assert_eq!(report.added, ["r-new"]);
+    assert_eq!(incarnation(&k, "r-same"), Some(1), "unchanged: untouched");
+    assert_eq!(incarnation(&k, "r-change"), Some(2), "changed: made anew");
+    assert_eq!(incarnation(&k, "r-gone"), None);
+    assert_eq!(incarnation(&k, "r-new"), Some(1));
+    assert_eq!(events("r-same"), ["make 1", "start 1"]);
+    assert_ne!(rt.config_version(), version);
+
+    // A reload that fails half-way changes nothing: the new instance
+    // cannot be made, so what was removed and changed comes back.
+    let version = rt.config_version();
+    let before = rt.effective_config();
+    let bad = Config::parse(
+        "bad.toml",
+        "[instances.r-same]\nmodule = \"widget.w\"\nbind = [\"r-same\"]\n\
+         [instances.r-new]\nmodule = \"widget.w\"\nbind = [\"r-new2\"]\n\
+         [instances.r-dud]\nmodule = \"widget.w\"\nbind = [\"r-dud\"]\nconfig = { fail_make = 1 }\n",
+    )
+    .unwrap();
+    let e = rt.reload(&bad).unwrap_err();
+    assert!(e.to_string().contains("cannot be made"), "{e}");
+    assert_eq!(rt.effective_config(), before);
+    assert_eq!(rt.config_version(), version);
+    assert_eq!(incarnation(&k, "r-same"), Some(1));
+    assert!(incarnation(&k, "r-change").is_some() && incarnation(&k, "r-new").is_some());
+    assert_eq!(incarnation(&k, "r-dud"), None);
+    assert_eq!(rt.instance("r-change").unwrap().state, State::Running);
+
+    // A key bound twice, or a module not linked, is refused before
+    // anything is touched.
+    let twice = Config::parse(
+        "twice.toml",
+        "[instances.a2]\nmodule = \"widget.w\"\nbind = [\"k\"]\n[instances.b2]\nmodule = \"widget.w\"\nbind = [\"k\"]\n",
+    )
+    .unwrap();
+    let e = rt.reload(&twice).unwrap_err();
+    assert!(e.to_string().contains("both bind it"), "{e}");
+    let unknown = Config::parse("u.toml", "[instances.u]\nmodule = \"widget.nope\"\n").unwrap();
+    assert!(matches!(rt.reload(&unknown), Err(Error::NotLinked { .. })));
+    assert_eq!(rt.effective_config(), before);
+    assert_eq!(incarnation(&k, "r-same"), Some(1));
+}

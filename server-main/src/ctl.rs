@@ -105,6 +105,14 @@ pub enum Op {
         /// The key.
         key: String,
     },
+    /// The configuration in effect, as TOML.
+    Config,
+    /// Replace the whole configuration with FILE, applied as a difference;
+    /// refused if the configuration changed since it was read.
+    Reload {
+        /// The new configuration.
+        file: PathBuf,
+    },
     /// An instance's recent log lines.
     Logs {
         /// The instance.
@@ -162,6 +170,21 @@ fn fragment(
     toml::to_string(&doc).map_err(|e| Failed::Unasked(e.to_string()))
 }
 
+/// What a failed request means for `ctl`'s exit code.
+fn failure(method: &str, url: &str, e: ureq::Error) -> Failed {
+    match e {
+        ureq::Error::Status(code, r) => {
+            let text = r.into_string().unwrap_or_default();
+            let why = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            Failed::Refused(format!("{code}: {why}"))
+        }
+        e => Failed::Unasked(format!("{method} {url}: {e}")),
+    }
+}
+
 /// Runs one `ctl` command; what to print on success.
 pub fn run(ctl: &Ctl) -> Result<String, Failed> {
     let token = std::fs::read_to_string(&ctl.token_file).map_err(|e| {
@@ -170,6 +193,21 @@ pub fn run(ctl: &Ctl) -> Result<String, Failed> {
             ctl.token_file.display()
         ))
     })?;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(3700))
+        .build();
+    let auth = format!("Bearer {}", token.trim());
+    let base = ctl.url.trim_end_matches('/');
+    let mut if_match = None;
+    if let Op::Reload { .. } = &ctl.op {
+        // The version now: the server refuses the change if it moves.
+        let r = agent
+            .get(&format!("{base}/v1/config"))
+            .set("Authorization", &auth)
+            .call()
+            .map_err(|e| failure("GET", base, e))?;
+        if_match = r.header("ETag").map(str::to_owned);
+    }
     let (method, path, body): (&str, String, Option<String>) = match &ctl.op {
         Op::Info => ("GET", "/v1/system".into(), None),
         Op::List => ("GET", "/v1/instances".into(), None),
@@ -211,6 +249,15 @@ pub fn run(ctl: &Ctl) -> Result<String, Failed> {
             format!("/v1/instances/{}/bindings?key={}", enc(name), enc(key)),
             None,
         ),
+        Op::Config => ("GET", "/v1/config".into(), None),
+        Op::Reload { file } => (
+            "PUT",
+            "/v1/config".into(),
+            Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| Failed::Unasked(format!("{}: {e}", file.display())))?,
+            ),
+        ),
         Op::Logs { name, tail, follow } => {
             let mut q = format!("/v1/instances/{}/logs?follow={follow}", enc(name));
             if let Some(n) = tail {
@@ -219,12 +266,11 @@ pub fn run(ctl: &Ctl) -> Result<String, Failed> {
             ("GET", q, None)
         }
     };
-    let url = format!("{}{path}", ctl.url.trim_end_matches('/'));
-    let req = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(3700))
-        .build()
-        .request(method, &url)
-        .set("Authorization", &format!("Bearer {}", token.trim()));
+    let url = format!("{base}{path}");
+    let mut req = agent.request(method, &url).set("Authorization", &auth);
+    if let Some(m) = &if_match {
+        req = req.set("If-Match", m);
+    }
     let answer = match body {
         Some(b) => req.send_string(&b),
         None => req.call(),
@@ -245,16 +291,12 @@ pub fn run(ctl: &Ctl) -> Result<String, Failed> {
             return Ok(String::new());
         }
         Ok(r) => r.into_string().unwrap_or_default(),
-        Err(ureq::Error::Status(code, r)) => {
-            let text = r.into_string().unwrap_or_default();
-            let why = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            return Err(Failed::Refused(format!("{code}: {why}")));
-        }
-        Err(e) => return Err(Failed::Unasked(format!("{method} {url}: {e}"))),
+        Err(e) => return Err(failure(method, &url, e)),
     };
+    if let Op::Config = ctl.op {
+        // TOML, as the server has it.
+        return Ok(text);
+    }
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if ctl.json {
         return Ok(if value.is_null() {
@@ -381,6 +423,13 @@ fn human(op: &Op, v: &Value) -> String {
                 .collect(),
         ),
         Op::Remove { name, .. } => format!("removed {name}\n"),
+        Op::Reload { .. } => {
+            let mut out = String::new();
+            for what in ["added", "changed", "removed", "unchanged"] {
+                let _ = writeln!(out, "{what:<10} {}", s(&v[what]));
+            }
+            out
+        }
         Op::Logs { .. } => log_lines(v.as_array().map_or(&[][..], Vec::as_slice)),
         _ => instance_rows(std::slice::from_ref(v)),
     }

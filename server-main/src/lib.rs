@@ -210,22 +210,33 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
         );
         return Ok(());
     }
-    kernel.start()?;
-    {
-        let mut out = std::io::stdout().lock();
-        for (key, t) in bindery_classes::terminal::all(kernel.runtime()) {
-            for addr in t.local_addrs() {
-                writeln!(
-                    out,
-                    "bindery: {} listening on {addr} (bound as {key})",
-                    t.protocol()
-                )?;
-            }
-        }
-        writeln!(out, "bindery: ready")?;
-        out.flush()?;
+    if let Some(path) = cli.config.clone() {
+        let listen = cli.listen.clone();
+        kernel.on_reload(move || {
+            let again = Cli {
+                config: Some(path.clone()),
+                listen: listen.clone(),
+                ..Cli::parse_from(["bindery"])
+            };
+            load_config(&again, "").map_err(|e| format!("{e:#}"))
+        });
     }
-    kernel.run_until_signal()?;
+    kernel.start()?;
+    let mut listening = String::new();
+    for (key, t) in bindery_classes::terminal::all(kernel.runtime()) {
+        for addr in t.local_addrs() {
+            listening += &format!(
+                "bindery: {} listening on {addr} (bound as {key})\n",
+                t.protocol()
+            );
+        }
+    }
+    // "ready" once signals are handled: a SIGHUP right after it reloads.
+    kernel.run_until_signal(move || {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{listening}bindery: ready");
+        let _ = out.flush();
+    })?;
     tracing::info!("stopped");
     Ok(())
 }

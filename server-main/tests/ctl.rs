@@ -95,6 +95,29 @@ fn ctl_lists_creates_stops_and_removes() {
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
 
+    // The configuration, edited and reloaded.
+    let (code, text, _) = ctl(&s, &["config"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("[instances.queues]"), "{text}");
+    let file = dir.0.join("next.toml");
+    std::fs::write(
+        &file,
+        format!("{text}\n[instances.late]\nmodule = \"driver.memqueue\"\nbind = [\"/late/\"]\n"),
+    )
+    .unwrap();
+    let (code, out, err) = ctl(&s, &["reload", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("added") && l.contains("late")),
+        "{out}"
+    );
+    let broken = dir.0.join("broken.toml");
+    std::fs::write(&broken, "[instances.x]\nmodule = \"driver.nothing\"\n").unwrap();
+    let (code, _, err) = ctl(&s, &["reload", broken.to_str().unwrap()]);
+    assert_eq!(code, 1, "refused: {err}");
+    assert!(err.contains("driver.nothing"), "{err}");
+
     // An instance's recent log.
     ctl(&s, &["restart", "queues", "--grace", "1"]);
     let (code, out, err) = ctl(&s, &["logs", "queues", "--tail", "2"]);

@@ -459,3 +459,182 @@ fn an_instances_log_can_be_read_and_followed() {
     assert_eq!(stopper.join().unwrap(), 200);
     assert!(got.contains("stopping"), "{got}");
 }
+
+/// The server's configuration and its version.
+fn effective(api: &Api) -> (String, String) {
+    let r = agent()
+        .get(&format!("{}/v1/config", api.base))
+        .set("Authorization", &format!("Bearer {}", api.token))
+        .call()
+        .unwrap();
+    let etag = r.header("ETag").unwrap().to_owned();
+    (r.into_string().unwrap(), etag)
+}
+
+fn put_config(api: &Api, text: &str, if_match: Option<&str>) -> (u16, String) {
+    let mut req = agent()
+        .put(&format!("{}/v1/config", api.base))
+        .set("Authorization", &format!("Bearer {}", api.token));
+    if let Some(m) = if_match {
+        req = req.set("If-Match", m);
+    }
+    match req.send_string(text) {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn the_configuration_is_read_and_replaced_as_a_difference() {
+    let s = Server::start(&config(""));
+    let api = Api::of(&s);
+    let (text, etag) = effective(&api);
+    assert!(
+        text.contains("[instances.durable]") && text.contains("driver.filequeue"),
+        "{text}"
+    );
+
+    // Saved to a file, it makes the same server.
+    let dir = common::TempDir::new();
+    let saved = dir.0.join("saved.toml");
+    std::fs::write(&saved, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .args(["--check-config", "--config"])
+        .arg(&saved)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("configuration OK (10 instances)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An event stream on the topics, which the reload leaves alone.
+    use std::io::{BufRead, BufReader, Write};
+    let mut sse = std::net::TcpStream::connect(s.addr).unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        sse,
+        "GET /topics/r HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut sse = BufReader::new(sse);
+    let mut line = String::new();
+    while line != ": subscribed\n" {
+        line.clear();
+        assert!(sse.read_line(&mut line).unwrap() > 0);
+    }
+
+    // Change the memory queue's depth, drop the durable queue, add one.
+    let next = text.replace(
+        "[instances.queues]\n",
+        "[instances.queues]\nconfig = { max_depth = 7 }\n",
+    ) + "\n[instances.extra]\nmodule = \"driver.memqueue\"\nbind = [\"/extra/\"]\n";
+    let next = drop_instance(&next, "durable");
+    // A stale version is refused, and changes nothing.
+    let (status, body) = put_config(&api, &next, Some("\"0000000000000000\""));
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(effective(&api).1, etag);
+    // A bad section is refused, and changes nothing.
+    let bad = next.replace("max_depth = 7", "max_dept = 7");
+    let (status, body) = put_config(&api, &bad, Some(&etag));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("max_dept"), "{body}");
+    assert_eq!(effective(&api).1, etag);
+    assert_eq!(publish(&s, "/durable/still", "x").0, 201);
+
+    let (status, body) = put_config(&api, &next, Some(&etag));
+    assert_eq!(status, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["changed"], serde_json::json!(["queues"]));
+    assert_eq!(report["removed"], serde_json::json!(["durable"]));
+    assert_eq!(report["added"], serde_json::json!(["extra"]));
+    assert!(
+        report["unchanged"].to_string().contains("topics"),
+        "{report}"
+    );
+    assert_ne!(effective(&api).1, etag);
+    assert_eq!(publish(&s, "/durable/x", "x").0, 404);
+    assert_eq!(publish(&s, "/extra/x", "x").0, 201);
+    for i in 0..7 {
+        assert_eq!(publish(&s, "/queues/d", &i.to_string()).0, 201);
+    }
+    assert_eq!(
+        publish(&s, "/queues/d", "8th").0,
+        503,
+        "the new depth holds"
+    );
+
+    // The untouched topics instance kept its subscriber.
+    assert_eq!(publish(&s, "/topics/r", "after the reload").0, 201);
+    let mut got = String::new();
+    for _ in 0..10 {
+        line.clear();
+        sse.read_line(&mut line).unwrap();
+        got.push_str(&line);
+        if got.contains("after the reload") {
+            break;
+        }
+    }
+    assert!(got.contains("data: after the reload"), "{got}");
+}
+
+/// `text` without the `[instances.NAME]` table and its sub-tables.
+fn drop_instance(text: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            skipping = line.starts_with(&format!("[instances.{name}]"))
+                || line.starts_with(&format!("[instances.{name}."));
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn sighup_reloads_the_configuration_file() {
+    let s = Server::start(&config(""));
+    let api = Api::of(&s);
+    let mut text = std::fs::read_to_string(&s.config_path).unwrap();
+    text.push_str("\n[instances.hup]\nmodule = \"driver.memqueue\"\nbind = [\"/hup/\"]\n");
+    std::fs::write(&s.config_path, &text).unwrap();
+    s.signal("HUP");
+    let mut found = false;
+    for _ in 0..100 {
+        if api.call("GET", "/v1/instances/hup", None).0 == 200 {
+            found = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(found, "SIGHUP did not add the instance");
+    assert_eq!(publish(&s, "/hup/x", "x").0, 201);
+    // A broken file changes nothing; the server serves on.
+    std::fs::write(&s.config_path, "[instances.broken\n").unwrap();
+    s.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(publish(&s, "/hup/x", "x").0, 201);
+    assert!(s.healthy());
+}
+
+#[test]
+fn a_reload_may_not_remove_the_api_that_serves_it() {
+    let s = Server::start(&config(""));
+    let api = Api::of(&s);
+    let (text, etag) = effective(&api);
+    let (status, body) = put_config(&api, "", Some(&etag));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("manage") && body.contains("serves this request"),
+        "{body}"
+    );
+    assert_eq!(effective(&api), (text, etag), "nothing changed");
+    assert!(s.healthy());
+}

@@ -288,7 +288,8 @@ impl Journal {
             return waiter(Err(Failure::new(
                 FailureKind::Unavailable,
                 "the journal is stopping",
-            )));
+            )
+            .retry_after(std::time::Duration::from_secs(1))));
         }
         let start = q.buf.len();
         if let Err(e) = encode(&mut q.buf) {

@@ -586,7 +586,12 @@ fn failure_response(f: &Failure, close: bool) -> Vec<u8> {
         FailureKind::Full | FailureKind::Unavailable => 503,
         _ => 500,
     };
-    let retry = f.retry_after.map(|d| d.as_secs().max(1).to_string());
+    // A 503 always says when to come back: the driver's hint, or 1 s.
+    let retry = match (f.retry_after, status) {
+        (Some(d), _) => Some(d.as_secs().max(1).to_string()),
+        (None, 503) => Some("1".to_owned()),
+        _ => None,
+    };
     let headers: Vec<(&str, &str)> = retry.iter().map(|r| ("Retry-After", r.as_str())).collect();
     let mut out = Vec::new();
     response::text(&mut out, status, &headers, &f.reason, close);

@@ -77,6 +77,8 @@ fn status_of(e: &Error, creating: bool) -> u16 {
     match e {
         Error::NoInstance { .. } => 404,
         Error::InstanceExists { .. } | Error::Binding { .. } => 409,
+        Error::Stale { .. } => 412,
+        Error::Protected { .. } => 409,
         Error::NotLinked { .. } | Error::Config(_) => 400,
         Error::Instance { .. } if creating => 400,
         Error::Instance { .. } => 409,
@@ -168,6 +170,7 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
             "system" | "modules" | "bindings" | "metrics" | "openapi.json",
         ] => Some("GET"),
         ["v1", "instances"] => Some("GET, POST"),
+        ["v1", "config"] => Some("GET, PUT"),
         ["v1", "instances", _] => Some("GET, DELETE"),
         ["v1", "instances", _, "start" | "stop" | "restart"] => Some("POST"),
         ["v1", "instances", _, "bindings"] => Some("POST, DELETE"),
@@ -211,6 +214,35 @@ fn route(shared: &Arc<Shared>, req: &Request) -> Result<Answer, Reply> {
             body: crate::OPENAPI.as_bytes().to_vec(),
         }),
         ("GET", ["v1", "instances"]) => now(json_reply(200, &rt.instances())),
+        ("GET", ["v1", "config"]) => now(Reply {
+            status: 200,
+            headers: vec![("ETag".into(), format!("\"{}\"", rt.config_version()))],
+            content_type: Some("application/toml"),
+            body: rt.effective_config().into_bytes(),
+        }),
+        ("PUT", ["v1", "config"]) => {
+            let text = std::str::from_utf8(&req.body)
+                .map_err(|e| error(400, &format!("the body is not UTF-8: {e}")))?;
+            let config =
+                Config::parse("request body", text).map_err(|e| error(400, &e.to_string()))?;
+            let if_match = req
+                .if_match
+                .as_deref()
+                .map(|v| v.trim().trim_matches('"').to_owned())
+                .filter(|v| v != "*");
+            let me = shared.instance.clone();
+            Ok(later(move || {
+                match rt.reload_if(&config, if_match.as_deref(), &[me.as_str()]) {
+                    Ok(report) => {
+                        let mut r = json_reply(200, &report);
+                        r.headers
+                            .push(("ETag".into(), format!("\"{}\"", rt.config_version())));
+                        r
+                    }
+                    Err(e) => failed(&e, true),
+                }
+            }))
+        }
         ("POST", ["v1", "instances"]) => {
             let text = std::str::from_utf8(&req.body)
                 .map_err(|e| error(400, &format!("the body is not UTF-8: {e}")))?;

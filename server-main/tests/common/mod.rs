@@ -31,6 +31,8 @@ pub struct Server {
     pub manage: Option<SocketAddr>,
     /// The management token file (under the data directory).
     pub token_file: std::path::PathBuf,
+    /// The configuration file the server was started with.
+    pub config_path: std::path::PathBuf,
     _dir: Option<TempDir>,
 }
 
@@ -116,6 +118,7 @@ impl Server {
             mqtt,
             manage,
             token_file: data.join("manage.token"),
+            config_path: path.clone(),
             _dir: None,
         }
     }
@@ -127,6 +130,16 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends `signal` (`HUP`, ...) to the server.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
     }
 
     /// Sends SIGTERM and returns the exit status.
