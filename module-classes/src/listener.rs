@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use bindery::{Address, Cx, Handler, ReactorHandle, Runtime};
 use mio::Interest;
 use mio::event::Event;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use parking_lot::Mutex;
 
 /// Writes `buf[*pos..]` to a non-blocking socket until it would block;
@@ -141,16 +142,106 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Makes a terminal's connection handler for an accepted socket.
-pub trait Accept: Send + Sync + 'static {
+/// Makes a terminal's connection handler for an accepted socket (TCP by
+/// default; `Accept<UnixStream>` for [`listen_unix`]).
+pub trait Accept<S = TcpStream>: Send + Sync + 'static {
     /// Starts a connection on the calling reactor: register `stream` with
     /// `cx.token()` and return the handler, which keeps `open`.
     fn start(
         &self,
         cx: &mut Cx<'_>,
-        stream: TcpStream,
+        stream: S,
         open: OpenConnection,
     ) -> io::Result<Box<dyn Handler>>;
+}
+
+/// A listening socket of some kind.
+trait Acceptor: mio::event::Source + Send + 'static {
+    /// What it accepts.
+    type Stream: Send + 'static;
+    fn accept_one(&self) -> io::Result<Self::Stream>;
+}
+
+impl Acceptor for TcpListener {
+    type Stream = TcpStream;
+    fn accept_one(&self) -> io::Result<TcpStream> {
+        let (stream, _) = self.accept()?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Acceptor for UnixListener {
+    type Stream = UnixStream;
+    fn accept_one(&self) -> io::Result<UnixStream> {
+        self.accept().map(|(s, _)| s)
+    }
+}
+
+/// Registers `listener` on the next reactor, tracked in `stats`; returns
+/// once it is tracked, so a stop right after start finds it.
+fn spawn_listener<L: Acceptor>(
+    rt: &Arc<Runtime>,
+    mut listener: L,
+    max_connections: u64,
+    stats: Arc<ConnectionStats>,
+    accept: Arc<dyn Accept<L::Stream>>,
+    remove_on_close: Option<PathBuf>,
+) {
+    let runtime = rt.clone();
+    let (placed, here) = std::sync::mpsc::channel();
+    rt.next_reactor().spawn(move |cx| {
+        cx.registry()
+            .register(&mut listener, cx.token(), Interest::READABLE)?;
+        stats.track(cx);
+        let _ = placed.send(());
+        Ok(Box::new(Listener {
+            listener,
+            runtime,
+            max_connections,
+            stats,
+            accept,
+            at: cx.address(),
+            remove_on_close,
+        }) as Box<dyn Handler>)
+    });
+    let _ = here.recv_timeout(Duration::from_secs(5));
+}
+
+/// Listens on a Unix socket at `path` (a stale socket file there is
+/// replaced; the file is made private to the user, mode 0600, and removed
+/// when the listener closes), spreading connections over the reactors.
+pub fn listen_unix(
+    rt: &Arc<Runtime>,
+    path: &Path,
+    max_connections: u64,
+    stats: Arc<ConnectionStats>,
+    accept: Arc<dyn Accept<UnixStream>>,
+) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    spawn_listener(
+        rt,
+        listener,
+        max_connections,
+        stats,
+        accept,
+        Some(path.to_owned()),
+    );
+    Ok(())
 }
 
 /// Binds `addr` now (so a port in use is an error at start) and accepts on
@@ -166,25 +257,8 @@ pub fn listen(
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let local = std_listener.local_addr()?;
-    let mut listener = TcpListener::from_std(std_listener);
-    let runtime = rt.clone();
-    let (placed, here) = std::sync::mpsc::channel();
-    rt.next_reactor().spawn(move |cx| {
-        cx.registry()
-            .register(&mut listener, cx.token(), Interest::READABLE)?;
-        stats.track(cx);
-        let _ = placed.send(());
-        Ok(Box::new(Listener {
-            listener,
-            runtime,
-            max_connections,
-            stats,
-            accept,
-            at: cx.address(),
-        }) as Box<dyn Handler>)
-    });
-    // Tracked before this returns, so a stop right after start finds it.
-    let _ = here.recv_timeout(Duration::from_secs(5));
+    let listener = TcpListener::from_std(std_listener);
+    spawn_listener(rt, listener, max_connections, stats, accept, None);
     Ok(local)
 }
 
@@ -209,26 +283,31 @@ pub fn listen_all(
     Ok(bound)
 }
 
-struct Listener {
-    listener: TcpListener,
+struct Listener<L: Acceptor> {
+    listener: L,
     runtime: Arc<Runtime>,
     max_connections: u64,
     stats: Arc<ConnectionStats>,
-    accept: Arc<dyn Accept>,
+    accept: Arc<dyn Accept<L::Stream>>,
     at: Address,
+    /// A Unix socket's file, removed with the listener.
+    remove_on_close: Option<PathBuf>,
 }
 
-impl Drop for Listener {
+impl<L: Acceptor> Drop for Listener<L> {
     fn drop(&mut self) {
         self.stats.untrack(self.at);
+        if let Some(path) = &self.remove_on_close {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
-impl Handler for Listener {
+impl<L: Acceptor> Handler for Listener<L> {
     fn ready(&mut self, cx: &mut Cx<'_>, _: &Event) {
         loop {
-            match self.listener.accept() {
-                Ok((stream, _peer)) => {
+            match self.listener.accept_one() {
+                Ok(stream) => {
                     if self.stats.stopping.load(Ordering::Acquire) {
                         continue;
                     }
@@ -237,7 +316,6 @@ impl Handler for Listener {
                         continue;
                     }
                     self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    let _ = stream.set_nodelay(true);
                     let mut open = OpenConnection::new(self.stats.clone());
                     let accept = self.accept.clone();
                     let start = move |cx: &mut Cx<'_>| {

@@ -5,6 +5,7 @@
 //! refused (the error is printed), 2 when it could not be asked at all.
 
 use std::fmt::Write as _;
+use std::io::{BufRead, Read, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub struct Ctl {
         env = "BINDERY_TOKEN_FILE"
     )]
     pub token_file: PathBuf,
+    /// Talk over this Unix socket instead of `--url`.
+    #[arg(long, env = "BINDERY_MANAGE_SOCKET")]
+    pub unix_socket: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -170,18 +174,169 @@ fn fragment(
     toml::to_string(&doc).map_err(|e| Failed::Unasked(e.to_string()))
 }
 
-/// What a failed request means for `ctl`'s exit code.
-fn failure(method: &str, url: &str, e: ureq::Error) -> Failed {
-    match e {
-        ureq::Error::Status(code, r) => {
-            let text = r.into_string().unwrap_or_default();
-            let why = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            Failed::Refused(format!("{code}: {why}"))
+/// A response: status, version, and the body to read.
+struct Answer {
+    status: u16,
+    etag: Option<String>,
+    body: Box<dyn BufRead>,
+}
+
+impl Answer {
+    fn text(mut self) -> String {
+        let mut t = String::new();
+        let _ = self.body.read_to_string(&mut t);
+        t
+    }
+
+    /// The body, or what the server refused and why.
+    fn ok(self) -> Result<Answer, Failed> {
+        if self.status < 400 {
+            return Ok(self);
         }
-        e => Failed::Unasked(format!("{method} {url}: {e}")),
+        let code = self.status;
+        let text = self.text();
+        let why = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        Err(Failed::Refused(format!("{code}: {why}")))
+    }
+}
+
+/// How `ctl` reaches the API.
+struct Client<'a> {
+    ctl: &'a Ctl,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+impl Client<'_> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<Answer, Failed> {
+        if let Some(socket) = &self.ctl.unix_socket {
+            return self.over_unix(socket, method, path, if_match, body);
+        }
+        let url = format!("{}{path}", self.ctl.url.trim_end_matches('/'));
+        let mut req = self
+            .agent
+            .request(method, &url)
+            .set("Authorization", &self.auth);
+        if let Some(m) = if_match {
+            req = req.set("If-Match", m);
+        }
+        let r = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        let r = match r {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(Failed::Unasked(format!("{method} {url}: {e}"))),
+        };
+        Ok(Answer {
+            status: r.status(),
+            etag: r.header("ETag").map(str::to_owned),
+            body: Box::new(std::io::BufReader::new(r.into_reader())),
+        })
+    }
+
+    /// HTTP/1.1 over a Unix socket, one request per connection.
+    fn over_unix(
+        &self,
+        socket: &std::path::Path,
+        method: &str,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<Answer, Failed> {
+        let unasked = |e: std::io::Error| {
+            Failed::Unasked(format!("{method} {path} over {}: {e}", socket.display()))
+        };
+        let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(unasked)?;
+        let body = body.unwrap_or("");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n",
+            self.auth,
+            body.len()
+        );
+        if let Some(m) = if_match {
+            let _ = write!(head, "If-Match: {m}\r\n");
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).map_err(unasked)?;
+        s.write_all(body.as_bytes()).map_err(unasked)?;
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(unasked)?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| Failed::Unasked(format!("not an HTTP answer: {line:?}")))?;
+        let (mut etag, mut chunked) = (None, false);
+        loop {
+            line.clear();
+            if r.read_line(&mut line).map_err(unasked)? == 0 || line == "\r\n" {
+                break;
+            }
+            let (k, v) = line.split_once(':').unwrap_or((&line, ""));
+            if k.eq_ignore_ascii_case("etag") {
+                etag = Some(v.trim().to_owned());
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = v.trim().eq_ignore_ascii_case("chunked");
+            }
+        }
+        let body: Box<dyn BufRead> = if chunked {
+            Box::new(std::io::BufReader::new(Dechunk {
+                inner: r,
+                left: 0,
+                done: false,
+            }))
+        } else {
+            Box::new(r)
+        };
+        Ok(Answer { status, etag, body })
+    }
+}
+
+/// Reads a chunked body as it comes.
+struct Dechunk<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Dechunk<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut size = String::new();
+            self.inner.read_line(&mut size)?;
+            let hex = size.trim().split(';').next().unwrap_or("");
+            self.left = usize::from_str_radix(hex, 16).unwrap_or(0);
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let want = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n;
+        if self.left == 0 {
+            let mut crlf = [0u8; 2];
+            self.inner.read_exact(&mut crlf)?;
+        }
+        if n == 0 {
+            self.done = true;
+        }
+        Ok(n)
     }
 }
 
@@ -193,20 +348,17 @@ pub fn run(ctl: &Ctl) -> Result<String, Failed> {
             ctl.token_file.display()
         ))
     })?;
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(3700))
-        .build();
-    let auth = format!("Bearer {}", token.trim());
-    let base = ctl.url.trim_end_matches('/');
+    let client = Client {
+        ctl,
+        auth: format!("Bearer {}", token.trim()),
+        agent: ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(3700))
+            .build(),
+    };
     let mut if_match = None;
     if let Op::Reload { .. } = &ctl.op {
         // The version now: the server refuses the change if it moves.
-        let r = agent
-            .get(&format!("{base}/v1/config"))
-            .set("Authorization", &auth)
-            .call()
-            .map_err(|e| failure("GET", base, e))?;
-        if_match = r.header("ETag").map(str::to_owned);
+        if_match = client.request("GET", "/v1/config", None, None)?.ok()?.etag;
     }
     let (method, path, body): (&str, String, Option<String>) = match &ctl.op {
         Op::Info => ("GET", "/v1/system".into(), None),
@@ -266,33 +418,23 @@ pub fn run(ctl: &Ctl) -> Result<String, Failed> {
             ("GET", q, None)
         }
     };
-    let url = format!("{base}{path}");
-    let mut req = agent.request(method, &url).set("Authorization", &auth);
-    if let Some(m) = &if_match {
-        req = req.set("If-Match", m);
-    }
-    let answer = match body {
-        Some(b) => req.send_string(&b),
-        None => req.call(),
-    };
-    let text = match answer {
-        Ok(r) if matches!(ctl.op, Op::Logs { follow: true, .. }) => {
-            // One JSON line per log line, as they come, until interrupted.
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(r.into_reader()).lines() {
-                let Ok(line) = line else { break };
+    let answer = client
+        .request(method, &path, if_match.as_deref(), body.as_deref())?
+        .ok()?;
+    if let Op::Logs { follow: true, .. } = ctl.op {
+        // One line per log line, as they come, until interrupted.
+        for line in answer.body.lines() {
+            let Ok(line) = line else { break };
+            if ctl.json {
+                println!("{line}");
+            } else {
                 let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                if ctl.json {
-                    println!("{line}");
-                } else {
-                    print!("{}", log_lines(std::slice::from_ref(&v)));
-                }
+                print!("{}", log_lines(std::slice::from_ref(&v)));
             }
-            return Ok(String::new());
         }
-        Ok(r) => r.into_string().unwrap_or_default(),
-        Err(e) => return Err(failure(method, &url, e)),
-    };
+        return Ok(String::new());
+    }
+    let text = answer.text();
     if let Op::Config = ctl.op {
         // TOML, as the server has it.
         return Ok(text);

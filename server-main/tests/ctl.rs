@@ -158,3 +158,60 @@ fn ctl_says_when_it_cannot_ask() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn the_api_is_served_on_a_unix_socket_too() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start(&config(
+        "[instances.manage.config]\nunix_socket = \"bindery-data/manage.sock\"\n",
+    )
+    .replace(
+        "config = { token_file = \"bindery-data/manage.token\" }",
+        "",
+    )
+    .replace(
+        "unix_socket = \"bindery-data/manage.sock\"",
+        "unix_socket = \"bindery-data/manage.sock\"\ntoken_file = \"bindery-data/manage.token\"",
+    ));
+    let socket = s.token_file.with_file_name("manage.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is private");
+    // No token over the socket either.
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    raw.write_all(b"GET /v1/instances HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    raw.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    // ctl over the socket.
+    let out = Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .args(["ctl", "--unix-socket"])
+        .arg(&socket)
+        .arg("--token-file")
+        .arg(&s.token_file)
+        .args(["--json", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 10);
+    let out = Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .args(["ctl", "--unix-socket"])
+        .arg(&socket)
+        .arg("--token-file")
+        .arg(&s.token_file)
+        .args(["stop", "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    // The socket goes with the server.
+    s.terminate();
+    assert!(!socket.exists(), "the socket file is removed at stop");
+}

@@ -1,6 +1,6 @@
 //! One management connection: HTTP/1.1, one request at a time.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -10,7 +10,6 @@ use bindery_classes::http::response;
 use bindery_classes::listener::{self, OpenConnection};
 use mio::Interest;
 use mio::event::Event;
-use mio::net::TcpStream;
 
 use crate::Shared;
 use crate::api::{self, Answer, Reply};
@@ -22,8 +21,8 @@ const LOG: u64 = 2;
 /// The head of a request, at most.
 const MAX_HEAD: usize = 16 * 1024;
 
-pub(crate) struct Conn {
-    stream: TcpStream,
+pub(crate) struct Conn<S> {
+    stream: S,
     shared: Arc<Shared>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -38,10 +37,10 @@ pub(crate) struct Conn {
     _open: OpenConnection,
 }
 
-impl Conn {
+impl<S: Read + Write + mio::event::Source + Send + 'static> Conn<S> {
     pub(crate) fn start(
         cx: &mut Cx<'_>,
-        stream: TcpStream,
+        stream: S,
         shared: Arc<Shared>,
         open: OpenConnection,
     ) -> io::Result<Box<dyn Handler>> {
@@ -199,7 +198,7 @@ impl Conn {
     }
 }
 
-impl Handler for Conn {
+impl<S: Read + Write + mio::event::Source + Send + 'static> Handler for Conn<S> {
     fn ready(&mut self, cx: &mut Cx<'_>, event: &Event) {
         if event.is_readable() || event.is_read_closed() {
             if let Err(e) = self.read() {

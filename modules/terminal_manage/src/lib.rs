@@ -25,7 +25,12 @@
 //! token_file = "bindery-data/manage.token"
 //! max_body_bytes = 1048576
 //! max_connections = 64
+//! unix_socket = "bindery-data/manage.sock"   # optional, mode 0600
 //! ```
+//!
+//! Over the Unix socket the same API is served, token and all (the file's
+//! mode keeps other users out; the token keeps out processes of the same
+//! user that should not manage the server).
 
 mod api;
 mod conn;
@@ -40,7 +45,7 @@ use std::time::SystemTime;
 use bindery::{Cx, Handler, Runtime};
 use bindery_classes::listener::{self, Accept, ConnectionStats, OpenConnection};
 use bindery_classes::terminal::{self, Probe, Terminal};
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -65,6 +70,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Open connections at most.
     pub max_connections: u64,
+    /// Also listen on this Unix socket (mode 0600; removed when the
+    /// instance stops). Off by default.
+    pub unix_socket: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -73,6 +81,7 @@ impl Default for Config {
             token_file: PathBuf::from("bindery-data/manage.token"),
             max_body_bytes: 1024 * 1024,
             max_connections: 64,
+            unix_socket: None,
         }
     }
 }
@@ -141,6 +150,7 @@ impl Manage {
             token: token.into_bytes().into_boxed_slice(),
             stats: self.stats.clone(),
         });
+        let accept = Arc::new(AcceptManage(shared));
         let bound = listener::listen_all(
             rt,
             &self.instance,
@@ -148,9 +158,20 @@ impl Manage {
             keys,
             self.config.max_connections,
             &self.stats.connections,
-            Arc::new(AcceptManage(shared)),
+            accept.clone(),
         )?;
         *self.addrs.lock() = bound;
+        if let Some(path) = &self.config.unix_socket {
+            listener::listen_unix(
+                rt,
+                path,
+                self.config.max_connections,
+                self.stats.connections.clone(),
+                accept,
+            )
+            .map_err(|e| format!("cannot listen on the Unix socket {}: {e}", path.display()))?;
+            tracing::info!(instance = %self.instance, socket = %path.display(), "manage listening");
+        }
         Ok(())
     }
 }
@@ -193,6 +214,17 @@ impl Accept for AcceptManage {
         &self,
         cx: &mut Cx<'_>,
         stream: TcpStream,
+        open: OpenConnection,
+    ) -> io::Result<Box<dyn Handler>> {
+        conn::Conn::start(cx, stream, self.0.clone(), open)
+    }
+}
+
+impl Accept<UnixStream> for AcceptManage {
+    fn start(
+        &self,
+        cx: &mut Cx<'_>,
+        stream: UnixStream,
         open: OpenConnection,
     ) -> io::Result<Box<dyn Handler>> {
         conn::Conn::start(cx, stream, self.0.clone(), open)
