@@ -101,7 +101,9 @@ impl Conn {
         };
         while !self.busy && !self.close_after && !self.rbuf.is_empty() {
             match request::parse(&self.rbuf, limits) {
-                Parsed::Partial { expect_continue } => {
+                Parsed::Partial {
+                    expect_continue, ..
+                } => {
                     if expect_continue {
                         self.wbuf
                             .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
