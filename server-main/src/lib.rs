@@ -55,6 +55,10 @@ pub struct Cli {
     /// Listen address of the HTTP terminal. Overrides its `bind`.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Where durable data lives; modules' relative paths resolve under it.
+    /// Overrides `data_dir` in `[server]` (default: bindery-data).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -128,6 +132,9 @@ pub fn load_config(cli: &Cli, default_config: &str) -> anyhow::Result<Config> {
         Some(path) => Config::load(path)?,
         None => Config::parse("<embedded default>", default_config)?,
     };
+    if let Some(dir) = &cli.data_dir {
+        config.server.data_dir = Some(dir.clone());
+    }
     if let Some(addr) = &cli.listen {
         let http: Vec<String> = config
             .instances
@@ -149,6 +156,14 @@ pub fn load_config(cli: &Cli, default_config: &str) -> anyhow::Result<Config> {
         }
     }
     Ok(config)
+}
+
+/// `dir` as an absolute path, for saying where data lives.
+fn shown(dir: &std::path::Path) -> String {
+    std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_owned())
+        .display()
+        .to_string()
 }
 
 fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Result<()> {
@@ -185,8 +200,15 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
         return Ok(());
     }
     let config = load_config(cli, default_config)?;
-    let mut kernel = Kernel::build(linked, &config, cli.threads)
-        .with_context(|| format!("cannot build the server from {}", config.name()))?;
+    let mut kernel = match Kernel::build(linked, &config, cli.threads) {
+        Ok(k) => k,
+        // It names the file already: say it once.
+        Err(e @ bindery::Error::Config(_)) => return Err(e.into()),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot build the server from {}", config.name()));
+        }
+    };
     if cli.check_config {
         println!(
             "{}: configuration OK ({} instances)",
@@ -198,6 +220,7 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
     kernel.start()?;
     {
         let mut out = std::io::stdout().lock();
+        writeln!(out, "bindery: data directory {}", shown(config.data_dir()))?;
         for (key, t) in bindery_classes::terminal::all(kernel.runtime()) {
             for addr in t.local_addrs() {
                 writeln!(

@@ -31,6 +31,8 @@ pub struct Server {
     pub manage: Option<SocketAddr>,
     /// The management token file (under the data directory).
     pub token_file: std::path::PathBuf,
+    /// Where the server said its data lives (`bindery: data directory ...`).
+    pub data_dir: Option<std::path::PathBuf>,
     _dir: Option<TempDir>,
 }
 
@@ -92,8 +94,12 @@ impl Server {
         let mut addr = None;
         let mut mqtt = None;
         let mut manage = None;
+        let mut data_dir = None;
         for line in lines.by_ref() {
             let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("bindery: data directory ") {
+                data_dir = Some(std::path::PathBuf::from(rest));
+            }
             if let Some(rest) = line.strip_prefix("bindery: http listening on ") {
                 addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
             }
@@ -116,6 +122,7 @@ impl Server {
             mqtt,
             manage,
             token_file: data.join("manage.token"),
+            data_dir,
             _dir: None,
         }
     }
