@@ -84,11 +84,15 @@ pub enum Command {
 /// Parses the command line and runs the server built from `linked`.
 pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
     let cli = Cli::parse();
+    // Certification starts and stops dozens of kernels: their start-up
+    // lines would bury the table, so it logs only warnings unless asked.
+    let quiet = matches!(cli.command, Some(Command::Certify { .. }));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+            }),
         )
         .try_init();
     if let Some(Command::Ctl(c)) = &cli.command {
