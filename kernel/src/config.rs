@@ -16,11 +16,21 @@
 //! instance's `config` table is handed to its module as a [`Section`], which
 //! the module deserializes into its own type (rejecting unknown fields with
 //! `#[serde(deny_unknown_fields)]`). Every error names the file, the line and
-//! column, the instance and the field.
+//! column, the instance and the field; a mistyped field gets the closest
+//! known one suggested (``unknown field `thread`, expected `threads` or
+//! `data_dir`; did you mean `threads`?``).
+//!
+//! # The data directory
+//!
+//! `[server] data_dir` (default [`DEFAULT_DATA_DIR`], `bindery-data` in the
+//! working directory) is where the server's durable data lives. The kernel
+//! knows no module's files: a module resolves each of its own path fields
+//! with [`crate::InstanceContext::resolve`], which leaves an absolute path
+//! as it is and puts a relative one under the data directory.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -80,7 +90,7 @@ impl Source {
             file: self.name.clone(),
             position: e.span().map(|s| self.position(s.start)),
             instance: instance.map(str::to_owned),
-            message: e.message().trim_end().to_owned(),
+            message: with_suggestion(e.message().trim_end()),
         }
     }
 
@@ -90,6 +100,25 @@ impl Source {
         self.text.find(&header).map(|o| self.position(o))
     }
 }
+
+/// serde's "unknown field `x`, expected `a`, `b`", with "; did you mean
+/// `a`?" when one expected field is close to `x`.
+fn with_suggestion(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    // The expected names are the backquoted words after the field.
+    let names = expected.split('`').skip(1).step_by(2);
+    let hint = crate::suggest::did_you_mean(field, names, |c| format!("`{c}`"));
+    format!("{message}{hint}")
+}
+
+/// Where durable data lives when neither `[server] data_dir` nor the
+/// command line says: `bindery-data`, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "bindery-data";
 
 /// The `[server]` table.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -101,6 +130,12 @@ pub struct ServerSection {
     /// Log lines kept per instance for the management API (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_lines: Option<usize>,
+    /// The data directory: a module's relative data paths (a durable
+    /// queue's `dir`, the management token file) resolve under it (see
+    /// [`crate::InstanceContext::resolve`]). `None`: [`DEFAULT_DATA_DIR`].
+    /// A relative directory is relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +226,14 @@ impl Config {
             message: format!("cannot read: {e}"),
         })?;
         Config::parse(&name, &text)
+    }
+
+    /// The data directory: `[server] data_dir`, or [`DEFAULT_DATA_DIR`].
+    pub fn data_dir(&self) -> &Path {
+        self.server
+            .data_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_DATA_DIR))
     }
 
     /// The file name errors use.
@@ -379,6 +422,29 @@ module = "driver.x"
         assert!(e.message.contains("modul"), "{e}");
         let e = Config::parse("bad.toml", "[instances.x\n").unwrap_err();
         assert_eq!(e.position.map(|p| p.0), Some(1), "{e}");
+    }
+
+    #[test]
+    fn a_mistyped_field_gets_the_closest_suggested() {
+        let e = Config::parse("s.toml", "[server]\nthread = 2\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.toml:2:1: unknown field `thread`, expected one of `threads`, `log_lines`, \
+             `data_dir`; did you mean `threads`?"
+        );
+        let c = Config::parse("t.toml", TEXT).unwrap();
+        let e = c.instances[1].section.parse::<Mine>().unwrap_err();
+        assert!(!e.message.contains("did you mean"), "{e}");
+        let e = Config::parse("t.toml", "[instances.x]\nmodul = \"a.b\"\n").unwrap_err();
+        assert!(e.message.ends_with("; did you mean `module`?"), "{e}");
+    }
+
+    #[test]
+    fn the_data_directory_defaults_to_bindery_data() {
+        let c = Config::parse("t", "").unwrap();
+        assert_eq!(c.data_dir(), Path::new("bindery-data"));
+        let c = Config::parse("t", "[server]\ndata_dir = \"/var/lib/b\"\n").unwrap();
+        assert_eq!(c.data_dir(), Path::new("/var/lib/b"));
     }
 
     #[test]

@@ -110,11 +110,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// What [`Error::NotLinked`] says, without the instance.
+    /// What [`Error::NotLinked`] says, without the instance: the module,
+    /// what is linked, and the closest linked module if one is close
+    /// (`did you mean driver.memqueue?`).
     pub(crate) fn not_linked(module: &str, linked: &[String]) -> String {
         format!(
-            "module {module:?} is not linked into this binary (linked: {})",
-            linked.join(", ")
+            "module {module:?} is not linked into this binary (linked: {}){}",
+            linked.join(", "),
+            crate::suggest::did_you_mean(module, linked.iter().map(String::as_str), str::to_owned)
         )
     }
 
@@ -191,15 +194,10 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Config(e) => Some(e),
-            Error::Io { cause, .. } => Some(&**cause),
-            _ => None,
-        }
-    }
-}
+/// The message is said once: every variant's `Display` already includes
+/// its cause, so `source()` is `None` (a report that walks the chain, like
+/// `anyhow`'s `{:#}`, would otherwise print it twice).
+impl std::error::Error for Error {}
 
 impl From<crate::config::ConfigError> for Error {
     fn from(e: crate::config::ConfigError) -> Self {

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -31,6 +32,7 @@ pub struct InstanceContext {
     keys: Vec<String>,
     section: Section,
     runtime: Arc<Runtime>,
+    data_dir: PathBuf,
     span: tracing::Span,
     on_start: RefCell<Vec<StartHook>>,
     on_stop: RefCell<Vec<StopHook>>,
@@ -56,6 +58,20 @@ impl InstanceContext {
     /// [`Section::parse`].
     pub fn config(&self) -> &Section {
         &self.section
+    }
+
+    /// The server's data directory (`[server] data_dir`, `--data-dir`;
+    /// `bindery-data` by default, relative to the working directory).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Resolves one of the module's path settings: an absolute path is
+    /// kept, a relative one is put under the [data
+    /// directory](Self::data_dir). A module calls this on every path field
+    /// of its configuration, so one setting moves all of a server's data.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.data_dir.join(path)
     }
 
     /// The runtime the instance will live in. Its tables are complete only
@@ -255,6 +271,7 @@ pub struct Runtime {
     server: crate::config::ServerSection,
     stop: (Mutex<bool>, Condvar),
     started: AtomicBool,
+    data_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -329,6 +346,12 @@ impl Runtime {
         &self.registry
     }
 
+    /// The data directory instances resolve their relative paths under
+    /// (see [`InstanceContext::resolve`]).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Makes a new incarnation of `spec`: runs its module's factory.
     fn make(self: &Arc<Self>, spec: &InstanceSpec) -> Result<Made, Error> {
         let Some(registered) = self.registry.registered(&spec.module).transpose()? else {
@@ -358,6 +381,7 @@ impl Runtime {
             keys: keys.clone(),
             section: spec.section.clone(),
             runtime: self.clone(),
+            data_dir: self.data_dir.clone(),
             span: span.clone(),
             on_start: RefCell::new(Vec::new()),
             on_stop: RefCell::new(Vec::new()),
@@ -961,6 +985,7 @@ impl Kernel {
             server: config.server.clone(),
             stop: (Mutex::new(false), Condvar::new()),
             started: AtomicBool::new(false),
+            data_dir: config.data_dir().to_owned(),
         });
         let kernel = Kernel {
             runtime,

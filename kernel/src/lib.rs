@@ -12,8 +12,10 @@
 //!   modules share a class and name, a module's ABI differs, or a module
 //!   main fails;
 //! - **configuration** ([`config`]): TOML, with each instance's section
-//!   handed opaque to its module, and errors that name file, line, instance
-//!   and field;
+//!   handed opaque to its module, errors that name file, line, instance
+//!   and field (and suggest the closest known name), and one data
+//!   directory that modules' relative paths resolve under
+//!   ([`InstanceContext::resolve`]);
 //! - **binding tables** ([`bindings`]): per class, keys (paths, MIME types,
 //!   exact) to instance handles, found anonymously, read without locks, and
 //!   changeable at run time;
@@ -65,6 +67,7 @@ mod kernel;
 pub mod logs;
 pub mod reactor;
 mod registry;
+mod suggest;
 
 pub use bindings::{KeyKind, Table};
 pub use completion::{Completion, Failure, FailureKind, Note};

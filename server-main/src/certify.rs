@@ -174,8 +174,9 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
     report
 }
 
-/// Certifies every module `linked` holds; prints a table (or JSON) and
-/// returns whether every case passed.
+/// Certifies every module `linked` holds; prints a table ending in a
+/// one-line summary after an empty line (or JSON), and returns whether
+/// every case passed.
 pub fn certify(linked: ModuleList, json: bool) -> anyhow::Result<bool> {
     let modules = bindery::linked_modules(linked)?;
     let reports: Vec<Report> = modules.into_iter().map(certify_one).collect();
@@ -193,13 +194,16 @@ pub fn certify(linked: ModuleList, json: bool) -> anyhow::Result<bool> {
                 }
             }
         }
+        // The summary stands apart, on a line of its own, and is out
+        // before anything else can be written after it.
         let cases: usize = reports.iter().map(|r| r.cases.len()).sum();
         writeln!(
             out,
-            "certify: {} modules, {cases} cases: {} passed, {failed} failed",
+            "\ncertify: {} modules, {cases} cases: {} passed, {failed} failed",
             reports.len(),
             cases - failed
         )?;
     }
+    out.flush()?;
     Ok(failed == 0)
 }

@@ -55,6 +55,10 @@ pub struct Cli {
     /// Listen address of the HTTP terminal. Overrides its `bind`.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Where durable data lives; modules' relative paths resolve under it.
+    /// Overrides `data_dir` in `[server]` (default: bindery-data).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -80,7 +84,10 @@ pub enum Command {
 /// Parses the command line and runs the server built from `linked`.
 pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Certification starts and stops dozens of kernels: their start-up
+    // lines would bury the table, so it logs only warnings unless asked.
+    let quiet = matches!(cli.command, Some(Command::Certify { .. }));
+    init_logging(if quiet { "warn" } else { "info" });
     if let Some(Command::Ctl(c)) = &cli.command {
         return match ctl::run(c) {
             Ok(out) => {
@@ -119,13 +126,13 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
 /// Log lines to stderr (colours only when stderr is a terminal), filtered
 /// by `RUST_LOG` (default `info`); and into each instance's buffer for the
 /// management API, from `info` up whatever `RUST_LOG` says.
-fn init_logging() {
+fn init_logging(default_level: &str) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -143,6 +150,9 @@ pub fn load_config(cli: &Cli, default_config: &str) -> anyhow::Result<Config> {
         Some(path) => Config::load(path)?,
         None => Config::parse("<embedded default>", default_config)?,
     };
+    if let Some(dir) = &cli.data_dir {
+        config.server.data_dir = Some(dir.clone());
+    }
     if let Some(addr) = &cli.listen {
         let http: Vec<String> = config
             .instances
@@ -164,6 +174,14 @@ pub fn load_config(cli: &Cli, default_config: &str) -> anyhow::Result<Config> {
         }
     }
     Ok(config)
+}
+
+/// `dir` as an absolute path, for saying where data lives.
+fn shown(dir: &std::path::Path) -> String {
+    std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_owned())
+        .display()
+        .to_string()
 }
 
 fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Result<()> {
@@ -200,8 +218,15 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
         return Ok(());
     }
     let config = load_config(cli, default_config)?;
-    let mut kernel = Kernel::build(linked, &config, cli.threads)
-        .with_context(|| format!("cannot build the server from {}", config.name()))?;
+    let mut kernel = match Kernel::build(linked, &config, cli.threads) {
+        Ok(k) => k,
+        // It names the file already: say it once.
+        Err(e @ bindery::Error::Config(_)) => return Err(e.into()),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot build the server from {}", config.name()));
+        }
+    };
     if cli.check_config {
         println!(
             "{}: configuration OK ({} instances)",
@@ -212,17 +237,19 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
     }
     if let Some(path) = cli.config.clone() {
         let listen = cli.listen.clone();
+        let data_dir = cli.data_dir.clone();
         kernel.on_reload(move || {
             let again = Cli {
                 config: Some(path.clone()),
                 listen: listen.clone(),
+                data_dir: data_dir.clone(),
                 ..Cli::parse_from(["bindery"])
             };
             load_config(&again, "").map_err(|e| format!("{e:#}"))
         });
     }
     kernel.start()?;
-    let mut listening = String::new();
+    let mut listening = format!("bindery: data directory {}\n", shown(config.data_dir()));
     for (key, t) in bindery_classes::terminal::all(kernel.runtime()) {
         for addr in t.local_addrs() {
             listening += &format!(

@@ -61,3 +61,29 @@ fn a_module_that_breaks_its_contract_fails_certification() {
     let passed = bindery_server::certify::certify(bindery::ModuleList::new(LISTED), true).unwrap();
     assert!(!passed, "parser.lax passed certification");
 }
+
+#[test]
+fn the_table_ends_with_the_summary_on_a_line_of_its_own() {
+    // stdout and stderr into one file, as on a terminal.
+    let path = std::env::temp_dir().join(format!("bindery-certify-{}.out", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .arg("certify")
+        .env_remove("RUST_LOG")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    let out = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(status.success(), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let n = lines.len();
+    assert!(n > 2 && out.ends_with('\n'), "{out}");
+    assert_eq!(lines[n - 2], "", "an empty line before the summary: {out}");
+    let summary = lines[n - 1];
+    assert!(
+        summary.starts_with("certify: 10 modules, ") && summary.ends_with(" passed, 0 failed"),
+        "{out}"
+    );
+}

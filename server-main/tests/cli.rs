@@ -109,3 +109,58 @@ fn log_lines_to_a_file_carry_no_colour_codes() {
         "escape codes in redirected logs: {err:?}"
     );
 }
+
+const LINKED: &str = "dispatcher.fast, driver.filequeue, driver.memqueue, driver.topic, \
+                      parser.json, parser.octets, parser.text, terminal.http, terminal.manage, \
+                      terminal.mqtt";
+
+#[test]
+fn mistakes_are_said_once_with_the_closest_name_suggested() {
+    let cases = [
+        (
+            "[instances.q]\nmodule = \"driver.memque\"\n",
+            format!(
+                "c.toml:1:1: instance \"q\": module \"driver.memque\" is not linked into this \
+                 binary (linked: {LINKED}); did you mean driver.memqueue?"
+            ),
+        ),
+        (
+            "[instances.news]\nmodule = \"drivr.topic\"\nbind = [\"/news/\"]\n",
+            format!(
+                "c.toml:1:1: instance \"news\": module \"drivr.topic\" is not linked into this \
+                 binary (linked: {LINKED}); did you mean driver.topic?"
+            ),
+        ),
+        (
+            "[server]\nthread = 2\n",
+            "c.toml:2:1: unknown field `thread`, expected one of `threads`, `log_lines`, `data_dir`; \
+             did you mean `threads`?"
+                .to_owned(),
+        ),
+        (
+            // Nothing close: no suggestion.
+            "[instances.q]\nmodule = \"driver.redis\"\n",
+            format!(
+                "c.toml:1:1: instance \"q\": module \"driver.redis\" is not linked into this \
+                 binary (linked: {LINKED})"
+            ),
+        ),
+    ];
+    for (text, said) in cases {
+        let (code, _, err) = bindery(&["--check-config"], Some(text));
+        assert_eq!(code, 2, "{text}");
+        // The file is named by the path it was given: drop its directory.
+        let at = err.find("c.toml").unwrap_or(0);
+        let err = format!("{}{}", &err[..16.min(at)], &err[at..]);
+        assert_eq!(err, format!("bindery: error: {said}\n"), "{text}");
+    }
+}
+
+#[test]
+fn the_default_configuration_shows_the_data_directory() {
+    let (code, out, _) = bindery(&["--print-default-config"], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("\ndata_dir = \"bindery-data\""), "{out}");
+    assert!(out.contains("token_file = \"manage.token\""), "{out}");
+    assert!(out.contains("dir = \"durable\""), "{out}");
+}

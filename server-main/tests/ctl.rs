@@ -163,16 +163,9 @@ fn ctl_says_when_it_cannot_ask() {
 fn the_api_is_served_on_a_unix_socket_too() {
     use std::io::{Read, Write};
     use std::os::unix::fs::PermissionsExt;
-    let s = Server::start(&config(
-        "[instances.manage.config]\nunix_socket = \"bindery-data/manage.sock\"\n",
-    )
-    .replace(
-        "config = { token_file = \"bindery-data/manage.token\" }",
-        "",
-    )
-    .replace(
-        "unix_socket = \"bindery-data/manage.sock\"",
-        "unix_socket = \"bindery-data/manage.sock\"\ntoken_file = \"bindery-data/manage.token\"",
+    let s = Server::start(&config("").replace(
+        "config = { token_file = \"manage.token\" }",
+        "config = { token_file = \"manage.token\", unix_socket = \"manage.sock\" }",
     ));
     let socket = s.token_file.with_file_name("manage.sock");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();

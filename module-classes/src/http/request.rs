@@ -42,6 +42,9 @@ pub enum Parsed {
     Partial {
         /// The client waits for `100 Continue`.
         expect_continue: bool,
+        /// The head is complete; only the body is missing. A terminal
+        /// times a head that does not complete (`header_timeout_secs`).
+        head_complete: bool,
     },
     /// A request, and how many bytes of the buffer it took.
     Done(Request, usize),
@@ -67,6 +70,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
             }
             return Parsed::Partial {
                 expect_continue: false,
+                head_complete: false,
             };
         }
         Err(httparse::Error::TooManyHeaders) => {
@@ -136,7 +140,12 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
     let (body, consumed) = if chunked {
         match dechunk(&buf[head_len..], limits.max_body_bytes) {
             Chunks::Done(body, used) => (Bytes::from(body), head_len + used),
-            Chunks::Partial => return Parsed::Partial { expect_continue },
+            Chunks::Partial => {
+                return Parsed::Partial {
+                    expect_continue,
+                    head_complete: true,
+                };
+            }
             Chunks::Fail(status, reason) => return Parsed::Fail(status, reason),
         }
     } else {
@@ -148,7 +157,10 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
             );
         }
         if buf.len() < head_len + len {
-            return Parsed::Partial { expect_continue };
+            return Parsed::Partial {
+                expect_continue,
+                head_complete: true,
+            };
         }
         (
             Bytes::copy_from_slice(&buf[head_len..head_len + len]),
@@ -279,7 +291,15 @@ mod tests {
                 L
             ),
             Parsed::Partial {
-                expect_continue: true
+                expect_continue: true,
+                head_complete: true
+            }
+        ));
+        assert!(matches!(
+            parse(b"GET /q HTTP/1.1\r\nHost: x\r\n", L),
+            Parsed::Partial {
+                head_complete: false,
+                ..
             }
         ));
     }

@@ -15,7 +15,7 @@
 //! module = "driver.filequeue"
 //! bind = ["/durable/"]
 //! [instances.durable.config]
-//! dir = "bindery-data/durable"   # created if missing; one instance per directory
+//! dir = "durable"                # under the server's data_dir; created if missing; one instance per directory
 //! fsync = "always"               # "always", "interval" or "never"
 //! fsync_interval_ms = 100        # for "interval"
 //! segment_bytes = 67108864       # a new segment past this size
@@ -92,7 +92,9 @@ bindery::module! {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The data directory (created if missing). One instance per directory.
+    /// The journal's directory (created if missing), relative to the
+    /// server's data directory (`[server] data_dir`) unless absolute. One
+    /// instance per directory.
     pub dir: PathBuf,
     /// When writes are made durable.
     pub fsync: Fsync,
@@ -119,7 +121,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            dir: PathBuf::from("bindery-data/filequeue"),
+            dir: PathBuf::from("filequeue"),
             fsync: Fsync::Always,
             fsync_interval_ms: 100,
             segment_bytes: 64 * 1024 * 1024,
@@ -134,7 +136,8 @@ impl Default for Config {
 
 fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
     driver::register(reg, |cx| {
-        let config: Config = cx.config().parse()?;
+        let mut config: Config = cx.config().parse()?;
+        config.dir = cx.resolve(&config.dir);
         if config.max_depth == 0 || config.segment_bytes < 4096 {
             return Err(format!(
                 "instance {:?}: max_depth must be at least 1 and segment_bytes at least 4096",

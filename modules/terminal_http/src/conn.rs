@@ -6,6 +6,15 @@
 //! leave in request order: the front slot must be ready before any behind
 //! it is written. An event-stream request turns the connection into a
 //! stream for the rest of its life.
+//!
+//! Two timeouts close a connection that holds resources for nothing (one
+//! timer checks both): `idle_timeout_secs` — no bytes from the client and
+//! nothing in flight (no request being answered, no event stream) for that
+//! long: a keep-alive connection nobody uses, or a request stalled
+//! mid-body; and `header_timeout_secs` — a request head begun and not
+//! complete that long after its first byte, however slowly it trickles in
+//! (slowloris). A long poll or an event stream is in flight: neither
+//! timeout cuts it.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -91,6 +100,8 @@ pub(crate) struct Conn {
     stream_ended: bool,
     continued: bool,
     last_active: Instant,
+    /// When the request head now in `rbuf` began, while it is incomplete.
+    head_since: Option<Instant>,
     idle_timer: TimerId,
     _open: OpenConnection,
 }
@@ -102,7 +113,7 @@ impl Conn {
         shared: Arc<Shared>,
         open: OpenConnection,
     ) -> io::Result<Box<dyn Handler>> {
-        let idle = Duration::from_secs(shared.config.idle_timeout_secs.max(1));
+        let first_check = shared.config.idle().min(shared.config.header_timeout());
         let mut conn = Conn {
             stream,
             shared,
@@ -119,7 +130,8 @@ impl Conn {
             stream_ended: false,
             continued: false,
             last_active: Instant::now(),
-            idle_timer: cx.set_timer(idle),
+            head_since: None,
+            idle_timer: cx.set_timer(first_check),
             _open: open,
         };
         cx.registry().register(
@@ -192,12 +204,20 @@ impl Conn {
     }
 
     fn parse_requests(&mut self, cx: &mut Cx<'_>) {
+        // Timed only while a head is seen incomplete (below).
+        let head_since = self.head_since.take();
         while !self.close_after && self.streaming.is_none() && self.slots.len() < MAX_PIPELINE {
             if self.rbuf.is_empty() {
                 return;
             }
             match request::parse(&self.rbuf, self.limits()) {
-                Parsed::Partial { expect_continue } => {
+                Parsed::Partial {
+                    expect_continue,
+                    head_complete,
+                } => {
+                    if !head_complete {
+                        self.head_since = Some(head_since.unwrap_or_else(Instant::now));
+                    }
                     if expect_continue && !self.continued && self.slots.is_empty() {
                         self.continued = true;
                         self.wbuf
@@ -633,14 +653,47 @@ impl Handler for Conn {
             self.poll_expired(timer);
             return self.drive(cx);
         }
-        let idle = Duration::from_secs(self.shared.config.idle_timeout_secs.max(1));
+        let config = &self.shared.config;
+        let (idle, header) = (config.idle(), config.header_timeout());
+        // A request head begun and not finished in time, however slowly
+        // it is still arriving.
+        let head_age = self.head_since.map(|t| t.elapsed());
+        if head_age.is_some_and(|age| age >= header) {
+            self.shared
+                .stats
+                .header_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(instance = %self.shared.instance, "closing a connection whose request head did not complete");
+            // Best effort: say why if the socket takes it, unless answers
+            // to earlier requests are still owed (they would come first).
+            if self.slots.is_empty() {
+                response::text(
+                    &mut self.wbuf,
+                    408,
+                    &[],
+                    "the request head did not complete in time",
+                    true,
+                );
+                let _ = self.flush();
+            }
+            return cx.close();
+        }
+        // Nothing from the client and nothing in flight for it.
         let quiet = self.last_active.elapsed();
         let waiting = self.streaming.is_some() || !self.slots.is_empty();
         if quiet >= idle && !waiting {
+            self.shared
+                .stats
+                .idle_timeouts
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(instance = %self.shared.instance, "closing idle connection");
             return cx.close();
         }
-        self.idle_timer = cx.set_timer(idle.saturating_sub(quiet).max(Duration::from_millis(100)));
+        let mut next = idle.saturating_sub(quiet);
+        if let Some(age) = head_age {
+            next = next.min(header.saturating_sub(age));
+        }
+        self.idle_timer = cx.set_timer(next.max(Duration::from_millis(100)));
     }
 
     fn shutdown(&mut self, cx: &mut Cx<'_>) {

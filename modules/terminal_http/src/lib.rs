@@ -18,13 +18,26 @@
 //! Long polls and event streams hold no thread: they are reactor handlers
 //! waiting for notes from drivers.
 //!
+//! Connections that hold resources for nothing are closed: one with
+//! nothing from the client and nothing in flight for `idle_timeout_secs`
+//! (an unused keep-alive connection, a request stalled mid-body), and one
+//! whose request head is not complete `header_timeout_secs` after its first
+//! byte, however slowly it trickles (answered `408` if the socket takes
+//! it). A long poll or an event stream is in flight, so neither cuts it,
+//! however quiet. The defaults sit between nginx's (`keepalive_timeout`
+//! 75 s, `client_header_timeout` 60 s) and Apache's (`KeepAliveTimeout`
+//! 5 s, `RequestReadTimeout header=20-40`). Both closes are counted in
+//! `/metrics` (`bindery_http_idle_timeouts_total`,
+//! `bindery_http_header_timeouts_total`).
+//!
 //! ```toml
 //! [instances.http.config]
 //! dispatcher = "default"
 //! max_header_bytes = 8192
 //! max_body_bytes = 1048576
 //! max_connections = 10000
-//! idle_timeout_secs = 60
+//! idle_timeout_secs = 30     # nothing from the client, nothing in flight: closed
+//! header_timeout_secs = 20   # a request head not complete this long after its first byte: closed
 //! max_wait_secs = 60
 //! default_lease_secs = 30
 //! stream_credit = 64
@@ -65,8 +78,15 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Open connections at most; more are refused at accept.
     pub max_connections: u64,
-    /// A connection idle (or stalled mid-request) this long is closed.
+    /// A connection with nothing from the client and nothing in flight
+    /// (no request being answered, no event stream) this long is closed:
+    /// an unused keep-alive connection, or a request stalled mid-body.
+    /// At least 1.
     pub idle_timeout_secs: u64,
+    /// A connection whose request head is not complete this long after
+    /// its first byte is closed, however slowly the head trickles in.
+    /// At least 1.
+    pub header_timeout_secs: u64,
     /// The longest `wait` a long poll may ask for.
     pub max_wait_secs: u64,
     /// The lease a `GET` gets when it names none.
@@ -83,11 +103,24 @@ impl Default for Config {
             max_header_bytes: 8 * 1024,
             max_body_bytes: 1024 * 1024,
             max_connections: 10_000,
-            idle_timeout_secs: 60,
+            idle_timeout_secs: 30,
+            header_timeout_secs: 20,
             max_wait_secs: 60,
             default_lease_secs: 30,
             stream_credit: 64,
         }
+    }
+}
+
+impl Config {
+    /// `idle_timeout_secs`, at least a second.
+    pub(crate) fn idle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    /// `header_timeout_secs`, at least a second.
+    pub(crate) fn header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.header_timeout_secs.max(1))
     }
 }
 
@@ -118,6 +151,8 @@ pub(crate) struct Stats {
     pub(crate) delivered: AtomicU64,
     pub(crate) bad_requests: AtomicU64,
     pub(crate) streams_ended: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) header_timeouts: AtomicU64,
 }
 
 /// An instance.
@@ -221,6 +256,16 @@ impl Terminal for Http {
                 "bindery_http_streams_ended_total",
                 "Event streams closed because a driver ended the subscription (slow consumers).",
                 n(&s.streams_ended),
+            ),
+            (
+                "bindery_http_idle_timeouts_total",
+                "Connections closed after idle_timeout_secs with nothing from the client and nothing in flight.",
+                n(&s.idle_timeouts),
+            ),
+            (
+                "bindery_http_header_timeouts_total",
+                "Connections closed because a request head did not complete within header_timeout_secs.",
+                n(&s.header_timeouts),
             ),
         ]
     }

@@ -111,7 +111,9 @@ impl<S: Read + Write + mio::event::Source + Send + 'static> Conn<S> {
         }
         while !self.busy && !self.close_after && !self.rbuf.is_empty() {
             match request::parse(&self.rbuf, limits) {
-                Parsed::Partial { expect_continue } => {
+                Parsed::Partial {
+                    expect_continue, ..
+                } => {
                     if expect_continue {
                         self.wbuf
                             .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");

@@ -22,10 +22,10 @@
 //! module = "terminal.manage"
 //! bind = ["127.0.0.1:8081"]
 //! [instances.manage.config]
-//! token_file = "bindery-data/manage.token"
+//! token_file = "manage.token"     # under the server's data_dir unless absolute
 //! max_body_bytes = 1048576
 //! max_connections = 64
-//! unix_socket = "bindery-data/manage.sock"   # optional, mode 0600
+//! unix_socket = "manage.sock"    # optional, under data_dir unless absolute; mode 0600
 //! ```
 //!
 //! Over the Unix socket the same API is served, token and all (the file's
@@ -65,6 +65,8 @@ pub const OPENAPI: &str = include_str!("../../../docs/management-openapi.json");
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The file holding the bearer token; made at first start if missing.
+    /// Relative to the server's data directory (`[server] data_dir`)
+    /// unless absolute.
     pub token_file: PathBuf,
     /// Largest request body (a configuration) accepted.
     pub max_body_bytes: usize,
@@ -78,7 +80,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            token_file: PathBuf::from("bindery-data/manage.token"),
+            token_file: PathBuf::from("manage.token"),
             max_body_bytes: 1024 * 1024,
             max_connections: 64,
             unix_socket: None,
@@ -92,7 +94,9 @@ static STARTED: OnceLock<SystemTime> = OnceLock::new();
 
 fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
     terminal::register(reg, |cx| {
-        let config: Config = cx.config().parse()?;
+        let mut config: Config = cx.config().parse()?;
+        config.token_file = cx.resolve(&config.token_file);
+        config.unix_socket = config.unix_socket.map(|p| cx.resolve(&p));
         STARTED.get_or_init(SystemTime::now);
         let manage = Arc::new(Manage {
             instance: cx.name().to_owned(),

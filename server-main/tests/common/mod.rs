@@ -33,6 +33,8 @@ pub struct Server {
     pub token_file: std::path::PathBuf,
     /// The configuration file the server was started with.
     pub config_path: std::path::PathBuf,
+    /// Where the server said its data lives (`bindery: data directory ...`).
+    pub data_dir: Option<std::path::PathBuf>,
     _dir: Option<TempDir>,
 }
 
@@ -94,8 +96,12 @@ impl Server {
         let mut addr = None;
         let mut mqtt = None;
         let mut manage = None;
+        let mut data_dir = None;
         for line in lines.by_ref() {
             let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("bindery: data directory ") {
+                data_dir = Some(std::path::PathBuf::from(rest));
+            }
             if let Some(rest) = line.strip_prefix("bindery: http listening on ") {
                 addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
             }
@@ -119,6 +125,7 @@ impl Server {
             manage,
             token_file: data.join("manage.token"),
             config_path: path.clone(),
+            data_dir,
             _dir: None,
         }
     }
