@@ -352,16 +352,21 @@ impl Runtime {
         &self.data_dir
     }
 
+    /// `spec` names a module this binary does not link.
+    fn not_linked(&self, spec: &InstanceSpec) -> Error {
+        let mut linked: Vec<String> = self.registry.descriptors().map(|d| d.id()).collect();
+        linked.sort();
+        Error::NotLinked {
+            instance: spec.name.clone(),
+            module: spec.module.clone(),
+            linked,
+        }
+    }
+
     /// Makes a new incarnation of `spec`: runs its module's factory.
     fn make(self: &Arc<Self>, spec: &InstanceSpec) -> Result<Made, Error> {
         let Some(registered) = self.registry.registered(&spec.module).transpose()? else {
-            let mut linked: Vec<String> = self.registry.descriptors().map(|d| d.id()).collect();
-            linked.sort();
-            return Err(Error::NotLinked {
-                instance: spec.name.clone(),
-                module: spec.module.clone(),
-                linked,
-            });
+            return Err(self.not_linked(spec));
         };
         let descriptor = registered.descriptor;
         let keys: Vec<String> = if spec.bind.is_empty() {
@@ -612,13 +617,7 @@ impl Runtime {
                 if let Some(Err(e)) = self.registry.registered(&spec.module) {
                     return Err(e);
                 }
-                let mut linked: Vec<String> = self.registry.descriptors().map(|d| d.id()).collect();
-                linked.sort();
-                return Err(Error::NotLinked {
-                    instance: spec.name.clone(),
-                    module: spec.module.clone(),
-                    linked,
-                });
+                return Err(self.not_linked(spec));
             };
             for key in keys {
                 let table = &self.tables[class];

@@ -57,8 +57,8 @@
 //! so the journal's content is unknown. The instance then refuses every
 //! publish and ack (`Unavailable`, with the reason), logs an error, and
 //! takes writes again only once restarted, after recovery has replayed
-//! what the disk really holds. Today that is a server restart; the
-//! management API (issue #9) will restart the one instance.
+//! what the disk really holds: restart the instance through the
+//! management API (`bindery ctl restart NAME`) or restart the server.
 
 mod journal;
 mod record;
