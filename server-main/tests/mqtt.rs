@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::mqtt::{closed, connack, connect_packet, raw};
+use common::mqtt::{closed, connack, connect_packet, publish_packet, raw};
 use common::{Server, agent, config};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -489,25 +489,11 @@ fn a_leading_wildcard_does_not_match_dollar_topics() {
 
 /// A QoS 2 PUBLISH of `len` bytes to `topic` with packet id `id`.
 fn publish_qos2(topic: &str, id: u16, len: usize, dup: bool) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    body.extend_from_slice(topic.as_bytes());
-    body.extend_from_slice(&id.to_be_bytes());
-    body.resize(body.len() + len, b'p');
-    let mut out = vec![if dup { 0x3c } else { 0x34 }];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
+    let mut out = Vec::new();
+    publish_packet(&mut out, topic, 2, id, &vec![b'p'; len]);
+    if dup {
+        out[0] |= 0x08;
     }
-    out.extend(body);
     out
 }
 
