@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod parser;
 pub mod queue;
 pub mod terminal;
+pub mod topic;
 
 pub use consumer::{Consumer, Delivery, Subscription, SubscriptionControl};
 pub use dispatcher::Dispatcher;

@@ -264,7 +264,7 @@ impl Queues {
         consumer: Consumer,
         options: SubscribeOptions,
     ) -> Result<Subscription, Failure> {
-        if destination.split('/').any(|s| s == "+" || s == "#") {
+        if crate::topic::is_filter(destination) {
             return Err(Failure::new(
                 FailureKind::Unsupported,
                 format!("{destination}: a queue has no wildcard subscriptions"),

@@ -22,13 +22,13 @@ pub struct Ctl {
         env = "BINDERY_MANAGE_URL"
     )]
     pub url: String,
-    /// The file holding the bearer token.
-    #[arg(
-        long,
-        default_value = "bindery-data/manage.token",
-        env = "BINDERY_TOKEN_FILE"
-    )]
-    pub token_file: PathBuf,
+    /// The file holding the bearer token (default: manage.token in the
+    /// data directory).
+    #[arg(long, env = "BINDERY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The server's data directory, where the token file is by default.
+    #[arg(long, default_value = "bindery-data", env = "BINDERY_DATA_DIR")]
+    pub data_dir: PathBuf,
     /// Talk over this Unix socket instead of `--url`.
     #[arg(long, env = "BINDERY_MANAGE_SOCKET")]
     pub unix_socket: Option<PathBuf>,
@@ -342,10 +342,14 @@ impl<R: BufRead> Read for Dechunk<R> {
 
 /// Runs one `ctl` command; what to print on success.
 pub fn run(ctl: &Ctl) -> Result<String, Failed> {
-    let token = std::fs::read_to_string(&ctl.token_file).map_err(|e| {
+    let token_file = ctl
+        .token_file
+        .clone()
+        .unwrap_or_else(|| ctl.data_dir.join("manage.token"));
+    let token = std::fs::read_to_string(&token_file).map_err(|e| {
         Failed::Unasked(format!(
-            "cannot read the token file {}: {e} (--token-file or BINDERY_TOKEN_FILE)",
-            ctl.token_file.display()
+            "cannot read the token file {}: {e} (--token-file, --data-dir or BINDERY_TOKEN_FILE)",
+            token_file.display()
         ))
     })?;
     let client = Client {

@@ -208,3 +208,22 @@ fn the_api_is_served_on_a_unix_socket_too() {
     s.terminate();
     assert!(!socket.exists(), "the socket file is removed at stop");
 }
+
+#[test]
+fn ctl_finds_the_token_in_the_data_directory() {
+    let s = Server::start(&config(""));
+    let out = Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .args(["ctl", "--url", &format!("http://{}", s.manage.unwrap())])
+        .arg("--data-dir")
+        .arg(s.token_file.parent().unwrap())
+        .arg("info")
+        .env_remove("BINDERY_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

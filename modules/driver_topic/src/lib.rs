@@ -28,7 +28,7 @@ use std::time::Duration;
 use bindery::{Completion, Failure, FailureKind};
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
 use bindery_classes::fanout::{Clock, Limits, Offer, Outbox};
-use bindery_classes::{Consumer, Driver, Message, Subscription, SubscriptionControl};
+use bindery_classes::{Consumer, Driver, Message, Subscription, SubscriptionControl, topic};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -141,36 +141,13 @@ struct Topic {
     stats: DestinationStats,
 }
 
-/// Wildcard subscriptions: a path pattern whose segments may be `+` (any
-/// one segment) or, last, `#` (any rest, none included).
+/// Wildcard subscriptions: a path filter whose segments may be `+` (any
+/// one segment) or, last, `#` (any rest, none included); see
+/// [`bindery_classes::topic`].
 #[derive(Default)]
 struct Patterns {
-    subs: Vec<(Vec<Box<str>>, Sub)>,
+    subs: Vec<(Box<str>, Sub)>,
     next_sub: u64,
-}
-
-/// Whether a destination path is a wildcard pattern.
-fn is_pattern(path: &str) -> bool {
-    path.split('/').any(|s| s == "+" || s == "#")
-}
-
-fn segments(path: &str) -> impl Iterator<Item = &str> {
-    path.strip_prefix('/').unwrap_or(path).split('/')
-}
-
-/// Whether `path` matches the pattern `pattern` (given as segments).
-fn matches(pattern: &[Box<str>], path: &str) -> bool {
-    let mut parts = segments(path);
-    for (i, p) in pattern.iter().enumerate() {
-        if &**p == "#" && i + 1 == pattern.len() {
-            return true;
-        }
-        match parts.next() {
-            Some(s) if &**p == "+" || **p == *s => {}
-            _ => return false,
-        }
-    }
-    parts.next().is_none()
 }
 
 impl TopicDriver {
@@ -269,7 +246,7 @@ impl Driver for TopicDriver {
     }
 
     fn publish(&self, mut message: Message, done: Completion<Receipt>) {
-        if is_pattern(&message.destination) {
+        if topic::is_filter(&message.destination) {
             return done.fail(Failure::new(
                 FailureKind::Rejected,
                 format!("{}: cannot publish to a wildcard", message.destination),
@@ -299,7 +276,7 @@ impl Driver for TopicDriver {
             // sees a topic's messages in publish order.
             let mut patterns = self.patterns.lock();
             patterns.subs.retain_mut(|(p, s)| {
-                if !matches(p, &message.destination) {
+                if !topic::matches(p, &message.destination) {
                     return true;
                 }
                 offered += 1;
@@ -325,9 +302,8 @@ impl Driver for TopicDriver {
         options: SubscribeOptions,
     ) -> Result<Subscription, Failure> {
         let limits = self.limits;
-        if is_pattern(destination) {
-            let pattern: Vec<Box<str>> = segments(destination).map(Into::into).collect();
-            if pattern.iter().rev().skip(1).any(|s| &**s == "#") {
+        if topic::is_filter(destination) {
+            if !topic::valid_filter(destination) {
                 return Err(Failure::new(
                     FailureKind::Rejected,
                     format!("{destination}: '#' may only be the last segment"),
@@ -337,7 +313,7 @@ impl Driver for TopicDriver {
             let id = p.next_sub;
             p.next_sub += 1;
             let outbox = Outbox::new(consumer, destination, options.credit);
-            p.subs.push((pattern, Sub { id, outbox }));
+            p.subs.push((destination.into(), Sub { id, outbox }));
             return Ok(Subscription::new(Arc::new(PatternSub {
                 patterns: Arc::downgrade(&self.patterns),
                 id,
@@ -400,7 +376,7 @@ impl Driver for TopicDriver {
         // drop is counted on the topics).
         let mut patterns = self.patterns.lock();
         for (pattern, sub) in patterns.subs.iter_mut() {
-            let name = format!("/{}", pattern.join("/"));
+            let name = pattern.to_string();
             let i = match out.iter().position(|d| d.destination == name) {
                 Some(i) => i,
                 None => {
@@ -464,14 +440,6 @@ mod tests {
 
     #[test]
     fn wildcard_subscriptions_match_segments() {
-        let p = |s: &str| -> Vec<Box<str>> { segments(s).map(Into::into).collect() };
-        assert!(matches(&p("/t/a/+"), "/t/a/b"));
-        assert!(!matches(&p("/t/a/+"), "/t/a/b/c"));
-        assert!(!matches(&p("/t/a/+"), "/t/a"));
-        assert!(matches(&p("/t/a/#"), "/t/a"));
-        assert!(matches(&p("/t/a/#"), "/t/a/b/c"));
-        assert!(matches(&p("/t/+/c"), "/t/x/c"));
-        assert!(!matches(&p("/t/+/c"), "/t/x/d"));
         let d = TopicDriver::new(Config::default());
         let (c, r) = Consumer::channel();
         let o = SubscribeOptions {

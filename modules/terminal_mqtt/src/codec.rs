@@ -472,19 +472,6 @@ pub(crate) fn encode(out: &mut Vec<u8>, p: &Packet) {
     out.extend_from_slice(&body);
 }
 
-/// Whether `f` is a valid topic filter (wildcards whole segments, `#` last).
-pub(crate) fn valid_filter(f: &str) -> bool {
-    if f.is_empty() {
-        return false;
-    }
-    let segs: Vec<&str> = f.split('/').collect();
-    segs.iter().enumerate().all(|(i, s)| match *s {
-        "#" => i + 1 == segs.len(),
-        "+" => true,
-        s => !s.contains('+') && !s.contains('#'),
-    })
-}
-
 /// Whether `t` is a valid topic name to publish to.
 pub(crate) fn valid_topic(t: &str) -> bool {
     !t.is_empty() && !t.contains('+') && !t.contains('#')
@@ -603,8 +590,6 @@ mod tests {
         );
         assert!(decode(&[0xf0, 0], 100).is_err());
         assert!(decode(&[0x00, 0], 100).is_err());
-        assert!(valid_filter("a/+/b") && valid_filter("#") && valid_filter("a/#"));
-        assert!(!valid_filter("a/#/b") && !valid_filter("a+") && !valid_filter(""));
         assert!(!valid_topic("a/+") && valid_topic("a/b"));
     }
 

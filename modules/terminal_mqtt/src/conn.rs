@@ -9,6 +9,7 @@ use bindery::reactor::TimerId;
 use bindery::{Completion, Cx, Failure, Handler, Note};
 use bindery_classes::driver::{Receipt, SubscribeOptions};
 use bindery_classes::listener::{self, OpenConnection};
+use bindery_classes::topic::matches;
 use bindery_classes::{Message, MessageId, Subscription};
 use mio::Interest;
 use mio::event::Event;
@@ -58,26 +59,6 @@ pub(crate) struct Conn {
     /// one topic allocates no path per message.
     last_path: Option<(String, Arc<str>)>,
     _open: OpenConnection,
-}
-
-/// Whether a filter matches a topic, by MQTT's rules (`$` topics are not
-/// matched by a leading wildcard).
-pub(crate) fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut t = topic.split('/');
-    let mut f = filter.split('/').peekable();
-    while let Some(part) = f.next() {
-        if part == "#" && f.peek().is_none() {
-            return true;
-        }
-        match t.next() {
-            Some(seg) if part == "+" || part == seg => {}
-            _ => return false,
-        }
-    }
-    t.next().is_none()
 }
 
 fn message_qos(m: &Message) -> QoS {
@@ -474,7 +455,7 @@ impl Conn {
     }
 
     fn subscribe_one(&mut self, session: &Arc<Session>, filter: String, qos: QoS) -> u8 {
-        if !codec::valid_filter(&filter) {
+        if !bindery_classes::topic::valid_filter(&filter) {
             return 0x80;
         }
         let path = self.shared.path(&filter);
