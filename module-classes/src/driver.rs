@@ -138,6 +138,9 @@ pub struct DestinationStats {
     /// Subscribers stalled now: they make no progress and no longer slow
     /// publishers (topics).
     pub stalled: u64,
+    /// 1 while the destination's store refuses publishes for lack of space
+    /// (a durable driver's disk threshold or budget), else 0.
+    pub store_full: u64,
     /// Publishes refused because the destination was full.
     pub refused: u64,
 }

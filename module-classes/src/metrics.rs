@@ -68,7 +68,7 @@ pub fn render(rt: &Runtime) -> String {
     }
     let drivers = instances::<DriverHandle>(rt, class::DRIVER);
     type Field = fn(&DestinationStats) -> u64;
-    let series: [(&str, &str, &str, Field); 9] = [
+    let series: [(&str, &str, &str, Field); 10] = [
         (
             "bindery_messages_in_total",
             "counter",
@@ -122,6 +122,12 @@ pub fn render(rt: &Runtime) -> String {
             "gauge",
             "Subscribers that take nothing while messages wait: they no longer slow publishers.",
             |d| d.stalled,
+        ),
+        (
+            "bindery_destination_store_full",
+            "gauge",
+            "1 while the destination's store refuses publishes for lack of space.",
+            |d| d.store_full,
         ),
     ];
     let stats: Vec<(String, Vec<DestinationStats>)> =

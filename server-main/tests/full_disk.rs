@@ -180,6 +180,11 @@ fn resumes(s: &Server, path: &str) {
 
 /// The `bindery_publishes_refused_total` of `/small/q`.
 fn refused_metric(s: &Server) -> u64 {
+    metric(s, "bindery_publishes_refused_total")
+}
+
+/// The series `name` of `/small/q` in `/metrics` (0 when absent).
+fn metric(s: &Server, name: &str) -> u64 {
     let m = agent()
         .get(&s.url("/metrics"))
         .call()
@@ -187,10 +192,7 @@ fn refused_metric(s: &Server) -> u64 {
         .into_string()
         .unwrap();
     m.lines()
-        .find(|l| {
-            l.starts_with("bindery_publishes_refused_total{")
-                && l.contains("destination=\"/small/q\"")
-        })
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("destination=\"/small/q\""))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -222,11 +224,21 @@ fn a_durable_queue_at_its_disk_budget_refuses_drains_resumes_and_restarts() {
         a.first_refusal.reason
     );
     assert!(refused_metric(&s) >= 3, "refusals not counted in /metrics");
+    assert_eq!(
+        metric(&s, "bindery_destination_store_full"),
+        1,
+        "full: the gauge says so"
+    );
     let got = drain(&s, "/small/q", usize::MAX);
     let mut seen = HashSet::new();
     check(&a, &got, &mut seen);
     assert_eq!(seen.len(), a.confirmed.len(), "confirmed messages lost");
     resumes(&s, "/small/q");
+    assert_eq!(
+        metric(&s, "bindery_destination_store_full"),
+        0,
+        "resumed: the gauge says so"
+    );
     assert!(
         journal_bytes(&data) < 200_000,
         "the drained journal kept its space"

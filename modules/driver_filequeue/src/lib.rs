@@ -345,7 +345,12 @@ impl Driver for FileQueue {
     }
 
     fn stats(&self) -> Vec<DestinationStats> {
-        self.queues.stats()
+        let full = u64::from(self.space.refusing_for_space());
+        let mut stats = self.queues.stats();
+        for d in &mut stats {
+            d.store_full = full;
+        }
+        stats
     }
 
     fn stop(&self) {
