@@ -93,6 +93,8 @@ pub enum Error {
         /// The instance.
         instance: String,
     },
+    /// The server is stopping: no instance changes any more.
+    Stopping,
     /// The configuration changed since the version a change was made from.
     Stale {
         /// The version the change was made from.
@@ -184,6 +186,7 @@ impl fmt::Display for Error {
                 "instance {instance:?} serves this request: this change may not remove or \
                  change it (keep its section as it is)"
             ),
+            Error::Stopping => write!(f, "the server is stopping"),
             Error::Stale { expected, current } => write!(
                 f,
                 "the configuration changed since version {expected}: it is {current} now; get \

@@ -352,6 +352,14 @@ impl Runtime {
         &self.data_dir
     }
 
+    /// Lifecycle operations end when the server stops.
+    fn not_stopping(&self) -> Result<(), Error> {
+        if self.is_stopping() {
+            return Err(Error::Stopping);
+        }
+        Ok(())
+    }
+
     /// `spec` names a module this binary does not link.
     fn not_linked(&self, spec: &InstanceSpec) -> Error {
         let mut linked: Vec<String> = self.registry.descriptors().map(|d| d.id()).collect();
@@ -477,6 +485,7 @@ impl Runtime {
     /// any failure nothing stays behind: no binding, no record.
     pub fn create(self: &Arc<Self>, spec: InstanceSpec) -> Result<InstanceInfo, Error> {
         let _op = self.ops.lock();
+        self.not_stopping()?;
         self.create_now(spec)
     }
 
@@ -601,6 +610,7 @@ impl Runtime {
         protected: &[&str],
     ) -> Result<Reload, Error> {
         let _op = self.ops.lock();
+        self.not_stopping()?;
         if let Some(want) = version {
             let now = self.config_version();
             if want != now {
@@ -755,6 +765,7 @@ impl Runtime {
     /// stopped instance does nothing.
     pub fn stop(self: &Arc<Self>, name: &str, grace: Duration) -> Result<InstanceInfo, Error> {
         let _op = self.ops.lock();
+        self.not_stopping()?;
         self.stop_now(name, grace)?;
         self.instance(name).ok_or_else(|| Self::no_instance(name))
     }
@@ -788,12 +799,22 @@ impl Runtime {
     /// Starting a running instance does nothing.
     pub fn start(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, Error> {
         let _op = self.ops.lock();
+        self.not_stopping()?;
         self.start_now(name)?;
         self.instance(name).ok_or_else(|| Self::no_instance(name))
     }
 
     fn start_now(self: &Arc<Self>, name: &str) -> Result<(), Error> {
-        let (state, spec) = self.with(name, |i| (i.state, i.spec.clone()))?;
+        // The keys it has now (bound and unbound at run time included).
+        let (state, spec) = self.with(name, |i| {
+            (
+                i.state,
+                InstanceSpec {
+                    bind: i.keys.clone(),
+                    ..i.spec.clone()
+                },
+            )
+        })?;
         match state {
             State::Running | State::Stopping => return Ok(()),
             State::Created if self.started.load(Ordering::Acquire) => {
@@ -830,6 +851,7 @@ impl Runtime {
     /// Stops `name` (within `grace`) and starts it again.
     pub fn restart(self: &Arc<Self>, name: &str, grace: Duration) -> Result<InstanceInfo, Error> {
         let _op = self.ops.lock();
+        self.not_stopping()?;
         self.stop_now(name, grace)?;
         self.start_now(name)?;
         self.instance(name).ok_or_else(|| Self::no_instance(name))
@@ -839,6 +861,7 @@ impl Runtime {
     /// find nothing after (404).
     pub fn remove(self: &Arc<Self>, name: &str, grace: Duration) -> Result<(), Error> {
         let _op = self.ops.lock();
+        self.not_stopping()?;
         self.stop_now(name, grace)?;
         self.drop_instance(name);
         tracing::info!(instance = name, "removed");
@@ -849,6 +872,7 @@ impl Runtime {
     /// refused, naming it.
     pub fn bind(self: &Arc<Self>, name: &str, key: &str) -> Result<InstanceInfo, Error> {
         let _op = self.ops.lock();
+        self.not_stopping()?;
         let (class, module, handle) =
             self.with(name, |i| (i.class, i.spec.module.clone(), i.handle.clone()))?;
         let table = &self.tables[class];
@@ -861,6 +885,7 @@ impl Runtime {
     /// Unbinds `key` from `name`; an error if `name` does not hold it.
     pub fn unbind(self: &Arc<Self>, name: &str, key: &str) -> Result<InstanceInfo, Error> {
         let _op = self.ops.lock();
+        self.not_stopping()?;
         let class = self.with(name, |i| i.class)?;
         let table = &self.tables[class];
         let held = self.with(name, |i| i.keys.iter().position(|k| table.same_key(k, key)))?;

@@ -12,8 +12,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Write as _};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
@@ -40,7 +40,7 @@ pub struct LogLine {
     pub message: String,
 }
 
-type Follower = Box<dyn Fn(&LogLine) + Send + Sync>;
+type Follower = Arc<dyn Fn(&LogLine) + Send + Sync>;
 
 #[derive(Default)]
 struct Ring {
@@ -102,7 +102,8 @@ impl Logs {
     }
 
     /// Calls `f` with every new line of `instance` until the returned guard
-    /// is dropped. `f` runs on the logging thread: it must not block.
+    /// is dropped. `f` runs on the logging thread, outside any lock of
+    /// this module: it must not block.
     pub fn follow(&self, instance: &str, f: impl Fn(&LogLine) + Send + Sync + 'static) -> Follow {
         let id = self.next_follower.fetch_add(1, Ordering::Relaxed);
         self.rings
@@ -110,7 +111,7 @@ impl Logs {
             .entry(instance.to_owned())
             .or_default()
             .followers
-            .push((id, Box::new(f)));
+            .push((id, Arc::new(f)));
         Follow {
             instance: instance.to_owned(),
             id,
@@ -119,15 +120,19 @@ impl Logs {
 
     fn push(&self, instance: &str, line: LogLine) {
         let capacity = self.capacity.load(Ordering::Relaxed);
-        let mut rings = self.rings.lock();
-        let ring = rings.entry(instance.to_owned()).or_default();
-        for (_, f) in &ring.followers {
+        let followers: Vec<Follower> = {
+            let mut rings = self.rings.lock();
+            let ring = rings.entry(instance.to_owned()).or_default();
+            while ring.lines.len() >= capacity {
+                ring.lines.pop_front();
+            }
+            ring.lines.push_back(line.clone());
+            ring.followers.iter().map(|(_, f)| f.clone()).collect()
+        };
+        // Outside the lock: a follower may log, or stop following.
+        for f in followers {
             f(&line);
         }
-        while ring.lines.len() >= capacity {
-            ring.lines.pop_front();
-        }
-        ring.lines.push_back(line);
     }
 }
 

@@ -39,6 +39,8 @@ fn log(instance: &str, event: String) {
 struct Widget {
     instance: String,
     incarnation: u32,
+    /// The keys its factory was given.
+    keys: Vec<String>,
 }
 
 fn widget_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
@@ -81,6 +83,7 @@ fn widget_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
         Ok(Arc::new(Widget {
             instance: name,
             incarnation: n,
+            keys: cx.keys().to_vec(),
         }))
     });
     Ok(())
@@ -241,6 +244,15 @@ fn instances_are_created_bound_and_unbound_while_the_server_runs() {
     // A restart keeps the keys as they are now.
     rt.restart("fresh", Duration::from_secs(1)).unwrap();
     assert_eq!(incarnation(&k, "second-key"), Some(2));
+    let made = k
+        .runtime()
+        .lookup::<Arc<Widget>>("widget", "second-key")
+        .unwrap();
+    assert_eq!(
+        made.keys,
+        ["second-key"],
+        "the new incarnation is made with the keys of now"
+    );
     assert_eq!(incarnation(&k, "fresh-key"), None);
 
     // A created instance whose start fails is not kept.

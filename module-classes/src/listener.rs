@@ -296,10 +296,11 @@ struct Listener<L: Acceptor> {
 
 impl<L: Acceptor> Drop for Listener<L> {
     fn drop(&mut self) {
-        self.stats.untrack(self.at);
+        // The file first: once untracked, a restart may bind the path anew.
         if let Some(path) = &self.remove_on_close {
             let _ = std::fs::remove_file(path);
         }
+        self.stats.untrack(self.at);
     }
 }
 

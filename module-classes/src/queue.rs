@@ -40,6 +40,8 @@ pub struct Queues {
 struct Shared {
     limits: QueueLimits,
     queues: parking_lot::RwLock<HashMap<Box<str>, Arc<Mutex<Queue>>>>,
+    /// Set by [`Queues::close`]: no new subscription after it.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 struct Lease {
@@ -154,6 +156,7 @@ impl Queues {
         let shared = Arc::new(Shared {
             limits,
             queues: parking_lot::RwLock::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let reaper = Reaper::start(&shared);
         Queues {
@@ -199,6 +202,11 @@ impl Queues {
     /// Ends every subscription with [`Delivery::Closed`] and `reason` (the
     /// instance is stopping). Messages stay where they are.
     pub fn close(&self, reason: &str) {
+        // Before the queues are drained: a subscription made meanwhile is
+        // either drained below or refused (it checks under the queue lock).
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let queues: Vec<_> = self.shared.queues.read().values().cloned().collect();
         for q in queues {
             let (destination, subs) = {
@@ -273,6 +281,13 @@ impl Queues {
         let q = self.queue(destination, true)?;
         let id = {
             let mut g = q.lock();
+            if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Failure::new(
+                    FailureKind::Unavailable,
+                    format!("{destination}: the driver instance is stopping"),
+                )
+                .retry_after(Duration::from_secs(1)));
+            }
             let id = g.next_sub;
             g.next_sub += 1;
             g.subs.push(Sub {

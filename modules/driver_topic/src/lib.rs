@@ -93,6 +93,8 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
 
 /// An instance: a set of topics, and the wildcard subscriptions across them.
 pub struct TopicDriver {
+    /// Set by `stop`: no new subscription after it.
+    stopped: std::sync::atomic::AtomicBool,
     limits: Limits,
     max_topics: usize,
     topics: DashMap<Box<str>, Arc<Mutex<Topic>>>,
@@ -154,11 +156,24 @@ impl TopicDriver {
     /// A new instance.
     pub fn new(config: Config) -> TopicDriver {
         TopicDriver {
+            stopped: std::sync::atomic::AtomicBool::new(false),
             limits: config.limits(),
             max_topics: config.max_topics,
             topics: DashMap::new(),
             patterns: Arc::new(Mutex::new(Patterns::default())),
         }
+    }
+
+    /// `Unavailable` once stopped (checked under the lock `stop` drains).
+    fn refuse_if_stopped(&self, destination: &str) -> Result<(), Failure> {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Failure::new(
+                FailureKind::Unavailable,
+                format!("{destination}: the driver instance is stopping"),
+            )
+            .retry_after(std::time::Duration::from_secs(1)));
+        }
+        Ok(())
     }
 
     fn topic(&self, destination: &str) -> Result<Arc<Mutex<Topic>>, Failure> {
@@ -310,6 +325,7 @@ impl Driver for TopicDriver {
                 ));
             }
             let mut p = self.patterns.lock();
+            self.refuse_if_stopped(destination)?;
             let id = p.next_sub;
             p.next_sub += 1;
             let outbox = Outbox::new(consumer, destination, options.credit);
@@ -323,6 +339,7 @@ impl Driver for TopicDriver {
         let t = self.topic(destination)?;
         let id = {
             let mut g = t.lock();
+            self.refuse_if_stopped(destination)?;
             let id = g.next_sub;
             g.next_sub += 1;
             let outbox = Outbox::new(consumer, destination, options.credit);
@@ -337,6 +354,10 @@ impl Driver for TopicDriver {
     }
 
     fn stop(&self) {
+        // Before the subscribers are drained: a subscription made meanwhile
+        // is either drained below or refused (it checks under the lock).
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let why = "the driver instance is stopping";
         let topics: Vec<_> = self.topics.iter().map(|e| e.value().clone()).collect();
         for t in topics {

@@ -79,6 +79,7 @@ fn status_of(e: &Error, creating: bool) -> u16 {
         Error::InstanceExists { .. } | Error::Binding { .. } => 409,
         Error::Stale { .. } => 412,
         Error::Protected { .. } => 409,
+        Error::Stopping => 503,
         Error::NotLinked { .. } | Error::Config(_) => 400,
         Error::Instance { .. } if creating => 400,
         Error::Instance { .. } => 409,

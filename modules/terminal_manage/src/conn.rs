@@ -142,6 +142,8 @@ impl<S: Read + Write + mio::event::Source + Send + 'static> Conn<S> {
                     match api::answer(&self.shared, &req) {
                         Answer::Now(r) => self.reply(r),
                         Answer::Follow { instance, lines } => {
+                            // The stream lasts until the client leaves.
+                            self.close_after = false;
                             self.wbuf.extend_from_slice(
                                 b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\
                                   Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
