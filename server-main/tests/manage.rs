@@ -638,3 +638,33 @@ fn a_reload_may_not_remove_the_api_that_serves_it() {
     assert_eq!(effective(&api), (text, etag), "nothing changed");
     assert!(s.healthy());
 }
+
+#[test]
+fn a_half_sent_or_idle_connection_is_closed() {
+    let s = Server::start(&config("").replace(
+        "config = { token_file = \"manage.token\" }",
+        "config = { token_file = \"manage.token\", header_timeout_secs = 1, idle_timeout_secs = 2 }",
+    ));
+    let api = Api::of(&s);
+    use std::io::{Read, Write};
+    let addr = s.manage.unwrap();
+    let mut half = std::net::TcpStream::connect(addr).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    half.write_all(b"GET /v1/system HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = half.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let mut rest = Vec::new();
+    assert_eq!(
+        idle.read_to_end(&mut rest).unwrap(),
+        0,
+        "the idle connection was closed"
+    );
+    // Others are served throughout.
+    api.expect(200, "GET", "/v1/system", None);
+}

@@ -3,6 +3,9 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bindery::reactor::TimerId;
 
 use bindery::{Cx, Handler, Note};
 use bindery_classes::http::request::{self, Limits, Parsed};
@@ -34,8 +37,15 @@ pub(crate) struct Conn<S> {
     following: Option<bindery::logs::Follow>,
     close_after: bool,
     read_eof: bool,
+    /// When the request head now in `rbuf` began to arrive.
+    head_since: Option<Instant>,
+    last_active: Instant,
+    timer: TimerId,
     _open: OpenConnection,
 }
+
+/// How often a connection looks at its timeouts.
+const TICK: Duration = Duration::from_secs(1);
 
 impl<S: Read + Write + mio::event::Source + Send + 'static> Conn<S> {
     pub(crate) fn start(
@@ -54,6 +64,9 @@ impl<S: Read + Write + mio::event::Source + Send + 'static> Conn<S> {
             following: None,
             close_after: false,
             read_eof: false,
+            head_since: None,
+            last_active: Instant::now(),
+            timer: cx.set_timer(TICK),
             _open: open,
         };
         cx.registry().register(
@@ -73,7 +86,13 @@ impl<S: Read + Write + mio::event::Source + Send + 'static> Conn<S> {
                     self.read_eof = true;
                     return Ok(());
                 }
-                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    if self.rbuf.is_empty() {
+                        self.head_since = Some(Instant::now());
+                    }
+                    self.last_active = Instant::now();
+                    self.rbuf.extend_from_slice(&chunk[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -127,6 +146,8 @@ impl<S: Read + Write + mio::event::Source + Send + 'static> Conn<S> {
                 }
                 Parsed::Done(req, used) => {
                     self.rbuf.drain(..used);
+                    self.head_since = (!self.rbuf.is_empty()).then(Instant::now);
+                    self.last_active = Instant::now();
                     self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
                     if !req.keep_alive {
                         self.close_after = true;
@@ -232,6 +253,29 @@ impl<S: Read + Write + mio::event::Source + Send + 'static> Handler for Conn<S> 
             }
         }
         self.drive(cx);
+    }
+
+    fn timeout(&mut self, cx: &mut Cx<'_>, timer: TimerId) {
+        if timer != self.timer {
+            return;
+        }
+        let config = &self.shared.config;
+        let waiting = self.busy || self.following.is_some();
+        let head_late = self
+            .head_since
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(config.header_timeout_secs));
+        if !waiting && head_late {
+            tracing::debug!(instance = %self.shared.instance, "request head timed out");
+            self.close_after = true;
+            self.rbuf.clear();
+            self.reply(api::error(408, "the request head did not arrive in time"));
+            return self.drive(cx);
+        }
+        let idle = Duration::from_secs(config.idle_timeout_secs);
+        if !waiting && self.rbuf.is_empty() && self.last_active.elapsed() >= idle {
+            return cx.close();
+        }
+        self.timer = cx.set_timer(TICK);
     }
 
     fn shutdown(&mut self, cx: &mut Cx<'_>) {

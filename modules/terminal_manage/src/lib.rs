@@ -25,6 +25,8 @@
 //! token_file = "manage.token"     # under the server's data_dir unless absolute
 //! max_body_bytes = 1048576
 //! max_connections = 64
+//! header_timeout_secs = 10        # a head still incomplete: 408, closed
+//! idle_timeout_secs = 60          # nothing in progress: closed
 //! unix_socket = "manage.sock"    # optional, under data_dir unless absolute; mode 0600
 //! ```
 //!
@@ -72,6 +74,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Open connections at most.
     pub max_connections: u64,
+    /// A request head not complete this long after its first byte closes
+    /// the connection (408).
+    pub header_timeout_secs: u64,
+    /// A connection with nothing in progress for this long is closed.
+    pub idle_timeout_secs: u64,
     /// Also listen on this Unix socket (mode 0600; removed when the
     /// instance stops). Off by default.
     pub unix_socket: Option<PathBuf>,
@@ -83,6 +90,8 @@ impl Default for Config {
             token_file: PathBuf::from("manage.token"),
             max_body_bytes: 1024 * 1024,
             max_connections: 64,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
             unix_socket: None,
         }
     }
