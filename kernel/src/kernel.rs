@@ -701,10 +701,14 @@ impl Runtime {
                 undo.push(Undo::Recreate(was(o)));
                 report.removed.push(o.0.name.clone());
             }
-            for (o, n) in &changed {
+            // Every old incarnation goes before any new one is made, so keys
+            // can move between changed instances (two swapping addresses).
+            for (o, _) in &changed {
                 self.stop_now(&o.0.name, DEFAULT_GRACE)?;
                 self.drop_instance(&o.0.name);
                 undo.push(Undo::Recreate(was(o)));
+            }
+            for (_, n) in &changed {
                 self.create_now(n.clone())?;
                 undo.push(Undo::Remove(n.name.clone()));
                 report.changed.push(n.name.clone());

@@ -372,3 +372,27 @@ fn a_reload_applies_the_difference_or_nothing() {
     assert_eq!(rt.effective_config(), before);
     assert_eq!(incarnation(&k, "r-same"), Some(1));
 }
+
+#[test]
+fn a_reload_can_swap_keys_between_instances() {
+    let mut k = kernel(
+        "[instances.swap-a]\nmodule = \"widget.w\"\nbind = [\"swap-1\"]\n\
+         [instances.swap-b]\nmodule = \"widget.w\"\nbind = [\"swap-2\"]\n",
+    );
+    k.start().unwrap();
+    let rt = k.runtime().clone();
+    let swapped = Config::parse(
+        "swapped.toml",
+        "[instances.swap-a]\nmodule = \"widget.w\"\nbind = [\"swap-2\"]\n\
+         [instances.swap-b]\nmodule = \"widget.w\"\nbind = [\"swap-1\"]\n",
+    )
+    .unwrap();
+    let report = rt.reload(&swapped).unwrap();
+    assert_eq!(report.changed, ["swap-a", "swap-b"]);
+    let who = |key: &str| {
+        rt.lookup::<Arc<Widget>>("widget", key)
+            .map(|w| w.instance.clone())
+    };
+    assert_eq!(who("swap-1").as_deref(), Some("swap-b"));
+    assert_eq!(who("swap-2").as_deref(), Some("swap-a"));
+}
