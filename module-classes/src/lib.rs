@@ -17,6 +17,7 @@
 //! This crate builds on the kernel alone and contains no module; the
 //! modules live in their own crates under `modules/`.
 
+pub mod connection;
 pub mod consumer;
 pub mod dispatcher;
 pub mod driver;

@@ -44,18 +44,18 @@
 //! ```
 
 mod admin;
-mod conn;
+mod core;
+mod rest;
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bindery::{Cx, Handler, Runtime};
+use bindery::Runtime;
+use bindery_classes::connection::{Cores, MakeCore, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
-use bindery_classes::listener::{self, Accept, ConnectionStats, OpenConnection};
+use bindery_classes::listener::{self, ConnectionStats};
 use bindery_classes::terminal::{self, Probe, Terminal};
-use mio::net::TcpStream;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -182,7 +182,7 @@ impl Http {
             runtime: rt.clone(),
             stats: self.stats.clone(),
         });
-        let accept = Arc::new(AcceptHttp(shared));
+        let accept = Arc::new(Cores(HttpCores(shared)));
         let bound = listener::listen_all(
             rt,
             &self.instance,
@@ -302,15 +302,12 @@ impl Probe for HttpProbe {
     }
 }
 
-struct AcceptHttp(Arc<Shared>);
+/// Makes the protocol core of each connection.
+struct HttpCores(Arc<Shared>);
 
-impl Accept for AcceptHttp {
-    fn start(
-        &self,
-        cx: &mut Cx<'_>,
-        stream: TcpStream,
-        open: OpenConnection,
-    ) -> io::Result<Box<dyn Handler>> {
-        conn::Conn::start(cx, stream, self.0.clone(), open)
+impl MakeCore for HttpCores {
+    type Core = core::Core;
+    fn core(&self, peer: String, _: Wake) -> core::Core {
+        core::Core::new(self.0.clone(), peer, std::time::Instant::now())
     }
 }
