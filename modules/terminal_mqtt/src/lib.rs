@@ -48,20 +48,20 @@
 //! ```
 
 mod codec;
-mod conn;
+mod core;
 mod session;
+mod traffic;
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bindery::{Cx, Handler, Runtime};
+use bindery::Runtime;
+use bindery_classes::connection::{Cores, MakeCore, Wake};
 use bindery_classes::Message;
 use bindery_classes::dispatcher::{self, DispatcherHandle};
-use bindery_classes::listener::{self, Accept, ConnectionStats, OpenConnection};
+use bindery_classes::listener::{self, ConnectionStats};
 use bindery_classes::terminal::{self, Probe, Terminal};
-use mio::net::TcpStream;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -177,6 +177,27 @@ impl Shared {
         m
     }
 
+    /// Keeps `message` as `topic`'s retained message (an empty body
+    /// deletes it).
+    pub(crate) fn retain(&self, topic: &str, message: &Message) {
+        let mut retained = self.retained.lock();
+        if message.body.is_empty() {
+            retained.remove(topic);
+        } else {
+            retained.insert(topic.to_owned(), message.clone());
+        }
+    }
+
+    /// The retained messages whose topics `filter` matches.
+    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Message> {
+        self.retained
+            .lock()
+            .iter()
+            .filter(|(t, _)| bindery_classes::topic::matches(filter, t))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
     /// The MQTT topic of a kernel path, if it is under the root.
     pub(crate) fn topic<'a>(&self, path: &'a str) -> Option<&'a str> {
         path.strip_prefix(self.config.topic_root.as_str())
@@ -194,11 +215,11 @@ impl Mqtt {
             sessions: session::Sessions::default(),
             retained: Mutex::new(Default::default()),
             qos_headers: [0, 1, 2].map(|q: u8| -> Arc<[bindery_classes::message::Header]> {
-                Arc::new([(conn::QOS_HEADER.into(), q.to_string().into())])
+                Arc::new([(traffic::QOS_HEADER.into(), q.to_string().into())])
             }),
             octets: "application/octet-stream".into(),
         });
-        let accept = Arc::new(AcceptMqtt(shared));
+        let accept = Arc::new(Cores(MqttCores(shared)));
         let bound = listener::listen_all(
             rt,
             &self.instance,
@@ -213,16 +234,13 @@ impl Mqtt {
     }
 }
 
-struct AcceptMqtt(Arc<Shared>);
+/// Makes the protocol core of each connection.
+struct MqttCores(Arc<Shared>);
 
-impl Accept for AcceptMqtt {
-    fn start(
-        &self,
-        cx: &mut Cx<'_>,
-        stream: TcpStream,
-        open: OpenConnection,
-    ) -> io::Result<Box<dyn Handler>> {
-        conn::Conn::start(cx, stream, self.0.clone(), open)
+impl MakeCore for MqttCores {
+    type Core = core::Core;
+    fn core(&self, _peer: String, _: Wake) -> core::Core {
+        core::Core::new(self.0.clone(), std::time::Instant::now())
     }
 }
 

@@ -11,19 +11,63 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use bindery::{Address, Note, ReactorHandle};
+use bindery::Note;
+use bindery_classes::connection::Wake;
 use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
 use parking_lot::Mutex;
 
 use crate::codec::QoS;
 
-/// The note tag that wakes a connection: its session has messages.
-pub(crate) const WAKE: u64 = 1;
-/// The note tag that tells a connection another took its client id.
-pub(crate) const TAKEN_OVER: u64 = 2;
-/// The note tag that tells a connection a driver ended one of its
-/// subscriptions (a slow consumer under the `disconnect` policy).
-pub(crate) const ENDED: u64 = 4;
+/// What a connection is told through its [`Wake`]; every note tag the
+/// terminal uses is made and read here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tag {
+    /// Its session has messages.
+    Wake,
+    /// Another connection took its client id.
+    TakenOver,
+    /// A driver ended one of its subscriptions (a slow consumer under the
+    /// `disconnect` policy).
+    Ended,
+    /// The driver's outcome of an inbound QoS 1 or 2 publish.
+    Published { qos: QoS, packet_id: u16 },
+}
+
+/// Set in the tags of `Published`: the rest holds QoS and packet id.
+const PUBLISHED: u64 = 1 << 40;
+
+impl Tag {
+    /// The note tag.
+    pub(crate) fn to_u64(self) -> u64 {
+        match self {
+            Tag::Wake => 1,
+            Tag::TakenOver => 2,
+            Tag::Ended => 3,
+            Tag::Published { qos, packet_id } => {
+                PUBLISHED | u64::from(qos) << 16 | u64::from(packet_id)
+            }
+        }
+    }
+
+    /// The tag a note carries, if it is one of ours.
+    pub(crate) fn from_u64(tag: u64) -> Option<Tag> {
+        match tag {
+            1 => Some(Tag::Wake),
+            2 => Some(Tag::TakenOver),
+            3 => Some(Tag::Ended),
+            t if t & PUBLISHED != 0 => Some(Tag::Published {
+                qos: ((t >> 16) & 3) as QoS,
+                packet_id: (t & 0xffff) as u16,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Sends this tag, with no payload, through `wake`.
+    pub(crate) fn send(self, wake: &Wake) {
+        wake.note(Note::new(self.to_u64(), ()));
+    }
+}
 
 /// A message waiting to be sent, and the subscription to credit once taken.
 pub(crate) struct Queued {
@@ -61,7 +105,7 @@ pub(crate) struct State {
     pub(crate) inflight: BTreeMap<u16, Inflight>,
     pub(crate) incoming_qos2: HashSet<u16>,
     pub(crate) next_id: u16,
-    pub(crate) attached: Option<(ReactorHandle, Address, u64)>,
+    pub(crate) attached: Option<(Wake, u64)>,
     pub(crate) recent: VecDeque<MessageId>,
     /// Why a driver ended a subscription of this session: the session is
     /// over (its connection is closed, and it is not resumed).
@@ -133,8 +177,8 @@ impl Session {
             st.ended = Some(why);
             st.attached.clone()
         };
-        if let Some((handle, addr, _)) = attached {
-            handle.notify(addr, Note::new(ENDED, ()));
+        if let Some((wake, _)) = attached {
+            Tag::Ended.send(&wake);
         }
     }
 
@@ -154,8 +198,8 @@ impl Session {
                 None
             }
         };
-        if let Some((handle, addr, _)) = wake {
-            handle.notify(addr, Note::new(WAKE, ()));
+        if let Some((wake, _)) = wake {
+            Tag::Wake.send(&wake);
         }
     }
 }
@@ -188,15 +232,15 @@ impl Sessions {
         &self,
         client_id: &str,
         clean: bool,
-        at: (ReactorHandle, Address, u64),
+        at: (Wake, u64),
         make: impl FnOnce() -> Arc<Session>,
     ) -> (Arc<Session>, bool) {
         let mut map = self.map.lock();
         let existing = map.get(client_id).cloned();
         if let Some(old) = &existing {
             let previous = old.state.lock().attached.take();
-            if let Some((handle, addr, _)) = previous {
-                handle.notify(addr, Note::new(TAKEN_OVER, ()));
+            if let Some((wake, _)) = previous {
+                Tag::TakenOver.send(&wake);
             }
         }
         let (session, present) = match existing {
@@ -217,7 +261,7 @@ impl Sessions {
         let mut map = self.map.lock();
         let (mine, ended) = {
             let mut st = session.state.lock();
-            let mine = st.attached.as_ref().is_some_and(|a| a.2 == epoch);
+            let mine = st.attached.as_ref().is_some_and(|a| a.1 == epoch);
             if mine {
                 st.attached = None;
             }

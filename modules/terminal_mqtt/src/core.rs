@@ -1,0 +1,388 @@
+//! The MQTT protocol core of one connection: packets in, packets out, no
+//! socket and no reactor (see [`bindery_classes::connection`]).
+//!
+//! This file is the connection's life: CONNECT (sessions, takeover),
+//! keep-alive, the acknowledgement handshakes, DISCONNECT and the will.
+//! Messages in and out (publish, subscribe, the session's queue, pacing)
+//! are in [`crate::traffic`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bindery::{Completion, Failure, Note};
+use bindery_classes::connection::{Ended, Flow, Intake, Io, Protocol, Reading};
+use bindery_classes::driver::Receipt;
+
+use crate::Shared;
+use crate::codec::{self, Connect, Decoded, Packet, Publish, Will};
+use crate::session::{Session, Stage, Sub, Tag};
+
+/// Bytes read in one go.
+const READ_CHUNK: usize = 16 * 1024;
+/// Buffered messages behind the slowest subscriber past which a publisher
+/// is slowed: it reads small batches with pauses until the backlog clears,
+/// so subscribers catch up instead of the driver dropping.
+const SLOW_BACKLOG: u32 = 256;
+
+/// A connection past CONNECT.
+pub(crate) struct Connected {
+    pub(crate) session: Arc<Session>,
+    epoch: u64,
+    keep_alive: Option<Duration>,
+    will: Option<Will>,
+}
+
+/// One connection's MQTT state.
+pub(crate) struct Core {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) connected: Option<Connected>,
+    /// Until CONNECT: when the connection is given up.
+    connect_by: Instant,
+    last_seen: Instant,
+    /// Set once the connection is ending: whether abnormally (the will is
+    /// published).
+    closing: Option<bool>,
+    /// The backlog the driver reported for this connection's last publish.
+    pub(crate) backlog: Arc<AtomicU32>,
+    /// The topic last published to and its path: a publisher that keeps to
+    /// one topic allocates no path per message.
+    pub(crate) last_path: Option<(String, Arc<str>)>,
+    /// Input bytes seen by the last `receive` and left unused.
+    unused: usize,
+}
+
+impl Core {
+    pub(crate) fn new(shared: Arc<Shared>, now: Instant) -> Core {
+        let connect_by = now + Duration::from_secs(shared.config.connect_timeout_secs.max(1));
+        Core {
+            shared,
+            connected: None,
+            connect_by,
+            last_seen: now,
+            closing: None,
+            backlog: Arc::new(AtomicU32::new(0)),
+            last_path: None,
+            unused: 0,
+        }
+    }
+
+    pub(crate) fn send(&self, io: &mut Io<'_>, p: &Packet) {
+        codec::encode(io.out(), p);
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    /// Ends the connection (once the output is tried). Without a
+    /// DISCONNECT first (`abnormal`), the will is published.
+    pub(crate) fn close(&mut self, abnormal: bool, why: &str) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.closing = Some(abnormal);
+        if abnormal {
+            self.shared
+                .stats
+                .closed_for_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(instance = %self.shared.instance, "closing connection: {why}");
+        }
+    }
+
+    fn publish_will(&self, will: &Will) {
+        let message = self
+            .shared
+            .message(&will.topic, will.qos, will.payload.clone());
+        if will.retain {
+            self.shared.retain(&will.topic, &message);
+        }
+        self.shared
+            .dispatcher
+            .publish(message, Completion::new(|_| {}));
+    }
+
+    fn handle(&mut self, io: &mut Io<'_>, p: Packet) -> Result<(), String> {
+        let Some(c) = &self.connected else {
+            return match p {
+                Packet::Connect(c) => self.connect(io, *c),
+                other => Err(format!("{} before CONNECT", name(&other))),
+            };
+        };
+        let session = c.session.clone();
+        match p {
+            Packet::Connect(_) => return Err("a second CONNECT".into()),
+            Packet::Publish(p) => self.publish_in(io, &session, p)?,
+            Packet::PubAck(id) => {
+                let mut st = session.state.lock();
+                if st.inflight.get(&id).is_some_and(|i| i.qos == 1) {
+                    st.inflight.remove(&id);
+                }
+            }
+            Packet::PubRec(id) => {
+                if let Some(i) = session.state.lock().inflight.get_mut(&id) {
+                    i.stage = Stage::Released;
+                }
+                self.send(io, &Packet::PubRel(id));
+            }
+            Packet::PubRel(id) => {
+                session.state.lock().incoming_qos2.remove(&id);
+                self.send(io, &Packet::PubComp(id));
+            }
+            Packet::PubComp(id) => {
+                let mut st = session.state.lock();
+                if st
+                    .inflight
+                    .get(&id)
+                    .is_some_and(|i| i.stage == Stage::Released)
+                {
+                    st.inflight.remove(&id);
+                }
+            }
+            Packet::Subscribe { packet_id, filters } => {
+                self.subscribe(io, &session, packet_id, filters)
+            }
+            Packet::Unsubscribe { packet_id, filters } => {
+                let gone: Vec<Sub> = {
+                    let mut st = session.state.lock();
+                    filters
+                        .iter()
+                        .filter_map(|f| st.subs.remove(f.as_str()))
+                        .collect()
+                };
+                // Cancelling takes driver locks: not under the session's.
+                drop(gone);
+                self.send(io, &Packet::UnsubAck(packet_id));
+            }
+            Packet::PingReq => self.send(io, &Packet::PingResp),
+            Packet::Disconnect => {
+                if let Some(c) = &mut self.connected {
+                    c.will = None;
+                }
+                self.close(false, "DISCONNECT");
+            }
+            other => return Err(format!("a client may not send {}", name(&other))),
+        }
+        Ok(())
+    }
+
+    /// Refuses a CONNECT with a CONNACK return code, then closes.
+    fn refuse(&mut self, io: &mut Io<'_>, code: u8, why: &str) -> Result<(), String> {
+        self.send(
+            io,
+            &Packet::ConnAck {
+                session_present: false,
+                code,
+            },
+        );
+        self.close(false, why);
+        Ok(())
+    }
+
+    fn connect(&mut self, io: &mut Io<'_>, c: Connect) -> Result<(), String> {
+        if c.level != 4 {
+            return self.refuse(io, 1, "unacceptable protocol level");
+        }
+        let client_id = match c.client_id.as_str() {
+            "" if !c.clean_session => {
+                return self.refuse(io, 2, "an empty client id needs a clean session");
+            }
+            "" => self.shared.sessions.anonymous(),
+            id => id.to_owned(),
+        };
+        let epoch = self.shared.sessions.epoch();
+        let config = &self.shared.config;
+        let (session, present) = self.shared.sessions.attach(
+            &client_id,
+            c.clean_session,
+            (io.wake().clone(), epoch),
+            || {
+                Session::new(
+                    client_id.clone(),
+                    c.clean_session,
+                    config.max_queued,
+                    self.shared.stats.dropped.clone(),
+                )
+            },
+        );
+        let keep_alive =
+            (c.keep_alive > 0).then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500));
+        self.connected = Some(Connected {
+            session: session.clone(),
+            epoch,
+            keep_alive,
+            will: c.will,
+        });
+        self.send(
+            io,
+            &Packet::ConnAck {
+                session_present: present,
+                code: 0,
+            },
+        );
+        // Resend what was in flight when the last connection ended.
+        let resend: Vec<Packet> = session
+            .state
+            .lock()
+            .inflight
+            .iter()
+            .map(|(&id, i)| match i.stage {
+                Stage::Sent => Packet::Publish(Publish {
+                    dup: true,
+                    qos: i.qos,
+                    retain: false,
+                    topic: self
+                        .shared
+                        .topic(&i.message.destination)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    packet_id: id,
+                    payload: i.message.body.clone(),
+                }),
+                Stage::Released => Packet::PubRel(id),
+            })
+            .collect();
+        for p in &resend {
+            self.send(io, p);
+        }
+        Ok(())
+    }
+}
+
+impl Protocol for Core {
+    const TURN: usize = 32 * 1024;
+
+    fn receive(&mut self, io: &mut Io<'_>, input: &[u8]) -> usize {
+        if input.len() > self.unused {
+            self.last_seen = io.now();
+        }
+        if self.connected.is_none() && input.first().is_some_and(|&b| b != 0x10) {
+            // Not even the start of a CONNECT: no need to wait for the rest.
+            self.close(true, "a packet before CONNECT");
+        }
+        let mut used = 0;
+        while self.closing.is_none() {
+            match codec::decode(&input[used..], self.shared.config.max_packet_bytes) {
+                Ok(Decoded::Packet(p, n)) => {
+                    used += n;
+                    if let Err(why) = self.handle(io, p) {
+                        self.close(true, &why);
+                    }
+                }
+                Ok(Decoded::Partial) => break,
+                Err(e) => self.close(true, &e.0),
+            }
+        }
+        if self.closing.is_some() {
+            used = input.len();
+        }
+        self.unused = input.len() - used;
+        used
+    }
+
+    fn note(&mut self, io: &mut Io<'_>, note: Note) {
+        match Tag::from_u64(note.tag) {
+            Some(Tag::Wake) | None => {}
+            Some(Tag::TakenOver) => self.close(true, "another connection took this client id"),
+            Some(Tag::Ended) => self.ended(),
+            Some(Tag::Published { qos, packet_id }) => {
+                if let Ok(outcome) = note.take::<Result<Receipt, Failure>>() {
+                    self.published(io, qos, packet_id, outcome);
+                }
+            }
+        }
+    }
+
+    fn intake(&self, reading: &Reading) -> Intake {
+        if self.closing.is_some() {
+            return Intake::Wait;
+        }
+        let backlog = self.backlog.load(Ordering::Relaxed);
+        if backlog <= SLOW_BACKLOG {
+            return Intake::Read(READ_CHUNK);
+        }
+        if reading.this_turn == 0 {
+            // Subscribers are behind: a little at a time.
+            return Intake::Read(1024);
+        }
+        // Then pause, longer the further behind they are.
+        let pause = Duration::from_micros(u64::from(backlog).clamp(500, 20_000));
+        Intake::PauseUntil(reading.now + pause)
+    }
+
+    fn pump(&mut self, io: &mut Io<'_>) {
+        self.drain(io);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        if self.closing.is_some() {
+            return None;
+        }
+        match &self.connected {
+            None => Some(self.connect_by),
+            Some(c) => c.keep_alive.map(|k| self.last_seen + k),
+        }
+    }
+
+    fn expire(&mut self, io: &mut Io<'_>) {
+        match &self.connected {
+            None if io.now() >= self.connect_by => self.close(true, "no CONNECT in time"),
+            Some(Connected {
+                keep_alive: Some(k),
+                ..
+            }) if io.now() >= self.last_seen + *k => self.close(true, "keep-alive expired"),
+            _ => {}
+        }
+    }
+
+    fn peer_closed(&mut self, _: &mut Io<'_>) {
+        self.close(true, "the client closed the connection");
+    }
+
+    fn shutdown(&mut self, _: &mut Io<'_>) {
+        self.close(false, "server stopping");
+    }
+
+    fn flow(&self) -> Flow {
+        if self.closing.is_some() {
+            Flow::Close
+        } else {
+            Flow::Open
+        }
+    }
+
+    fn closed(&mut self, why: &Ended) {
+        if self.closing.is_none() {
+            self.close(true, &why.to_string());
+        }
+        if let Some(c) = self.connected.take() {
+            if self.closing == Some(true) {
+                if let Some(will) = &c.will {
+                    self.publish_will(will);
+                }
+            }
+            self.shared.sessions.detach(&c.session, c.epoch);
+        }
+    }
+}
+
+/// A packet's name, for log lines.
+fn name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck { .. } => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe { .. } => "SUBSCRIBE",
+        Packet::SubAck { .. } => "SUBACK",
+        Packet::Unsubscribe { .. } => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}

@@ -1,0 +1,275 @@
+//! Messages in and out of one MQTT connection: inbound publishes handed to
+//! the dispatcher (acknowledged once the driver confirms), subscriptions,
+//! and the session's queue sent within the output and in-flight limits.
+//! Part of the protocol core ([`crate::core`]).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use bindery::{Completion, Failure};
+use bindery_classes::connection::Io;
+use bindery_classes::driver::{Receipt, SubscribeOptions};
+use bindery_classes::topic::matches;
+use bindery_classes::{Message, MessageId, Subscription};
+
+use crate::codec::{self, Packet, Publish, QoS};
+use crate::core::Core;
+use crate::session::{Inflight, Queued, Session, Stage, Sub, Tag};
+
+/// Unsent output past which queued messages wait.
+const MAX_OUTPUT: usize = 1 << 20;
+/// The header that carries an MQTT message's QoS through the kernel.
+pub(crate) const QOS_HEADER: &str = "mqtt-qos";
+
+/// The QoS a message was published with (HTTP publishes count as 1).
+fn message_qos(m: &Message) -> QoS {
+    m.headers
+        .iter()
+        .find(|(k, _)| &**k == QOS_HEADER)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(1)
+}
+
+impl Core {
+    /// An inbound PUBLISH: to the dispatcher; QoS 1 and 2 are acknowledged
+    /// when the driver's outcome comes back ([`Core::published`]).
+    pub(crate) fn publish_in(
+        &mut self,
+        io: &mut Io<'_>,
+        session: &Arc<Session>,
+        p: Publish,
+    ) -> Result<(), String> {
+        if !codec::valid_topic(&p.topic) {
+            return Err(format!(
+                "PUBLISH to {:?}, which is not a topic name",
+                p.topic
+            ));
+        }
+        if p.qos == 2 && !session.state.lock().incoming_qos2.insert(p.packet_id) {
+            // A resend of a message already taken: acknowledge again only.
+            self.send(io, &Packet::PubRec(p.packet_id));
+            return Ok(());
+        }
+        let path = match &self.last_path {
+            Some((t, path)) if *t == p.topic => path.clone(),
+            _ => {
+                let path: Arc<str> = self.shared.path(&p.topic).into();
+                self.last_path = Some((p.topic.clone(), path.clone()));
+                path
+            }
+        };
+        let message = Message {
+            id: MessageId::next(),
+            destination: path,
+            content_type: self.shared.octets.clone(),
+            headers: self.shared.qos_headers[usize::from(p.qos.min(2))].clone(),
+            body: p.payload,
+            timestamp: SystemTime::now(),
+            delivery_count: 0,
+        };
+        if p.retain {
+            self.shared.retain(&p.topic, &message);
+        }
+        let done = if p.qos == 0 {
+            let backlog = self.backlog.clone();
+            Completion::new(move |r: Result<Receipt, Failure>| {
+                if let Ok(r) = r {
+                    backlog.store(r.backlog, Ordering::Relaxed);
+                }
+            })
+        } else {
+            let tag = Tag::Published {
+                qos: p.qos,
+                packet_id: p.packet_id,
+            };
+            io.wake().completion::<Receipt>(tag.to_u64())
+        };
+        self.shared.dispatcher.publish(message, done);
+        Ok(())
+    }
+
+    /// The driver's outcome of a QoS 1 or 2 publish. A refusal closes the
+    /// connection: MQTT 3.1.1 has no negative acknowledgement.
+    pub(crate) fn published(
+        &mut self,
+        io: &mut Io<'_>,
+        qos: QoS,
+        id: u16,
+        outcome: Result<Receipt, Failure>,
+    ) {
+        match outcome {
+            Ok(r) => {
+                self.backlog.store(r.backlog, Ordering::Relaxed);
+                let ack = if qos == 1 {
+                    Packet::PubAck(id)
+                } else {
+                    Packet::PubRec(id)
+                };
+                self.send(io, &ack);
+            }
+            Err(f) => {
+                if qos == 2 {
+                    // Not taken: a resend (DUP) must be published again,
+                    // not acknowledged as a duplicate of what was refused.
+                    if let Some(c) = &self.connected {
+                        c.session.state.lock().incoming_qos2.remove(&id);
+                    }
+                }
+                self.close(true, &format!("publish {id} refused: {f}"))
+            }
+        }
+    }
+
+    /// SUBSCRIBE: each filter granted or refused (0x80), then SUBACK.
+    pub(crate) fn subscribe(
+        &mut self,
+        io: &mut Io<'_>,
+        session: &Arc<Session>,
+        packet_id: u16,
+        filters: Vec<(String, QoS)>,
+    ) {
+        let codes = filters
+            .into_iter()
+            .map(|(filter, requested)| self.subscribe_one(session, filter, requested.min(2)))
+            .collect();
+        self.send(io, &Packet::SubAck { packet_id, codes });
+    }
+
+    fn subscribe_one(&mut self, session: &Arc<Session>, filter: String, qos: QoS) -> u8 {
+        if !bindery_classes::topic::valid_filter(&filter) {
+            return 0x80;
+        }
+        let path = self.shared.path(&filter);
+        let Ok(driver) = self.shared.dispatcher.driver(&path) else {
+            return 0x80;
+        };
+        let key: Arc<str> = filter.as_str().into();
+        let options = SubscribeOptions {
+            credit: self.shared.config.max_queued as u32,
+            lease: Duration::from_secs(60),
+        };
+        // The driver may deliver at once: never call it under the session lock.
+        let consumer = session.consumer(key.clone(), &self.shared.instance);
+        let Ok(subscription) = driver.subscribe(&path, consumer, options) else {
+            return 0x80;
+        };
+        let old = session.state.lock().subs.insert(
+            key.clone(),
+            Sub {
+                qos,
+                subscription: Arc::new(subscription),
+            },
+        );
+        drop(old);
+        for message in self.shared.retained_matching(&filter) {
+            session.push(Queued {
+                message,
+                filter: key.clone(),
+                retain: true,
+            });
+        }
+        qos
+    }
+
+    /// Sends what waits in the session, within the output and in-flight
+    /// limits, and credits the subscriptions it came from.
+    pub(crate) fn drain(&mut self, io: &mut Io<'_>) {
+        let Some(c) = self.connected.as_ref().filter(|_| !self.is_closing()) else {
+            return;
+        };
+        let session = c.session.clone();
+        let mut credit: Vec<(Arc<Subscription>, u32)> = Vec::new();
+        {
+            let mut st = session.state.lock();
+            // With overlapping subscriptions a message may arrive once per
+            // match: it goes out once, at the highest grant among them.
+            let overlapping = st.subs.len() > 1;
+            while io.unsent() < MAX_OUTPUT {
+                let Some(front) = st.queue.front() else { break };
+                let topic = self.shared.topic(&front.message.destination);
+                let granted = match topic {
+                    Some(t) if overlapping => st
+                        .subs
+                        .iter()
+                        .filter(|(f, _)| matches(f, t))
+                        .map(|(_, s)| s.qos)
+                        .max(),
+                    Some(t) => st
+                        .subs
+                        .get(&front.filter)
+                        .filter(|_| !t.starts_with('$') || matches(&front.filter, t))
+                        .map(|s| s.qos),
+                    None => None,
+                };
+                let qos = granted.map(|g| g.min(message_qos(&front.message)));
+                let has_topic = topic.is_some();
+                if qos.is_some_and(|q| q > 0)
+                    && st.inflight.len() >= self.shared.config.max_inflight
+                {
+                    break;
+                }
+                let Some(q) = st.queue.pop_front() else { break };
+                if let Some(s) = st.subs.get(&q.filter).filter(|_| !q.retain) {
+                    // One credit call per subscription per drain.
+                    match credit
+                        .iter_mut()
+                        .find(|(sub, _)| Arc::ptr_eq(sub, &s.subscription))
+                    {
+                        Some((_, n)) => *n += 1,
+                        None => credit.push((s.subscription.clone(), 1)),
+                    }
+                }
+                let Some(qos) = qos.filter(|_| has_topic) else {
+                    continue;
+                };
+                if overlapping && !q.retain {
+                    if st.recent.contains(&q.message.id) {
+                        continue;
+                    }
+                    st.recent.push_back(q.message.id);
+                    if st.recent.len() > 256 {
+                        st.recent.pop_front();
+                    }
+                }
+                let packet_id = if qos > 0 { st.packet_id() } else { 0 };
+                let topic = self
+                    .shared
+                    .topic(&q.message.destination)
+                    .unwrap_or_default();
+                codec::encode_publish(io.out(), topic, qos, q.retain, packet_id, &q.message.body);
+                if qos > 0 {
+                    st.inflight.insert(
+                        packet_id,
+                        Inflight {
+                            message: q.message,
+                            qos,
+                            stage: Stage::Sent,
+                        },
+                    );
+                }
+            }
+        }
+        // Credit calls into drivers: not under the session lock.
+        for (s, n) in credit {
+            s.credit(n);
+        }
+    }
+
+    /// A driver ended a subscription (a slow consumer): the client is
+    /// disconnected, and its session is not kept.
+    pub(crate) fn ended(&mut self) {
+        let Some(c) = &self.connected else { return };
+        let why = c.session.state.lock().ended.clone().unwrap_or_default();
+        tracing::warn!(
+            instance = %self.shared.instance,
+            client = %c.session.client_id,
+            "disconnecting the client: {why}"
+        );
+        self.shared
+            .stats
+            .subscriptions_ended
+            .fetch_add(1, Ordering::Relaxed);
+        self.close(true, &why);
+    }
+}
