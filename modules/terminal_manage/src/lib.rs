@@ -35,7 +35,7 @@
 //! user that should not manage the server).
 
 mod api;
-mod conn;
+mod core;
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -44,10 +44,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use bindery::{Cx, Handler, Runtime};
-use bindery_classes::listener::{self, Accept, ConnectionStats, OpenConnection};
+use bindery::Runtime;
+use bindery_classes::connection::{Cores, MakeCore, Wake};
+use bindery_classes::listener::{self, ConnectionStats};
 use bindery_classes::terminal::{self, Probe, Terminal};
-use mio::net::{TcpStream, UnixStream};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -163,7 +163,7 @@ impl Manage {
             token: token.into_bytes().into_boxed_slice(),
             stats: self.stats.clone(),
         });
-        let accept = Arc::new(AcceptManage(shared));
+        let accept = Arc::new(Cores(ManageCores(shared)));
         let bound = listener::listen_all(
             rt,
             &self.instance,
@@ -220,27 +220,13 @@ fn token(path: &Path) -> io::Result<String> {
     }
 }
 
-struct AcceptManage(Arc<Shared>);
+/// Makes the protocol core of each connection (TCP or Unix socket).
+struct ManageCores(Arc<Shared>);
 
-impl Accept for AcceptManage {
-    fn start(
-        &self,
-        cx: &mut Cx<'_>,
-        stream: TcpStream,
-        open: OpenConnection,
-    ) -> io::Result<Box<dyn Handler>> {
-        conn::Conn::start(cx, stream, self.0.clone(), open)
-    }
-}
-
-impl Accept<UnixStream> for AcceptManage {
-    fn start(
-        &self,
-        cx: &mut Cx<'_>,
-        stream: UnixStream,
-        open: OpenConnection,
-    ) -> io::Result<Box<dyn Handler>> {
-        conn::Conn::start(cx, stream, self.0.clone(), open)
+impl MakeCore for ManageCores {
+    type Core = core::Core;
+    fn core(&self, _peer: String, _: Wake) -> core::Core {
+        core::Core::new(self.0.clone(), std::time::Instant::now())
     }
 }
 
