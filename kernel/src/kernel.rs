@@ -272,6 +272,8 @@ pub struct Runtime {
     stop: (Mutex<bool>, Condvar),
     started: AtomicBool,
     data_dir: PathBuf,
+    /// State the modules of this server share, one value per type.
+    shared: Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -284,6 +286,21 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
+    /// The value of type `T` that the modules of this server share, made
+    /// with `T::default()` on first use. A class crate keeps server-wide
+    /// state here (the metrics registry is one) instead of in a global, so
+    /// two servers in one process stay apart.
+    pub fn shared<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut map = self.shared.lock();
+        let any = map
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()))
+            .clone();
+        drop(map);
+        // The entry for `TypeId::of::<T>()` holds a `T`: made just above.
+        any.downcast::<T>().unwrap_or_else(|_| Arc::new(T::default()))
+    }
+
     /// The binding table of `class`, if any linked module is of that class.
     pub fn table(&self, class: &str) -> Option<&Arc<Table>> {
         self.tables.get(class)
@@ -1014,6 +1031,7 @@ impl Kernel {
             stop: (Mutex::new(false), Condvar::new()),
             started: AtomicBool::new(false),
             data_dir: config.data_dir().to_owned(),
+            shared: Mutex::new(HashMap::new()),
         });
         let kernel = Kernel {
             runtime,

@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bindery::{Address, Cx, Handler, ReactorHandle, Runtime};
@@ -15,6 +15,8 @@ use mio::Interest;
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use parking_lot::Mutex;
+
+use crate::metrics::{Counter, Gauge, Scope};
 
 /// Writes `buf[*pos..]` to a non-blocking socket until it would block;
 /// clears `buf` once all is written (and compacts a long written prefix).
@@ -40,16 +42,18 @@ pub fn write_out(w: &mut impl io::Write, buf: &mut Vec<u8>, pos: &mut usize) -> 
     Ok(())
 }
 
-/// A terminal instance's connection counters, and its live listeners and
+/// A terminal instance's connection meters, and its live listeners and
 /// connections, so that it can be stopped ([`ConnectionStats::stop`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionStats {
-    /// Connections open now.
-    pub open: AtomicU64,
-    /// Connections accepted since start.
-    pub accepted: AtomicU64,
-    /// Connections refused at the limit.
-    pub refused: AtomicU64,
+    /// Connections open now (`bindery_connections_open`).
+    pub open: Gauge,
+    /// Connections accepted since start
+    /// (`bindery_connections_accepted_total`).
+    pub accepted: Counter,
+    /// Connections refused at the limit
+    /// (`bindery_connections_refused_total`).
+    pub refused: Counter,
     /// Set once the instance stops: listeners accept nothing more.
     stopping: AtomicBool,
     /// Every live listener and connection handler.
@@ -57,6 +61,28 @@ pub struct ConnectionStats {
 }
 
 impl ConnectionStats {
+    /// Meters registered in `scope` (the terminal instance's).
+    pub fn new(scope: &Scope) -> ConnectionStats {
+        ConnectionStats {
+            open: scope.gauge("bindery_connections_open", "Open connections per terminal."),
+            accepted: scope.counter(
+                "bindery_connections_accepted_total",
+                "Connections accepted per terminal.",
+            ),
+            refused: scope.counter(
+                "bindery_connections_refused_total",
+                "Connections refused at max_connections.",
+            ),
+            stopping: AtomicBool::new(false),
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Open connections.
+    pub fn open(&self) -> u64 {
+        self.open.get()
+    }
+
     fn track(&self, cx: &Cx<'_>) {
         self.live.lock().insert(cx.address(), cx.handle());
     }
@@ -123,7 +149,7 @@ pub struct OpenConnection {
 impl OpenConnection {
     /// Counts a connection open; tracked once it has its handler's address.
     fn new(stats: Arc<ConnectionStats>) -> OpenConnection {
-        stats.open.fetch_add(1, Ordering::Relaxed);
+        stats.open.inc();
         OpenConnection { stats, at: None }
     }
 
@@ -135,7 +161,7 @@ impl OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.open.dec();
         if let Some(at) = self.at {
             self.stats.untrack(at);
         }
@@ -312,11 +338,11 @@ impl<L: Acceptor> Handler for Listener<L> {
                     if self.stats.stopping.load(Ordering::Acquire) {
                         continue;
                     }
-                    if self.stats.open.load(Ordering::Relaxed) >= self.max_connections {
-                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    if self.stats.open.get() >= self.max_connections {
+                        self.stats.refused.inc();
                         continue;
                     }
-                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.stats.accepted.inc();
                     let mut open = OpenConnection::new(self.stats.clone());
                     let accept = self.accept.clone();
                     let start = move |cx: &mut Cx<'_>| {

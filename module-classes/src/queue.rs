@@ -15,10 +15,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bindery::{Failure, FailureKind};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::consumer::{Consumer, Delivery, Subscription, SubscriptionControl};
 use crate::driver::{DestinationStats, SubscribeOptions};
+use crate::metrics::{DestinationMeters, Scope};
 use crate::message::{Message, MessageId};
 
 /// How big queues may grow.
@@ -39,9 +40,13 @@ pub struct Queues {
 
 struct Shared {
     limits: QueueLimits,
+    scope: Scope,
     queues: parking_lot::RwLock<HashMap<Box<str>, Arc<Mutex<Queue>>>>,
     /// Set by [`Queues::close`]: no new subscription after it.
     closed: std::sync::atomic::AtomicBool,
+    /// Whether the store refuses publishes for space, and every queue's
+    /// gauge of it ([`Queues::set_store_full`]).
+    store_full: Mutex<(bool, Vec<crate::metrics::Gauge>)>,
 }
 
 struct Lease {
@@ -56,7 +61,6 @@ struct Sub {
     lease: Duration,
 }
 
-#[derive(Default)]
 struct Queue {
     ready: VecDeque<Message>,
     leased: HashMap<MessageId, Lease>,
@@ -65,7 +69,37 @@ struct Queue {
     next_sub: u64,
     turn: usize,
     pending: usize,
-    stats: DestinationStats,
+    meters: DestinationMeters,
+}
+
+/// A queue, locked; its gauges are brought up to date when the lock goes,
+/// so `/metrics` reads them without taking it.
+struct Locked<'a>(MutexGuard<'a, Queue>);
+
+fn lock(q: &Mutex<Queue>) -> Locked<'_> {
+    Locked(q.lock())
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Queue;
+    fn deref(&self) -> &Queue {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Queue {
+        &mut self.0
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let q = &self.0;
+        q.meters.depth.set((q.ready.len() + q.pending) as u64);
+        q.meters.leased.set(q.leased.len() as u64);
+        q.meters.consumers.set(q.subs.len() as u64);
+    }
 }
 
 impl Queue {
@@ -117,7 +151,7 @@ impl Queue {
                     until,
                 },
             );
-            self.stats.delivered += 1;
+            self.meters.delivered.inc();
             sub.consumer.deliver(Delivery::Message(message));
         }
     }
@@ -134,9 +168,9 @@ impl Reservation {
     /// Appends `message` to its queue and delivers it if a consumer waits.
     pub fn fill(mut self, message: Message) {
         self.filled = true;
-        let mut q = self.queue.lock();
+        let mut q = lock(&self.queue);
         q.pending -= 1;
-        q.stats.published += 1;
+        q.meters.published.inc();
         q.ready.push_back(message);
         q.pump(Instant::now());
     }
@@ -145,18 +179,20 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.filled {
-            self.queue.lock().pending -= 1;
+            lock(&self.queue).pending -= 1;
         }
     }
 }
 
 impl Queues {
-    /// An empty set.
-    pub fn new(limits: QueueLimits) -> Queues {
+    /// An empty set, whose queues' meters register in `scope`.
+    pub fn new(limits: QueueLimits, scope: Scope) -> Queues {
         let shared = Arc::new(Shared {
             limits,
+            scope,
             queues: parking_lot::RwLock::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            store_full: Mutex::new((false, Vec::new())),
         });
         let reaper = Reaper::start(&shared);
         Queues {
@@ -189,12 +225,21 @@ impl Queues {
             ));
         }
         let q = Arc::new(Mutex::new(Queue {
-            stats: DestinationStats {
-                destination: destination.to_owned(),
-                ..Default::default()
-            },
-            ..Default::default()
+            ready: VecDeque::new(),
+            leased: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            subs: Vec::new(),
+            next_sub: 0,
+            turn: 0,
+            pending: 0,
+            meters: self.shared.scope.destination(destination),
         }));
+        {
+            let mut full = self.shared.store_full.lock();
+            let gauge = q.lock().meters.store_full.clone();
+            gauge.set(u64::from(full.0));
+            full.1.push(gauge);
+        }
         all.insert(destination.into(), q.clone());
         Ok(q)
     }
@@ -210,8 +255,8 @@ impl Queues {
         let queues: Vec<_> = self.shared.queues.read().values().cloned().collect();
         for q in queues {
             let (destination, subs) = {
-                let mut g = q.lock();
-                (g.stats.destination.clone(), std::mem::take(&mut g.subs))
+                let mut g = lock(&q);
+                (g.meters.destination().to_owned(), std::mem::take(&mut g.subs))
             };
             for s in subs {
                 s.consumer
@@ -225,10 +270,10 @@ impl Queues {
     pub fn reserve(&self, destination: &str) -> Result<Reservation, Failure> {
         let queue = self.queue(destination, true)?;
         {
-            let mut q = queue.lock();
+            let mut q = lock(&queue);
             q.expire(Instant::now());
             if q.depth() >= self.shared.limits.max_depth {
-                q.stats.refused += 1;
+                q.meters.refused.inc();
                 return Err(Failure::new(
                     FailureKind::Full,
                     format!(
@@ -246,12 +291,23 @@ impl Queues {
         })
     }
 
+    /// Says whether the store behind these queues refuses publishes for
+    /// lack of space (`bindery_destination_store_full` on every queue).
+    /// Takes no queue's lock: callable from under one.
+    pub fn set_store_full(&self, full: bool) {
+        let mut s = self.shared.store_full.lock();
+        s.0 = full;
+        for g in &s.1 {
+            g.set(u64::from(full));
+        }
+    }
+
     /// Counts a publish to `destination` refused for a reason of the
     /// driver's own (its store is full), as `refused` counts those refused
     /// at the depth. A destination not yet made is not made for it.
     pub fn refused(&self, destination: &str) {
         if let Some(q) = self.shared.queues.read().get(destination) {
-            q.lock().stats.refused += 1;
+            q.lock().meters.refused.inc();
         }
     }
 
@@ -259,8 +315,8 @@ impl Queues {
     /// lose what was confirmed).
     pub fn restore(&self, message: Message) -> Result<(), Failure> {
         let queue = self.queue(&message.destination, true)?;
-        let mut q = queue.lock();
-        q.stats.published += 1;
+        let mut q = lock(&queue);
+        q.meters.published.inc();
         q.ready.push_back(message);
         Ok(())
     }
@@ -280,7 +336,7 @@ impl Queues {
         }
         let q = self.queue(destination, true)?;
         let id = {
-            let mut g = q.lock();
+            let mut g = lock(&q);
             if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(Failure::new(
                     FailureKind::Unavailable,
@@ -308,10 +364,10 @@ impl Queues {
     /// Settles a leased message.
     pub fn ack(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
         let q = self.queue(destination, false)?;
-        let mut q = q.lock();
+        let mut q = lock(&q);
         match q.leased.remove(&id) {
             Some(_) => {
-                q.stats.acked += 1;
+                q.meters.acked.inc();
                 Ok(())
             }
             None => Err(Failure::new(
@@ -326,7 +382,7 @@ impl Queues {
     /// Gives a leased message back at once, uncounted.
     pub fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
         let q = self.queue(destination, false)?;
-        let mut q = q.lock();
+        let mut q = lock(&q);
         match q.leased.remove(&id) {
             Some(lease) => {
                 let mut m = lease.message;
@@ -355,7 +411,7 @@ impl Queues {
                     depth: (q.ready.len() + q.pending) as u64,
                     leased: q.leased.len() as u64,
                     consumers: q.subs.len() as u64,
-                    ..q.stats.clone()
+                    ..q.meters.snapshot()
                 }
             })
             .collect();
@@ -416,7 +472,7 @@ fn reap(shared: Weak<Shared>, stop: Arc<(Mutex<bool>, Condvar)>) {
         let now = Instant::now();
         let queues: Vec<_> = shared.queues.read().values().cloned().collect();
         for q in queues {
-            let mut q = q.lock();
+            let mut q = lock(&q);
             if q.expiries.peek().is_some_and(|Reverse((t, _))| *t <= now) {
                 q.pump(now);
             }
@@ -432,7 +488,7 @@ struct QueueSub {
 impl SubscriptionControl for QueueSub {
     fn credit(&self, n: u32) {
         if let Some(q) = self.queue.upgrade() {
-            let mut q = q.lock();
+            let mut q = lock(&q);
             if let Some(s) = q.subs.iter_mut().find(|s| s.id == self.id) {
                 s.credit = s.credit.saturating_add(n);
             }
@@ -442,7 +498,7 @@ impl SubscriptionControl for QueueSub {
 
     fn cancel(&self) {
         if let Some(q) = self.queue.upgrade() {
-            q.lock().subs.retain(|s| s.id != self.id);
+            lock(&q).subs.retain(|s| s.id != self.id);
         }
     }
 }

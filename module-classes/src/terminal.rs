@@ -8,6 +8,15 @@
 //!
 //! # Implementing
 //!
+//! - Write the protocol as a core ([`crate::connection::Protocol`]): bytes
+//!   in, bytes out, notes in, deadlines out, no socket. The shared
+//!   connection driver ([`crate::connection::Cores`] with
+//!   [`crate::listener::listen_all`]) does the accepting, reading, writing,
+//!   yielding, timers and closing, the same for every terminal; test the
+//!   core with [`crate::connection::testing::Pipe`].
+//! - Register counters in the server's metrics registry
+//!   ([`crate::metrics::Scope::of`]) when the instance is made; `/metrics`
+//!   renders them without asking the terminal.
 //! - Bind in a start hook, so a port in use stops the server with an error
 //!   naming the instance.
 //! - A client that sends malformed bytes or stalls mid-request costs only
@@ -38,15 +47,9 @@ pub trait Terminal: Send + Sync + 'static {
     /// port once started).
     fn local_addrs(&self) -> Vec<SocketAddr>;
 
-    /// Open connections.
+    /// Open connections. Called from any thread; must not block.
     fn connections(&self) -> u64 {
         0
-    }
-
-    /// Protocol-specific counters for `/metrics`, as (name, help, value):
-    /// limits reached, connections closed for protocol errors, ...
-    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
-        Vec::new()
     }
 
     /// How to check from outside that the terminal serves: used by the

@@ -70,6 +70,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bindery::{Completion, Failure};
+use bindery_classes::metrics::Scope;
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
 use bindery_classes::queue::{QueueLimits, Queues};
 use bindery_classes::{Consumer, Driver, Message, MessageId, Subscription};
@@ -157,7 +158,9 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
             )
             .into());
         }
-        FileQueue::open(config).map_err(|e| format!("instance {:?}: {e}", cx.name()).into())
+        let scope = Scope::of(cx.runtime(), cx.name());
+        FileQueue::open_with_metrics(config, scope)
+            .map_err(|e| format!("instance {:?}: {e}", cx.name()).into())
     });
     Ok(())
 }
@@ -174,8 +177,15 @@ pub struct FileQueue {
 impl FileQueue {
     /// Opens (recovering) the journal in `config.dir`.
     pub fn open(config: Config) -> Result<FileQueue, String> {
+        Self::open_with_metrics(config, Scope::detached("filequeue"))
+    }
+
+    /// Opens the journal like [`FileQueue::open`]; the queues' meters
+    /// register in `scope`.
+    pub fn open_with_metrics(config: Config, scope: Scope) -> Result<FileQueue, String> {
         Self::open_with(
             config,
+            scope,
             #[cfg(test)]
             None,
         )
@@ -183,6 +193,7 @@ impl FileQueue {
 
     fn open_with(
         config: Config,
+        scope: Scope,
         #[cfg(test)] faults: Option<Arc<journal::Faults>>,
     ) -> Result<FileQueue, String> {
         let dir = &config.dir;
@@ -202,10 +213,11 @@ impl FileQueue {
             segments = recovered.segments.len(),
             "journal recovered"
         );
-        let queues = Arc::new(Queues::new(QueueLimits {
+        let limits = QueueLimits {
             max_depth: config.max_depth,
             max_queues: config.max_queues,
-        }));
+        };
+        let queues = Arc::new(Queues::new(limits, scope));
         let used = recovered
             .segments
             .iter()
@@ -219,6 +231,10 @@ impl FileQueue {
                 reserve_bytes: config.reserve_bytes,
             },
             used,
+            {
+                let queues = queues.clone();
+                Box::new(move |full| queues.set_store_full(full))
+            },
         ));
         let mut liveness = Liveness::new(
             dir.clone(),
@@ -345,12 +361,7 @@ impl Driver for FileQueue {
     }
 
     fn stats(&self) -> Vec<DestinationStats> {
-        let full = u64::from(self.space.refusing_for_space());
-        let mut stats = self.queues.stats();
-        for d in &mut stats {
-            d.store_full = full;
-        }
-        stats
+        self.queues.stats()
     }
 
     fn stop(&self) {

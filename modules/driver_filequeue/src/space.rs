@@ -70,11 +70,21 @@ pub(crate) struct Space {
     written_at_seen: AtomicU64,
     refusing: AtomicBool,
     state: Mutex<State>,
+    /// Told when publishes start or stop being refused for space.
+    on_full: Box<dyn Fn(bool) + Send + Sync>,
 }
 
 impl Space {
     /// Space for a journal in `dir` that holds `used` bytes now.
-    pub(crate) fn new(dir: PathBuf, limits: Limits, used: u64) -> Space {
+    /// `on_full` is told when publishes start (true) or stop (false) being
+    /// refused for space; it must take no lock a caller of
+    /// [`Space::admit`] holds.
+    pub(crate) fn new(
+        dir: PathBuf,
+        limits: Limits,
+        used: u64,
+        on_full: Box<dyn Fn(bool) + Send + Sync>,
+    ) -> Space {
         Space {
             dir,
             limits,
@@ -84,6 +94,7 @@ impl Space {
             written_at_seen: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             state: Mutex::new(State::default()),
+            on_full,
         }
     }
 
@@ -191,6 +202,9 @@ impl Space {
             Failure::new(FailureKind::Full, format!("store full: {why}")).retry_after(RETRY_AFTER);
         s.refusal = Some(f.clone());
         self.refusing.store(true, Ordering::Release);
+        if s.fatal.is_none() {
+            (self.on_full)(true);
+        }
         f
     }
 
@@ -206,6 +220,7 @@ impl Space {
             return;
         }
         self.refusing.store(false, Ordering::Release);
+        (self.on_full)(false);
         tracing::info!(
             dir = %self.dir.display(),
             used = self.used(),
@@ -254,10 +269,15 @@ impl Space {
             dir = %self.dir.display(),
             "{why}; the instance refuses every write until it is restarted (its journal is then recovered)"
         );
+        let was_full = s.refusal.is_some();
         s.fatal = Some(format!(
             "{why}; the instance refuses writes until it is restarted"
         ));
         self.refusing.store(true, Ordering::Release);
+        if was_full {
+            // Refused now for a fault, not for space.
+            (self.on_full)(false);
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 //! ```
 
 use bindery::{Completion, Failure};
+use bindery_classes::metrics::Scope;
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
 use bindery_classes::queue::{QueueLimits, Queues};
 use bindery_classes::{Consumer, Driver, Message, MessageId, Subscription};
@@ -54,7 +55,10 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
         if config.max_depth == 0 {
             return Err(format!("instance {:?}: max_depth must be at least 1", cx.name()).into());
         }
-        Ok(MemQueue::new(config))
+        Ok(MemQueue::with_metrics(
+            config,
+            Scope::of(cx.runtime(), cx.name()),
+        ))
     });
     Ok(())
 }
@@ -65,13 +69,19 @@ pub struct MemQueue {
 }
 
 impl MemQueue {
-    /// A new instance.
+    /// A new instance, its meters in a registry of their own.
     pub fn new(config: Config) -> MemQueue {
+        MemQueue::with_metrics(config, Scope::detached("memqueue"))
+    }
+
+    /// A new instance whose meters register in `scope`.
+    pub fn with_metrics(config: Config, scope: Scope) -> MemQueue {
+        let limits = QueueLimits {
+            max_depth: config.max_depth,
+            max_queues: config.max_queues,
+        };
         MemQueue {
-            queues: Queues::new(QueueLimits {
-                max_depth: config.max_depth,
-                max_queues: config.max_queues,
-            }),
+            queues: Queues::new(limits, scope),
         }
     }
 }

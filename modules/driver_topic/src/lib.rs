@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use bindery::{Completion, Failure, FailureKind};
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
+use bindery_classes::metrics::{DestinationMeters, Scope};
 use bindery_classes::fanout::{Clock, Limits, Offer, Outbox};
 use bindery_classes::{Consumer, Driver, Message, Subscription, SubscriptionControl, topic};
 use dashmap::DashMap;
@@ -86,7 +87,10 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
         if config.buffer == 0 {
             return Err(format!("instance {:?}: buffer must be at least 1", cx.name()).into());
         }
-        Ok(TopicDriver::new(config))
+        Ok(TopicDriver::with_metrics(
+            config,
+            Scope::of(cx.runtime(), cx.name()),
+        ))
     });
     Ok(())
 }
@@ -99,6 +103,7 @@ pub struct TopicDriver {
     max_topics: usize,
     topics: DashMap<Box<str>, Arc<Mutex<Topic>>>,
     patterns: Arc<Mutex<Patterns>>,
+    scope: Scope,
 }
 
 /// A subscriber: its id and its outbox.
@@ -112,7 +117,7 @@ struct Round<'a> {
     message: &'a Message,
     limits: &'a Limits,
     clock: Clock,
-    stats: &'a mut DestinationStats,
+    meters: &'a DestinationMeters,
     reached: u32,
     backlog: usize,
 }
@@ -123,8 +128,8 @@ impl Round<'_> {
     fn offer(&mut self, sub: &mut Sub) -> bool {
         let o = sub.outbox.offer(self.message, self.limits, &mut self.clock);
         match o {
-            Offer::Delivered => self.stats.delivered += 1,
-            _ if o.dropped() => self.stats.dropped += 1,
+            Offer::Delivered => self.meters.delivered.inc(),
+            _ if o.dropped() => self.meters.dropped.inc(),
             _ => {}
         }
         if o.reached() {
@@ -136,31 +141,80 @@ impl Round<'_> {
     }
 }
 
-#[derive(Default)]
 struct Topic {
     subs: Vec<Sub>,
     next_sub: u64,
-    stats: DestinationStats,
+    meters: DestinationMeters,
+}
+
+impl Topic {
+    /// Brings the gauges up to date (under the topic's lock, after every
+    /// change), so `/metrics` reads them without taking it.
+    fn gauges(&mut self, limits: &Limits) {
+        let mut clock = Clock::default();
+        let (mut depth, mut stalled) = (0, 0);
+        for s in &mut self.subs {
+            depth += s.outbox.buffered() as u64;
+            stalled += u64::from(s.outbox.is_stalled(limits, &mut clock));
+        }
+        self.meters.depth.set(depth);
+        self.meters.stalled.set(stalled);
+        self.meters.consumers.set(self.subs.len() as u64);
+    }
 }
 
 /// Wildcard subscriptions: a path filter whose segments may be `+` (any
 /// one segment) or, last, `#` (any rest, none included); see
 /// [`bindery_classes::topic`].
-#[derive(Default)]
 struct Patterns {
     subs: Vec<(Box<str>, Sub)>,
     next_sub: u64,
+    /// One destination's meters per pattern subscribed to (what its
+    /// subscribers drop is counted on the topics).
+    meters: std::collections::HashMap<Box<str>, DestinationMeters>,
+}
+
+impl Patterns {
+    /// Brings every pattern's gauges up to date; a pattern nobody
+    /// subscribes to any more leaves the metrics.
+    fn gauges(&mut self, limits: &Limits) {
+        let mut clock = Clock::default();
+        let mut sums: std::collections::HashMap<&str, (u64, u64, u64)> = Default::default();
+        for (p, s) in &mut self.subs {
+            let e = sums.entry(p).or_default();
+            e.0 += 1;
+            e.1 += s.outbox.buffered() as u64;
+            e.2 += u64::from(s.outbox.is_stalled(limits, &mut clock));
+        }
+        self.meters.retain(|p, m| {
+            let (consumers, depth, stalled) = sums.get(&**p).copied().unwrap_or_default();
+            m.consumers.set(consumers);
+            m.depth.set(depth);
+            m.stalled.set(stalled);
+            consumers > 0
+        });
+    }
 }
 
 impl TopicDriver {
-    /// A new instance.
+    /// A new instance, its meters in a registry of their own.
     pub fn new(config: Config) -> TopicDriver {
+        TopicDriver::with_metrics(config, Scope::detached("topic"))
+    }
+
+    /// A new instance whose meters register in `scope`.
+    pub fn with_metrics(config: Config, scope: Scope) -> TopicDriver {
         TopicDriver {
             stopped: std::sync::atomic::AtomicBool::new(false),
             limits: config.limits(),
             max_topics: config.max_topics,
             topics: DashMap::new(),
-            patterns: Arc::new(Mutex::new(Patterns::default())),
+            patterns: Arc::new(Mutex::new(Patterns {
+                subs: Vec::new(),
+                next_sub: 0,
+                meters: Default::default(),
+            })),
+            scope,
         }
     }
 
@@ -194,11 +248,9 @@ impl TopicDriver {
             .entry(destination.into())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Topic {
-                    stats: DestinationStats {
-                        destination: destination.to_owned(),
-                        ..Default::default()
-                    },
-                    ..Default::default()
+                    subs: Vec::new(),
+                    next_sub: 0,
+                    meters: self.scope.destination(destination),
                 }))
             })
             .clone())
@@ -215,17 +267,20 @@ impl SubscriptionControl for TopicSub {
     fn credit(&self, n: u32) {
         if let Some(t) = self.topic.upgrade() {
             let mut t = t.lock();
-            let Topic { subs, stats, .. } = &mut *t;
+            let Topic { subs, meters, .. } = &mut *t;
             if let Some(s) = subs.iter_mut().find(|s| s.id == self.id) {
                 let sent = s.outbox.credit(n, &self.limits, &mut Clock::default());
-                stats.delivered += sent as u64;
+                meters.delivered.add(sent as u64);
             }
+            t.gauges(&self.limits);
         }
     }
 
     fn cancel(&self) {
         if let Some(t) = self.topic.upgrade() {
-            t.lock().subs.retain(|s| s.id != self.id);
+            let mut t = t.lock();
+            t.subs.retain(|s| s.id != self.id);
+            t.gauges(&self.limits);
         }
     }
 }
@@ -239,15 +294,19 @@ struct PatternSub {
 impl SubscriptionControl for PatternSub {
     fn credit(&self, n: u32) {
         if let Some(p) = self.patterns.upgrade() {
-            if let Some((_, s)) = p.lock().subs.iter_mut().find(|(_, s)| s.id == self.id) {
+            let mut p = p.lock();
+            if let Some((_, s)) = p.subs.iter_mut().find(|(_, s)| s.id == self.id) {
                 s.outbox.credit(n, &self.limits, &mut Clock::default());
             }
+            p.gauges(&self.limits);
         }
     }
 
     fn cancel(&self) {
         if let Some(p) = self.patterns.upgrade() {
-            p.lock().subs.retain(|(_, s)| s.id != self.id);
+            let mut p = p.lock();
+            p.subs.retain(|(_, s)| s.id != self.id);
+            p.gauges(&self.limits);
         }
     }
 }
@@ -275,13 +334,13 @@ impl Driver for TopicDriver {
         message.delivery_count = 1;
         let (reached, backlog) = {
             let mut t = t.lock();
-            let Topic { subs, stats, .. } = &mut *t;
-            stats.published += 1;
+            let Topic { subs, meters, .. } = &mut *t;
+            meters.published.inc();
             let mut round = Round {
                 message: &message,
                 limits: &self.limits,
                 clock: Clock::default(),
-                stats,
+                meters,
                 reached: 0,
                 backlog: 0,
             };
@@ -299,9 +358,15 @@ impl Driver for TopicDriver {
             });
             if offered == 0 {
                 // Nobody listens: the message goes nowhere, counted.
-                round.stats.dropped += 1;
+                round.meters.dropped.inc();
             }
-            (round.reached, round.backlog)
+            let outcome = (round.reached, round.backlog);
+            if offered > subs.len() {
+                patterns.gauges(&self.limits);
+            }
+            drop(patterns);
+            t.gauges(&self.limits);
+            outcome
         };
         done.succeed(Receipt {
             id,
@@ -330,6 +395,10 @@ impl Driver for TopicDriver {
             p.next_sub += 1;
             let outbox = Outbox::new(consumer, destination, options.credit);
             p.subs.push((destination.into(), Sub { id, outbox }));
+            p.meters
+                .entry(destination.into())
+                .or_insert_with(|| self.scope.destination(destination));
+            p.gauges(&limits);
             return Ok(Subscription::new(Arc::new(PatternSub {
                 patterns: Arc::downgrade(&self.patterns),
                 id,
@@ -344,6 +413,7 @@ impl Driver for TopicDriver {
             g.next_sub += 1;
             let outbox = Outbox::new(consumer, destination, options.credit);
             g.subs.push(Sub { id, outbox });
+            g.gauges(&limits);
             id
         };
         Ok(Subscription::new(Arc::new(TopicSub {
@@ -373,47 +443,15 @@ impl Driver for TopicDriver {
     }
 
     fn stats(&self) -> Vec<DestinationStats> {
-        let mut clock = Clock::default();
-        let mut out: Vec<DestinationStats> = self
-            .topics
-            .iter()
-            .map(|e| {
-                let mut t = e.value().lock();
-                let stalled = t
-                    .subs
-                    .iter_mut()
-                    .filter_map(|s| s.outbox.is_stalled(&self.limits, &mut clock).then_some(()))
-                    .count();
-                DestinationStats {
-                    depth: t.subs.iter().map(|s| s.outbox.buffered() as u64).sum(),
-                    consumers: t.subs.len() as u64,
-                    stalled: stalled as u64,
-                    ..t.stats.clone()
-                }
-            })
+        let topics = self.topics.iter().map(|e| e.value().lock().meters.snapshot());
+        let patterns: Vec<DestinationStats> = self
+            .patterns
+            .lock()
+            .meters
+            .values()
+            .map(|m| m.snapshot())
             .collect();
-        // Wildcard subscriptions, one entry per pattern: their subscribers,
-        // what is buffered for them, and how many are stalled (what they
-        // drop is counted on the topics).
-        let mut patterns = self.patterns.lock();
-        for (pattern, sub) in patterns.subs.iter_mut() {
-            let name = pattern.to_string();
-            let i = match out.iter().position(|d| d.destination == name) {
-                Some(i) => i,
-                None => {
-                    out.push(DestinationStats {
-                        destination: name,
-                        ..Default::default()
-                    });
-                    out.len() - 1
-                }
-            };
-            let d = &mut out[i];
-            d.consumers += 1;
-            d.depth += sub.outbox.buffered() as u64;
-            d.stalled += u64::from(sub.outbox.is_stalled(&self.limits, &mut clock));
-        }
-        drop(patterns);
+        let mut out: Vec<DestinationStats> = topics.chain(patterns).collect();
         out.sort_by(|a, b| a.destination.cmp(&b.destination));
         out
     }

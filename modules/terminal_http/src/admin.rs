@@ -26,7 +26,7 @@ pub(crate) fn answer(builtin: Builtin, shared: &Shared, out: &mut Vec<u8>, close
     match builtin {
         Builtin::Health => response::text(out, 200, &[], "ok", close),
         Builtin::Metrics => {
-            let body = bindery_classes::metrics::render(&shared.runtime);
+            let body = shared.metrics.render();
             response::write(
                 out,
                 200,

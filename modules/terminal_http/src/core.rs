@@ -19,7 +19,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bindery::{Failure, Note};
@@ -165,7 +164,7 @@ impl Core {
         self.shared
             .stats
             .streams_ended
-            .fetch_add(1, Ordering::Relaxed);
+            .inc();
         response::event(io.out(), "-", "closed", reason.as_bytes());
         self.close_now = true;
     }
@@ -234,14 +233,14 @@ impl Protocol for Core {
                 Parsed::Done(req, n) => {
                     used += n;
                     self.continued = false;
-                    self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    self.shared.stats.requests.inc();
                     self.handle(io, req);
                 }
                 Parsed::Fail(status, reason) => {
                     self.shared
                         .stats
                         .bad_requests
-                        .fetch_add(1, Ordering::Relaxed);
+                        .inc();
                     tracing::debug!(instance = %self.shared.instance, status, %reason, "bad request");
                     let mut out = Vec::new();
                     response::text(&mut out, status, &[], &reason, true);
@@ -337,7 +336,7 @@ impl Protocol for Core {
             self.shared
                 .stats
                 .header_timeouts
-                .fetch_add(1, Ordering::Relaxed);
+                .inc();
             tracing::debug!(instance = %self.shared.instance, "closing a connection whose request head did not complete");
             // Best effort: say why, unless answers to earlier requests are
             // still owed (they would come first).
@@ -352,7 +351,7 @@ impl Protocol for Core {
             self.shared
                 .stats
                 .idle_timeouts
-                .fetch_add(1, Ordering::Relaxed);
+                .inc();
             tracing::debug!(instance = %self.shared.instance, "closing idle connection");
             self.close_now = true;
             return;

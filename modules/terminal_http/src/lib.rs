@@ -49,12 +49,12 @@ mod rest;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bindery::Runtime;
 use bindery_classes::connection::{Cores, MakeCore, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
 use bindery_classes::listener::{self, ConnectionStats};
+use bindery_classes::metrics::{Counter, Metrics, Scope};
 use bindery_classes::terminal::{self, Probe, Terminal};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -131,7 +131,7 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
             instance: cx.name().to_owned(),
             config,
             addrs: Mutex::new(Vec::new()),
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name()))),
         });
         let keys = cx.keys().to_vec();
         let me = http.clone();
@@ -143,16 +143,46 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
 }
 
 /// Counters for `/metrics`.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) connections: Arc<ConnectionStats>,
-    pub(crate) requests: AtomicU64,
-    pub(crate) published: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) bad_requests: AtomicU64,
-    pub(crate) streams_ended: AtomicU64,
-    pub(crate) idle_timeouts: AtomicU64,
-    pub(crate) header_timeouts: AtomicU64,
+    pub(crate) requests: Counter,
+    pub(crate) published: Counter,
+    pub(crate) delivered: Counter,
+    pub(crate) bad_requests: Counter,
+    pub(crate) streams_ended: Counter,
+    pub(crate) idle_timeouts: Counter,
+    pub(crate) header_timeouts: Counter,
+}
+
+impl Stats {
+    fn new(scope: &Scope) -> Stats {
+        Stats {
+            connections: Arc::new(ConnectionStats::new(scope)),
+            requests: scope.counter("bindery_http_requests_total", "Requests read."),
+            published: scope.counter("bindery_http_published_total", "Publishes confirmed."),
+            delivered: scope.counter(
+                "bindery_http_delivered_total",
+                "Messages delivered to clients.",
+            ),
+            bad_requests: scope.counter(
+                "bindery_http_bad_requests_total",
+                "Requests refused as malformed or too large.",
+            ),
+            streams_ended: scope.counter(
+                "bindery_http_streams_ended_total",
+                "Event streams closed because a driver ended the subscription (slow consumers).",
+            ),
+            idle_timeouts: scope.counter(
+                "bindery_http_idle_timeouts_total",
+                "Connections closed after idle_timeout_secs with nothing from the client and nothing in flight.",
+            ),
+            header_timeouts: scope.counter(
+                "bindery_http_header_timeouts_total",
+                "Connections closed because a request head did not complete within header_timeout_secs.",
+            ),
+        }
+    }
 }
 
 /// An instance.
@@ -168,7 +198,8 @@ pub(crate) struct Shared {
     pub(crate) instance: String,
     pub(crate) config: Config,
     pub(crate) dispatcher: DispatcherHandle,
-    pub(crate) runtime: Arc<Runtime>,
+    /// The server's metrics, for `/metrics`.
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) stats: Arc<Stats>,
 }
 
@@ -179,7 +210,7 @@ impl Http {
             instance: self.instance.clone(),
             config: self.config.clone(),
             dispatcher,
-            runtime: rt.clone(),
+            metrics: Metrics::of(rt),
             stats: self.stats.clone(),
         });
         let accept = Arc::new(Cores(HttpCores(shared)));
@@ -207,7 +238,7 @@ impl Terminal for Http {
     }
 
     fn connections(&self) -> u64 {
-        self.stats.connections.open.load(Ordering::Relaxed)
+        self.stats.connections.open()
     }
 
     fn stop(&self, deadline: std::time::Instant) {
@@ -218,57 +249,6 @@ impl Terminal for Http {
         Some(Arc::new(HttpProbe))
     }
 
-    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let s = &self.stats;
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            (
-                "bindery_http_connections_accepted_total",
-                "Connections accepted.",
-                n(&s.connections.accepted),
-            ),
-            (
-                "bindery_http_connections_refused_total",
-                "Connections refused at the limit.",
-                n(&s.connections.refused),
-            ),
-            (
-                "bindery_http_requests_total",
-                "Requests read.",
-                n(&s.requests),
-            ),
-            (
-                "bindery_http_bad_requests_total",
-                "Requests refused as malformed or too large.",
-                n(&s.bad_requests),
-            ),
-            (
-                "bindery_http_published_total",
-                "Publishes confirmed.",
-                n(&s.published),
-            ),
-            (
-                "bindery_http_delivered_total",
-                "Messages delivered to clients.",
-                n(&s.delivered),
-            ),
-            (
-                "bindery_http_streams_ended_total",
-                "Event streams closed because a driver ended the subscription (slow consumers).",
-                n(&s.streams_ended),
-            ),
-            (
-                "bindery_http_idle_timeouts_total",
-                "Connections closed after idle_timeout_secs with nothing from the client and nothing in flight.",
-                n(&s.idle_timeouts),
-            ),
-            (
-                "bindery_http_header_timeouts_total",
-                "Connections closed because a request head did not complete within header_timeout_secs.",
-                n(&s.header_timeouts),
-            ),
-        ]
-    }
 }
 
 /// Certification hooks: `GET /healthz`, bytes that are not HTTP, a request

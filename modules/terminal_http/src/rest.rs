@@ -1,7 +1,6 @@
 //! The REST messaging API: what each request does, and how outcomes become
 //! responses. Part of the protocol core ([`crate::core`]).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bindery::{Failure, FailureKind};
@@ -144,7 +143,7 @@ impl Core {
         let close = self.closes(tag);
         let out = match outcome {
             Ok(receipt) => {
-                self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.published.inc();
                 let id = receipt.id.to_string();
                 let mut out = Vec::new();
                 response::write(
@@ -182,7 +181,7 @@ impl Core {
         if let Some(s) = &mut self.streaming {
             match delivery {
                 Delivery::Message(m) => {
-                    self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.shared.stats.delivered.inc();
                     response::event(io.out(), &m.id.to_string(), "message", &m.body);
                     s.owed += 1;
                 }
@@ -215,7 +214,7 @@ impl Core {
         });
         match delivery {
             Delivery::Message(_) if found => {
-                self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.delivered.inc();
             }
             Delivery::Message(m) => {
                 if let Some((_, driver, destination)) = self.ended.iter().find(|e| e.0 == tag) {

@@ -206,7 +206,7 @@ fn route(shared: &Arc<Shared>, req: &Request) -> Result<Answer, Reply> {
             status: 200,
             headers: Vec::new(),
             content_type: Some("text/plain; version=0.0.4"),
-            body: bindery_classes::metrics::render(&rt).into_bytes(),
+            body: bindery_classes::metrics::Metrics::of(&rt).render().into_bytes(),
         }),
         ("GET", ["v1", "openapi.json"]) => now(Reply {
             status: 200,

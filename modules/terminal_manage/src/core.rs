@@ -6,7 +6,6 @@
 //! log streams chunked NDJSON for the rest of the connection's life.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bindery::Note;
@@ -92,7 +91,7 @@ impl Core {
 
     /// Answers one whole request, now or through a note.
     fn answer(&mut self, io: &mut Io<'_>, req: &request::Request) {
-        self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.requests.inc();
         if !req.keep_alive {
             self.close_after = true;
         }
@@ -100,7 +99,7 @@ impl Core {
             self.shared
                 .stats
                 .unauthorized
-                .fetch_add(1, Ordering::Relaxed);
+                .inc();
             return self.reply(io, api::unauthorized());
         }
         match api::answer(&self.shared, req) {

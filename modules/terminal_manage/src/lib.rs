@@ -40,13 +40,14 @@ mod core;
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bindery::Runtime;
 use bindery_classes::connection::{Cores, MakeCore, Wake};
 use bindery_classes::listener::{self, ConnectionStats};
+use bindery_classes::metrics::{Counter, Scope};
 use bindery_classes::terminal::{self, Probe, Terminal};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -111,7 +112,7 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
             instance: cx.name().to_owned(),
             config,
             addrs: Mutex::new(Vec::new()),
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name()))),
         });
         let keys = cx.keys().to_vec();
         let me = manage.clone();
@@ -123,11 +124,27 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
 }
 
 /// Counters.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) connections: Arc<ConnectionStats>,
-    pub(crate) requests: AtomicU64,
-    pub(crate) unauthorized: AtomicU64,
+    pub(crate) requests: Counter,
+    pub(crate) unauthorized: Counter,
+}
+
+impl Stats {
+    fn new(scope: &Scope) -> Stats {
+        Stats {
+            connections: Arc::new(ConnectionStats::new(scope)),
+            requests: scope.counter(
+                "bindery_manage_requests_total",
+                "Management API requests read.",
+            ),
+            unauthorized: scope.counter(
+                "bindery_manage_unauthorized_total",
+                "Management API requests refused for a missing or wrong token.",
+            ),
+        }
+    }
 }
 
 /// An instance.
@@ -240,23 +257,7 @@ impl Terminal for Manage {
     }
 
     fn connections(&self) -> u64 {
-        self.stats.connections.open.load(Ordering::Relaxed)
-    }
-
-    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let s = &self.stats;
-        vec![
-            (
-                "bindery_manage_requests_total",
-                "Management API requests read.",
-                s.requests.load(Ordering::Relaxed),
-            ),
-            (
-                "bindery_manage_unauthorized_total",
-                "Management API requests refused for a missing or wrong token.",
-                s.unauthorized.load(Ordering::Relaxed),
-            ),
-        ]
+        self.stats.connections.open()
     }
 
     fn stop(&self, deadline: std::time::Instant) {

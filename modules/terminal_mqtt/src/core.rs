@@ -86,7 +86,7 @@ impl Core {
             self.shared
                 .stats
                 .closed_for_errors
-                .fetch_add(1, Ordering::Relaxed);
+                .inc();
             tracing::debug!(instance = %self.shared.instance, "closing connection: {why}");
         }
     }

@@ -54,13 +54,13 @@ mod traffic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bindery::Runtime;
 use bindery_classes::connection::{Cores, MakeCore, Wake};
 use bindery_classes::Message;
 use bindery_classes::dispatcher::{self, DispatcherHandle};
 use bindery_classes::listener::{self, ConnectionStats};
+use bindery_classes::metrics::{Counter, Scope};
 use bindery_classes::terminal::{self, Probe, Terminal};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -119,7 +119,7 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
             instance: cx.name().to_owned(),
             config,
             addrs: Mutex::new(Vec::new()),
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name()))),
         });
         let keys = cx.keys().to_vec();
         let me = mqtt.clone();
@@ -131,12 +131,32 @@ fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError
 }
 
 /// Counters.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) connections: Arc<ConnectionStats>,
-    pub(crate) closed_for_errors: AtomicU64,
-    pub(crate) dropped: Arc<AtomicU64>,
-    pub(crate) subscriptions_ended: AtomicU64,
+    pub(crate) closed_for_errors: Counter,
+    pub(crate) dropped: Counter,
+    pub(crate) subscriptions_ended: Counter,
+}
+
+impl Stats {
+    fn new(scope: &Scope) -> Stats {
+        Stats {
+            connections: Arc::new(ConnectionStats::new(scope)),
+            closed_for_errors: scope.counter(
+                "bindery_mqtt_closed_for_errors_total",
+                "MQTT connections closed for protocol errors, limits or timeouts.",
+            ),
+            dropped: scope.counter(
+                "bindery_mqtt_session_dropped_total",
+                "Messages dropped because a session held max_queued already.",
+            ),
+            subscriptions_ended: scope.counter(
+                "bindery_mqtt_subscriptions_ended_total",
+                "MQTT clients disconnected because a driver ended a subscription (slow consumers).",
+            ),
+        }
+    }
 }
 
 /// An instance.
@@ -254,7 +274,7 @@ impl Terminal for Mqtt {
     }
 
     fn connections(&self) -> u64 {
-        self.stats.connections.open.load(Ordering::Relaxed)
+        self.stats.connections.open()
     }
 
     fn stop(&self, deadline: std::time::Instant) {
@@ -265,31 +285,6 @@ impl Terminal for Mqtt {
         Some(Arc::new(MqttProbe))
     }
 
-    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let s = &self.stats;
-        vec![
-            (
-                "bindery_mqtt_connections_refused_total",
-                "MQTT connections refused at max_connections.",
-                s.connections.refused.load(Ordering::Relaxed),
-            ),
-            (
-                "bindery_mqtt_closed_for_errors_total",
-                "MQTT connections closed for protocol errors, limits or timeouts.",
-                s.closed_for_errors.load(Ordering::Relaxed),
-            ),
-            (
-                "bindery_mqtt_subscriptions_ended_total",
-                "MQTT clients disconnected because a driver ended a subscription (slow consumers).",
-                s.subscriptions_ended.load(Ordering::Relaxed),
-            ),
-            (
-                "bindery_mqtt_session_dropped_total",
-                "Messages dropped because a session held max_queued already.",
-                s.dropped.load(Ordering::Relaxed),
-            ),
-        ]
-    }
 }
 
 /// Certification hooks: CONNECT then PINGREQ, bytes that are not MQTT, a

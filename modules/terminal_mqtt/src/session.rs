@@ -13,6 +13,7 @@ use std::sync::{Arc, Weak};
 
 use bindery::Note;
 use bindery_classes::connection::Wake;
+use bindery_classes::metrics::Counter;
 use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
 use parking_lot::Mutex;
 
@@ -130,7 +131,7 @@ pub(crate) struct Session {
     pub(crate) clean: bool,
     pub(crate) state: Mutex<State>,
     max_queued: usize,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl Session {
@@ -138,7 +139,7 @@ impl Session {
         client_id: String,
         clean: bool,
         max_queued: usize,
-        dropped: Arc<AtomicU64>,
+        dropped: Counter,
     ) -> Arc<Session> {
         Arc::new(Session {
             client_id,
@@ -188,7 +189,7 @@ impl Session {
         let wake = {
             let mut st = self.state.lock();
             if st.queue.len() >= self.max_queued {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.inc();
                 return;
             }
             st.queue.push_back(q);

@@ -269,7 +269,7 @@ impl Core {
         self.shared
             .stats
             .subscriptions_ended
-            .fetch_add(1, Ordering::Relaxed);
+            .inc();
         self.close(true, &why);
     }
 }
