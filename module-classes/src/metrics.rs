@@ -357,3 +357,63 @@ impl DestinationMeters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{QueueLimits, Queues};
+    use crate::{Consumer, Delivery, Message, SubscribeOptions};
+    use std::time::Duration;
+
+    #[test]
+    fn rendering_takes_no_queue_lock() {
+        let scope = Scope::detached("q");
+        let limits = QueueLimits {
+            max_depth: 10,
+            max_queues: 10,
+        };
+        let queues = Arc::new(Queues::new(limits, scope.clone()));
+        // A consumer that blocks while it is called, under the queue's lock.
+        let (entered, inside) = std::sync::mpsc::channel();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let consumer = Consumer::new(move |d| {
+            if let Delivery::Message(_) = d {
+                let _ = entered.send(());
+                let _ = gate.lock().recv();
+            }
+        });
+        let _sub = queues
+            .subscribe("/q/a", consumer, SubscribeOptions::default())
+            .unwrap();
+        let q = queues.clone();
+        let publisher = std::thread::spawn(move || {
+            q.reserve("/q/a").unwrap().fill(Message::new("/q/a", "", "x"));
+        });
+        inside.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The queue's lock is held now; the exposition comes all the same.
+        let (done, rendered) = std::sync::mpsc::channel();
+        let metrics = scope.metrics().clone();
+        std::thread::spawn(move || done.send(metrics.render()));
+        let text = rendered.recv_timeout(Duration::from_secs(5));
+        release.send(()).unwrap();
+        publisher.join().unwrap();
+        let text = text.expect("render did not wait for the queue");
+        assert!(
+            text.contains("bindery_messages_out_total{instance=\"q\",destination=\"/q/a\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn series_leave_with_their_handles_and_a_live_one_is_shared() {
+        let m = Metrics::default();
+        let a = m.counter("x_total", "X.", &[("instance", "a")]);
+        let again = m.counter("x_total", "X.", &[("instance", "a")]);
+        a.inc();
+        again.inc();
+        assert!(m.render().contains("x_total{instance=\"a\"} 2"));
+        drop((a, again));
+        assert!(!m.render().contains("x_total"));
+    }
+}

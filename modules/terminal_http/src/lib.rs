@@ -46,6 +46,8 @@
 mod admin;
 mod core;
 mod rest;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,7 +158,7 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    fn new(scope: &Scope) -> Stats {
+    pub(crate) fn new(scope: &Scope) -> Stats {
         Stats {
             connections: Arc::new(ConnectionStats::new(scope)),
             requests: scope.counter("bindery_http_requests_total", "Requests read."),

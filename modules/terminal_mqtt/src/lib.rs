@@ -50,6 +50,8 @@
 mod codec;
 mod core;
 mod session;
+#[cfg(test)]
+mod tests;
 mod traffic;
 
 use std::net::SocketAddr;
@@ -140,7 +142,7 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    fn new(scope: &Scope) -> Stats {
+    pub(crate) fn new(scope: &Scope) -> Stats {
         Stats {
             connections: Arc::new(ConnectionStats::new(scope)),
             closed_for_errors: scope.counter(
@@ -184,6 +186,26 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new(
+        instance: &str,
+        config: Config,
+        dispatcher: DispatcherHandle,
+        stats: Arc<Stats>,
+    ) -> Shared {
+        Shared {
+            instance: instance.to_owned(),
+            config,
+            dispatcher,
+            stats,
+            sessions: session::Sessions::default(),
+            retained: Mutex::new(Default::default()),
+            qos_headers: [0, 1, 2].map(|q: u8| -> Arc<[bindery_classes::message::Header]> {
+                Arc::new([(traffic::QOS_HEADER.into(), q.to_string().into())])
+            }),
+            octets: "application/octet-stream".into(),
+        }
+    }
+
     /// The kernel path of an MQTT topic.
     pub(crate) fn path(&self, topic: &str) -> String {
         format!("{}{topic}", self.config.topic_root)
@@ -227,18 +249,12 @@ impl Shared {
 impl Mqtt {
     fn start(&self, rt: &Arc<Runtime>, keys: &[String]) -> Result<(), bindery::BoxError> {
         let dispatcher = dispatcher::require(rt, &self.config.dispatcher)?;
-        let shared = Arc::new(Shared {
-            instance: self.instance.clone(),
-            config: self.config.clone(),
+        let shared = Arc::new(Shared::new(
+            &self.instance,
+            self.config.clone(),
             dispatcher,
-            stats: self.stats.clone(),
-            sessions: session::Sessions::default(),
-            retained: Mutex::new(Default::default()),
-            qos_headers: [0, 1, 2].map(|q: u8| -> Arc<[bindery_classes::message::Header]> {
-                Arc::new([(traffic::QOS_HEADER.into(), q.to_string().into())])
-            }),
-            octets: "application/octet-stream".into(),
-        });
+            self.stats.clone(),
+        ));
         let accept = Arc::new(Cores(MqttCores(shared)));
         let bound = listener::listen_all(
             rt,

@@ -1,0 +1,177 @@
+//! The HTTP core without sockets: requests in, responses out, time moved
+//! by hand ([`bindery_classes::connection::testing::Pipe`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bindery_classes::connection::Flow;
+use bindery_classes::connection::testing::{Pipe, Routes};
+use bindery_classes::driver::DriverHandle;
+use bindery_classes::metrics::{Metrics, Scope};
+use proptest::prelude::*;
+
+use crate::core::Core;
+use crate::{Config, Shared, Stats};
+
+const SETTLE: Duration = Duration::from_secs(2);
+
+fn shared(config: Config) -> Arc<Shared> {
+    let queues: DriverHandle = Arc::new(driver_memqueue::MemQueue::new(Default::default()));
+    let topics: DriverHandle = Arc::new(driver_topic::TopicDriver::new(Default::default()));
+    let metrics = Arc::new(Metrics::default());
+    Arc::new(Shared {
+        instance: "http".into(),
+        config,
+        dispatcher: Arc::new(Routes(vec![
+            ("/queues/".into(), queues),
+            ("/topics/".into(), topics),
+        ])),
+        stats: Arc::new(Stats::new(&Scope::new(metrics.clone(), "http"))),
+        metrics,
+    })
+}
+
+fn pipe(config: Config) -> Pipe<Core> {
+    let shared = shared(config);
+    Pipe::new(|_| Core::new(shared, "test".into(), std::time::Instant::now()))
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn statuses(out: &str) -> Vec<&str> {
+    out.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &out[i + 9..i + 12])
+        .collect()
+}
+
+#[test]
+fn a_publish_is_answered_only_when_the_driver_confirms() {
+    let mut p = pipe(Config::default());
+    p.send(b"POST /queues/a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(p.output(), b"", "no answer before the receipt");
+    p.settle(SETTLE);
+    let out = text(p.output());
+    assert!(out.starts_with("HTTP/1.1 201"), "{out}");
+    assert!(out.contains("Message-Id: "), "{out}");
+    assert_eq!(p.flow(), Flow::Open);
+}
+
+#[test]
+fn pipelined_answers_keep_request_order_across_waits() {
+    let mut p = pipe(Config::default());
+    p.send(
+        b"POST /queues/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx\
+          GET /healthz HTTP/1.1\r\n\r\n\
+          GET /queues/a?wait=0 HTTP/1.1\r\n\r\n\
+          GET /nowhere HTTP/1.1\r\n\r\n",
+    );
+    // The health answer is ready at once but waits behind the publish.
+    assert_eq!(p.output(), b"");
+    p.settle(SETTLE);
+    let out = text(p.output());
+    assert_eq!(statuses(&out), ["201", "200", "200", "404"], "{out}");
+}
+
+#[test]
+fn a_long_poll_ends_empty_at_its_deadline_and_a_late_message_goes_back() {
+    let mut p = pipe(Config::default());
+    p.send(b"GET /queues/b?wait=5 HTTP/1.1\r\n\r\n");
+    p.settle(Duration::from_millis(50));
+    assert_eq!(p.output(), b"");
+    p.advance(Duration::from_secs(4));
+    assert_eq!(p.output(), b"", "not before its deadline");
+    p.advance(Duration::from_secs(1));
+    assert_eq!(statuses(&text(p.output())), ["204"]);
+    // The queue still hands the next message to the next poll.
+    p.send(b"POST /queues/b HTTP/1.1\r\nContent-Length: 1\r\n\r\nm");
+    p.send(b"GET /queues/b?wait=1 HTTP/1.1\r\n\r\n");
+    p.settle(SETTLE);
+    let out = text(p.output());
+    assert_eq!(statuses(&out), ["201", "200"], "{out}");
+    assert!(out.ends_with('m'), "{out}");
+}
+
+#[test]
+fn idle_and_slow_head_connections_close_at_their_deadlines() {
+    let config = Config {
+        idle_timeout_secs: 30,
+        header_timeout_secs: 5,
+        ..Config::default()
+    };
+    let mut p = pipe(config.clone());
+    p.advance(Duration::from_secs(29));
+    assert_eq!(p.flow(), Flow::Open);
+    p.advance(Duration::from_secs(1));
+    assert_eq!(p.flow(), Flow::Close);
+
+    let mut p = pipe(config);
+    p.send(b"GET /healthz HTTP/1.1\r\nHost:");
+    p.advance(Duration::from_secs(3));
+    p.send(b" x");
+    p.advance(Duration::from_secs(2));
+    assert_eq!(statuses(&text(p.output())), ["408"]);
+    assert_eq!(p.flow(), Flow::Close);
+}
+
+#[test]
+fn an_event_stream_gets_messages_and_credit_comes_back_as_output_drains() {
+    let mut p = pipe(Config {
+        stream_credit: 1,
+        ..Config::default()
+    });
+    p.send(b"GET /topics/t HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n");
+    let head = text(p.output());
+    assert!(head.contains("text/event-stream"), "{head}");
+    // Published through the same drivers: this core's own dispatcher.
+    let dispatcher = p.core.shared.dispatcher.clone();
+    for body in ["one", "two"] {
+        let (done, rx) = bindery::Completion::channel();
+        dispatcher.publish(bindery_classes::Message::new("/topics/t", "text/plain", body), done);
+        rx.recv_timeout(SETTLE).expect("receipt").expect("published");
+        p.settle(Duration::from_millis(100));
+        let out = text(p.output());
+        assert!(out.contains(&format!("data: {body}")), "{out}");
+    }
+}
+
+#[test]
+fn bad_bytes_get_400_and_the_connection_closes_after_it() {
+    let mut p = pipe(Config::default());
+    p.send(b"\x16\x03\x01 not http\r\n\r\n");
+    assert_eq!(statuses(&text(p.output())), ["400"]);
+    assert_eq!(p.flow(), Flow::CloseWhenFlushed);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// However the bytes are cut into reads, the answers are the same.
+    #[test]
+    fn answers_do_not_depend_on_how_input_is_split(cuts in proptest::collection::vec(1usize..40, 1..12)) {
+        let input: &[u8] = b"GET /healthz HTTP/1.1\r\n\r\nPOST /nowhere HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
+                             GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let mut p = pipe(Config::default());
+        let mut at = 0;
+        for c in cuts {
+            let end = (at + c).min(input.len());
+            p.send(&input[at..end]);
+            at = end;
+        }
+        p.send(&input[at..]);
+        p.settle(SETTLE);
+        let out = text(p.output());
+        prop_assert_eq!(statuses(&out), ["200", "404", "200"]);
+        prop_assert_eq!(p.flow(), Flow::CloseWhenFlushed);
+    }
+
+    /// Whatever arrives, the core answers HTTP or nothing, and never panics.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let mut p = pipe(Config::default());
+        p.send(&bytes);
+        let out = p.output();
+        prop_assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 "));
+    }
+}
