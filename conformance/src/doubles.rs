@@ -11,7 +11,7 @@ use bindery_classes::dispatcher::{self, Dispatcher};
 use bindery_classes::driver::{
     self, DestinationStats, DriverHandle, DriverInfo, Receipt, SubscribeOptions,
 };
-use bindery_classes::{Consumer, Driver, Message, ParseError, Parser, Subscription, parser};
+use bindery_classes::{Consumer, Driver, Message, ParseError, Parser, Subscription, class, parser};
 use parking_lot::Mutex;
 
 /// A driver that keeps what it is given. Its `stats()` lists one entry per
@@ -70,7 +70,7 @@ pub fn recorded(handle: &DriverHandle) -> Vec<String> {
 }
 
 fn recording_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
-    driver::register(reg, |_| {
+    driver::register(&mut reg.typed::<class::Driver>()?, |_| {
         Ok(RecordingDriver {
             kept: Mutex::new(Vec::new()),
         })
@@ -99,7 +99,9 @@ impl Parser for PickyParser {
 }
 
 fn picky_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
-    parser::register(reg, &["*/*"], |_| Ok(PickyParser));
+    parser::register(&mut reg.typed::<class::Parser>()?, &["*/*"], |_| {
+        Ok(PickyParser)
+    });
     Ok(())
 }
 
@@ -124,7 +126,7 @@ impl Dispatcher for DirectDispatcher {
 }
 
 fn direct_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
-    dispatcher::register(reg, |cx| {
+    dispatcher::register(&mut reg.typed::<class::Dispatcher>()?, |cx| {
         Ok(DirectDispatcher {
             runtime: cx.runtime().clone(),
         })
@@ -151,9 +153,9 @@ const fn double(
 
 /// `driver.conformance-recorder`: keeps what it is given.
 pub static RECORDING_DRIVER: ModuleDescriptor =
-    double("driver", "conformance-recorder", recording_main);
+    double(class::DRIVER, "conformance-recorder", recording_main);
 /// `parser.conformance-picky`: refuses bodies starting with `bad`.
-pub static PICKY_PARSER: ModuleDescriptor = double("parser", "conformance-picky", picky_main);
+pub static PICKY_PARSER: ModuleDescriptor = double(class::PARSER, "conformance-picky", picky_main);
 /// `dispatcher.conformance-direct`: routes by path, validates nothing.
 pub static DIRECT_DISPATCHER: ModuleDescriptor =
-    double("dispatcher", "conformance-direct", direct_main);
+    double(class::DISPATCHER, "conformance-direct", direct_main);

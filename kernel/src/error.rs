@@ -156,15 +156,13 @@ impl fmt::Display for Error {
                 f,
                 "module {module} (crate {krate}) was built for kernel ABI {found}, this kernel is ABI {expected}"
             ),
-            Error::ModuleMain { module, cause } => {
-                write!(f, "module main of {module} failed: {cause}")
+            Error::ModuleMain { module, .. } => {
+                write!(f, "module main of {module} failed")
             }
             Error::Config(e) => e.fmt(f),
             Error::Instance {
-                instance,
-                module,
-                cause,
-            } => write!(f, "instance {instance:?} of module {module}: {cause}"),
+                instance, module, ..
+            } => write!(f, "instance {instance:?} of module {module}"),
             Error::Binding { class, key, reason } => {
                 write!(f, "cannot bind {key:?} in the {class} table: {reason}")
             }
@@ -192,15 +190,50 @@ impl fmt::Display for Error {
                 "the configuration changed since version {expected}: it is {current} now; get \
                  it again and reapply your change"
             ),
-            Error::Io { context, cause } => write!(f, "{context}: {cause}"),
+            Error::Io { context, .. } => f.write_str(context),
         }
     }
 }
 
-/// The message is said once: every variant's `Display` already includes
-/// its cause, so `source()` is `None` (a report that walks the chain, like
-/// `anyhow`'s `{:#}`, would otherwise print it twice).
-impl std::error::Error for Error {}
+/// Each thing is said once: a variant with a cause says what failed in
+/// its `Display` and returns the cause from `source()`, so a report that
+/// walks the chain ([`Error::report`], `anyhow`'s `{:#}`) reads
+/// `instance "q" of module driver.filequeue: cannot recover ...` with
+/// nothing twice. `Config` is transparent: its `Display` is the
+/// configuration error's own.
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::ModuleMain { cause, .. } | Error::Instance { cause, .. } => Some(&***cause),
+            Error::Io { cause, .. } => Some(&**cause),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// The whole story: this error and every cause under it, joined by
+    /// `: ` — what a log line or an API reply should carry.
+    pub fn report(&self) -> String {
+        report(self)
+    }
+}
+
+/// `err` and every `source()` under it, joined by `: `.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        // A cause that already repeats what it causes is said once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
+}
 
 impl From<crate::config::ConfigError> for Error {
     fn from(e: crate::config::ConfigError) -> Self {

@@ -298,7 +298,8 @@ impl Runtime {
             .clone();
         drop(map);
         // The entry for `TypeId::of::<T>()` holds a `T`: made just above.
-        any.downcast::<T>().unwrap_or_else(|_| Arc::new(T::default()))
+        any.downcast::<T>()
+            .unwrap_or_else(|_| Arc::new(T::default()))
     }
 
     /// The binding table of `class`, if any linked module is of that class.
@@ -471,7 +472,7 @@ impl Runtime {
         })?;
         for hook in hooks {
             if let Err(cause) = hook(self) {
-                let reason = cause.to_string();
+                let reason = crate::error::report(&*cause);
                 let stop = self.with(name, |i| {
                     i.state = State::Failed;
                     i.last_error = Some(reason.clone());
@@ -738,7 +739,7 @@ impl Runtime {
             Ok(())
         };
         if let Err(e) = step() {
-            tracing::warn!("reload failed, going back: {e}");
+            tracing::warn!("reload failed, going back: {}", e.report());
             while let Some(u) = undo.pop() {
                 match u {
                     Undo::Remove(name) => {
@@ -748,7 +749,8 @@ impl Runtime {
                     Undo::Recreate(spec) => {
                         let name = spec.name.clone();
                         if let Err(e) = self.create_now(spec) {
-                            tracing::error!(instance = %name, "could not bring back: {e}");
+                            let why = e.report();
+                            tracing::error!(instance = %name, "could not bring back: {why}");
                         }
                     }
                 }
@@ -849,7 +851,7 @@ impl Runtime {
             Err(e) => {
                 self.with(name, |i| {
                     i.state = State::Failed;
-                    i.last_error = Some(e.to_string());
+                    i.last_error = Some(e.report());
                 })?;
                 return Err(e);
             }
@@ -1140,7 +1142,8 @@ impl Kernel {
                                         "SIGHUP: configuration reloaded"
                                     ),
                                     Err(e) => tracing::error!(
-                                        "SIGHUP: reload refused, nothing changed: {e}"
+                                        "SIGHUP: reload refused, nothing changed: {}",
+                                        e.report()
                                     ),
                                 },
                                 Err(e) => tracing::error!("SIGHUP: {e}; nothing changed"),

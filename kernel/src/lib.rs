@@ -72,14 +72,15 @@ mod suggest;
 pub use bindings::{KeyKind, Table};
 pub use completion::{Completion, Failure, FailureKind, Note};
 pub use config::{Config, ConfigError, InstanceSpec, Section};
-pub use error::{BoxError, Error};
+pub use error::{BoxError, Error, report};
 pub use kernel::{
     BindingInfo, DEFAULT_GRACE, InstanceContext, InstanceInfo, Introspection, Kernel, ModuleInfo,
     Reload, Runtime, State, linked_modules,
 };
 pub use reactor::{Address, Cx, Handler, ReactorHandle};
 pub use registry::{
-    ABI_VERSION, BINDERY_MODULES, ModuleDescriptor, ModuleList, ModuleMain, Registrar, Registry,
+    ABI_VERSION, BINDERY_MODULES, Class, ModuleDescriptor, ModuleList, ModuleMain, Registrar,
+    Registry, Untyped,
 };
 
 #[doc(hidden)]

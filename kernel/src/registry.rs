@@ -74,20 +74,23 @@ pub static BINDERY_MODULES: [ModuleDescriptor];
 ///
 /// ```text
 /// bindery::module! {
-///     class: "parser",
+///     class: bindery_classes::class::Parser,
 ///     name: "json",
 ///     description: "validates JSON bodies",
-///     main: module_main,
+///     main: module_main,   // fn(&mut Registrar<'_, class::Parser>) -> Result<(), BoxError>
 /// }
 /// ```
 ///
+/// `class` is a type implementing [`Class`]: the descriptor takes its
+/// name, and the module main gets a registrar typed by it, so the class a
+/// module declares and the factory it registers cannot disagree.
 /// The version and crate name come from Cargo; the ABI from the kernel. An
 /// optional `certify_config: "..."` gives the TOML section an instance gets
 /// when certified (see [`ModuleDescriptor::certify_config`]).
 #[macro_export]
 macro_rules! module {
     (
-        class: $class:expr,
+        class: $class:ty,
         name: $name:expr,
         description: $description:expr,
         main: $main:path
@@ -97,13 +100,20 @@ macro_rules! module {
         #[$crate::linkme::distributed_slice($crate::BINDERY_MODULES)]
         #[linkme(crate = $crate::linkme)]
         pub static MODULE: $crate::ModuleDescriptor = $crate::ModuleDescriptor {
-            class: $class,
+            class: <$class as $crate::Class>::NAME,
             name: $name,
             version: env!("CARGO_PKG_VERSION"),
             abi: $crate::ABI_VERSION,
             description: $description,
             krate: env!("CARGO_CRATE_NAME"),
-            main: $main,
+            main: {
+                fn typed_main(
+                    reg: &mut $crate::Registrar<'_>,
+                ) -> ::std::result::Result<(), $crate::BoxError> {
+                    $main(&mut reg.typed::<$class>()?)
+                }
+                typed_main
+            },
             certify_config: $crate::__or_empty!($($certify)?),
         };
     };
@@ -166,23 +176,122 @@ pub(crate) struct Factory {
     pub(crate) default_keys: &'static [&'static str],
 }
 
-/// What a module main fills in: the module's instance factory.
+/// A module class: its name, the kind of key its instances bind to, and
+/// the handle its binding table holds. A class crate defines one type per
+/// class (`bindery_classes::class::Driver`, ...); a module names it in
+/// [`module!`](crate::module), and its module main gets a
+/// [`Registrar`] typed by it, so the class a module declares and the
+/// factory it registers cannot disagree: a driver module that registered a
+/// terminal's factory would not compile.
 ///
-/// The class crate wraps this with typed helpers (for example
-/// `bindery_classes::driver::register`), so module authors rarely call
-/// [`Registrar::factory`] directly.
-pub struct Registrar<'a> {
-    module: &'static ModuleDescriptor,
-    factory: &'a mut Option<Factory>,
+/// ```
+/// enum Gadget {}
+/// impl bindery::Class for Gadget {
+///     const NAME: &'static str = "gadget";
+///     const KEYS: bindery::KeyKind = bindery::KeyKind::Exact;
+///     type Handle = u32;
+/// }
+/// fn gadget_main(reg: &mut bindery::Registrar<'_, Gadget>) -> Result<(), bindery::BoxError> {
+///     reg.register(|_| Ok(7));
+///     Ok(())
+/// }
+/// bindery::module! { class: Gadget, name: "g", description: "a gadget", main: gadget_main }
+/// # fn main() { assert_eq!(MODULE.class, "gadget"); }
+/// ```
+///
+/// The same main under another class does not compile:
+///
+/// ```compile_fail
+/// # enum Gadget {}
+/// # impl bindery::Class for Gadget {
+/// #     const NAME: &'static str = "gadget";
+/// #     const KEYS: bindery::KeyKind = bindery::KeyKind::Exact;
+/// #     type Handle = u32;
+/// # }
+/// enum Widget {}
+/// impl bindery::Class for Widget {
+///     const NAME: &'static str = "widget";
+///     const KEYS: bindery::KeyKind = bindery::KeyKind::Path;
+///     type Handle = String;
+/// }
+/// fn gadget_main(reg: &mut bindery::Registrar<'_, Gadget>) -> Result<(), bindery::BoxError> {
+///     reg.register(|_| Ok(7));
+///     Ok(())
+/// }
+/// bindery::module! { class: Widget, name: "g", description: "mislabelled", main: gadget_main }
+/// # fn main() {}
+/// ```
+pub trait Class: 'static {
+    /// The class name, as tables and `class.name` module ids spell it.
+    const NAME: &'static str;
+    /// The kind of key instances bind to.
+    const KEYS: KeyKind;
+    /// What the class's binding table holds for an instance.
+    type Handle: Send + Sync + 'static;
 }
 
-impl Registrar<'_> {
-    /// The descriptor of the module being registered.
-    pub fn module(&self) -> &'static ModuleDescriptor {
-        self.module
+/// The registrar of a module whose class is not known to the type system:
+/// descriptors written by hand (tests, generated tables). [`module!`]
+/// always gives a typed one.
+///
+/// [`module!`]: crate::module
+#[derive(Debug)]
+pub enum Untyped {}
+
+/// What a module main fills in: the module's instance factory.
+///
+/// [`module!`](crate::module) hands the module main a `Registrar<'_, C>`
+/// for the module's class `C`; the class crate wraps it with typed helpers
+/// (for example `bindery_classes::driver::register`).
+pub struct Registrar<'a, C = Untyped> {
+    module: &'static ModuleDescriptor,
+    factory: &'a mut Option<Factory>,
+    class: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: Class> Registrar<'_, C> {
+    /// Registers the module's instance factory: every instance is made by
+    /// calling `build` with its context; the handle it returns is what the
+    /// class's binding table hands out for the instance's keys.
+    pub fn register<F>(&mut self, build: F)
+    where
+        F: Fn(&InstanceContext) -> Result<C::Handle, BoxError> + Send + Sync + 'static,
+    {
+        let mut untyped = self.untyped();
+        untyped.factory::<C::Handle, F>(C::KEYS, build);
     }
 
-    /// Registers the module's instance factory.
+    fn untyped(&mut self) -> Registrar<'_, Untyped> {
+        Registrar {
+            module: self.module,
+            factory: &mut *self.factory,
+            class: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a> Registrar<'a, Untyped> {
+    /// The same registrar, typed by the module's class `C` (what
+    /// [`module!`](crate::module)'s generated main does). Refused when the
+    /// descriptor names another class.
+    pub fn typed<C: Class>(&mut self) -> Result<Registrar<'_, C>, BoxError> {
+        if self.module.class != C::NAME {
+            return Err(format!(
+                "module {} declares class {:?} but registers through class {:?}",
+                self.module.id(),
+                self.module.class,
+                C::NAME
+            )
+            .into());
+        }
+        Ok(Registrar {
+            module: self.module,
+            factory: &mut *self.factory,
+            class: std::marker::PhantomData,
+        })
+    }
+
+    /// Registers the module's instance factory, untyped.
     ///
     /// Every instance of the module is made by calling `build` with the
     /// instance's context (its name, its configuration section); the handle it
@@ -202,9 +311,16 @@ impl Registrar<'_> {
             default_keys: &[],
         });
     }
+}
+
+impl<C> Registrar<'_, C> {
+    /// The descriptor of the module being registered.
+    pub fn module(&self) -> &'static ModuleDescriptor {
+        self.module
+    }
 
     /// The keys an instance is bound to when its configuration names none
-    /// (a parser's MIME types, say). Call after [`Registrar::factory`].
+    /// (a parser's MIME types, say). Call after registering the factory.
     pub fn default_keys(&mut self, keys: &'static [&'static str]) {
         if let Some(f) = self.factory.as_mut() {
             f.default_keys = keys;
@@ -285,6 +401,7 @@ fn run_main(descriptor: &'static ModuleDescriptor) -> Result<Factory, Error> {
     let mut registrar = Registrar {
         module: descriptor,
         factory: &mut factory,
+        class: std::marker::PhantomData,
     };
     (descriptor.main)(&mut registrar).map_err(|cause| Error::ModuleMain {
         module: descriptor.id(),

@@ -261,7 +261,11 @@ fn instances_are_created_bound_and_unbound_while_the_server_runs() {
             "[instances.dud]\nmodule = \"widget.w\"\nbind = [\"dud-key\"]\nconfig = { fail_start = 1 }\n",
         ))
         .unwrap_err();
-    assert!(e.to_string().contains("cannot start"), "{e}");
+    assert!(e.report().contains("cannot start"), "{e}");
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "the cause comes from source()"
+    );
     assert!(rt.instance("dud").is_none());
     assert_eq!(incarnation(&k, "dud-key"), None);
 }
@@ -275,7 +279,7 @@ fn a_failed_start_says_why_and_keeps_the_binding() {
     k.start().unwrap();
     let rt = k.runtime().clone();
     let e = rt.restart("flaky", Duration::from_secs(1)).unwrap_err();
-    assert!(e.to_string().contains("incarnation 2 cannot start"), "{e}");
+    assert!(e.report().contains("incarnation 2 cannot start"), "{e}");
     let info = rt.instance("flaky").unwrap();
     assert_eq!(info.state, State::Failed);
     assert!(info.last_error.unwrap().contains("cannot start"));
@@ -291,10 +295,7 @@ fn a_failed_start_says_why_and_keeps_the_binding() {
 
     // Its factory fails next: still failed, with that reason.
     let e = rt.start("flaky").unwrap_err();
-    assert!(
-        e.to_string().contains("incarnation 3 cannot be made"),
-        "{e}"
-    );
+    assert!(e.report().contains("incarnation 3 cannot be made"), "{e}");
     assert_eq!(rt.instance("flaky").unwrap().state, State::Failed);
 
     // Then it starts.
@@ -350,7 +351,7 @@ fn a_reload_applies_the_difference_or_nothing() {
     )
     .unwrap();
     let e = rt.reload(&bad).unwrap_err();
-    assert!(e.to_string().contains("cannot be made"), "{e}");
+    assert!(e.report().contains("cannot be made"), "{e}");
     assert_eq!(rt.effective_config(), before);
     assert_eq!(rt.config_version(), version);
     assert_eq!(incarnation(&k, "r-same"), Some(1));

@@ -84,7 +84,7 @@ fn a_listed_module_missing_from_the_table_is_refused() {
     static ELSEWHERE: ModuleDescriptor = descriptor("widget", "c", "crate_c");
     let e = Registry::load_from(&[&ELSEWHERE], &GOOD).unwrap_err();
     assert!(matches!(e, Error::ModuleMissing { .. }), "{e}");
-    let msg = e.to_string();
+    let msg = e.report();
     assert!(msg.contains("widget.c") && msg.contains("crate_c"), "{msg}");
     // And through the real link-time table, which does not hold it either.
     static LIST: &[&ModuleDescriptor] = &[&ELSEWHERE];
@@ -98,7 +98,7 @@ fn two_modules_with_one_class_and_name_are_refused_naming_both_crates() {
         descriptor("widget", "a", "crate_one"),
         descriptor("widget", "a", "crate_two"),
     ];
-    let msg = Registry::load_from(&[], &DUP).unwrap_err().to_string();
+    let msg = Registry::load_from(&[], &DUP).unwrap_err().report();
     assert!(
         msg.contains("widget.a") && msg.contains("crate_one") && msg.contains("crate_two"),
         "{msg}"
@@ -113,7 +113,7 @@ fn a_foreign_abi_is_refused() {
     }];
     let e = Registry::load_from(&[], &OLD).unwrap_err();
     assert!(matches!(e, Error::AbiMismatch { .. }), "{e}");
-    assert!(e.to_string().contains("crate_old"));
+    assert!(e.report().contains("crate_old"));
 }
 
 #[test]
@@ -125,7 +125,7 @@ fn a_failing_module_main_is_refused_naming_the_module_and_cause() {
             ..descriptor("widget", "broken", "crate_broken")
         },
     ];
-    let msg = Registry::load_from(&[], &BAD).unwrap_err().to_string();
+    let msg = Registry::load_from(&[], &BAD).unwrap_err().report();
     assert!(
         msg.contains("widget.broken") && msg.contains("no licence key"),
         "{msg}"
@@ -135,7 +135,7 @@ fn a_failing_module_main_is_refused_naming_the_module_and_cause() {
         main: silent_main,
         ..descriptor("widget", "silent", "crate_s")
     }];
-    let msg = Registry::load_from(&[], &SILENT).unwrap_err().to_string();
+    let msg = Registry::load_from(&[], &SILENT).unwrap_err().report();
     assert!(
         msg.contains("widget.silent") && msg.contains("no factory"),
         "{msg}"
@@ -148,11 +148,44 @@ fn a_failing_module_main_is_refused_naming_the_module_and_cause() {
             ..descriptor("widget", "z", "crate_z")
         },
     ];
-    let msg = Registry::load_from(&[], &MIXED).unwrap_err().to_string();
+    let msg = Registry::load_from(&[], &MIXED).unwrap_err().report();
     assert!(
         msg.contains("widget.z") && msg.contains("widget.a"),
         "{msg}"
     );
+}
+
+/// A class, as a class crate defines one.
+enum Gadget {}
+impl bindery::Class for Gadget {
+    const NAME: &'static str = "gadget";
+    const KEYS: KeyKind = KeyKind::Exact;
+    type Handle = u32;
+}
+
+fn gadget_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
+    reg.typed::<Gadget>()?.register(|_| Ok(1));
+    Ok(())
+}
+
+#[test]
+fn a_module_registering_through_another_class_is_refused() {
+    // What `module!` makes impossible to compile, a hand-written
+    // descriptor can still say: refused at load, naming both classes.
+    static WRONG: [ModuleDescriptor; 1] = [ModuleDescriptor {
+        main: gadget_main,
+        ..descriptor("widget", "mislabelled", "crate_m")
+    }];
+    let msg = Registry::load_from(&[], &WRONG).unwrap_err().report();
+    assert!(
+        msg.contains("widget.mislabelled") && msg.contains("\"gadget\""),
+        "{msg}"
+    );
+    static RIGHT: [ModuleDescriptor; 1] = [ModuleDescriptor {
+        main: gadget_main,
+        ..descriptor("gadget", "fine", "crate_g")
+    }];
+    Registry::load_from(&[], &RIGHT).unwrap();
 }
 
 #[test]
@@ -173,7 +206,7 @@ fn configuration_errors_name_the_instance_and_field() {
         let config = Config::parse("t.toml", text).unwrap();
         let msg = Kernel::build_with(registry, &config, Some(1))
             .unwrap_err()
-            .to_string();
+            .report();
         assert!(msg.contains(needle), "{text}: {msg}");
     }
 }
@@ -194,7 +227,7 @@ fn a_failing_start_hook_names_the_instance() {
     let registry = Registry::load_from(&[], &HOOKED).unwrap();
     let config = Config::parse("t.toml", "[instances.hx]\nmodule = \"widget.h\"\n").unwrap();
     let mut kernel = Kernel::build_with(registry, &config, Some(2)).unwrap();
-    let msg = kernel.start().unwrap_err().to_string();
+    let msg = kernel.start().unwrap_err().report();
     assert!(
         msg.contains("\"hx\"") && msg.contains("port in use"),
         "{msg}"

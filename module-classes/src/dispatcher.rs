@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use bindery::{BoxError, Completion, Failure, InstanceContext, KeyKind, Registrar, Runtime};
+use bindery::{BoxError, Completion, Failure, InstanceContext, Registrar, Runtime};
 
 use crate::driver::{DriverHandle, Receipt};
 use crate::message::Message;
@@ -43,14 +43,12 @@ pub type DispatcherHandle = Arc<dyn Dispatcher>;
 
 /// Registers a dispatcher module's factory. Instances bind by name; with no
 /// `bind` they are `default`.
-pub fn register<D, F>(reg: &mut Registrar<'_>, make: F)
+pub fn register<D, F>(reg: &mut Registrar<'_, crate::class::Dispatcher>, make: F)
 where
     D: Dispatcher,
     F: Fn(&InstanceContext) -> Result<D, BoxError> + Send + Sync + 'static,
 {
-    reg.factory::<DispatcherHandle, _>(KeyKind::Exact, move |cx| {
-        make(cx).map(|d| Arc::new(d) as DispatcherHandle)
-    });
+    reg.register(move |cx| make(cx).map(|d| Arc::new(d) as DispatcherHandle));
     reg.default_keys(&["default"]);
 }
 

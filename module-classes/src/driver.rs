@@ -65,9 +65,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bindery::{
-    BoxError, Completion, Failure, FailureKind, InstanceContext, KeyKind, Registrar, Runtime,
-};
+use bindery::{BoxError, Completion, Failure, FailureKind, InstanceContext, Registrar, Runtime};
 use serde::Serialize;
 
 use crate::consumer::{Consumer, Subscription};
@@ -201,12 +199,12 @@ pub type DriverHandle = Arc<dyn Driver>;
 ///
 /// Each instance is wrapped so that, once the instance is stopping, it
 /// refuses new work with `Unavailable` and its [`Driver::stop`] runs.
-pub fn register<D, F>(reg: &mut Registrar<'_>, make: F)
+pub fn register<D, F>(reg: &mut Registrar<'_, crate::class::Driver>, make: F)
 where
     D: Driver,
     F: Fn(&InstanceContext) -> Result<D, BoxError> + Send + Sync + 'static,
 {
-    reg.factory::<DriverHandle, _>(KeyKind::Path, move |cx| {
+    reg.register(move |cx| {
         let driver = Arc::new(Lifecycle {
             inner: make(cx)?,
             stopped: AtomicBool::new(false),

@@ -38,14 +38,54 @@ pub use message::{Message, MessageId};
 pub use parser::{ParseError, Parser};
 pub use terminal::{Probe, Terminal};
 
-/// Class names, as modules declare them and tables are named.
+/// The classes, as types: what a module names in `bindery::module!`
+/// (`class: bindery_classes::class::Driver`), and what fixes its class
+/// name, key kind and handle type (see [`bindery::Class`]).
 pub mod class {
+    use bindery::{Class, KeyKind};
+
     /// The terminal class: speaks a wire protocol; keyed by listen address.
-    pub const TERMINAL: &str = "terminal";
+    #[derive(Debug)]
+    pub enum Terminal {}
+    impl Class for Terminal {
+        const NAME: &'static str = "terminal";
+        const KEYS: KeyKind = KeyKind::Exact;
+        type Handle = crate::terminal::TerminalHandle;
+    }
+
     /// The dispatcher class: routes messages; keyed by name (`default`).
-    pub const DISPATCHER: &str = "dispatcher";
+    #[derive(Debug)]
+    pub enum Dispatcher {}
+    impl Class for Dispatcher {
+        const NAME: &'static str = "dispatcher";
+        const KEYS: KeyKind = KeyKind::Exact;
+        type Handle = crate::dispatcher::DispatcherHandle;
+    }
+
     /// The parser class: validates bodies; keyed by MIME type.
-    pub const PARSER: &str = "parser";
+    #[derive(Debug)]
+    pub enum Parser {}
+    impl Class for Parser {
+        const NAME: &'static str = "parser";
+        const KEYS: KeyKind = KeyKind::Mime;
+        type Handle = crate::parser::ParserHandle;
+    }
+
     /// The driver class: stores and delivers; keyed by URL path.
-    pub const DRIVER: &str = "driver";
+    #[derive(Debug)]
+    pub enum Driver {}
+    impl Class for Driver {
+        const NAME: &'static str = "driver";
+        const KEYS: KeyKind = KeyKind::Path;
+        type Handle = crate::driver::DriverHandle;
+    }
+
+    /// The terminal class's name.
+    pub const TERMINAL: &str = Terminal::NAME;
+    /// The dispatcher class's name.
+    pub const DISPATCHER: &str = Dispatcher::NAME;
+    /// The parser class's name.
+    pub const PARSER: &str = Parser::NAME;
+    /// The driver class's name.
+    pub const DRIVER: &str = Driver::NAME;
 }

@@ -168,7 +168,12 @@ impl Metrics {
 
     /// A counter named `name` with `labels`; every call for one name must
     /// give the same `help`.
-    pub fn counter(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)]) -> Counter {
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+    ) -> Counter {
         Counter(self.register(name, help, Kind::Counter, labels))
     }
 
@@ -241,7 +246,8 @@ impl Scope {
 
     /// A gauge labelled with the instance.
     pub fn gauge(&self, name: &'static str, help: &'static str) -> Gauge {
-        self.metrics.gauge(name, help, &[("instance", &self.instance)])
+        self.metrics
+            .gauge(name, help, &[("instance", &self.instance)])
     }
 
     /// The meters of one destination of this (driver) instance.
@@ -279,10 +285,7 @@ pub struct DestinationMeters {
 
 impl DestinationMeters {
     fn new(scope: &Scope, destination: &str) -> DestinationMeters {
-        let labels = [
-            ("instance", &*scope.instance),
-            ("destination", destination),
-        ];
+        let labels = [("instance", &*scope.instance), ("destination", destination)];
         let m = &scope.metrics;
         DestinationMeters {
             destination: destination.into(),
@@ -388,7 +391,9 @@ mod tests {
             .unwrap();
         let q = queues.clone();
         let publisher = std::thread::spawn(move || {
-            q.reserve("/q/a").unwrap().fill(Message::new("/q/a", "", "x"));
+            q.reserve("/q/a")
+                .unwrap()
+                .fill(Message::new("/q/a", "", "x"));
         });
         inside.recv_timeout(Duration::from_secs(5)).unwrap();
         // The queue's lock is held now; the exposition comes all the same.

@@ -36,7 +36,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bindery::{BoxError, InstanceContext, KeyKind, Registrar, Runtime};
+use bindery::{BoxError, InstanceContext, Registrar, Runtime};
 
 /// Why a body was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,14 +90,15 @@ pub type ParserHandle = Arc<dyn Parser>;
 
 /// Registers a parser module's factory; `default_types` are the keys an
 /// instance configured without `bind` gets.
-pub fn register<P, F>(reg: &mut Registrar<'_>, default_types: &'static [&'static str], make: F)
-where
+pub fn register<P, F>(
+    reg: &mut Registrar<'_, crate::class::Parser>,
+    default_types: &'static [&'static str],
+    make: F,
+) where
     P: Parser,
     F: Fn(&InstanceContext) -> Result<P, BoxError> + Send + Sync + 'static,
 {
-    reg.factory::<ParserHandle, _>(KeyKind::Mime, move |cx| {
-        make(cx).map(|p| Arc::new(p) as ParserHandle)
-    });
+    reg.register(move |cx| make(cx).map(|p| Arc::new(p) as ParserHandle));
     reg.default_keys(default_types);
 }
 

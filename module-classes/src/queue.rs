@@ -19,8 +19,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::consumer::{Consumer, Delivery, Subscription, SubscriptionControl};
 use crate::driver::{DestinationStats, SubscribeOptions};
-use crate::metrics::{DestinationMeters, Scope};
 use crate::message::{Message, MessageId};
+use crate::metrics::{DestinationMeters, Scope};
 
 /// How big queues may grow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,7 +256,10 @@ impl Queues {
         for q in queues {
             let (destination, subs) = {
                 let mut g = lock(&q);
-                (g.meters.destination().to_owned(), std::mem::take(&mut g.subs))
+                (
+                    g.meters.destination().to_owned(),
+                    std::mem::take(&mut g.subs),
+                )
             };
             for s in subs {
                 s.consumer

@@ -36,7 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bindery::{BoxError, InstanceContext, KeyKind, Registrar, Runtime};
+use bindery::{BoxError, InstanceContext, Registrar, Runtime};
 
 /// A protocol endpoint.
 pub trait Terminal: Send + Sync + 'static {
@@ -85,12 +85,12 @@ pub trait Probe: Send + Sync {
 pub type TerminalHandle = Arc<dyn Terminal>;
 
 /// Registers a terminal module's factory.
-pub fn register<T, F>(reg: &mut Registrar<'_>, make: F)
+pub fn register<T, F>(reg: &mut Registrar<'_, crate::class::Terminal>, make: F)
 where
     T: Terminal,
     F: Fn(&InstanceContext) -> Result<Arc<T>, BoxError> + Send + Sync + 'static,
 {
-    reg.factory::<TerminalHandle, _>(KeyKind::Exact, move |cx| {
+    reg.register(move |cx| {
         let terminal = make(cx)?;
         let stopping = terminal.clone();
         cx.on_stop(move |deadline| stopping.stop(deadline));

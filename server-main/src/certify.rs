@@ -4,6 +4,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use bindery::{Config, Kernel, ModuleDescriptor, ModuleList, Registry};
+use bindery_classes::class;
 use bindery_classes::driver::DriverHandle;
 use bindery_classes::parser::ParserHandle;
 use bindery_conformance::{Verdict, dispatcher, driver, parser, run_all, terminal};
@@ -116,7 +117,7 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
         })
     };
     match module.class {
-        "driver" => {
+        class::DRIVER => {
             let scratch = Scratch::new(module);
             let dir = scratch.0.clone();
             let probe = std::panic::catch_unwind(|| make_driver(module, &dir).info());
@@ -140,8 +141,8 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
                 report.cases = run_fresh(module, driver::TOPIC);
             }
         }
-        "parser" => {
-            report.suite = "parser".into();
+        class::PARSER => {
+            report.suite = class::PARSER.into();
             let scratch = Scratch::new(module);
             let kernel = match instance(module, None, &scratch.0) {
                 Ok(k) => k,
@@ -150,7 +151,7 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
                     return report;
                 }
             };
-            let handle = kernel.runtime().table("parser").and_then(|t| {
+            let handle = kernel.runtime().table(class::PARSER).and_then(|t| {
                 t.index()
                     .bindings()
                     .first()
@@ -161,12 +162,12 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
                 None => setup_failure(&mut report, "its instance is bound to no MIME type".into()),
             }
         }
-        "dispatcher" => {
-            report.suite = "dispatcher".into();
+        class::DISPATCHER => {
+            report.suite = class::DISPATCHER.into();
             report.cases = run_all(dispatcher::DISPATCHER, &module);
         }
-        "terminal" => {
-            report.suite = "terminal".into();
+        class::TERMINAL => {
+            report.suite = class::TERMINAL.into();
             report.cases = run_all(terminal::TERMINAL, &module);
         }
         other => report.suite = format!("none: no suite for class {other:?}"),

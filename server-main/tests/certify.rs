@@ -43,13 +43,15 @@ impl Parser for Lax {
     }
 }
 
-fn lax_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn lax_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Parser>,
+) -> Result<(), bindery::BoxError> {
     bindery_classes::parser::register(reg, &["application/json"], |_| Ok(Lax));
     Ok(())
 }
 
 bindery::module! {
-    class: "parser",
+    class: bindery_classes::class::Parser,
     name: "lax",
     description: "accepts invalid JSON: must fail certification",
     main: lax_main,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 // 1. Declare the module: class, name, what it does, its module main.
 bindery::module! {
-    class: "parser",
+    class: bindery_classes::class::Parser,
     name: "csv",
     description: "validates CSV bodies (example module)",
     main: module_main,
@@ -44,7 +44,9 @@ impl Default for Config {
 
 /// 3. The module main: registers a factory that makes an instance from its
 ///    configuration section.
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Parser>,
+) -> Result<(), bindery::BoxError> {
     parser::register(reg, DEFAULT_TYPES, |cx| {
         let config: Config = cx.config().parse()?;
         if !config.delimiter.is_ascii() || config.delimiter == '"' {

@@ -256,4 +256,3 @@ impl<S: Stream, P: Protocol> Handler for Connection<S, P> {
         self.drive(cx);
     }
 }
-

@@ -318,4 +318,3 @@ impl<M: MakeCore, S: Stream> Accept<S> for Cores<M> {
         Connection::start(cx, stream, core, wake, open)
     }
 }
-

@@ -26,7 +26,7 @@ use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 bindery::module! {
-    class: "dispatcher",
+    class: bindery_classes::class::Dispatcher,
     name: "fast",
     description: "routes by path and validates by content type, with cached handles",
     main: module_main,
@@ -48,7 +48,9 @@ impl Default for Config {
     }
 }
 
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Dispatcher>,
+) -> Result<(), bindery::BoxError> {
     dispatcher::register(reg, |cx| {
         let config: Config = cx.config().parse()?;
         Ok(Fast::new(cx.runtime().clone(), config))

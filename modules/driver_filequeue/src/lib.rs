@@ -70,8 +70,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bindery::{Completion, Failure};
-use bindery_classes::metrics::Scope;
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
+use bindery_classes::metrics::Scope;
 use bindery_classes::queue::{QueueLimits, Queues};
 use bindery_classes::{Consumer, Driver, Message, MessageId, Subscription};
 use parking_lot::Mutex;
@@ -82,7 +82,7 @@ use journal::{Journal, Kind, Liveness, WriterConfig};
 use space::{Limits, Space};
 
 bindery::module! {
-    class: "driver",
+    class: bindery_classes::class::Driver,
     name: "filequeue",
     description: "durable queues in a segmented, checksummed journal with group commit",
     main: module_main,
@@ -135,7 +135,9 @@ impl Default for Config {
     }
 }
 
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Driver>,
+) -> Result<(), bindery::BoxError> {
     driver::register(reg, |cx| {
         let mut config: Config = cx.config().parse()?;
         config.dir = cx.resolve(&config.dir);

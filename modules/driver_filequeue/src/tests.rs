@@ -356,7 +356,8 @@ fn a_full_disk_cuts_the_partial_record_and_acks_go_into_the_reserve() {
         reserve_bytes: 8192,
         ..config(&dir.0)
     };
-    let q = FileQueue::open_with(config.clone(), Scope::detached("q"), Some(faults.clone())).unwrap();
+    let q =
+        FileQueue::open_with(config.clone(), Scope::detached("q"), Some(faults.clone())).unwrap();
     assert!(dir.0.join(journal::RESERVE).exists(), "no ack reserve");
     let confirmed: Vec<MessageId> = (0..10)
         .map(|i| publish(&q, "/d/f", vec![i; 1024]).unwrap())
@@ -411,7 +412,8 @@ fn a_failed_fsync_refuses_every_write_until_a_restart() {
         reserve_bytes: 0,
         ..config(&dir.0)
     };
-    let q = FileQueue::open_with(config.clone(), Scope::detached("q"), Some(faults.clone())).unwrap();
+    let q =
+        FileQueue::open_with(config.clone(), Scope::detached("q"), Some(faults.clone())).unwrap();
     let kept = publish(&q, "/d/s", b"kept".to_vec()).unwrap();
     let (c, rx) = Consumer::channel();
     let _sub = q

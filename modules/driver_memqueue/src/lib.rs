@@ -16,14 +16,14 @@
 //! ```
 
 use bindery::{Completion, Failure};
-use bindery_classes::metrics::Scope;
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
+use bindery_classes::metrics::Scope;
 use bindery_classes::queue::{QueueLimits, Queues};
 use bindery_classes::{Consumer, Driver, Message, MessageId, Subscription};
 use serde::Deserialize;
 
 bindery::module! {
-    class: "driver",
+    class: bindery_classes::class::Driver,
     name: "memqueue",
     description: "in-memory FIFO queues with leases, acks, redelivery and bounded depth",
     main: module_main,
@@ -49,7 +49,9 @@ impl Default for Config {
     }
 }
 
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Driver>,
+) -> Result<(), bindery::BoxError> {
     driver::register(reg, |cx| {
         let config: Config = cx.config().parse()?;
         if config.max_depth == 0 {

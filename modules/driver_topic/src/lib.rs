@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use bindery::{Completion, Failure, FailureKind};
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
-use bindery_classes::metrics::{DestinationMeters, Scope};
 use bindery_classes::fanout::{Clock, Limits, Offer, Outbox};
+use bindery_classes::metrics::{DestinationMeters, Scope};
 use bindery_classes::{Consumer, Driver, Message, Subscription, SubscriptionControl, topic};
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -37,7 +37,7 @@ use serde::Deserialize;
 pub use bindery_classes::fanout::SlowPolicy;
 
 bindery::module! {
-    class: "driver",
+    class: bindery_classes::class::Driver,
     name: "topic",
     description: "fan-out topics to live subscribers with bounded per-subscriber buffers",
     main: module_main,
@@ -81,7 +81,9 @@ impl Config {
     }
 }
 
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Driver>,
+) -> Result<(), bindery::BoxError> {
     driver::register(reg, |cx| {
         let config: Config = cx.config().parse()?;
         if config.buffer == 0 {
@@ -443,7 +445,10 @@ impl Driver for TopicDriver {
     }
 
     fn stats(&self) -> Vec<DestinationStats> {
-        let topics = self.topics.iter().map(|e| e.value().lock().meters.snapshot());
+        let topics = self
+            .topics
+            .iter()
+            .map(|e| e.value().lock().meters.snapshot());
         let patterns: Vec<DestinationStats> = self
             .patterns
             .lock()

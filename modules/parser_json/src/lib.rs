@@ -11,7 +11,7 @@ use bindery_classes::{ParseError, Parser, parser};
 use serde::Deserialize;
 
 bindery::module! {
-    class: "parser",
+    class: bindery_classes::class::Parser,
     name: "json",
     description: "validates JSON bodies, naming the byte offset of a fault",
     main: module_main,
@@ -24,7 +24,9 @@ pub const DEFAULT_TYPES: &[&str] = &["application/json"];
 #[serde(deny_unknown_fields)]
 struct Config {}
 
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Parser>,
+) -> Result<(), bindery::BoxError> {
     parser::register(reg, DEFAULT_TYPES, |cx| {
         let _: Config = cx.config().parse()?;
         Ok(Json)

@@ -10,7 +10,7 @@ use bindery_classes::{ParseError, Parser, parser};
 use serde::Deserialize;
 
 bindery::module! {
-    class: "parser",
+    class: bindery_classes::class::Parser,
     name: "octets",
     description: "accepts any body (the catch-all for */*)",
     main: module_main,
@@ -23,7 +23,9 @@ pub const DEFAULT_TYPES: &[&str] = &["*/*"];
 #[serde(deny_unknown_fields)]
 struct Config {}
 
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Parser>,
+) -> Result<(), bindery::BoxError> {
     parser::register(reg, DEFAULT_TYPES, |cx| {
         let _: Config = cx.config().parse()?;
         Ok(Octets)

@@ -161,10 +161,7 @@ impl Core {
             peer = %self.peer,
             "closing an event stream: {reason}"
         );
-        self.shared
-            .stats
-            .streams_ended
-            .inc();
+        self.shared.stats.streams_ended.inc();
         response::event(io.out(), "-", "closed", reason.as_bytes());
         self.close_now = true;
     }
@@ -225,8 +222,7 @@ impl Protocol for Core {
                     }
                     if expect_continue && !self.continued && self.slots.is_empty() {
                         self.continued = true;
-                        io.out()
-                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        io.out().extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
                     break;
                 }
@@ -237,10 +233,7 @@ impl Protocol for Core {
                     self.handle(io, req);
                 }
                 Parsed::Fail(status, reason) => {
-                    self.shared
-                        .stats
-                        .bad_requests
-                        .inc();
+                    self.shared.stats.bad_requests.inc();
                     tracing::debug!(instance = %self.shared.instance, status, %reason, "bad request");
                     let mut out = Vec::new();
                     response::text(&mut out, status, &[], &reason, true);
@@ -332,11 +325,11 @@ impl Protocol for Core {
     fn expire(&mut self, io: &mut Io<'_>) {
         let now = io.now();
         let config = &self.shared.config;
-        if self.head_since.is_some_and(|t| now >= t + config.header_timeout()) {
-            self.shared
-                .stats
-                .header_timeouts
-                .inc();
+        if self
+            .head_since
+            .is_some_and(|t| now >= t + config.header_timeout())
+        {
+            self.shared.stats.header_timeouts.inc();
             tracing::debug!(instance = %self.shared.instance, "closing a connection whose request head did not complete");
             // Best effort: say why, unless answers to earlier requests are
             // still owed (they would come first).
@@ -348,10 +341,7 @@ impl Protocol for Core {
             return;
         }
         if !self.waiting() && now >= self.last_active + config.idle() {
-            self.shared
-                .stats
-                .idle_timeouts
-                .inc();
+            self.shared.stats.idle_timeouts.inc();
             tracing::debug!(instance = %self.shared.instance, "closing idle connection");
             self.close_now = true;
             return;

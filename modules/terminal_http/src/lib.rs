@@ -62,7 +62,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 bindery::module! {
-    class: "terminal",
+    class: bindery_classes::class::Terminal,
     name: "http",
     description: "HTTP/1.1 with a REST messaging API, server-sent events, admin and metrics",
     main: module_main,
@@ -126,7 +126,9 @@ impl Config {
     }
 }
 
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Terminal>,
+) -> Result<(), bindery::BoxError> {
     terminal::register(reg, |cx| {
         let config: Config = cx.config().parse()?;
         let http = Arc::new(Http {
@@ -250,7 +252,6 @@ impl Terminal for Http {
     fn probe(&self) -> Option<Arc<dyn Probe>> {
         Some(Arc::new(HttpProbe))
     }
-
 }
 
 /// Certification hooks: `GET /healthz`, bytes that are not HTTP, a request

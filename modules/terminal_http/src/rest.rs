@@ -73,10 +73,10 @@ impl Core {
         };
         let tag = self.tag();
         let config = &self.shared.config;
-        let consumer = io
-            .wake()
-            .consumer(tag)
-            .named(format!("{}: http client {}", self.shared.instance, self.peer));
+        let consumer = io.wake().consumer(tag).named(format!(
+            "{}: http client {}",
+            self.shared.instance, self.peer
+        ));
         if req.event_stream {
             let options = SubscribeOptions {
                 credit: config.stream_credit.max(1),

@@ -128,8 +128,13 @@ fn an_event_stream_gets_messages_and_credit_comes_back_as_output_drains() {
     let dispatcher = p.core.shared.dispatcher.clone();
     for body in ["one", "two"] {
         let (done, rx) = bindery::Completion::channel();
-        dispatcher.publish(bindery_classes::Message::new("/topics/t", "text/plain", body), done);
-        rx.recv_timeout(SETTLE).expect("receipt").expect("published");
+        dispatcher.publish(
+            bindery_classes::Message::new("/topics/t", "text/plain", body),
+            done,
+        );
+        rx.recv_timeout(SETTLE)
+            .expect("receipt")
+            .expect("published");
         p.settle(Duration::from_millis(100));
         let out = text(p.output());
         assert!(out.contains(&format!("data: {body}")), "{out}");

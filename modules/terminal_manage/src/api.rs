@@ -88,7 +88,7 @@ fn status_of(e: &Error, creating: bool) -> u16 {
 }
 
 fn failed(e: &Error, creating: bool) -> Reply {
-    error(status_of(e, creating), &e.to_string())
+    error(status_of(e, creating), &e.report())
 }
 
 fn decoded(segment: &str) -> Result<String, Reply> {
@@ -206,7 +206,9 @@ fn route(shared: &Arc<Shared>, req: &Request) -> Result<Answer, Reply> {
             status: 200,
             headers: Vec::new(),
             content_type: Some("text/plain; version=0.0.4"),
-            body: bindery_classes::metrics::Metrics::of(&rt).render().into_bytes(),
+            body: bindery_classes::metrics::Metrics::of(&rt)
+                .render()
+                .into_bytes(),
         }),
         ("GET", ["v1", "openapi.json"]) => now(Reply {
             status: 200,

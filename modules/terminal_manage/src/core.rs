@@ -96,10 +96,7 @@ impl Core {
             self.close_after = true;
         }
         if !api::authorized(&self.shared.token, req.authorization.as_deref()) {
-            self.shared
-                .stats
-                .unauthorized
-                .inc();
+            self.shared.stats.unauthorized.inc();
             return self.reply(io, api::unauthorized());
         }
         match api::answer(&self.shared, req) {
@@ -116,10 +113,9 @@ impl Core {
                     Self::log_chunk(io, line);
                 }
                 let wake = io.wake().clone();
-                self.following = Some(
-                    bindery::logs::logs()
-                        .follow(&instance, move |line| wake.note(Note::new(LOG, line.clone()))),
-                );
+                self.following = Some(bindery::logs::logs().follow(&instance, move |line| {
+                    wake.note(Note::new(LOG, line.clone()))
+                }));
             }
             Answer::Later(job) => {
                 self.busy = true;
@@ -166,8 +162,7 @@ impl Protocol for Core {
                 } => {
                     if expect_continue && !self.continued {
                         self.continued = true;
-                        io.out()
-                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        io.out().extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
                     break;
                 }
@@ -247,7 +242,10 @@ impl Protocol for Core {
             self.close_after = true;
             self.discard = true;
             self.head_since = None;
-            self.reply(io, api::error(408, "the request head did not arrive in time"));
+            self.reply(
+                io,
+                api::error(408, "the request head did not arrive in time"),
+            );
         } else if self.unused == 0
             && now >= self.last_active + Duration::from_secs(config.idle_timeout_secs)
         {
@@ -271,8 +269,7 @@ impl Protocol for Core {
     fn flow(&self) -> Flow {
         if self.close_now {
             Flow::Close
-        } else if !self.busy && (self.close_after || (self.read_eof && self.following.is_none()))
-        {
+        } else if !self.busy && (self.close_after || (self.read_eof && self.following.is_none())) {
             Flow::CloseWhenFlushed
         } else if self.read_eof && self.following.is_some() {
             Flow::Close

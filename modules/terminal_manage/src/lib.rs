@@ -53,7 +53,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 bindery::module! {
-    class: "terminal",
+    class: bindery_classes::class::Terminal,
     name: "manage",
     description: "the management API: instances, bindings, lifecycle, metrics; bearer token; OpenAPI",
     main: module_main,
@@ -102,7 +102,9 @@ impl Default for Config {
 /// uptime is counted from it.
 static STARTED: OnceLock<SystemTime> = OnceLock::new();
 
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Terminal>,
+) -> Result<(), bindery::BoxError> {
     terminal::register(reg, |cx| {
         let mut config: Config = cx.config().parse()?;
         config.token_file = cx.resolve(&config.token_file);

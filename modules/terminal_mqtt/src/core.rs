@@ -83,10 +83,7 @@ impl Core {
         }
         self.closing = Some(abnormal);
         if abnormal {
-            self.shared
-                .stats
-                .closed_for_errors
-                .inc();
+            self.shared.stats.closed_for_errors.inc();
             tracing::debug!(instance = %self.shared.instance, "closing connection: {why}");
         }
     }

@@ -58,8 +58,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bindery::Runtime;
-use bindery_classes::connection::{Cores, MakeCore, Wake};
 use bindery_classes::Message;
+use bindery_classes::connection::{Cores, MakeCore, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
 use bindery_classes::listener::{self, ConnectionStats};
 use bindery_classes::metrics::{Counter, Scope};
@@ -68,7 +68,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 bindery::module! {
-    class: "terminal",
+    class: bindery_classes::class::Terminal,
     name: "mqtt",
     description: "MQTT 3.1.1: QoS 0-2, retained, will, sessions, wildcards, mapped onto topic paths",
     main: module_main,
@@ -108,7 +108,9 @@ impl Default for Config {
     }
 }
 
-fn module_main(reg: &mut bindery::Registrar<'_>) -> Result<(), bindery::BoxError> {
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Terminal>,
+) -> Result<(), bindery::BoxError> {
     terminal::register(reg, |cx| {
         let mut config: Config = cx.config().parse()?;
         if !config.topic_root.starts_with('/') {
@@ -300,7 +302,6 @@ impl Terminal for Mqtt {
     fn probe(&self) -> Option<Arc<dyn Probe>> {
         Some(Arc::new(MqttProbe))
     }
-
 }
 
 /// Certification hooks: CONNECT then PINGREQ, bytes that are not MQTT, a

@@ -129,7 +129,10 @@ fn qos1_is_acknowledged_once_the_driver_took_it_and_reaches_a_subscriber() {
     sub.settle(SETTLE);
     match &packets(&sub.output())[..] {
         [Packet::Publish(p)] => {
-            assert_eq!((p.topic.as_str(), p.qos, &p.payload[..]), ("s/1", 1, &b"hello"[..]));
+            assert_eq!(
+                (p.topic.as_str(), p.qos, &p.payload[..]),
+                ("s/1", 1, &b"hello"[..])
+            );
         }
         other => panic!("{other:?}"),
     }

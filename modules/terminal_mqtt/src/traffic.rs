@@ -266,10 +266,7 @@ impl Core {
             client = %c.session.client_id,
             "disconnecting the client: {why}"
         );
-        self.shared
-            .stats
-            .subscriptions_ended
-            .inc();
+        self.shared.stats.subscriptions_ended.inc();
         self.close(true, &why);
     }
 }
