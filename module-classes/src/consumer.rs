@@ -42,8 +42,13 @@ impl fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    /// A consumer that calls `f` for each delivery (on the driver's thread:
-    /// `f` must not block).
+    /// A consumer that calls `f` for each delivery.
+    ///
+    /// `f` runs on the driver's thread **under the driver's lock**: it must
+    /// not block and must not call back into the driver (no publish,
+    /// subscribe, credit or ack from inside it) — queue the delivery, wake
+    /// whoever handles it, and return. [`crate::connection::Wake::consumer`]
+    /// is such a consumer for a terminal's connection.
     pub fn new(f: impl Fn(Delivery) + Send + Sync + 'static) -> Consumer {
         Consumer {
             deliver: Arc::new(f),
@@ -83,7 +88,8 @@ impl Consumer {
         )
     }
 
-    /// Delivers.
+    /// Delivers (drivers call this, under their own lock; see
+    /// [`Consumer::new`]).
     pub fn deliver(&self, delivery: Delivery) {
         (self.deliver)(delivery)
     }
@@ -91,10 +97,13 @@ impl Consumer {
 
 /// The driver's side of a subscription.
 pub trait SubscriptionControl: Send + Sync {
-    /// The consumer can take `n` more messages.
+    /// The consumer can take `n` more messages. Called from any thread,
+    /// never from inside a delivery; may deliver at once (under the
+    /// driver's lock, as every delivery is).
     fn credit(&self, n: u32);
     /// The consumer is gone; deliver nothing more. Leased messages stay
-    /// leased until acked or expired.
+    /// leased until acked or expired. Called from any thread (often when a
+    /// connection drops its subscriptions), never from inside a delivery.
     fn cancel(&self);
 }
 
@@ -113,7 +122,9 @@ impl Subscription {
         Subscription(Some(control))
     }
 
-    /// Grants `n` more messages.
+    /// Grants `n` more messages. Never call it from inside the consumer's
+    /// own delivery callback (the driver's lock is held there); a terminal
+    /// grants credit as deliveries leave its output.
     pub fn credit(&self, n: u32) {
         if let Some(c) = &self.0 {
             c.credit(n);

@@ -145,13 +145,36 @@ pub struct DestinationStats {
 
 /// A destination: stores messages and delivers them to consumers.
 pub trait Driver: Send + Sync + 'static {
-    /// What kind of destination this is.
+    /// What kind of destination this is. Constant for the instance's life.
     fn info(&self) -> DriverInfo;
 
-    /// Stores `message` at `message.destination`; completes once stored.
+    /// Stores `message` at `message.destination`.
+    ///
+    /// - Called from any thread, often a reactor's: return at once. Take
+    ///   only your own locks, briefly; queue slow work (disk, network) to
+    ///   a thread of your own.
+    /// - `done` must complete exactly once (dropping it reports
+    ///   `Dropped`): with a [`Receipt`] only once the message is kept as
+    ///   [`DriverInfo`] promises — never a confirm for what a crash could
+    ///   lose — or with a [`Failure`] (`Full` with a retry hint at the
+    ///   limit, `Unavailable` while the store cannot take it).
+    /// - `done` may be completed before `publish` returns, and on any
+    ///   thread; it must not be completed under a lock a consumer's
+    ///   callback could need.
     fn publish(&self, message: Message, done: Completion<Receipt>);
 
-    /// Attaches `consumer` to `destination`.
+    /// Attaches `consumer` to `destination` with `options.credit`.
+    ///
+    /// - Returns at once; deliveries may begin before it returns, on this
+    ///   thread or another.
+    /// - The driver calls [`Consumer::deliver`] **while holding its own
+    ///   lock** (that is what keeps order), one message per unit of credit;
+    ///   the consumer must therefore not call back into the driver from
+    ///   `deliver` (publish, subscribe, credit, ack): it queues and returns.
+    /// - Ends with the returned [`Subscription`] (dropped or cancelled), or
+    ///   by the driver with one [`Delivery::Closed`](crate::Delivery::Closed)
+    ///   (a slow consumer under `disconnect`, the instance stopping), after
+    ///   which nothing more is delivered.
     fn subscribe(
         &self,
         destination: &str,
@@ -181,13 +204,17 @@ pub trait Driver: Send + Sync + 'static {
         ))
     }
 
-    /// Counters per destination.
+    /// Counters per destination, for introspection and tests. Called from
+    /// management threads, never on the hot path; may take the driver's
+    /// locks. `/metrics` does not call it: it reads the meters the driver
+    /// registered ([`crate::metrics::DestinationMeters`]).
     fn stats(&self) -> Vec<DestinationStats> {
         Vec::new()
     }
 
     /// The instance stops (see the module docs): end subscriptions, finish
-    /// and flush what was confirmed, close storage. Called once; no new
+    /// and flush what was confirmed, close storage. Called once, on a
+    /// management thread (it may block until storage is closed); no new
     /// work arrives after it.
     fn stop(&self) {}
 }
