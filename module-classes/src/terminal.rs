@@ -33,8 +33,15 @@
 //! Connections are reactor handlers; see [`bindery::Handler`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::connection::{Cores, MakeCore};
+use crate::listener::{self, ConnectionStats};
+use crate::metrics::Scope;
 
 use bindery::{BoxError, InstanceContext, Registrar, Runtime};
 
@@ -96,6 +103,123 @@ where
         cx.on_stop(move |deadline| stopping.stop(deadline));
         Ok(terminal as TerminalHandle)
     });
+}
+
+/// What a terminal module says about an instance for [`serve`]: the rest
+/// of a terminal is its protocol core.
+pub struct Serving<M> {
+    /// The protocol's name (`http`, `mqtt`).
+    pub protocol: &'static str,
+    /// Open connections at most; more are refused at accept, counted.
+    pub max_connections: u64,
+    /// How certification talks to it.
+    pub probe: Option<Arc<dyn Probe>>,
+    /// A Unix socket to listen on as well (mode 0600).
+    pub unix_socket: Option<PathBuf>,
+    /// Runs when the instance starts: look up what the cores need (the
+    /// dispatcher) and return their factory.
+    pub start: Box<dyn FnOnce(&Arc<Runtime>) -> Result<M, BoxError> + Send>,
+}
+
+/// Registers a terminal module whose connections are protocol cores on
+/// the shared connection driver ([`crate::connection`]): the whole glue of
+/// a terminal. `make` reads the instance's configuration and says how to
+/// serve it; the instance listens on its keys (and Unix socket) when it
+/// starts, counts its connections in the metrics registry, stops by its
+/// deadline, and answers [`Terminal`]'s questions.
+pub fn serve<M, F>(reg: &mut Registrar<'_, crate::class::Terminal>, make: F)
+where
+    M: MakeCore,
+    F: Fn(&InstanceContext) -> Result<Serving<M>, BoxError> + Send + Sync + 'static,
+{
+    register(reg, move |cx| {
+        let serving = make(cx)?;
+        let served = Arc::new(Served {
+            protocol: serving.protocol,
+            connections: Arc::new(ConnectionStats::new(&Scope::of(cx.runtime(), cx.name()))),
+            addrs: Mutex::new(Vec::new()),
+            probe: serving.probe,
+        });
+        let (me, keys, span) = (served.clone(), cx.keys().to_vec(), cx.span().clone());
+        let instance = cx.name().to_owned();
+        let (max, unix, start) = (serving.max_connections, serving.unix_socket, serving.start);
+        cx.on_start(move |rt| {
+            span.in_scope(|| {
+                let accept = Arc::new(Cores(start(rt)?));
+                let stats = &me.connections;
+                let bound = listener::listen_all(
+                    rt,
+                    &instance,
+                    me.protocol,
+                    &keys,
+                    max,
+                    stats,
+                    accept.clone(),
+                )?;
+                me.addrs.lock().extend(bound);
+                if let Some(path) = unix {
+                    listener::listen_unix(rt, &path, max, stats.clone(), accept).map_err(|e| {
+                        format!("cannot listen on the Unix socket {}: {e}", path.display())
+                    })?;
+                    tracing::info!(instance, socket = %path.display(), "{} listening", me.protocol);
+                }
+                Ok(())
+            })
+        });
+        Ok(served)
+    });
+}
+
+/// A terminal made by [`serve`].
+struct Served {
+    protocol: &'static str,
+    connections: Arc<ConnectionStats>,
+    addrs: Mutex<Vec<SocketAddr>>,
+    probe: Option<Arc<dyn Probe>>,
+}
+
+impl Terminal for Served {
+    fn protocol(&self) -> &'static str {
+        self.protocol
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.lock().clone()
+    }
+
+    fn connections(&self) -> u64 {
+        self.connections.open()
+    }
+
+    fn probe(&self) -> Option<Arc<dyn Probe>> {
+        self.probe.clone()
+    }
+
+    fn stop(&self, deadline: Instant) {
+        self.connections.stop(deadline);
+    }
+}
+
+/// For a [`Probe::exchange`]: connects to `addr`, sends `request`, and
+/// reads the answer — `want` bytes, or to the end when `want` is `None` —
+/// within ten seconds.
+pub fn talk(addr: SocketAddr, request: &[u8], want: Option<usize>) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request).map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    match want {
+        Some(n) => {
+            out.resize(n, 0);
+            s.read_exact(&mut out).map_err(|e| format!("read: {e}"))?;
+        }
+        None => {
+            s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+        }
+    }
+    Ok(out)
 }
 
 /// Every terminal, with the key it is bound to.

@@ -52,13 +52,10 @@ mod tests;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bindery::Runtime;
-use bindery_classes::connection::{Cores, MakeCore, Wake};
+use bindery_classes::connection::{MakeCore, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
-use bindery_classes::listener::{self, ConnectionStats};
 use bindery_classes::metrics::{Counter, Metrics, Scope};
-use bindery_classes::terminal::{self, Probe, Terminal};
-use parking_lot::Mutex;
+use bindery_classes::terminal::{self, Probe, Serving};
 use serde::Deserialize;
 
 bindery::module! {
@@ -129,19 +126,26 @@ impl Config {
 fn module_main(
     reg: &mut bindery::Registrar<'_, bindery_classes::class::Terminal>,
 ) -> Result<(), bindery::BoxError> {
-    terminal::register(reg, |cx| {
+    terminal::serve(reg, |cx| {
         let config: Config = cx.config().parse()?;
-        let http = Arc::new(Http {
-            instance: cx.name().to_owned(),
-            config,
-            addrs: Mutex::new(Vec::new()),
-            stats: Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name()))),
-        });
-        let keys = cx.keys().to_vec();
-        let me = http.clone();
-        let span = cx.span().clone();
-        cx.on_start(move |rt| span.in_scope(|| me.start(rt, &keys)));
-        Ok(http)
+        let stats = Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name())));
+        let instance = cx.name().to_owned();
+        Ok(Serving {
+            protocol: "http",
+            max_connections: config.max_connections,
+            probe: Some(Arc::new(HttpProbe)),
+            unix_socket: None,
+            start: Box::new(move |rt| {
+                let dispatcher = dispatcher::require(rt, &config.dispatcher)?;
+                Ok(HttpCores(Arc::new(Shared {
+                    instance,
+                    config,
+                    dispatcher,
+                    metrics: Metrics::of(rt),
+                    stats,
+                })))
+            }),
+        })
     });
     Ok(())
 }
@@ -149,7 +153,6 @@ fn module_main(
 /// Counters for `/metrics`.
 #[derive(Debug)]
 pub(crate) struct Stats {
-    pub(crate) connections: Arc<ConnectionStats>,
     pub(crate) requests: Counter,
     pub(crate) published: Counter,
     pub(crate) delivered: Counter,
@@ -162,7 +165,6 @@ pub(crate) struct Stats {
 impl Stats {
     pub(crate) fn new(scope: &Scope) -> Stats {
         Stats {
-            connections: Arc::new(ConnectionStats::new(scope)),
             requests: scope.counter("bindery_http_requests_total", "Requests read."),
             published: scope.counter("bindery_http_published_total", "Publishes confirmed."),
             delivered: scope.counter(
@@ -189,14 +191,6 @@ impl Stats {
     }
 }
 
-/// An instance.
-pub struct Http {
-    instance: String,
-    config: Config,
-    addrs: Mutex<Vec<SocketAddr>>,
-    stats: Arc<Stats>,
-}
-
 /// What every connection of an instance shares.
 pub(crate) struct Shared {
     pub(crate) instance: String,
@@ -207,68 +201,14 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
 }
 
-impl Http {
-    fn start(&self, rt: &Arc<Runtime>, keys: &[String]) -> Result<(), bindery::BoxError> {
-        let dispatcher = dispatcher::require(rt, &self.config.dispatcher)?;
-        let shared = Arc::new(Shared {
-            instance: self.instance.clone(),
-            config: self.config.clone(),
-            dispatcher,
-            metrics: Metrics::of(rt),
-            stats: self.stats.clone(),
-        });
-        let accept = Arc::new(Cores(HttpCores(shared)));
-        let bound = listener::listen_all(
-            rt,
-            &self.instance,
-            "http",
-            keys,
-            self.config.max_connections,
-            &self.stats.connections,
-            accept,
-        )?;
-        self.addrs.lock().extend(bound);
-        Ok(())
-    }
-}
-
-impl Terminal for Http {
-    fn protocol(&self) -> &'static str {
-        "http"
-    }
-
-    fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.addrs.lock().clone()
-    }
-
-    fn connections(&self) -> u64 {
-        self.stats.connections.open()
-    }
-
-    fn stop(&self, deadline: std::time::Instant) {
-        self.stats.connections.stop(deadline);
-    }
-
-    fn probe(&self) -> Option<Arc<dyn Probe>> {
-        Some(Arc::new(HttpProbe))
-    }
-}
-
 /// Certification hooks: `GET /healthz`, bytes that are not HTTP, a request
 /// whose body never finishes.
 struct HttpProbe;
 
 impl Probe for HttpProbe {
     fn exchange(&self, addr: SocketAddr) -> Result<(), String> {
-        use std::io::{Read, Write};
-        let mut s =
-            std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
-            .map_err(|e| format!("write: {e}"))?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+        let request = b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n";
+        let out = terminal::talk(addr, request, None)?;
         if out.starts_with(b"HTTP/1.1 200") {
             Ok(())
         } else {

@@ -45,11 +45,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bindery::Runtime;
-use bindery_classes::connection::{Cores, MakeCore, Wake};
-use bindery_classes::listener::{self, ConnectionStats};
+use bindery_classes::connection::{MakeCore, Wake};
 use bindery_classes::metrics::{Counter, Scope};
-use bindery_classes::terminal::{self, Probe, Terminal};
-use parking_lot::Mutex;
+use bindery_classes::terminal::{self, Probe, Serving};
 use serde::Deserialize;
 
 bindery::module! {
@@ -105,22 +103,36 @@ static STARTED: OnceLock<SystemTime> = OnceLock::new();
 fn module_main(
     reg: &mut bindery::Registrar<'_, bindery_classes::class::Terminal>,
 ) -> Result<(), bindery::BoxError> {
-    terminal::register(reg, |cx| {
+    terminal::serve(reg, |cx| {
         let mut config: Config = cx.config().parse()?;
         config.token_file = cx.resolve(&config.token_file);
         config.unix_socket = config.unix_socket.map(|p| cx.resolve(&p));
         STARTED.get_or_init(SystemTime::now);
-        let manage = Arc::new(Manage {
-            instance: cx.name().to_owned(),
-            config,
-            addrs: Mutex::new(Vec::new()),
-            stats: Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name()))),
-        });
-        let keys = cx.keys().to_vec();
-        let me = manage.clone();
-        let span = cx.span().clone();
-        cx.on_start(move |rt| span.in_scope(|| me.start(rt, &keys)));
-        Ok(manage)
+        let stats = Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name())));
+        let instance = cx.name().to_owned();
+        Ok(Serving {
+            protocol: "manage",
+            max_connections: config.max_connections,
+            probe: Some(Arc::new(ManageProbe)),
+            unix_socket: config.unix_socket.clone(),
+            start: Box::new(move |rt| {
+                let file = &config.token_file;
+                let token =
+                    token(file).map_err(|e| format!("token file {}: {e}", file.display()))?;
+                tracing::info!(
+                    instance,
+                    token_file = %file.display(),
+                    "the management API takes the bearer token in this file"
+                );
+                Ok(ManageCores(Arc::new(Shared {
+                    instance,
+                    config,
+                    runtime: rt.clone(),
+                    token: token.into_bytes().into_boxed_slice(),
+                    stats,
+                })))
+            }),
+        })
     });
     Ok(())
 }
@@ -128,7 +140,6 @@ fn module_main(
 /// Counters.
 #[derive(Debug)]
 pub(crate) struct Stats {
-    pub(crate) connections: Arc<ConnectionStats>,
     pub(crate) requests: Counter,
     pub(crate) unauthorized: Counter,
 }
@@ -136,7 +147,6 @@ pub(crate) struct Stats {
 impl Stats {
     fn new(scope: &Scope) -> Stats {
         Stats {
-            connections: Arc::new(ConnectionStats::new(scope)),
             requests: scope.counter(
                 "bindery_manage_requests_total",
                 "Management API requests read.",
@@ -149,14 +159,6 @@ impl Stats {
     }
 }
 
-/// An instance.
-pub struct Manage {
-    instance: String,
-    config: Config,
-    addrs: Mutex<Vec<SocketAddr>>,
-    stats: Arc<Stats>,
-}
-
 /// What every connection of an instance shares.
 pub(crate) struct Shared {
     pub(crate) instance: String,
@@ -164,48 +166,6 @@ pub(crate) struct Shared {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) token: Box<[u8]>,
     pub(crate) stats: Arc<Stats>,
-}
-
-impl Manage {
-    fn start(&self, rt: &Arc<Runtime>, keys: &[String]) -> Result<(), bindery::BoxError> {
-        let token = token(&self.config.token_file)
-            .map_err(|e| format!("token file {}: {e}", self.config.token_file.display()))?;
-        tracing::info!(
-            instance = %self.instance,
-            token_file = %self.config.token_file.display(),
-            "the management API takes the bearer token in this file"
-        );
-        let shared = Arc::new(Shared {
-            instance: self.instance.clone(),
-            config: self.config.clone(),
-            runtime: rt.clone(),
-            token: token.into_bytes().into_boxed_slice(),
-            stats: self.stats.clone(),
-        });
-        let accept = Arc::new(Cores(ManageCores(shared)));
-        let bound = listener::listen_all(
-            rt,
-            &self.instance,
-            "manage",
-            keys,
-            self.config.max_connections,
-            &self.stats.connections,
-            accept.clone(),
-        )?;
-        *self.addrs.lock() = bound;
-        if let Some(path) = &self.config.unix_socket {
-            listener::listen_unix(
-                rt,
-                path,
-                self.config.max_connections,
-                self.stats.connections.clone(),
-                accept,
-            )
-            .map_err(|e| format!("cannot listen on the Unix socket {}: {e}", path.display()))?;
-            tracing::info!(instance = %self.instance, socket = %path.display(), "manage listening");
-        }
-        Ok(())
-    }
 }
 
 /// Reads the token in `path`, or makes one there (mode 0600) if the file
@@ -249,42 +209,14 @@ impl MakeCore for ManageCores {
     }
 }
 
-impl Terminal for Manage {
-    fn protocol(&self) -> &'static str {
-        "manage"
-    }
-
-    fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.addrs.lock().clone()
-    }
-
-    fn connections(&self) -> u64 {
-        self.stats.connections.open()
-    }
-
-    fn stop(&self, deadline: std::time::Instant) {
-        self.stats.connections.stop(deadline);
-    }
-
-    fn probe(&self) -> Option<Arc<dyn Probe>> {
-        Some(Arc::new(ManageProbe))
-    }
-}
-
 /// Certification hooks: a request without the token (401 is a whole,
 /// valid exchange), bytes that are not HTTP, a head never finished.
 struct ManageProbe;
 
 impl Probe for ManageProbe {
     fn exchange(&self, addr: SocketAddr) -> Result<(), String> {
-        let mut s =
-            std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        s.write_all(b"GET /v1/system HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
-            .map_err(|e| format!("write: {e}"))?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+        let request = b"GET /v1/system HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n";
+        let out = terminal::talk(addr, request, None)?;
         if out.starts_with(b"HTTP/1.1 401 ") {
             Ok(())
         } else {

@@ -57,13 +57,11 @@ mod traffic;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bindery::Runtime;
 use bindery_classes::Message;
-use bindery_classes::connection::{Cores, MakeCore, Wake};
+use bindery_classes::connection::{MakeCore, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
-use bindery_classes::listener::{self, ConnectionStats};
 use bindery_classes::metrics::{Counter, Scope};
-use bindery_classes::terminal::{self, Probe, Terminal};
+use bindery_classes::terminal::{self, Probe, Serving};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -111,7 +109,7 @@ impl Default for Config {
 fn module_main(
     reg: &mut bindery::Registrar<'_, bindery_classes::class::Terminal>,
 ) -> Result<(), bindery::BoxError> {
-    terminal::register(reg, |cx| {
+    terminal::serve(reg, |cx| {
         let mut config: Config = cx.config().parse()?;
         if !config.topic_root.starts_with('/') {
             return Err(format!("instance {:?}: topic_root must start with '/'", cx.name()).into());
@@ -119,17 +117,19 @@ fn module_main(
         if !config.topic_root.ends_with('/') {
             config.topic_root.push('/');
         }
-        let mqtt = Arc::new(Mqtt {
-            instance: cx.name().to_owned(),
-            config,
-            addrs: Mutex::new(Vec::new()),
-            stats: Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name()))),
-        });
-        let keys = cx.keys().to_vec();
-        let me = mqtt.clone();
-        let span = cx.span().clone();
-        cx.on_start(move |rt| span.in_scope(|| me.start(rt, &keys)));
-        Ok(mqtt)
+        let stats = Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name())));
+        let instance = cx.name().to_owned();
+        Ok(Serving {
+            protocol: "mqtt",
+            max_connections: config.max_connections,
+            probe: Some(Arc::new(MqttProbe)),
+            unix_socket: None,
+            start: Box::new(move |rt| {
+                let dispatcher = dispatcher::require(rt, &config.dispatcher)?;
+                let shared = Shared::new(&instance, config, dispatcher, stats);
+                Ok(MqttCores(Arc::new(shared)))
+            }),
+        })
     });
     Ok(())
 }
@@ -137,7 +137,6 @@ fn module_main(
 /// Counters.
 #[derive(Debug)]
 pub(crate) struct Stats {
-    pub(crate) connections: Arc<ConnectionStats>,
     pub(crate) closed_for_errors: Counter,
     pub(crate) dropped: Counter,
     pub(crate) subscriptions_ended: Counter,
@@ -146,7 +145,6 @@ pub(crate) struct Stats {
 impl Stats {
     pub(crate) fn new(scope: &Scope) -> Stats {
         Stats {
-            connections: Arc::new(ConnectionStats::new(scope)),
             closed_for_errors: scope.counter(
                 "bindery_mqtt_closed_for_errors_total",
                 "MQTT connections closed for protocol errors, limits or timeouts.",
@@ -161,14 +159,6 @@ impl Stats {
             ),
         }
     }
-}
-
-/// An instance.
-pub struct Mqtt {
-    instance: String,
-    config: Config,
-    addrs: Mutex<Vec<SocketAddr>>,
-    stats: Arc<Stats>,
 }
 
 /// What every connection of an instance shares.
@@ -248,30 +238,6 @@ impl Shared {
     }
 }
 
-impl Mqtt {
-    fn start(&self, rt: &Arc<Runtime>, keys: &[String]) -> Result<(), bindery::BoxError> {
-        let dispatcher = dispatcher::require(rt, &self.config.dispatcher)?;
-        let shared = Arc::new(Shared::new(
-            &self.instance,
-            self.config.clone(),
-            dispatcher,
-            self.stats.clone(),
-        ));
-        let accept = Arc::new(Cores(MqttCores(shared)));
-        let bound = listener::listen_all(
-            rt,
-            &self.instance,
-            "mqtt",
-            keys,
-            self.config.max_connections,
-            &self.stats.connections,
-            accept,
-        )?;
-        self.addrs.lock().extend(bound);
-        Ok(())
-    }
-}
-
 /// Makes the protocol core of each connection.
 struct MqttCores(Arc<Shared>);
 
@@ -282,42 +248,15 @@ impl MakeCore for MqttCores {
     }
 }
 
-impl Terminal for Mqtt {
-    fn protocol(&self) -> &'static str {
-        "mqtt"
-    }
-
-    fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.addrs.lock().clone()
-    }
-
-    fn connections(&self) -> u64 {
-        self.stats.connections.open()
-    }
-
-    fn stop(&self, deadline: std::time::Instant) {
-        self.stats.connections.stop(deadline);
-    }
-
-    fn probe(&self) -> Option<Arc<dyn Probe>> {
-        Some(Arc::new(MqttProbe))
-    }
-}
-
 /// Certification hooks: CONNECT then PINGREQ, bytes that are not MQTT, a
 /// CONNECT cut short.
 struct MqttProbe;
 
 impl Probe for MqttProbe {
     fn exchange(&self, addr: SocketAddr) -> Result<(), String> {
-        use std::io::{Read, Write};
-        let mut s =
-            std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
+        let mut request = Vec::new();
         codec::encode(
-            &mut out,
+            &mut request,
             &codec::Packet::Connect(Box::new(codec::Connect {
                 level: 4,
                 clean_session: true,
@@ -328,10 +267,8 @@ impl Probe for MqttProbe {
                 password: None,
             })),
         );
-        codec::encode(&mut out, &codec::Packet::PingReq);
-        s.write_all(&out).map_err(|e| format!("write: {e}"))?;
-        let mut got = [0u8; 6];
-        s.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
+        codec::encode(&mut request, &codec::Packet::PingReq);
+        let got = terminal::talk(addr, &request, Some(6))?;
         if got == [0x20, 2, 0, 0, 0xd0, 0] {
             Ok(())
         } else {
