@@ -118,8 +118,11 @@ pub struct Serving<M> {
     pub unix_socket: Option<PathBuf>,
     /// Runs when the instance starts: look up what the cores need (the
     /// dispatcher) and return their factory.
-    pub start: Box<dyn FnOnce(&Arc<Runtime>) -> Result<M, BoxError> + Send>,
+    pub start: StartCores<M>,
 }
+
+/// What [`Serving::start`] holds: runs once when the instance starts.
+pub type StartCores<M> = Box<dyn FnOnce(&Arc<Runtime>) -> Result<M, BoxError> + Send>;
 
 /// Registers a terminal module whose connections are protocol cores on
 /// the shared connection driver ([`crate::connection`]): the whole glue of
