@@ -77,6 +77,19 @@ impl<P: Protocol> Pipe<P> {
         self
     }
 
+    /// The peer sends `input` in reads of the sizes in `cuts` (the rest in
+    /// one last read): what a property test varies to show the answers do
+    /// not depend on how bytes arrive.
+    pub fn send_in_pieces(&mut self, input: &[u8], cuts: &[usize]) -> &mut Self {
+        let mut at = 0;
+        for &c in cuts {
+            let end = (at + c).min(input.len());
+            self.send(&input[at..end]);
+            at = end;
+        }
+        self.send(&input[at..])
+    }
+
     fn offer(&mut self) {
         let input = std::mem::take(&mut self.input);
         let (mut io, core) = self.io();

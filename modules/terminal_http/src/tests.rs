@@ -158,13 +158,7 @@ proptest! {
         let input: &[u8] = b"GET /healthz HTTP/1.1\r\n\r\nPOST /nowhere HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
                              GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n";
         let mut p = pipe(Config::default());
-        let mut at = 0;
-        for c in cuts {
-            let end = (at + c).min(input.len());
-            p.send(&input[at..end]);
-            at = end;
-        }
-        p.send(&input[at..]);
+        p.send_in_pieces(input, &cuts);
         p.settle(SETTLE);
         let out = text(p.output());
         prop_assert_eq!(statuses(&out), ["200", "404", "200"]);

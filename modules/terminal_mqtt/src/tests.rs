@@ -159,13 +159,7 @@ proptest! {
             Packet::Unsubscribe { packet_id: 4, filters: vec!["a/#".into()] },
         ]);
         let mut p = pipe(&shared());
-        let mut at = 0;
-        for c in cuts {
-            let end = (at + c).min(input.len());
-            p.send(&input[at..end]);
-            at = end;
-        }
-        p.send(&input[at..]);
+        p.send_in_pieces(&input, &cuts);
         prop_assert_eq!(
             packets(&p.output()),
             [
