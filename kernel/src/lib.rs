@@ -10,7 +10,8 @@
 //!   in one `linkme` slice; a server's main file lists the crates it links,
 //!   and the kernel refuses to start if a listed module is missing, two
 //!   modules share a class and name, a module's ABI differs, or a module
-//!   main fails;
+//!   main fails. A module names its [`Class`] as a type, and its module main
+//!   gets a [`Registrar`] typed by it, so class and factory agree;
 //! - **configuration** ([`config`]): TOML, with each instance's section
 //!   handed opaque to its module, errors that name file, line, instance
 //!   and field (and suggest the closest known name), and one data
@@ -23,7 +24,11 @@
 //!   timers, cross-thread wake-ups, graceful shutdown;
 //! - **completions** ([`completion`]): how queued work reports back;
 //! - **instance lifecycle** ([`Runtime`], [`State`]): create, start, stop,
-//!   restart, remove and rebind instances while the server runs;
+//!   restart, remove and rebind instances while the server runs, and
+//!   per-server state modules share ([`Runtime::shared`]);
+//! - **errors** ([`Error`]): typed refusals that name the module, instance,
+//!   key or field; a cause comes from `source()` and is said once
+//!   ([`Error::report`] tells the chain);
 //! - **per-instance logs** ([`logs`]): the last lines each instance logged.
 //!
 //! It is not a message server by itself: the class contracts live in
