@@ -15,6 +15,9 @@
 //!
 //! - queues: [`QUEUE`], and for durable queues also [`DURABLE`];
 //! - topics: [`TOPIC`].
+//!
+//! Longer than most files here: the driver suites (queue, durable, topic)
+//! share their harness; each case is a short function.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

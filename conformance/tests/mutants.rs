@@ -2,6 +2,9 @@
 //! must catch each. Every mutant wraps a real module and changes one thing;
 //! the unchanged module passes the same case, so the failure is the
 //! mutation's.
+//!
+//! Longer than most files here: one mutant per rule, each a few lines, with
+//! the case that must catch it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,6 +11,9 @@
 //! Readers never lock: a table is an immutable index behind an
 //! [`ArcSwap`], replaced whole when a binding changes, with a generation
 //! number that callers holding cached handles can compare cheaply.
+//!
+//! Longer than most files here: the three key kinds' indexes, the lock-free
+//! table over them, and their tests.
 
 use std::any::Any;
 use std::fmt;

@@ -27,6 +27,9 @@
 //! knows no module's files: a module resolves each of its own path fields
 //! with [`crate::InstanceContext::resolve`], which leaves an absolute path
 //! as it is and puts a relative one under the data directory.
+//!
+//! Longer than most files here: parsing, the error positions and their
+//! tests; the error shapes are the point of the file.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -11,6 +11,9 @@
 //!
 //! Handlers are addressed by [`Address`] (reactor, slot, generation): a note
 //! for a handler that has closed, even if its slot was reused, is dropped.
+//!
+//! Longer than most files here: the event loop and the handler API it
+//! drives, with their tests.
 
 use std::any::Any;
 use std::cell::Cell;

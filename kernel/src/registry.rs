@@ -10,6 +10,9 @@
 //! [`Registry::load`] refuses to go on if a listed module is missing from the
 //! slice, if two modules share a class and name, or if a module was built for
 //! another ABI.
+//!
+//! Longer than most files here: the descriptor, the two macros, the typed
+//! registrar and the load-time checks, which must agree with each other.
 
 use std::hash::BuildHasher;
 

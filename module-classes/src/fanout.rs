@@ -37,6 +37,9 @@
 //!
 //! Every fan-out driver uses this one type, so the rule is the same for
 //! every terminal and every driver.
+//!
+//! Longer than most files here: the one rule for slow and stalled
+//! subscribers, with the tests that pin it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

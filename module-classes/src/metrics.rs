@@ -22,6 +22,9 @@
 //! sent.add(2);
 //! assert!(metrics.render().contains("demo_sent_total{instance=\"a\"} 2"));
 //! ```
+//!
+//! Longer than most files here: the registry, the per-destination meters
+//! and their tests; the meters are the registry's main user.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

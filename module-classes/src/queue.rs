@@ -8,6 +8,10 @@
 //! back at the head of its queue with its delivery count raised. A queue
 //! holds at most `max_depth` messages, counting those being stored
 //! ([`Reservation`]), those waiting and those leased.
+//!
+//! Longer than most files here: the queue state machine, its lock guard
+//! that keeps the gauges current, and the lease reaper: one lock
+//! discipline.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

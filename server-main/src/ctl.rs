@@ -3,6 +3,9 @@
 //! Reads the token file itself, prints human tables (or the API's JSON with
 //! `--json`), and exits 0 when the server did what was asked, 1 when it
 //! refused (the error is printed), 2 when it could not be asked at all.
+//!
+//! Longer than most files here: every `bindery ctl` subcommand over one
+//! small HTTP client; each is a few lines.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, Read, Write as _};

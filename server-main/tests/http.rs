@@ -1,5 +1,8 @@
 //! End to end over real sockets: the `bindery` binary, driven with a real
 //! HTTP client (ureq) and, for bad input, raw TCP.
+//!
+//! Longer than most files here: the HTTP terminal's behaviour over real
+//! sockets, one test per promise.
 
 mod common;
 

@@ -1,6 +1,9 @@
 //! The management API end to end: the `bindery` binary, its token, and
 //! instances created, stopped, started, restarted, removed and rebound
 //! while clients use them.
+//!
+//! Longer than most files here: the management API over real sockets, one
+//! test per promise.
 
 mod common;
 

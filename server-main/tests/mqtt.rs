@@ -1,5 +1,8 @@
 //! MQTT end to end: the `bindery` binary with a real client library
 //! (rumqttc) and, for exact packets and bad input, raw TCP.
+//!
+//! Longer than most files here: the MQTT terminal's behaviour over real
+//! sockets, one test per promise.
 
 mod common;
 

@@ -27,6 +27,9 @@
 //!
 //! A failed write for any other reason, and a failed `fsync` above all, is
 //! fatal: the instance refuses every write until it is restarted.
+//!
+//! Longer than most files here: the writer thread's state machine (group
+//! commit, segments, space, the fsync latch) is one unit.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

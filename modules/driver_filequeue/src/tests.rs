@@ -1,5 +1,8 @@
 //! Unit and property tests: reclamation, recovery from torn and corrupted
 //! journals.
+//!
+//! Longer than most files here: the durable queue's unit and property
+//! tests, including injected faults.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -21,6 +21,9 @@
 //! stall_ms = 250
 //! max_topics = 10000
 //! ```
+//!
+//! Longer than most files here: the driver and its unit tests; the
+//! subscriber rule itself is in `bindery_classes::fanout`.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

@@ -1,4 +1,7 @@
 //! The endpoints: what each request asks and what it gets.
+//!
+//! Longer than most files here: the whole management API's routing and
+//! replies, so the OpenAPI document has one place to be checked against.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,6 +16,9 @@
 //! Results print as a table and, with `--json`, as JSON; `--svg` draws the
 //! rates as a bar chart. Lost messages (QoS 1 or not) are counted, never
 //! hidden.
+//!
+//! Longer than most files here: every load scenario over the same clients
+//! and timing; each scenario is a short function.
 
 mod mqtt;
 
