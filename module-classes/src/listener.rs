@@ -19,7 +19,10 @@ use parking_lot::Mutex;
 use crate::metrics::{Counter, Gauge, Scope};
 
 /// Writes `buf[*pos..]` to a non-blocking socket until it would block;
-/// clears `buf` once all is written (and compacts a long written prefix).
+/// clears `buf` once all is written (and compacts a long written prefix),
+/// then flushes what a layer over the socket (TLS) still holds. Called
+/// with an empty `buf` when the socket turns writable, so that layer's
+/// rest goes out.
 /// A connection's handler calls it whenever it has output or turns
 /// writable.
 pub fn write_out(w: &mut impl io::Write, buf: &mut Vec<u8>, pos: &mut usize) -> io::Result<()> {
@@ -39,7 +42,11 @@ pub fn write_out(w: &mut impl io::Write, buf: &mut Vec<u8>, pos: &mut usize) -> 
         buf.drain(..*pos);
         *pos = 0;
     }
-    Ok(())
+    // A layer that buffers (TLS) sends what it holds; a socket does nothing.
+    match w.flush() {
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// A terminal instance's connection meters, and its live listeners and

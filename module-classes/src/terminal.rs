@@ -116,6 +116,9 @@ pub struct Serving<M> {
     pub probe: Option<Arc<dyn Probe>>,
     /// A Unix socket to listen on as well (mode 0600).
     pub unix_socket: Option<PathBuf>,
+    /// TLS on every connection (see [`crate::connection::tls`]); none:
+    /// plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Runs when the instance starts: look up what the cores need (the
     /// dispatcher) and return their factory.
     pub start: StartCores<M>,
@@ -146,9 +149,10 @@ where
         let (me, keys, span) = (served.clone(), cx.keys().to_vec(), cx.span().clone());
         let instance = cx.name().to_owned();
         let (max, unix, start) = (serving.max_connections, serving.unix_socket, serving.start);
+        let tls = serving.tls;
         cx.on_start(move |rt| {
             span.in_scope(|| {
-                let accept = Arc::new(Cores(start(rt)?));
+                let accept = Arc::new(Cores::new(start(rt)?, tls));
                 let stats = &me.connections;
                 let bound = listener::listen_all(
                     rt,

@@ -38,8 +38,10 @@ use crate::listener::{Accept, OpenConnection};
 
 mod driver;
 pub mod testing;
+pub mod tls;
 
 pub use driver::Connection;
+pub use tls::{TlsSettings, TlsStream};
 
 /// How a core asks to be called back: each [`Note`] sent through a `Wake`
 /// reaches [`Protocol::note`] on the connection's own thread. Cheap to
@@ -303,8 +305,25 @@ pub trait MakeCore: Send + Sync + 'static {
 }
 
 /// Turns a [`MakeCore`] into what a listener accepts with: each accepted
-/// socket becomes a [`Connection`] around a new core.
-pub struct Cores<M>(pub M);
+/// socket becomes a [`Connection`] around a new core, with TLS between
+/// them when configured.
+pub struct Cores<M> {
+    make: M,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl<M> Cores<M> {
+    /// Cores over plain sockets.
+    pub fn plain(make: M) -> Cores<M> {
+        Cores { make, tls: None }
+    }
+
+    /// Cores over TLS with `config` (see [`TlsSettings::load`]), or plain
+    /// sockets without one.
+    pub fn new(make: M, tls: Option<Arc<rustls::ServerConfig>>) -> Cores<M> {
+        Cores { make, tls }
+    }
+}
 
 impl<M: MakeCore, S: Stream> Accept<S> for Cores<M> {
     fn start(
@@ -314,7 +333,13 @@ impl<M: MakeCore, S: Stream> Accept<S> for Cores<M> {
         open: OpenConnection,
     ) -> io::Result<Box<dyn Handler>> {
         let wake = Wake::reactor(cx.handle(), cx.address());
-        let core = self.0.core(stream.peer(), wake.clone());
-        Connection::start(cx, stream, core, wake, open)
+        let core = self.make.core(stream.peer(), wake.clone());
+        match &self.tls {
+            None => Connection::start(cx, stream, core, wake, open),
+            Some(config) => {
+                let stream = TlsStream::new(stream, config.clone())?;
+                Connection::start(cx, stream, core, wake, open)
+            }
+        }
     }
 }

@@ -52,7 +52,7 @@ mod tests;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bindery_classes::connection::{MakeCore, Wake};
+use bindery_classes::connection::{MakeCore, TlsSettings, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
 use bindery_classes::metrics::{Counter, Metrics, Scope};
 use bindery_classes::terminal::{self, Probe, Serving};
@@ -77,6 +77,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Open connections at most; more are refused at accept.
     pub max_connections: u64,
+    /// TLS on this instance's listeners (`cert`, `key`, optional
+    /// `client_ca` for mutual TLS); none: plaintext.
+    pub tls: Option<TlsSettings>,
     /// A connection with nothing from the client and nothing in flight
     /// (no request being answered, no event stream) this long is closed:
     /// an unused keep-alive connection, or a request stalled mid-body.
@@ -102,6 +105,7 @@ impl Default for Config {
             max_header_bytes: 8 * 1024,
             max_body_bytes: 1024 * 1024,
             max_connections: 10_000,
+            tls: None,
             idle_timeout_secs: 30,
             header_timeout_secs: 20,
             max_wait_secs: 60,
@@ -135,6 +139,7 @@ fn module_main(
             max_connections: config.max_connections,
             probe: Some(Arc::new(HttpProbe)),
             unix_socket: None,
+            tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
             start: Box::new(move |rt| {
                 let dispatcher = dispatcher::require(rt, &config.dispatcher)?;
                 Ok(HttpCores(Arc::new(Shared {

@@ -45,7 +45,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bindery::Runtime;
-use bindery_classes::connection::{MakeCore, Wake};
+use bindery_classes::connection::{MakeCore, TlsSettings, Wake};
 use bindery_classes::metrics::{Counter, Scope};
 use bindery_classes::terminal::{self, Probe, Serving};
 use serde::Deserialize;
@@ -73,6 +73,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Open connections at most.
     pub max_connections: u64,
+    /// TLS on this instance's listeners (`cert`, `key`, optional
+    /// `client_ca` for mutual TLS); none: plaintext.
+    pub tls: Option<TlsSettings>,
     /// A request head not complete this long after its first byte closes
     /// the connection (408).
     pub header_timeout_secs: u64,
@@ -89,6 +92,7 @@ impl Default for Config {
             token_file: PathBuf::from("manage.token"),
             max_body_bytes: 1024 * 1024,
             max_connections: 64,
+            tls: None,
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
             unix_socket: None,
@@ -115,6 +119,7 @@ fn module_main(
             max_connections: config.max_connections,
             probe: Some(Arc::new(ManageProbe)),
             unix_socket: config.unix_socket.clone(),
+            tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
             start: Box::new(move |rt| {
                 let file = &config.token_file;
                 let token =

@@ -58,7 +58,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bindery_classes::Message;
-use bindery_classes::connection::{MakeCore, Wake};
+use bindery_classes::connection::{MakeCore, TlsSettings, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
 use bindery_classes::metrics::{Counter, Scope};
 use bindery_classes::terminal::{self, Probe, Serving};
@@ -88,6 +88,9 @@ pub struct Config {
     pub max_queued: usize,
     /// Open connections at most.
     pub max_connections: u64,
+    /// TLS on this instance's listeners (`cert`, `key`, optional
+    /// `client_ca` for mutual TLS); none: plaintext.
+    pub tls: Option<TlsSettings>,
     /// Time allowed between connecting and sending CONNECT.
     pub connect_timeout_secs: u64,
 }
@@ -101,6 +104,7 @@ impl Default for Config {
             max_inflight: 32,
             max_queued: 1000,
             max_connections: 10_000,
+            tls: None,
             connect_timeout_secs: 10,
         }
     }
@@ -124,6 +128,7 @@ fn module_main(
             max_connections: config.max_connections,
             probe: Some(Arc::new(MqttProbe)),
             unix_socket: None,
+            tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
             start: Box::new(move |rt| {
                 let dispatcher = dispatcher::require(rt, &config.dispatcher)?;
                 let shared = Shared::new(&instance, config, dispatcher, stats);

@@ -35,6 +35,8 @@ pub struct Server {
     pub config_path: std::path::PathBuf,
     /// Where the server said its data lives (`bindery: data directory ...`).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Every terminal's address, with the key it is bound as.
+    pub listening: Vec<(String, SocketAddr)>,
     _dir: Option<TempDir>,
 }
 
@@ -97,8 +99,17 @@ impl Server {
         let mut mqtt = None;
         let mut manage = None;
         let mut data_dir = None;
+        let mut listening = Vec::new();
         for line in lines.by_ref() {
             let line = line.unwrap();
+            if let Some((_, rest)) = line.split_once(" listening on ") {
+                let mut words = rest.split_whitespace();
+                let at = words.next().and_then(|a| a.parse().ok());
+                let key = words.last().map(|k| k.trim_end_matches(')').to_owned());
+                if let (Some(at), Some(key)) = (at, key) {
+                    listening.push((key, at));
+                }
+            }
             if let Some(rest) = line.strip_prefix("bindery: data directory ") {
                 data_dir = Some(std::path::PathBuf::from(rest));
             }
@@ -115,6 +126,12 @@ impl Server {
                 break;
             }
         }
+        // The default configuration's terminals, when other instances of
+        // the same protocols listen too (TLS tests).
+        let keyed = |key: &str| listening.iter().find(|(k, _)| k == key).map(|(_, a)| *a);
+        addr = keyed("127.0.0.1:0").or(addr);
+        mqtt = keyed("127.0.0.2:0").or(mqtt);
+        manage = keyed("127.0.0.3:0").or(manage);
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
         let addr = addr.expect("server printed no http address");
@@ -126,8 +143,18 @@ impl Server {
             token_file: data.join("manage.token"),
             config_path: path.clone(),
             data_dir,
+            listening,
             _dir: None,
         }
+    }
+
+    /// The address of the terminal bound as `key`.
+    pub fn bound(&self, key: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("nothing listens as {key}: {:?}", self.listening))
     }
 
     /// The server's process id.
