@@ -68,13 +68,10 @@ pub mod bindings;
 pub mod completion;
 pub mod config;
 mod error;
-mod instance;
 mod kernel;
-mod lifecycle;
 pub mod logs;
 pub mod reactor;
 mod registry;
-mod runtime;
 mod suggest;
 
 pub use bindings::{KeyKind, Table};
