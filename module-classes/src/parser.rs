@@ -96,9 +96,13 @@ where
     F: Fn(&InstanceContext) -> Result<P, BoxError> + Send + Sync + 'static,
 {
     reg.factory::<ParserHandle, _>(KeyKind::Mime, move |cx| {
+        if cx.isolation().mode == bindery::Isolation::Process {
+            return Ok(Arc::new(crate::isolation::ParserProxy::start(cx)?) as ParserHandle);
+        }
         make(cx).map(|p| Arc::new(p) as ParserHandle)
     });
     reg.default_keys(default_types);
+    reg.isolatable();
 }
 
 /// The parser for `content_type`, with wildcard fallback.

@@ -76,6 +76,21 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Run each driver and parser instance under test in a host process
+        /// (`process`), through the proxy, or in this process (`none`).
+        #[arg(long, value_name = "MODE", default_value = "none")]
+        isolation: certify::IsolationArg,
+    },
+    /// Serve one isolated instance for a server (started by the server
+    /// itself; see docs/isolation.md).
+    #[command(hide = true)]
+    Host {
+        /// The server's pid: a host whose parent is another exits at once.
+        #[arg(long)]
+        parent_pid: Option<u32>,
+        /// The instance's name (for `ps` and log lines).
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// Talk to a running server's management API (see `bindery ctl --help`).
     Ctl(ctl::Ctl),
@@ -104,8 +119,23 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
             }
         };
     }
-    if let Some(Command::Certify { json }) = cli.command {
-        return match certify::certify(linked, json) {
+    if let Some(Command::Host {
+        parent_pid,
+        instance,
+    }) = &cli.command
+    {
+        let span = tracing::info_span!("host", instance = instance.as_deref().unwrap_or("?"));
+        let _in = span.enter();
+        return match bindery_classes::isolation::host::serve(linked, *parent_pid) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bindery host: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Some(Command::Certify { json, isolation }) = cli.command {
+        return match certify::certify_with(linked, json, isolation) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(e) => {

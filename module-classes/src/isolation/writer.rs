@@ -1,0 +1,108 @@
+//! The sending half of a connection: callers append frames to a buffer
+//! under a short lock and return; one thread writes the buffer out, so
+//! many frames go in one `write` (pipelining) and no caller ever blocks on
+//! the socket.
+
+use std::io::Write as _;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::frame::{self, Enc, Kind};
+
+struct Buf {
+    out: Vec<u8>,
+    closed: bool,
+    /// Set when the writer thread has written everything it will.
+    done: bool,
+}
+
+struct Shared {
+    buf: Mutex<Buf>,
+    cv: Condvar,
+}
+
+/// Frames to one peer. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub(crate) struct Writer(Arc<Shared>);
+
+impl Writer {
+    /// Starts the writer thread over `stream`.
+    pub(crate) fn start(stream: UnixStream, name: String) -> std::io::Result<Writer> {
+        let shared = Arc::new(Shared {
+            buf: Mutex::new(Buf {
+                out: Vec::with_capacity(64 << 10),
+                closed: false,
+                done: false,
+            }),
+            cv: Condvar::new(),
+        });
+        let s = shared.clone();
+        std::thread::Builder::new().name(name).spawn(move || {
+            let mut stream = stream;
+            let mut spare = Vec::with_capacity(64 << 10);
+            loop {
+                {
+                    let mut b = s.buf.lock();
+                    while b.out.is_empty() && !b.closed {
+                        s.cv.wait(&mut b);
+                    }
+                    if b.out.is_empty() {
+                        b.done = true;
+                        s.cv.notify_all();
+                        break;
+                    }
+                    std::mem::swap(&mut b.out, &mut spare);
+                }
+                if stream.write_all(&spare).is_err() {
+                    let mut b = s.buf.lock();
+                    b.closed = true;
+                    b.done = true;
+                    b.out = Vec::new();
+                    s.cv.notify_all();
+                    let _ = stream.shutdown(Shutdown::Both);
+                    break;
+                }
+                spare.clear();
+                if spare.capacity() > 4 << 20 {
+                    spare = Vec::with_capacity(64 << 10);
+                }
+            }
+        })?;
+        Ok(Writer(shared))
+    }
+
+    /// Queues one frame; `false` once the connection is closed.
+    pub(crate) fn send(&self, kind: Kind, id: u64, payload: impl FnOnce(&mut Enc<'_>)) -> bool {
+        let mut b = self.0.buf.lock();
+        if b.closed {
+            return false;
+        }
+        let was_empty = b.out.is_empty();
+        frame::encode(&mut b.out, kind, id, payload);
+        if was_empty {
+            self.0.cv.notify_one();
+        }
+        true
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn backlog(&self) -> usize {
+        self.0.buf.lock().out.len()
+    }
+
+    /// Writes what is queued, then ends; waits up to `patience` for that.
+    pub(crate) fn close(&self, patience: std::time::Duration) {
+        let mut b = self.0.buf.lock();
+        b.closed = true;
+        self.0.cv.notify_all();
+        let until = std::time::Instant::now() + patience;
+        while !b.done {
+            if self.0.cv.wait_until(&mut b, until).timed_out() {
+                break;
+            }
+        }
+    }
+}
