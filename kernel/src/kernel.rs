@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -128,18 +128,14 @@ pub struct Monitor {
     runtime: std::sync::Weak<Runtime>,
     name: String,
     incarnation: u64,
+    /// This incarnation's process id; 0 for none.
+    pid: Arc<AtomicU32>,
 }
 
 impl Monitor {
     /// The process serving the instance (its host), or `None`.
     pub fn set_pid(&self, pid: Option<u32>) {
-        if let Some(rt) = self.runtime.upgrade() {
-            let _ = rt.with(&self.name, |i| {
-                if i.incarnation == self.incarnation {
-                    i.pid = pid;
-                }
-            });
-        }
+        self.pid.store(pid.unwrap_or(0), Ordering::Release);
     }
 
     /// The incarnation ended without being asked to: `reason` says how;
@@ -252,7 +248,8 @@ struct Instance {
     last_error: Option<String>,
     /// The current incarnation's number (unique in the runtime).
     incarnation: u64,
-    pid: Option<u32>,
+    /// The current incarnation's process (0: none), set through its monitor.
+    pid: Arc<AtomicU32>,
     crashes: u32,
     restart_at: Option<SystemTime>,
 }
@@ -280,7 +277,10 @@ impl Instance {
             started_at: epoch_secs(self.started_at),
             last_error: self.last_error.clone(),
             isolation: self.spec.isolation.mode,
-            pid: self.pid,
+            pid: match self.pid.load(Ordering::Acquire) {
+                0 => None,
+                pid => Some(pid),
+            },
             crashes: self.crashes,
             restart_at: epoch_secs(self.restart_at),
         }
@@ -290,6 +290,7 @@ impl Instance {
 /// A new incarnation of an instance: its handle and hooks.
 struct Made {
     incarnation: u64,
+    pid: Arc<AtomicU32>,
     class: &'static str,
     keys: Vec<String>,
     handle: Handle,
@@ -471,6 +472,7 @@ impl Runtime {
             });
         }
         let incarnation = self.incarnations.fetch_add(1, Ordering::Relaxed) + 1;
+        let pid = Arc::new(AtomicU32::new(0));
         let keys: Vec<String> = if spec.bind.is_empty() {
             registered
                 .factory
@@ -497,6 +499,7 @@ impl Runtime {
                 runtime: Arc::downgrade(self),
                 name: spec.name.clone(),
                 incarnation,
+                pid: pid.clone(),
             },
         };
         let handle = span
@@ -508,6 +511,7 @@ impl Runtime {
             })?;
         Ok(Made {
             incarnation,
+            pid,
             class: descriptor.class,
             keys,
             handle,
@@ -620,7 +624,7 @@ impl Runtime {
             started_at: None,
             last_error: None,
             incarnation: made.incarnation,
-            pid: None,
+            pid: made.pid,
             crashes: 0,
             restart_at: None,
         });
@@ -911,7 +915,7 @@ impl Runtime {
         self.with(name, |i| {
             i.state = State::Stopped;
             i.start.clear();
-            i.pid = None;
+            i.pid.store(0, Ordering::Release);
         })?;
         tracing::info!(instance = name, "stopped");
         Ok(())
@@ -970,6 +974,7 @@ impl Runtime {
             i.state = State::Created;
             i.last_error = None;
             i.incarnation = made.incarnation;
+            i.pid = made.pid;
             i.restart_at = None;
         })?;
         self.run_start(name)
@@ -1066,7 +1071,7 @@ impl Runtime {
             let healthy = incarnation_ran(i, now, policy.backoff_cap());
             i.crashes = if healthy { 1 } else { i.crashes + 1 };
             i.state = State::Failed;
-            i.pid = None;
+            i.pid.store(0, Ordering::Release);
             let restart = match policy.restart() {
                 Restart::Never => Err("restart = \"never\"".to_owned()),
                 Restart::OnFailure if clean => {

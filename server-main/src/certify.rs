@@ -193,6 +193,9 @@ fn certify_one(module: &'static ModuleDescriptor, isolation: IsolationArg) -> Re
         }
         other => report.suite = format!("none: no suite for class {other:?}"),
     }
+    if isolation == IsolationArg::Process && matches!(module.class, "driver" | "parser") {
+        report.suite += " (isolated: through the proxy)";
+    }
     report
 }
 

@@ -101,7 +101,12 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
     let cli = Cli::parse();
     // Certification starts and stops dozens of kernels: their start-up
     // lines would bury the table, so it logs only warnings unless asked.
-    let quiet = matches!(cli.command, Some(Command::Certify { .. }));
+    // A host's own start and stop lines repeat the server's: it says only
+    // warnings unless RUST_LOG asks.
+    let quiet = matches!(
+        cli.command,
+        Some(Command::Certify { .. } | Command::Host { .. })
+    );
     init_logging(if quiet { "warn" } else { "info" });
     if let Some(Command::Ctl(c)) = &cli.command {
         return match ctl::run(c) {

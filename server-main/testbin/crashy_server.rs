@@ -1,0 +1,82 @@
+//! Test support, not a product: the stock modules plus `driver.crashy`, a test-only driver that aborts
+//! its process when a published body is `abort`: what isolation is for.
+//! Its own main file, so it also shows that a custom server gets
+//! `isolation = "process"` for free (its hosts are this binary).
+//!
+//! ```sh
+//! cargo run -p bindery-server --bin bindery-crashy -- --config crashy.toml
+//! ```
+//!
+//! With `isolation = "process"` on the crashy instance, `abort` costs that
+//! one request (503) and a restart of its host; in process, it takes the
+//! whole server down (see `server-main/tests/isolation.rs`).
+
+use bindery::{
+    BoxError, Completion, Failure, FailureKind, ModuleDescriptor, ModuleList, Registrar,
+};
+use bindery_classes::driver::{DriverInfo, Receipt, SubscribeOptions};
+use bindery_classes::{Consumer, Driver, Message, Subscription};
+
+/// Confirms every publish, except that it aborts the process on `abort`.
+struct Crashy;
+
+impl Driver for Crashy {
+    fn info(&self) -> DriverInfo {
+        DriverInfo {
+            queue: false,
+            durable: false,
+        }
+    }
+
+    fn publish(&self, message: Message, done: Completion<Receipt>) {
+        if &message.body[..] == b"abort" {
+            std::process::abort();
+        }
+        done.succeed(Receipt {
+            id: message.id,
+            delivered_to: 0,
+            backlog: 0,
+        });
+    }
+
+    fn subscribe(
+        &self,
+        dest: &str,
+        _: Consumer,
+        _: SubscribeOptions,
+    ) -> Result<Subscription, Failure> {
+        Err(Failure::new(
+            FailureKind::Unsupported,
+            format!("{dest}: driver.crashy keeps nothing to read"),
+        ))
+    }
+}
+
+fn crashy_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
+    bindery_classes::driver::register(reg, |_| Ok(Crashy));
+    Ok(())
+}
+
+bindery::module! {
+    class: "driver",
+    name: "crashy",
+    description: "test only: aborts the process when a published body is `abort`",
+    main: crashy_main,
+}
+
+fn main() -> std::process::ExitCode {
+    static LISTED: &[&ModuleDescriptor] = &[
+        &terminal_http::MODULE,
+        &terminal_mqtt::MODULE,
+        &terminal_manage::MODULE,
+        &dispatcher_fast::MODULE,
+        &driver_memqueue::MODULE,
+        &driver_filequeue::MODULE,
+        &driver_topic::MODULE,
+        &parser_json::MODULE,
+        &parser_text::MODULE,
+        &parser_octets::MODULE,
+        &MODULE,
+    ];
+    bindery_server::run(ModuleList::new(LISTED), bindery_server::DEFAULT_CONFIG)
+}
