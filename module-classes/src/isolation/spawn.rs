@@ -8,7 +8,7 @@
 //! - In the child, before `exec`: `PR_SET_PDEATHSIG(SIGKILL)`, then
 //!   `getppid()` is checked against the server's pid, closing the race
 //!   where the server died between `fork` and `prctl`; then the
-//!   configured `setrlimit` limits.
+//!   configured `setrlimit` limits, and a process group of its own.
 //! - The host also exits at the end of its socket (see `host.rs`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -79,8 +79,8 @@ fn spawn_here(spawn: Spawn) -> std::io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    // SAFETY: only async-signal-safe calls (prctl, getppid, dup2, fcntl,
-    // setrlimit, _exit) between fork and exec; nothing allocates.
+    // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid, dup2,
+    // fcntl, setrlimit, _exit) between fork and exec; nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -89,6 +89,12 @@ fn spawn_here(spawn: Spawn) -> std::io::Result<Child> {
             // The server died before the signal was armed: go now.
             if libc::getppid() != parent {
                 libc::_exit(1);
+            }
+            // A group of its own: a Ctrl-C at the server's terminal stops
+            // the server gracefully, which stops its hosts, rather than
+            // killing the hosts under it.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             if fd == HOST_FD {
                 // dup2 onto itself keeps close-on-exec: clear it.
