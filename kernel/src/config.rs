@@ -181,7 +181,7 @@ impl RawInstance {
             backoff_base_ms: self.backoff_base_ms,
             backoff_cap_ms: self.backoff_cap_ms,
             crash_loop_limit: self.crash_loop_limit,
-            host: self.host.clone(),
+            host: self.host.clone().map(Box::new),
         };
         let supervised = spec.restart.is_some()
             || spec.backoff_base_ms.is_some()
@@ -199,6 +199,27 @@ impl RawInstance {
         }
         if spec.backoff_cap() < spec.backoff_base() {
             return Err("`backoff_cap_ms` must be at least `backoff_base_ms`");
+        }
+        let host = spec.host();
+        match host.activation.unwrap_or_default() {
+            Activation::Fork if host.connect.is_some() || host.secret_file.is_some() => {
+                return Err("[host] `connect` and `secret_file` need activation = \"none\"");
+            }
+            Activation::None if host.connect.is_none() || host.secret_file.is_none() => {
+                return Err("[host] activation = \"none\" needs `connect` (the host's \
+                     address) and `secret_file` (the shared secret)");
+            }
+            Activation::None
+                if host.program.is_some()
+                    || host.memory_bytes.is_some()
+                    || host.open_files.is_some() =>
+            {
+                return Err(
+                    "[host] `program`, `memory_bytes` and `open_files` apply only to \
+                     a host the server starts (activation = \"fork\")",
+                );
+            }
+            _ => {}
         }
         Ok(spec)
     }
@@ -281,7 +302,7 @@ pub struct IsolationSpec {
     pub crash_loop_limit: Option<u32>,
     /// `[instances.NAME.host]`: how the host process is run.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<HostSection>,
+    pub host: Option<Box<HostSection>>,
 }
 
 impl IsolationSpec {
@@ -316,14 +337,37 @@ impl IsolationSpec {
 
     /// The host settings in effect.
     pub fn host(&self) -> HostSection {
-        self.host.clone().unwrap_or_default()
+        self.host.as_deref().cloned().unwrap_or_default()
     }
+}
+
+/// How an isolated instance's host comes to be: `[host] activation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// The server starts the host (its own binary) and waits for its hello.
+    #[default]
+    Fork,
+    /// The host was started by something else (`bindery host --listen`,
+    /// maybe on another machine); the server connects to it over TCP and
+    /// proves the shared secret before anything is served.
+    None,
 }
 
 /// `[instances.NAME.host]`: how an isolated instance's host runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSection {
+    /// `fork` (default) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
+    /// With activation `none`: the host's TCP address (`10.0.0.7:7400`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// With activation `none`: a file holding the shared secret (relative
+    /// to the data directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
     /// The executable to run as the host (default: this server's own
     /// binary, which links the same modules).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -72,7 +72,8 @@ mod suggest;
 pub use bindings::{KeyKind, Table};
 pub use completion::{Completion, Failure, FailureKind, Note};
 pub use config::{
-    Config, ConfigError, HostSection, InstanceSpec, Isolation, IsolationSpec, Restart, Section,
+    Activation, Config, ConfigError, HostSection, InstanceSpec, Isolation, IsolationSpec, Restart,
+    Section,
 };
 pub use error::{BoxError, Error};
 pub use kernel::{

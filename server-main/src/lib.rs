@@ -81,10 +81,17 @@ pub enum Command {
         #[arg(long, value_name = "MODE", default_value = "none")]
         isolation: certify::IsolationArg,
     },
-    /// Serve one isolated instance for a server (started by the server
-    /// itself; see docs/isolation.md).
-    #[command(hide = true)]
+    /// Serve an isolated instance for a server: started by the server
+    /// itself, or, with --listen, by you for servers that connect with
+    /// activation "none" (see docs/isolation.md).
     Host {
+        /// Listen on this TCP address for servers (activation "none"); the
+        /// data directory is this machine's (--data-dir).
+        #[arg(long, value_name = "ADDR", requires = "secret_file")]
+        listen: Option<String>,
+        /// The shared secret a server must send before anything is served.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
         /// The server's pid: a host whose parent is another exits at once.
         #[arg(long)]
         parent_pid: Option<u32>,
@@ -125,13 +132,29 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
         };
     }
     if let Some(Command::Host {
+        listen,
+        secret_file,
         parent_pid,
         instance,
     }) = &cli.command
     {
         let span = tracing::info_span!("host", instance = instance.as_deref().unwrap_or("?"));
         let _in = span.enter();
-        return match bindery_classes::isolation::host::serve(linked, *parent_pid) {
+        let served = match (listen, secret_file) {
+            (Some(addr), Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| format!("--secret-file {}: {e}", file.display()))
+                .and_then(|secret| {
+                    let data = cli.data_dir.as_deref().unwrap_or("bindery-data".as_ref());
+                    bindery_classes::isolation::host::listen(
+                        linked,
+                        addr,
+                        secret.trim(),
+                        &data.display().to_string(),
+                    )
+                }),
+            _ => bindery_classes::isolation::host::serve(linked, *parent_pid),
+        };
+        return match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bindery host: {e}");

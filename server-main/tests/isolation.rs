@@ -465,3 +465,80 @@ fn an_mqtt_qos1_publish_in_flight_when_its_host_dies_is_not_acknowledged() {
     assert_eq!(acked, [1]);
     assert!(s.healthy());
 }
+
+/// `bindery host --listen` on a free port, with `secret` in a file; its
+/// address.
+fn listening_host(dir: &std::path::Path, secret: &str) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let file = dir.join("host.secret");
+    std::fs::write(&file, secret).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .arg("--data-dir")
+        .arg(dir.join("host-data"))
+        .args(["host", "--listen", "127.0.0.1:0", "--secret-file"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("bindery host: listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    (child, addr)
+}
+
+#[test]
+fn activation_none_connects_to_a_host_over_tcp_only_with_the_secret() {
+    let dir = TempDir::new();
+    let (mut host, addr) = listening_host(&dir.0, "s3cret-for-tests\n");
+    let secret = |text: &str| {
+        let f = dir.0.join(format!("server-{}.secret", text.len()));
+        std::fs::write(&f, text).unwrap();
+        f.display().to_string()
+    };
+    let on = |secret_file: String| {
+        isolated(
+            &[(
+                "queues",
+                &format!(
+                    "host = {{ activation = \"none\", connect = \"{addr}\", secret_file = \"{secret_file}\" }}"
+                ),
+            )],
+            "",
+        )
+    };
+    // A wrong secret: the host closes; the instance cannot be made.
+    let path = dir.0.join("wrong.toml");
+    std::fs::write(&path, on(secret("not-it"))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("its host at {addr}")), "{err}");
+    assert!(err.contains("wrong secret"), "{err}");
+    // The right one: served by the host the server did not start.
+    let s = Server::start(&on(secret("s3cret-for-tests")));
+    let api = Api::of(&s);
+    let v = api.until("queues", "ran", |v| v["state"] == "running");
+    assert_eq!(v["pid"], Value::Null, "{v}");
+    assert_eq!(post(&s, "/queues/tcp", "over tcp").0, 201);
+    assert_eq!(drain(&s, "/queues/tcp"), ["over tcp"]);
+    // The host outlives a server that stops, and serves the next one.
+    assert!(s.terminate().success());
+    let s = Server::start(&on(secret("s3cret-for-tests")));
+    assert_eq!(post(&s, "/queues/tcp", "again").0, 201);
+    assert_eq!(drain(&s, "/queues/tcp"), ["again"]);
+    drop(s);
+    let _ = host.kill();
+    let _ = host.wait();
+}

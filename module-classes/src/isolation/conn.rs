@@ -3,19 +3,21 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, Write as _};
-use std::net::Shutdown;
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bindery::{BoxError, Completion, Failure, FailureKind, InstanceContext, Monitor};
+use bindery::{Activation, BoxError, Completion, Failure, FailureKind, InstanceContext, Monitor};
 use parking_lot::{Condvar, Mutex};
 
 use super::frame::{self, Dec, Enc, Frame, Kind};
 use super::spawn;
+use super::stream::Stream;
 use super::writer::Writer;
 use crate::consumer::{Consumer, Delivery};
 use crate::driver::Receipt;
@@ -44,98 +46,94 @@ struct Calls {
 pub(crate) struct Conn {
     /// `driver instance "risky"`, for every reason given.
     pub(crate) what: String,
-    pub(crate) pid: u32,
+    /// `its host (pid 7)`, `its host at 10.0.0.7:7400`.
+    who: String,
     pub(crate) writer: Writer,
-    stream: UnixStream,
+    stream: Stream,
     next: AtomicU64,
     calls: Mutex<Calls>,
     pub(crate) subs: Mutex<HashMap<u64, Consumer>>,
     stopping: AtomicBool,
+    /// The host, when the server started it.
     child: Mutex<Option<Child>>,
     exited: (Mutex<bool>, Condvar),
     monitor: Monitor,
 }
 
-/// Starts a host for `cx`'s instance and makes the instance in it; the
-/// `Created` frame's payload is returned for the class to read.
+/// Starts a host for `cx`'s instance (or connects to one: activation
+/// `none`) and makes the instance in it; the `Created` frame is returned
+/// for the class to read.
 pub(crate) fn start(cx: &InstanceContext, class: &str) -> Result<(Arc<Conn>, Frame), BoxError> {
     let what = format!("{class} instance {:?}", cx.name());
     let host = cx.isolation().host();
-    let program = match &host.program {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(|e| format!("{what}: no host program: {e}"))?,
-    };
-    let (ours, theirs) = UnixStream::pair()?;
-    let mut child = spawn::spawn(spawn::Spawn {
-        program: program.clone(),
-        args: vec![
-            "host".into(),
-            "--parent-pid".into(),
-            std::process::id().to_string(),
-            "--instance".into(),
-            cx.name().into(),
-        ],
-        socket: theirs,
-        memory_bytes: host.memory_bytes,
-        open_files: host.open_files,
-    })
-    .map_err(|e| format!("{what}: cannot start host {}: {e}", program.display()))?;
-    let pid = child.id();
     let patience = Duration::from_millis(host.start_timeout_ms.unwrap_or(10_000));
-    let hello = (|| -> Result<Frame, String> {
-        ours.set_read_timeout(Some(patience))
-            .map_err(|e| e.to_string())?;
-        let mut reader = &ours;
-        let first = expect(&mut reader, Kind::Hello, patience)?;
-        let mut d = Dec::new(&first);
-        let magic = d.bytes().map_err(|e| e.to_string())?;
-        let version = d.u16().map_err(|e| e.to_string())?;
-        if &magic[..] != frame::MAGIC || version != frame::VERSION {
-            return Err(format!(
-                "it speaks protocol version {version}, this server {} (or is no Bindery host)",
-                frame::VERSION
-            ));
+    let (stream, mut child, who) = match host.activation.unwrap_or_default() {
+        Activation::Fork => {
+            let program = match &host.program {
+                Some(p) => p.clone(),
+                None => {
+                    std::env::current_exe().map_err(|e| format!("{what}: no host program: {e}"))?
+                }
+            };
+            let (ours, theirs) = UnixStream::pair()?;
+            let child = spawn::spawn(spawn::Spawn {
+                program: program.clone(),
+                args: vec![
+                    "host".into(),
+                    "--parent-pid".into(),
+                    std::process::id().to_string(),
+                    "--instance".into(),
+                    cx.name().into(),
+                ],
+                socket: theirs,
+                memory_bytes: host.memory_bytes,
+                open_files: host.open_files,
+            })
+            .map_err(|e| format!("{what}: cannot start host {}: {e}", program.display()))?;
+            let who = format!("its host (pid {})", child.id());
+            (Stream::Unix(ours), Some(child), who)
         }
-        let section = cx
-            .config()
-            .value()
-            .map(|v| toml::to_string(&v).unwrap_or_default())
-            .unwrap_or_default();
-        let mut out = Vec::new();
-        frame::encode(&mut out, Kind::Create, 0, |e| {
-            e.u16(frame::VERSION)
-                .str(&cx.module().id())
-                .str(cx.name())
-                .u32(cx.keys().len() as u32);
-            for k in cx.keys() {
-                e.str(k);
-            }
-            e.str(&section).str(&cx.data_dir().display().to_string());
-        });
-        (&ours).write_all(&out).map_err(|e| e.to_string())?;
-        let created = expect(&mut reader, Kind::Created, patience)?;
-        let mut d = Dec::new(&created);
-        if d.u8().map_err(|e| e.to_string())? == 0 {
-            return Err(d.string().map_err(|e| e.to_string())?);
+        Activation::None => {
+            let addr = host.connect.clone().unwrap_or_default();
+            let file = cx.resolve(host.secret_file.as_deref().unwrap_or(Path::new("")));
+            let secret = std::fs::read_to_string(&file)
+                .map_err(|e| format!("{what}: [host] secret_file {}: {e}", file.display()))?;
+            let s = connect(&addr, patience).map_err(|e| format!("{what}: host at {addr}: {e}"))?;
+            let _ = s.set_nodelay(true);
+            let mut out = Vec::new();
+            frame::encode(&mut out, Kind::Auth, 0, |e| {
+                e.str(secret.trim());
+            });
+            (&s).write_all(&out)
+                .map_err(|e| format!("{what}: host at {addr}: {e}"))?;
+            (Stream::Tcp(s), None, format!("its host at {addr}"))
         }
-        Ok(created)
-    })();
-    let created = match hello {
+    };
+    let created = match handshake(cx, &stream, patience) {
         Ok(c) => c,
         Err(why) => {
-            let _ = child.kill();
-            let status = child.wait().map(|s| spawn::describe(s).0);
-            let status = status.map_or(String::new(), |s| format!(" (host pid {pid} {s})"));
+            let status = match child.as_mut() {
+                Some(c) => {
+                    let _ = c.kill();
+                    let status = c.wait().map_or(String::new(), |s| spawn::describe(s).0);
+                    format!(" ({who} {status})")
+                }
+                None => format!(" ({who}; a wrong secret is answered by closing)"),
+            };
             return Err(format!("{what}: {why}{status}").into());
         }
     };
-    ours.set_read_timeout(None)?;
-    let writer = Writer::start(ours.try_clone()?, format!("bindery-proxy-w-{}", cx.name()))?;
+    stream.set_read_timeout(None)?;
+    let pid = child.as_ref().map(|c| c.id());
+    let writer = Writer::start(
+        stream.try_clone()?,
+        format!("bindery-proxy-w-{}", cx.name()),
+    )?;
     let conn = Arc::new(Conn {
         what,
-        pid,
+        who,
         writer,
-        stream: ours.try_clone()?,
+        stream: stream.try_clone()?,
         next: AtomicU64::new(1),
         calls: Mutex::new(Calls {
             pending: HashMap::new(),
@@ -143,17 +141,70 @@ pub(crate) fn start(cx: &InstanceContext, class: &str) -> Result<(Arc<Conn>, Fra
         }),
         subs: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
-        child: Mutex::new(Some(child)),
+        child: Mutex::new(child),
         exited: (Mutex::new(false), Condvar::new()),
         monitor: cx.monitor(),
     });
     let reading = conn.clone();
     std::thread::Builder::new()
         .name(format!("bindery-proxy-r-{}", cx.name()))
-        .spawn(move || reading.read_loop(ours))?;
-    conn.monitor.set_pid(Some(pid));
-    tracing::info!(pid, "{}: host started", conn.what);
+        .spawn(move || reading.read_loop(stream))?;
+    conn.monitor.set_pid(pid);
+    tracing::info!("{}: {} serves it", conn.what, conn.who);
     Ok((conn, created))
+}
+
+fn connect(addr: &str, patience: Duration) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs as _;
+    let mut last = std::io::Error::other("the address resolves to nothing");
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, patience) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Hello, Create, Created.
+fn handshake(cx: &InstanceContext, stream: &Stream, patience: Duration) -> Result<Frame, String> {
+    stream
+        .set_read_timeout(Some(patience))
+        .map_err(|e| e.to_string())?;
+    let mut s = stream.try_clone().map_err(|e| e.to_string())?;
+    let first = expect(&mut s, Kind::Hello, patience)?;
+    let mut d = Dec::new(&first);
+    let magic = d.bytes().map_err(|e| e.to_string())?;
+    let version = d.u16().map_err(|e| e.to_string())?;
+    if &magic[..] != frame::MAGIC || version != frame::VERSION {
+        return Err(format!(
+            "it speaks protocol version {version}, this server {} (or is no Bindery host)",
+            frame::VERSION
+        ));
+    }
+    let section = cx
+        .config()
+        .value()
+        .map(|v| toml::to_string(&v).unwrap_or_default())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    frame::encode(&mut out, Kind::Create, 0, |e| {
+        e.u16(frame::VERSION)
+            .str(&cx.module().id())
+            .str(cx.name())
+            .u32(cx.keys().len() as u32);
+        for k in cx.keys() {
+            e.str(k);
+        }
+        e.str(&section).str(&cx.data_dir().display().to_string());
+    });
+    s.write_all(&out).map_err(|e| e.to_string())?;
+    let created = expect(&mut s, Kind::Created, patience)?;
+    let mut d = Dec::new(&created);
+    if d.u8().map_err(|e| e.to_string())? == 0 {
+        return Err(d.string().map_err(|e| e.to_string())?);
+    }
+    Ok(created)
 }
 
 /// Reads the frame of `kind` the start-up expects.
@@ -273,7 +324,7 @@ impl Conn {
         }
     }
 
-    fn read_loop(self: Arc<Self>, stream: UnixStream) {
+    fn read_loop(self: Arc<Self>, stream: Stream) {
         let mut r = BufReader::with_capacity(64 << 10, stream);
         let why = loop {
             match frame::read(&mut r) {
@@ -335,12 +386,12 @@ impl Conn {
     /// The host is gone: reap it, answer every call in flight, end every
     /// subscription, and tell the runtime (unless it was asked to stop).
     fn died(&self, why: String) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        self.stream.shutdown();
         self.writer.close(Duration::ZERO);
         let status = self.reap(Duration::from_secs(2));
         let why = match why.is_empty() {
-            true => format!("its host (pid {}) {}", self.pid, status.0),
-            false => format!("{why}; its host (pid {}) {}", self.pid, status.0),
+            true => format!("{} {}", self.who, status.0),
+            false => format!("{why}; {} {}", self.who, status.0),
         };
         let stopping = self.stopping.load(Ordering::Acquire);
         let pending = {
@@ -378,7 +429,7 @@ impl Conn {
     /// ended, and whether cleanly.
     fn reap(&self, patience: Duration) -> (String, bool) {
         let Some(mut child) = self.child.lock().take() else {
-            return ("ended".into(), false);
+            return ("closed the connection".into(), false);
         };
         let until = Instant::now() + patience;
         loop {
@@ -431,7 +482,7 @@ impl Conn {
     pub(crate) fn close(&self) {
         self.stopping.store(true, Ordering::Release);
         self.writer.close(Duration::from_secs(1));
-        let _ = self.stream.shutdown(Shutdown::Both);
+        self.stream.shutdown();
     }
 }
 

@@ -12,6 +12,7 @@ use bindery::{Completion, Config, Failure, FailureKind, Kernel, ModuleList, Regi
 
 use super::frame::{self, Dec, Frame, Kind};
 use super::spawn::HOST_FD;
+use super::stream::Stream;
 use super::writer::Writer;
 use crate::consumer::{Consumer, Delivery, Subscription};
 use crate::driver::{DriverHandle, SubscribeOptions};
@@ -37,7 +38,57 @@ pub fn serve(linked: ModuleList, parent: Option<u32>) -> Result<(), String> {
     }
     // SAFETY: the server passes the host's end of a socket pair as fd 3
     // (see spawn.rs); nothing else in this process owns it.
-    let mut stream = unsafe { UnixStream::from_raw_fd(HOST_FD) };
+    let stream = unsafe { UnixStream::from_raw_fd(HOST_FD) };
+    serve_on(linked, Stream::Unix(stream), None)
+}
+
+/// Activation `none`: listens on `addr` (printing `bindery host: listening
+/// on ADDR`) and serves one server at a time, each connection a fresh
+/// instance, once it has sent `secret` (compared in constant time; a wrong
+/// or missing one is answered by closing). The instance's data lives under
+/// `data_dir`, this machine's, whatever the server's is. Returns only on
+/// an error listening.
+pub fn listen(linked: ModuleList, addr: &str, secret: &str, data_dir: &str) -> Result<(), String> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "bindery host: listening on {local}");
+        let _ = out.flush();
+    }
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let peer = conn.peer_addr().map_or("?".into(), |a| a.to_string());
+        let _ = conn.set_nodelay(true);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut r = &conn;
+        let proven = match frame::read(&mut r) {
+            Ok(Some(f)) if f.kind == Kind::Auth => Dec::new(&f)
+                .string()
+                .is_ok_and(|s| same(s.as_bytes(), secret.as_bytes())),
+            _ => false,
+        };
+        if !proven {
+            tracing::warn!("host: {peer} did not prove the shared secret; closed");
+            continue;
+        }
+        let _ = conn.set_read_timeout(None);
+        tracing::info!("host: serving {peer}");
+        if let Err(e) = serve_on(linked, Stream::Tcp(conn), Some(data_dir)) {
+            tracing::error!("host: {peer}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Equal, in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// Hello, Create, then calls, on `stream`.
+fn serve_on(linked: ModuleList, mut stream: Stream, data_dir: Option<&str>) -> Result<(), String> {
     let mut hello = Vec::new();
     frame::encode(&mut hello, Kind::Hello, 0, |e| {
         e.bytes(frame::MAGIC)
@@ -46,7 +97,7 @@ pub fn serve(linked: ModuleList, parent: Option<u32>) -> Result<(), String> {
     });
     stream
         .write_all(&hello)
-        .map_err(|e| format!("fd {HOST_FD} is not a socket to a Bindery server: {e}"))?;
+        .map_err(|e| format!("the socket to the server: {e}"))?;
     let mut reader =
         BufReader::with_capacity(64 << 10, stream.try_clone().map_err(|e| e.to_string())?);
     let create = match frame::read(&mut reader) {
@@ -55,7 +106,7 @@ pub fn serve(linked: ModuleList, parent: Option<u32>) -> Result<(), String> {
         Ok(None) => return Ok(()),
         Err(e) => return Err(format!("reading Create: {e}")),
     };
-    let (kernel, served) = match make(linked, &create) {
+    let (kernel, served) = match make(linked, &create, data_dir) {
         Ok(made) => made,
         Err(why) => {
             let mut out = Vec::new();
@@ -100,7 +151,11 @@ pub fn serve(linked: ModuleList, parent: Option<u32>) -> Result<(), String> {
 }
 
 /// Builds a kernel holding the one instance `create` describes.
-fn make(linked: ModuleList, create: &Frame) -> Result<(Kernel, Served), String> {
+fn make(
+    linked: ModuleList,
+    create: &Frame,
+    own_data_dir: Option<&str>,
+) -> Result<(Kernel, Served), String> {
     let mut d = Dec::new(create);
     let bad = |e: std::io::Error| format!("a bad Create frame: {e}");
     let version = d.u16().map_err(bad)?;
@@ -119,6 +174,7 @@ fn make(linked: ModuleList, create: &Frame) -> Result<(Kernel, Served), String> 
     }
     let section = d.string().map_err(bad)?;
     let data_dir = d.string().map_err(bad)?;
+    let data_dir = own_data_dir.map_or(data_dir, str::to_owned);
     let config: toml::Table = section
         .parse()
         .map_err(|e| format!("the instance's config section: {e}"))?;
@@ -179,7 +235,7 @@ fn failed(w: &Writer, id: u64, f: &Failure) {
 /// Serves calls until `Stop` (its request id is returned) or the end of
 /// the socket.
 fn calls(
-    r: &mut BufReader<UnixStream>,
+    r: &mut BufReader<Stream>,
     w: &Writer,
     served: &Served,
     subs: &mut HashMap<u64, Subscription>,

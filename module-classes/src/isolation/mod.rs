@@ -37,6 +37,7 @@ pub mod proxy;
 
 mod conn;
 mod spawn;
+mod stream;
 mod writer;
 
 pub use proxy::{DriverProxy, ParserProxy};

@@ -4,13 +4,12 @@
 //! the socket.
 
 use std::io::Write as _;
-use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
 use super::frame::{self, Enc, Kind};
+use super::stream::Stream;
 
 struct Buf {
     out: Vec<u8>,
@@ -30,7 +29,7 @@ pub(crate) struct Writer(Arc<Shared>);
 
 impl Writer {
     /// Starts the writer thread over `stream`.
-    pub(crate) fn start(stream: UnixStream, name: String) -> std::io::Result<Writer> {
+    pub(crate) fn start(stream: Stream, name: String) -> std::io::Result<Writer> {
         let shared = Arc::new(Shared {
             buf: Mutex::new(Buf {
                 out: Vec::with_capacity(64 << 10),
@@ -62,7 +61,7 @@ impl Writer {
                     b.done = true;
                     b.out = Vec::new();
                     s.cv.notify_all();
-                    let _ = stream.shutdown(Shutdown::Both);
+                    stream.shutdown();
                     break;
                 }
                 spare.clear();
