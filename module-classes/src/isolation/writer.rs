@@ -1,9 +1,13 @@
 //! The sending half of a connection: callers append frames to a buffer
 //! under a short lock and return; one thread writes the buffer out, so
 //! many frames go in one `write` (pipelining) and no caller ever blocks on
-//! the socket.
+//! the socket. When nothing is queued and the thread is idle, a caller
+//! sends its frame itself without blocking (`MSG_DONTWAIT`), sparing a
+//! thread wake-up per call when calls are few; what the socket does not
+//! take at once is left to the thread.
 
 use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
@@ -16,11 +20,16 @@ struct Buf {
     closed: bool,
     /// Set when the writer thread has written everything it will.
     done: bool,
+    /// The thread is writing what it took: callers must queue behind it.
+    writing: bool,
 }
 
 struct Shared {
     buf: Mutex<Buf>,
     cv: Condvar,
+    /// The socket, valid while `closed` is false (the thread drops the
+    /// stream only after setting it).
+    fd: std::os::fd::RawFd,
 }
 
 /// Frames to one peer. Cheap to clone; usable from any thread.
@@ -35,8 +44,10 @@ impl Writer {
                 out: Vec::with_capacity(64 << 10),
                 closed: false,
                 done: false,
+                writing: false,
             }),
             cv: Condvar::new(),
+            fd: stream.as_raw_fd(),
         });
         let s = shared.clone();
         std::thread::Builder::new().name(name).spawn(move || {
@@ -45,6 +56,7 @@ impl Writer {
             loop {
                 {
                     let mut b = s.buf.lock();
+                    b.writing = false;
                     while b.out.is_empty() && !b.closed {
                         s.cv.wait(&mut b);
                     }
@@ -54,6 +66,7 @@ impl Writer {
                         break;
                     }
                     std::mem::swap(&mut b.out, &mut spare);
+                    b.writing = true;
                 }
                 if stream.write_all(&spare).is_err() {
                     let mut b = s.buf.lock();
@@ -81,6 +94,24 @@ impl Writer {
         }
         let was_empty = b.out.is_empty();
         frame::encode(&mut b.out, kind, id, payload);
+        if was_empty && !b.writing {
+            // SAFETY: the fd is open while `closed` is false (checked
+            // above, under the lock the thread takes to set it).
+            let n = unsafe {
+                libc::send(
+                    self.0.fd,
+                    b.out.as_ptr().cast(),
+                    b.out.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                b.out.drain(..n as usize);
+            }
+            if b.out.is_empty() {
+                return true;
+            }
+        }
         if was_empty {
             self.0.cv.notify_one();
         }
