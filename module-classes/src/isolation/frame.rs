@@ -94,7 +94,7 @@ impl Kind {
     }
 }
 
-/// Appends one frame to `out`: `head` writes the payload.
+/// Appends one frame to `out`; `payload` writes its payload.
 pub fn encode(out: &mut Vec<u8>, kind: Kind, id: u64, payload: impl FnOnce(&mut Enc<'_>)) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);

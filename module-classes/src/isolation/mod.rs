@@ -37,6 +37,7 @@ pub mod proxy;
 
 mod conn;
 mod spawn;
+mod start;
 mod stream;
 mod writer;
 

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use bindery::{BoxError, Completion, Failure, FailureKind, InstanceContext};
 
-use super::conn::{self, CALL_TIMEOUT, Conn, Guard};
+use super::conn::{CALL_TIMEOUT, Conn, Guard};
 use super::frame::{Dec, Kind};
+use super::start;
 use crate::consumer::{Consumer, Subscription, SubscriptionControl};
 use crate::driver::{DestinationStats, Driver, DriverInfo, Receipt, SubscribeOptions};
 use crate::message::{Message, MessageId};
@@ -41,7 +42,7 @@ pub struct DriverProxy {
 impl DriverProxy {
     /// Starts a host for `cx`'s instance and makes it there.
     pub fn start(cx: &InstanceContext) -> Result<DriverProxy, BoxError> {
-        let (conn, created) = conn::start(cx, "driver")?;
+        let (conn, created) = start::start(cx, "driver")?;
         let mut d = Dec::new(&created);
         let _ok = d.u8()?;
         let queue = d.u8()? != 0;
@@ -149,7 +150,7 @@ pub struct ParserProxy {
 impl ParserProxy {
     /// Starts a host for `cx`'s instance and makes it there.
     pub fn start(cx: &InstanceContext) -> Result<ParserProxy, BoxError> {
-        let (conn, created) = conn::start(cx, "parser")?;
+        let (conn, created) = start::start(cx, "parser")?;
         let mut d = Dec::new(&created);
         let _ok = d.u8()?;
         let n = d.u32()? as usize;
