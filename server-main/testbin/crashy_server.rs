@@ -17,7 +17,8 @@ use bindery::{
 use bindery_classes::driver::{DriverInfo, Receipt, SubscribeOptions};
 use bindery_classes::{Consumer, Driver, Message, Subscription};
 
-/// Confirms every publish, except that it aborts the process on `abort`.
+/// Confirms every publish, except that it aborts the process on `abort`
+/// and panics on `panic`.
 struct Crashy;
 
 impl Driver for Crashy {
@@ -29,8 +30,10 @@ impl Driver for Crashy {
     }
 
     fn publish(&self, message: Message, done: Completion<Receipt>) {
-        if &message.body[..] == b"abort" {
-            std::process::abort();
+        match &message.body[..] {
+            b"abort" => std::process::abort(),
+            b"panic" => panic!("driver.crashy was asked to panic"),
+            _ => {}
         }
         done.succeed(Receipt {
             id: message.id,
@@ -60,7 +63,7 @@ fn crashy_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
 bindery::module! {
     class: "driver",
     name: "crashy",
-    description: "test only: aborts the process when a published body is `abort`",
+    description: "test only: aborts the process on a published body `abort`, panics on `panic`",
     main: crashy_main,
 }
 

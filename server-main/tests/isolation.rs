@@ -345,8 +345,24 @@ fn a_module_that_aborts_on_a_body_costs_one_request_when_isolated() {
         let why = v["last_error"].as_str().unwrap();
         assert!(why.contains("SIGABRT"), "{why}");
     }
-    api.running_pid("crashy", Some(pid));
+    let pid = api.running_pid("crashy", Some(pid));
     assert_eq!(post(&s, "/crashy/a", "fine again").0, 201);
+    // A panic likewise; what the host said on its way out is in the
+    // instance's log.
+    let (status, body, _) = post(&s, "/crashy/a", "panic");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("panic") || body.contains("status 101"),
+        "{body}"
+    );
+    let v = api.until("crashy", "restarted again", |v| v["restarts"] == 2);
+    assert_ne!(v["pid"].as_u64(), Some(pid));
+    let (status, logs) = api.call("GET", "/v1/instances/crashy/logs");
+    assert_eq!(status, 200);
+    let logs = logs.to_string();
+    assert!(logs.contains("driver.crashy was asked to panic"), "{logs}");
+    assert!(logs.contains("exited with status 101"), "{logs}");
+    assert!(s.healthy());
 }
 
 #[test]

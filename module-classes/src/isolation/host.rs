@@ -89,6 +89,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Hello, Create, then calls, on `stream`.
 fn serve_on(linked: ModuleList, mut stream: Stream, data_dir: Option<&str>) -> Result<(), String> {
+    keep_panic_messages();
     let mut hello = Vec::new();
     frame::encode(&mut hello, Kind::Hello, 0, |e| {
         e.bytes(frame::MAGIC)
@@ -227,9 +228,50 @@ fn make(
 }
 
 fn failed(w: &Writer, id: u64, f: &Failure) {
+    // A completion dropped while its thread unwinds is the instance
+    // panicking: the host is going down, so the caller should retry, as
+    // with any other end of a host (503), and hear why.
+    if f.kind == FailureKind::Dropped && std::thread::panicking() {
+        let why = PANIC.lock().clone().unwrap_or_default();
+        let f = Failure::new(
+            FailureKind::Unavailable,
+            format!("the instance panicked in its host: {why}"),
+        )
+        .retry_after(Duration::from_secs(1));
+        w.send(Kind::Failed, id, |e| {
+            e.failure(&f);
+        });
+        return;
+    }
     w.send(Kind::Failed, id, |e| {
         e.failure(f);
     });
+}
+
+/// The last panic's message, for the calls it ends.
+static PANIC: parking_lot::Mutex<Option<String>> = parking_lot::Mutex::new(None);
+
+/// Keeps each panic's message (then says it, as the default hook does).
+fn keep_panic_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(keep_panic_messages_now);
+}
+
+fn keep_panic_messages_now() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        *PANIC.lock() = Some(match info.location() {
+            Some(at) => format!("{msg} (at {at})"),
+            None => msg,
+        });
+        default(info)
+    }));
 }
 
 /// Serves calls until `Stop` (its request id is returned) or the end of

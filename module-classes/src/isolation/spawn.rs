@@ -10,6 +10,10 @@
 //!   where the server died between `fork` and `prctl`; then the
 //!   configured `setrlimit` limits, and a process group of its own.
 //! - The host also exits at the end of its socket (see `host.rs`).
+//! - Its stderr is a pipe the server reads: each line is logged again in
+//!   the server, with the instance's name, so it reaches the server's
+//!   stderr and the instance's log buffer (`bindery ctl logs NAME`), a
+//!   panic message included.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -78,7 +82,7 @@ fn spawn_here(spawn: Spawn) -> std::io::Result<Child> {
     cmd.args(&spawn.args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid, dup2,
     // fcntl, setrlimit, _exit) between fork and exec; nothing allocates.
     unsafe {
@@ -122,6 +126,34 @@ fn spawn_here(spawn: Spawn) -> std::io::Result<Child> {
     let child = cmd.spawn();
     drop(socket);
     child
+}
+
+/// Logs each line `child` writes to stderr as the instance's, from a
+/// thread of its own that ends with the child's stderr.
+pub(crate) fn forward_stderr(child: &mut Child, instance: &str) {
+    use std::io::BufRead as _;
+    let Some(err) = child.stderr.take() else {
+        return;
+    };
+    let (name, pid) = (instance.to_owned(), child.id());
+    let started = std::thread::Builder::new()
+        .name(format!("bindery-host-log-{instance}"))
+        .spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let line = line.trim_end();
+                if line.contains(" ERROR ") || line.contains("panicked") {
+                    tracing::error!(instance = %name, "host pid {pid}: {line}");
+                } else if line.contains(" WARN ") {
+                    tracing::warn!(instance = %name, "host pid {pid}: {line}");
+                } else {
+                    tracing::info!(instance = %name, "host pid {pid}: {line}");
+                }
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!("cannot read the stderr of host pid {}: {e}", child.id());
+    }
 }
 
 /// How a child ended, for people (`killed by signal 9 (SIGKILL)`).

@@ -45,6 +45,8 @@ pub(crate) fn start(cx: &InstanceContext, class: &str) -> Result<(Arc<Conn>, Fra
                 open_files: host.open_files,
             })
             .map_err(|e| format!("{what}: cannot start host {}: {e}", program.display()))?;
+            let mut child = child;
+            spawn::forward_stderr(&mut child, cx.name());
             let who = format!("its host (pid {})", child.id());
             (Stream::Unix(ours), Some(child), who)
         }
