@@ -22,7 +22,7 @@
 //!   (HTTP 503), every subscription is closed, and the runtime is told
 //!   ([`bindery::Monitor::failed`]): the instance is `failed` and restarts
 //!   as its `restart` policy says.
-//! - Hosts never outlive the server: see [`spawn`](self) in the source
+//! - Hosts never outlive the server: see `spawn.rs`
 //!   (parent-death signal from a thread that lives as long as the server,
 //!   `getppid()` checked after arming it, exit at the end of the socket).
 //!
