@@ -1,5 +1,7 @@
-//! Test support, not a product: the stock modules plus `driver.crashy`, a test-only driver that aborts
-//! its process when a published body is `abort`: what isolation is for.
+//! Test support, not a product: the stock modules plus `parser.lax` (a
+//! mutant that accepts invalid bodies) and `driver.crashy`, a test-only
+//! driver that aborts its process when a published body is `abort`: what
+//! isolation is for.
 //! Its own main file, so it also shows that a custom server gets
 //! `isolation = "process"` for free (its hosts are this binary).
 //!
@@ -55,6 +57,36 @@ impl Driver for Crashy {
     }
 }
 
+mod lax {
+    //! `parser.lax`, a mutant: claims `application/json` and accepts every
+    //! body, even the ones its suite says a JSON parser must refuse.
+    use bindery::{BoxError, Registrar};
+    use bindery_classes::{ParseError, Parser};
+
+    struct Lax;
+
+    impl Parser for Lax {
+        fn validate(&self, _: &str, _: &[u8]) -> Result<(), ParseError> {
+            Ok(())
+        }
+        fn default_types(&self) -> &'static [&'static str] {
+            &["application/json"]
+        }
+    }
+
+    fn lax_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
+        bindery_classes::parser::register(reg, &["application/json"], |_| Ok(Lax));
+        Ok(())
+    }
+
+    bindery::module! {
+        class: "parser",
+        name: "lax",
+        description: "test only: accepts invalid bodies (a mutant certification must catch)",
+        main: lax_main,
+    }
+}
+
 fn crashy_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
     bindery_classes::driver::register(reg, |_| Ok(Crashy));
     Ok(())
@@ -80,6 +112,7 @@ fn main() -> std::process::ExitCode {
         &parser_text::MODULE,
         &parser_octets::MODULE,
         &MODULE,
+        &lax::MODULE,
     ];
     bindery_server::run(ModuleList::new(LISTED), bindery_server::DEFAULT_CONFIG)
 }

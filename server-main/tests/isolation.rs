@@ -426,60 +426,41 @@ fn terminals_and_dispatchers_cannot_be_isolated_and_say_why() {
 }
 
 #[test]
-fn every_driver_and_parser_certifies_through_the_proxy() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindery"))
+fn every_driver_and_parser_certifies_through_the_proxy_and_mutants_are_caught() {
+    // The stock modules plus two that break their contracts: each in a
+    // host of its own, through the proxy.
+    let out = std::process::Command::new(crashy_server())
         .args(["certify", "--isolation", "process", "--json"])
         .env("RUST_LOG", "error")
         .output()
         .unwrap();
     let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut isolated = 0;
+    let mut failing = Vec::new();
     for r in reports.as_array().unwrap() {
         if r["suite"].as_str().unwrap().contains("isolated") {
             isolated += 1;
         }
-        for c in r["cases"].as_array().unwrap() {
-            assert!(
-                c["failure"].is_null(),
-                "{} failed {}: {}",
-                r["module"],
-                c["case"],
-                c["failure"]
-            );
+        let module = r["module"].as_str().unwrap();
+        let failed: Vec<&Value> = r["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| !c["failure"].is_null())
+            .collect();
+        match module {
+            "driver.crashy" | "parser.lax" => {
+                assert!(!failed.is_empty(), "{module} passed through the proxy")
+            }
+            _ => assert!(failed.is_empty(), "{module} failed: {failed:?}"),
+        }
+        if !failed.is_empty() {
+            failing.push(module.to_owned());
         }
     }
-    assert_eq!(isolated, 6, "{reports}");
-    assert!(out.status.success());
-}
-
-#[test]
-fn an_mqtt_qos1_publish_in_flight_when_its_host_dies_is_not_acknowledged() {
-    use std::io::{BufReader, Write as _};
-    let dir = TempDir::new();
-    let text = crashy("isolation = \"process\"\n").replace(
-        "[instances.mqtt]\n",
-        "[instances.mqtt]\nconfig = { topic_root = \"/crashy/\" }\n",
-    );
-    let s = Server::start_program(crashy_server(), &dir.0, &text, &["--threads", "2"]);
-    let mut c = common::mqtt::raw(s.mqtt.unwrap());
-    c.write_all(&common::mqtt::connect_packet("pub", true, 0, None))
-        .unwrap();
-    assert_eq!(common::mqtt::connack(&mut c), [0x20, 2, 0, 0]);
-    let mut out = Vec::new();
-    common::mqtt::publish_packet(&mut out, "a", 1, 1, b"fine");
-    common::mqtt::publish_packet(&mut out, "a", 1, 2, b"abort");
-    c.write_all(&out).unwrap();
-    // PUBACK for the first; none for the one whose host died under it:
-    // the connection ends instead, so the client publishes it again.
-    let mut r = BufReader::new(c);
-    let mut acked = Vec::new();
-    while let Ok((head, body)) = common::mqtt::read_packet(&mut r) {
-        if head == 0x40 {
-            acked.push(u16::from_be_bytes([body[0], body[1]]));
-        }
-    }
-    assert_eq!(acked, [1]);
-    assert!(s.healthy());
+    assert_eq!(isolated, 8, "{reports}");
+    assert_eq!(failing, ["driver.crashy", "parser.lax"]);
+    assert_eq!(out.status.code(), Some(1));
 }
 
 /// `bindery host --listen` on a free port, with `secret` in a file; its
