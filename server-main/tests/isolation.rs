@@ -539,3 +539,30 @@ fn activation_none_connects_to_a_host_over_tcp_only_with_the_secret() {
     let _ = host.kill();
     let _ = host.wait();
 }
+
+#[test]
+fn a_hosts_limits_are_set_before_it_runs() {
+    let limits = "host = { open_files = 200, memory_bytes = 8589934592 }";
+    let s = Server::start(&isolated(&[("queues", limits)], ""));
+    let api = Api::of(&s);
+    let pid = api.running_pid("queues", None);
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limit = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(limit("Max open files"), ["200", "200"], "{text}");
+    assert_eq!(
+        limit("Max address space"),
+        ["8589934592", "8589934592"],
+        "{text}"
+    );
+    assert_eq!(post(&s, "/queues/a", "limited").0, 201);
+    // The server's own limits are untouched.
+    let own = std::fs::read_to_string(format!("/proc/{}/limits", s.pid())).unwrap();
+    assert!(!own.contains("8589934592"), "{own}");
+}
