@@ -566,3 +566,36 @@ fn a_hosts_limits_are_set_before_it_runs() {
     let own = std::fs::read_to_string(format!("/proc/{}/limits", s.pid())).unwrap();
     assert!(!own.contains("8589934592"), "{own}");
 }
+
+#[test]
+fn a_reload_moves_an_instance_into_a_host_and_back() {
+    let plain = config("");
+    let s = Server::start(&plain);
+    let api = Api::of(&s);
+    assert_eq!(api.instance("queues")["isolation"], "none");
+    let data = s.data_dir.clone().unwrap();
+    let write = |text: &str| {
+        let text = text.replace("bindery-data", &data.display().to_string());
+        std::fs::write(&s.config_path, text).unwrap();
+        s.signal("HUP");
+    };
+    write(&isolated(&[("queues", "")], ""));
+    let pid = api.running_pid("queues", None);
+    assert_eq!(api.instance("queues")["isolation"], "process");
+    assert_eq!(post(&s, "/queues/moved", "in a host").0, 201);
+    // The effective configuration says so.
+    let effective = agent()
+        .get(&format!("{}/v1/config", api.base))
+        .set("Authorization", &format!("Bearer {}", api.token))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(effective.contains("isolation = \"process\""), "{effective}");
+    write(&plain);
+    api.until("queues", "came back in process", |v| {
+        v["isolation"] == "none" && v["state"] == "running"
+    });
+    until_dead(pid);
+    assert_eq!(post(&s, "/queues/moved", "in process").0, 201);
+}
