@@ -61,12 +61,14 @@ impl Api {
     }
 
     /// Polls `name` until `cond` holds (a minute at most: no timing is
-    /// asserted, only that it happens).
+    /// asserted, only that it happens). A reload remakes a changed
+    /// instance, so it may be missing (404) for a moment.
     fn until(&self, name: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
         let end = Instant::now() + Duration::from_secs(60);
         loop {
-            let v = self.instance(name);
-            if cond(&v) {
+            let (status, v) = self.call("GET", &format!("/v1/instances/{name}"));
+            assert!(status == 200 || status == 404, "{status} {v}");
+            if status == 200 && cond(&v) {
                 return v;
             }
             assert!(Instant::now() < end, "{name} never {what}: {v}");
