@@ -108,6 +108,7 @@ impl Conn {
     /// Sends a call whose reply completes `done` (a receipt or a unit).
     fn send_async(&self, pending: Pending, kind: Kind, payload: impl FnOnce(&mut Enc<'_>)) {
         let id = self.id();
+        let alone;
         {
             let mut c = self.calls.lock();
             if let Some(why) = &c.dead {
@@ -119,10 +120,13 @@ impl Conn {
                 }
                 return;
             }
+            alone = c.pending.is_empty();
             c.pending.insert(id, pending);
         }
-        // A closed writer means the host is going: the reader fails the call.
-        self.writer.send(kind, id, payload);
+        // Alone in flight, it goes at once; behind others, it joins the
+        // writer thread's next batch. A closed writer means the host is
+        // going: the reader fails the call.
+        self.writer.send_with(alone, kind, id, payload);
     }
 
     /// A publish (refused with `Full` while too much waits to be written).

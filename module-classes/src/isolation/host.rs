@@ -13,7 +13,7 @@ use bindery::{Completion, Config, Failure, FailureKind, Kernel, ModuleList, Regi
 use super::frame::{self, Dec, Frame, Kind};
 use super::spawn::HOST_FD;
 use super::stream::Stream;
-use super::writer::Writer;
+use super::writer::{self, Writer};
 use crate::consumer::{Consumer, Delivery, Subscription};
 use crate::driver::{DriverHandle, SubscribeOptions};
 use crate::message::MessageId;
@@ -292,8 +292,11 @@ fn calls(
             }
         };
         if f.kind == Kind::Stop {
+            writer::more_coming(false);
             return Some(f.id);
         }
+        // Replies to a batch of requests go out together.
+        writer::more_coming(!r.buffer().is_empty());
         if let Err(e) = call(&f, w, served, subs) {
             failed(
                 w,

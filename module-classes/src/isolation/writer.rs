@@ -6,6 +6,7 @@
 //! thread wake-up per call when calls are few; what the socket does not
 //! take at once is left to the thread.
 
+use std::cell::Cell;
 use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
@@ -14,6 +15,17 @@ use parking_lot::{Condvar, Mutex};
 
 use super::frame::{self, Enc, Kind};
 use super::stream::Stream;
+
+thread_local! {
+    static MORE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether more frames will follow from this thread soon (a host reading a
+/// batch of requests): while true, [`Writer::send`] leaves frames to the
+/// writer thread, which sends them together.
+pub(crate) fn more_coming(more: bool) {
+    MORE.with(|m| m.set(more));
+}
 
 struct Buf {
     out: Vec<u8>,
@@ -86,15 +98,30 @@ impl Writer {
         Ok(Writer(shared))
     }
 
-    /// Queues one frame; `false` once the connection is closed.
+    /// Sends one frame, itself if it can (see the module docs) unless
+    /// this thread said [`more_coming`]; `false` once the connection is
+    /// closed.
     pub(crate) fn send(&self, kind: Kind, id: u64, payload: impl FnOnce(&mut Enc<'_>)) -> bool {
+        self.send_with(!MORE.with(Cell::get), kind, id, payload)
+    }
+
+    /// Sends one frame; `inline`: the caller may write it itself. A caller
+    /// that knows more frames follow passes `false`, so they are written
+    /// together by the thread.
+    pub(crate) fn send_with(
+        &self,
+        inline: bool,
+        kind: Kind,
+        id: u64,
+        payload: impl FnOnce(&mut Enc<'_>),
+    ) -> bool {
         let mut b = self.0.buf.lock();
         if b.closed {
             return false;
         }
         let was_empty = b.out.is_empty();
         frame::encode(&mut b.out, kind, id, payload);
-        if was_empty && !b.writing {
+        if inline && was_empty && !b.writing {
             // SAFETY: the fd is open while `closed` is false (checked
             // above, under the lock the thread takes to set it).
             let n = unsafe {
