@@ -161,6 +161,71 @@ struct RawInstance {
     config: Option<IgnoredAny>,
     #[serde(default = "yes")]
     enabled: bool,
+    #[serde(default)]
+    isolation: Isolation,
+    #[serde(default)]
+    restart: Option<Restart>,
+    #[serde(default)]
+    backoff_base_ms: Option<u64>,
+    #[serde(default)]
+    backoff_cap_ms: Option<u64>,
+    #[serde(default)]
+    crash_loop_limit: Option<u32>,
+    #[serde(default)]
+    host: Option<HostSection>,
+}
+
+impl RawInstance {
+    /// The isolation settings, or why they do not go together.
+    fn isolation(&self) -> Result<IsolationSpec, &'static str> {
+        let spec = IsolationSpec {
+            mode: self.isolation,
+            restart: self.restart,
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_cap_ms: self.backoff_cap_ms,
+            crash_loop_limit: self.crash_loop_limit,
+            host: self.host.clone().map(Box::new),
+        };
+        let supervised = spec.restart.is_some()
+            || spec.backoff_base_ms.is_some()
+            || spec.backoff_cap_ms.is_some()
+            || spec.crash_loop_limit.is_some()
+            || spec.host.is_some();
+        if spec.mode == Isolation::None && supervised {
+            return Err(
+                "`restart`, `backoff_base_ms`, `backoff_cap_ms`, `crash_loop_limit` \
+                 and `[host]` apply only with isolation = \"process\"",
+            );
+        }
+        if spec.backoff_base_ms == Some(0) {
+            return Err("`backoff_base_ms` must be at least 1");
+        }
+        if spec.backoff_cap() < spec.backoff_base() {
+            return Err("`backoff_cap_ms` must be at least `backoff_base_ms`");
+        }
+        let host = spec.host();
+        match host.activation.unwrap_or_default() {
+            Activation::Fork if host.connect.is_some() || host.secret_file.is_some() => {
+                return Err("[host] `connect` and `secret_file` need activation = \"none\"");
+            }
+            Activation::None if host.connect.is_none() || host.secret_file.is_none() => {
+                return Err("[host] activation = \"none\" needs `connect` (the host's \
+                     address) and `secret_file` (the shared secret)");
+            }
+            Activation::None
+                if host.program.is_some()
+                    || host.memory_bytes.is_some()
+                    || host.open_files.is_some() =>
+            {
+                return Err(
+                    "[host] `program`, `memory_bytes` and `open_files` apply only to \
+                     a host the server starts (activation = \"fork\")",
+                );
+            }
+            _ => {}
+        }
+        Ok(spec)
+    }
 }
 
 fn yes() -> bool {
@@ -178,6 +243,148 @@ pub struct InstanceSpec {
     pub bind: Vec<String>,
     /// Its configuration section, for the module to parse.
     pub section: Section,
+    /// Where it runs and how it is restarted when it fails.
+    pub isolation: IsolationSpec,
+}
+
+/// Where an instance runs: `isolation = "none"` (default) or `"process"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// In the server's process, as a plain object.
+    #[default]
+    None,
+    /// In a host process of its own, behind a proxy (see
+    /// `docs/isolation.md`). Only classes whose `register` helper has a
+    /// proxy accept it.
+    Process,
+}
+
+/// When a failed instance is started again: `restart = ...`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// Never: it stays `failed` until started by hand.
+    Never,
+    /// When it ended in failure (a host killed, aborted or exiting
+    /// non-zero), with backoff and a crash-loop limit.
+    #[default]
+    OnFailure,
+    /// Whenever it ended without being asked to (a clean exit too).
+    Always,
+}
+
+/// Backoff before the first automatic restart, by default.
+pub const DEFAULT_BACKOFF_BASE_MS: u64 = 100;
+/// The longest backoff between automatic restarts, by default.
+pub const DEFAULT_BACKOFF_CAP_MS: u64 = 30_000;
+/// Crashes in a row after which an instance is left failed, by default.
+pub const DEFAULT_CRASH_LOOP_LIMIT: u32 = 5;
+
+/// An instance's isolation and restart settings, as written (absent
+/// fields are `None` and take the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IsolationSpec {
+    /// `isolation`.
+    #[serde(rename = "isolation")]
+    pub mode: Isolation,
+    /// `restart` (default `on-failure`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Restart>,
+    /// `backoff_base_ms`: the wait before the first restart after a
+    /// crash; it doubles with each crash in a row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_base_ms: Option<u64>,
+    /// `backoff_cap_ms`: the longest wait. A run that lasted longer than
+    /// this before it crashed ends the crash loop (the count starts over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_cap_ms: Option<u64>,
+    /// `crash_loop_limit`: automatic restarts in a row after which the
+    /// instance stays `failed` (its `last_error` says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_loop_limit: Option<u32>,
+    /// `[instances.NAME.host]`: how the host process is run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<Box<HostSection>>,
+}
+
+impl IsolationSpec {
+    /// The restart policy in effect.
+    pub fn restart(&self) -> Restart {
+        self.restart.unwrap_or_default()
+    }
+
+    /// The first backoff.
+    pub fn backoff_base(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.backoff_base_ms.unwrap_or(DEFAULT_BACKOFF_BASE_MS))
+    }
+
+    /// The longest backoff.
+    pub fn backoff_cap(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.backoff_cap_ms.unwrap_or(DEFAULT_BACKOFF_CAP_MS))
+    }
+
+    /// The crash-loop limit in effect.
+    pub fn crash_loop_limit(&self) -> u32 {
+        self.crash_loop_limit.unwrap_or(DEFAULT_CRASH_LOOP_LIMIT)
+    }
+
+    /// The backoff before the restart that follows crash number `crashes`
+    /// in a row (1 for the first): base, doubled each time, capped.
+    pub fn backoff(&self, crashes: u32) -> std::time::Duration {
+        let doubled = self
+            .backoff_base()
+            .saturating_mul(1u32 << crashes.saturating_sub(1).min(20));
+        doubled.min(self.backoff_cap())
+    }
+
+    /// The host settings in effect.
+    pub fn host(&self) -> HostSection {
+        self.host.as_deref().cloned().unwrap_or_default()
+    }
+}
+
+/// How an isolated instance's host comes to be: `[host] activation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// The server starts the host (its own binary) and waits for its hello.
+    #[default]
+    Fork,
+    /// The host was started by something else (`bindery host --listen`,
+    /// maybe on another machine); the server connects to it over TCP and
+    /// proves the shared secret before anything is served.
+    None,
+}
+
+/// `[instances.NAME.host]`: how an isolated instance's host runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// `fork` (default) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
+    /// With activation `none`: the host's TCP address (`10.0.0.7:7400`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// With activation `none`: a file holding the shared secret (relative
+    /// to the data directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// The executable to run as the host (default: this server's own
+    /// binary, which links the same modules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<PathBuf>,
+    /// How long the server waits for the host's hello and the instance
+    /// to be made (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout_ms: Option<u64>,
+    /// Address-space limit of the host in bytes (`RLIMIT_AS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Open-file limit of the host (`RLIMIT_NOFILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
 }
 
 /// A parsed configuration.
@@ -198,11 +405,15 @@ impl Config {
             text: text.to_owned(),
         });
         let raw: RawConfig = toml::from_str(text).map_err(|e| source.error(None, e))?;
-        let instances = raw
-            .instances
-            .into_iter()
-            .filter(|(_, r)| r.enabled)
-            .map(|(name, r)| InstanceSpec {
+        let mut instances = Vec::new();
+        for (name, r) in raw.instances.into_iter().filter(|(_, r)| r.enabled) {
+            let isolation = r.isolation().map_err(|why| ConfigError {
+                file: source.name.clone(),
+                position: source.instance_position(&name),
+                instance: Some(name.clone()),
+                message: why.to_owned(),
+            })?;
+            instances.push(InstanceSpec {
                 section: Section {
                     source: source.clone(),
                     instance: name.clone(),
@@ -210,8 +421,9 @@ impl Config {
                 name,
                 module: r.module,
                 bind: r.bind,
-            })
-            .collect();
+                isolation,
+            });
+        }
         Ok(Config {
             source,
             server: raw.server,

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,7 +14,7 @@ use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
 use crate::bindings::{Handle, KeyKind, Table};
-use crate::config::{Config, InstanceSpec, Section};
+use crate::config::{Config, InstanceSpec, Isolation, IsolationSpec, Restart, Section};
 use crate::error::{BoxError, Error};
 use crate::reactor::{Reactor, ReactorHandle};
 use crate::registry::{ModuleDescriptor, ModuleList, Registry};
@@ -36,9 +36,24 @@ pub struct InstanceContext {
     span: tracing::Span,
     on_start: RefCell<Vec<StartHook>>,
     on_stop: RefCell<Vec<StopHook>>,
+    isolation: IsolationSpec,
+    monitor: Monitor,
 }
 
 impl InstanceContext {
+    /// Where the instance runs and how it is restarted (`isolation`,
+    /// `restart`, ... in its configuration). A class's `register` helper
+    /// that supports isolation reads this and makes a proxy.
+    pub fn isolation(&self) -> &IsolationSpec {
+        &self.isolation
+    }
+
+    /// How this incarnation tells the runtime that it failed on its own
+    /// (its host died), or what process serves it.
+    pub fn monitor(&self) -> Monitor {
+        self.monitor.clone()
+    }
+
     /// The instance's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -105,6 +120,35 @@ impl InstanceContext {
     }
 }
 
+/// What an incarnation tells the runtime about itself: the process that
+/// serves it, and that it failed without being asked to stop. Reports from
+/// an incarnation that is no longer current are ignored.
+#[derive(Clone, Debug)]
+pub struct Monitor {
+    runtime: std::sync::Weak<Runtime>,
+    name: String,
+    incarnation: u64,
+    /// This incarnation's process id; 0 for none.
+    pid: Arc<AtomicU32>,
+}
+
+impl Monitor {
+    /// The process serving the instance (its host), or `None`.
+    pub fn set_pid(&self, pid: Option<u32>) {
+        self.pid.store(pid.unwrap_or(0), Ordering::Release);
+    }
+
+    /// The incarnation ended without being asked to: `reason` says how;
+    /// `clean` when it ended by its own choice rather than a crash (a
+    /// host that exited 0). The instance becomes `failed`, its stop hooks
+    /// run, and it is started again as its `restart` policy says.
+    pub fn failed(&self, reason: String, clean: bool) {
+        if let Some(rt) = self.runtime.upgrade() {
+            rt.incarnation_failed(&self.name, self.incarnation, reason, clean);
+        }
+    }
+}
+
 /// A module as introspection shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ModuleInfo {
@@ -161,8 +205,18 @@ pub struct InstanceInfo {
     pub restarts: u32,
     /// When it last started, in seconds since the Unix epoch.
     pub started_at: Option<u64>,
-    /// Why it last failed (a factory, a start hook).
+    /// Why it last failed (a factory, a start hook, its host), and, when
+    /// it is not restarted automatically any more, why not.
     pub last_error: Option<String>,
+    /// Where it runs (`none`: in the server's process).
+    pub isolation: Isolation,
+    /// The process of its host, while one serves it.
+    pub pid: Option<u32>,
+    /// Crashes in a row (an isolated instance); the crash-loop limit
+    /// applies to this count.
+    pub crashes: u32,
+    /// When an automatic restart is due, in seconds since the Unix epoch.
+    pub restart_at: Option<u64>,
 }
 
 /// What a [`Runtime::reload`] did, by instance name.
@@ -192,6 +246,24 @@ struct Instance {
     started_once: bool,
     started_at: Option<SystemTime>,
     last_error: Option<String>,
+    /// The current incarnation's number (unique in the runtime).
+    incarnation: u64,
+    /// The current incarnation's process (0: none), set through its monitor.
+    pid: Arc<AtomicU32>,
+    crashes: u32,
+    restart_at: Option<SystemTime>,
+}
+
+/// Whether `i`'s current run lasted longer than `long` by `now`.
+fn incarnation_ran(i: &Instance, now: SystemTime, long: Duration) -> bool {
+    i.started_at
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|ran| ran > long)
+}
+
+fn epoch_secs(t: Option<SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
 }
 
 impl Instance {
@@ -202,17 +274,23 @@ impl Instance {
             bind: self.keys.clone(),
             state: self.state,
             restarts: self.restarts,
-            started_at: self
-                .started_at
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs()),
+            started_at: epoch_secs(self.started_at),
             last_error: self.last_error.clone(),
+            isolation: self.spec.isolation.mode,
+            pid: match self.pid.load(Ordering::Acquire) {
+                0 => None,
+                pid => Some(pid),
+            },
+            crashes: self.crashes,
+            restart_at: epoch_secs(self.restart_at),
         }
     }
 }
 
 /// A new incarnation of an instance: its handle and hooks.
 struct Made {
+    incarnation: u64,
+    pid: Arc<AtomicU32>,
     class: &'static str,
     keys: Vec<String>,
     handle: Handle,
@@ -274,6 +352,7 @@ pub struct Runtime {
     data_dir: PathBuf,
     /// State the modules of this server share, one value per type.
     shared: Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
+    incarnations: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -395,6 +474,23 @@ impl Runtime {
             return Err(self.not_linked(spec));
         };
         let descriptor = registered.descriptor;
+        if spec.isolation.mode == Isolation::Process && !registered.factory.isolatable {
+            return Err(Error::Instance {
+                instance: spec.name.clone(),
+                module: spec.module.clone(),
+                cause: Arc::new(
+                    format!(
+                        "isolation = \"process\" is not supported by modules of class {:?}: \
+                         only classes with a proxy (driver, parser) run in a host; \
+                         see docs/isolation.md",
+                        descriptor.class
+                    )
+                    .into(),
+                ),
+            });
+        }
+        let incarnation = self.incarnations.fetch_add(1, Ordering::Relaxed) + 1;
+        let pid = Arc::new(AtomicU32::new(0));
         let keys: Vec<String> = if spec.bind.is_empty() {
             registered
                 .factory
@@ -416,6 +512,13 @@ impl Runtime {
             span: span.clone(),
             on_start: RefCell::new(Vec::new()),
             on_stop: RefCell::new(Vec::new()),
+            isolation: spec.isolation.clone(),
+            monitor: Monitor {
+                runtime: Arc::downgrade(self),
+                name: spec.name.clone(),
+                incarnation,
+                pid: pid.clone(),
+            },
         };
         let handle = span
             .in_scope(|| (registered.factory.build)(&cx))
@@ -425,6 +528,8 @@ impl Runtime {
                 cause: Arc::new(cause),
             })?;
         Ok(Made {
+            incarnation,
+            pid,
             class: descriptor.class,
             keys,
             handle,
@@ -536,6 +641,10 @@ impl Runtime {
             started_once: false,
             started_at: None,
             last_error: None,
+            incarnation: made.incarnation,
+            pid: made.pid,
+            crashes: 0,
+            restart_at: None,
         });
         tracing::debug!(instance = %name, "instance made");
         if self.started.load(Ordering::Acquire) {
@@ -561,6 +670,13 @@ impl Runtime {
             );
             if let Some(c) = i.spec.section.value() {
                 t.insert("config".into(), c);
+            }
+            if let Ok(toml::Value::Table(iso)) = toml::Value::try_from(&i.spec.isolation) {
+                for (k, v) in iso {
+                    if k != "isolation" || i.spec.isolation.mode != Isolation::None {
+                        t.insert(k, v);
+                    }
+                }
             }
             instances.insert(i.spec.name.clone(), toml::Value::Table(t));
         }
@@ -673,6 +789,7 @@ impl Runtime {
             new.module == old.module
                 && self.keys_of(new).map(|(_, k)| k).as_ref() == Some(keys)
                 && new.section.value() == old.section.value()
+                && new.isolation == old.isolation
         };
         let mut report = Reload::default();
         let mut removed = Vec::new();
@@ -799,6 +916,12 @@ impl Runtime {
                 i.state = State::Stopping;
                 Some(std::mem::take(&mut i.stop))
             }
+            // Stopping a failed instance cancels its automatic restart.
+            State::Failed if i.restart_at.is_some() => {
+                i.state = State::Stopped;
+                i.restart_at = None;
+                None
+            }
             _ => None,
         })?;
         let Some(hooks) = hooks else { return Ok(()) };
@@ -811,6 +934,7 @@ impl Runtime {
         self.with(name, |i| {
             i.state = State::Stopped;
             i.start.clear();
+            i.pid.store(0, Ordering::Release);
         })?;
         tracing::info!(instance = name, "stopped");
         Ok(())
@@ -823,6 +947,7 @@ impl Runtime {
     pub fn start(self: &Arc<Self>, name: &str) -> Result<InstanceInfo, Error> {
         let _op = self.ops.lock();
         self.not_stopping()?;
+        self.with(name, |i| i.crashes = 0)?;
         self.start_now(name)?;
         self.instance(name).ok_or_else(|| Self::no_instance(name))
     }
@@ -867,6 +992,9 @@ impl Runtime {
             i.stop = made.stop;
             i.state = State::Created;
             i.last_error = None;
+            i.incarnation = made.incarnation;
+            i.pid = made.pid;
+            i.restart_at = None;
         })?;
         self.run_start(name)
     }
@@ -922,6 +1050,111 @@ impl Runtime {
         let stored = self.with(name, |i| i.keys.remove(at))?;
         table.unbind(&stored);
         self.instance(name).ok_or_else(|| Self::no_instance(name))
+    }
+
+    /// Incarnation `incarnation` of `name` ended on its own (see
+    /// [`Monitor::failed`]): it is `failed`, its stop hooks run, and a
+    /// restart is scheduled as its policy says. Never takes the operation
+    /// lock (a stop in progress may be waiting on the caller).
+    fn incarnation_failed(
+        self: &Arc<Self>,
+        name: &str,
+        incarnation: u64,
+        why: String,
+        clean: bool,
+    ) {
+        self.failed_now(name, Some(incarnation), why, clean)
+    }
+
+    /// [`Runtime::incarnation_failed`]; with no incarnation, an automatic
+    /// restart that failed to start (one more crash, never a healthy run).
+    fn failed_now(
+        self: &Arc<Self>,
+        name: &str,
+        incarnation: Option<u64>,
+        why: String,
+        clean: bool,
+    ) {
+        let now = SystemTime::now();
+        let decided = self.with(name, |i| {
+            let current = match incarnation {
+                Some(n) => i.incarnation == n && matches!(i.state, State::Running | State::Created),
+                None => i.state == State::Failed,
+            };
+            if !current {
+                return None;
+            }
+            let incarnation = i.incarnation;
+            let policy = &i.spec.isolation;
+            // A run that outlasted the longest backoff ends the crash loop.
+            let healthy = incarnation_ran(i, now, policy.backoff_cap());
+            i.crashes = if healthy { 1 } else { i.crashes + 1 };
+            i.state = State::Failed;
+            i.pid.store(0, Ordering::Release);
+            let restart = match policy.restart() {
+                Restart::Never => Err("restart = \"never\"".to_owned()),
+                Restart::OnFailure if clean => {
+                    Err("it exited cleanly and restart = \"on-failure\"".to_owned())
+                }
+                _ if i.crashes > policy.crash_loop_limit() => Err(format!(
+                    "crash loop: {} crashes in a row, each within {} ms of its start \
+                     (crash_loop_limit = {}); start it by hand",
+                    i.crashes,
+                    policy.backoff_cap().as_millis(),
+                    policy.crash_loop_limit()
+                )),
+                _ => Ok(policy.backoff(i.crashes)),
+            };
+            i.last_error = Some(match &restart {
+                Ok(after) => format!("{why}; restarting in {} ms", after.as_millis()),
+                Err(not) => format!("{why}; not restarting: {not}"),
+            });
+            i.restart_at = restart.as_ref().ok().map(|after| now + *after);
+            Some((std::mem::take(&mut i.stop), restart.ok(), incarnation))
+        });
+        let Ok(Some((hooks, restart, incarnation))) = decided else {
+            return;
+        };
+        tracing::error!(instance = name, "failed: {why}");
+        let rt = self.clone();
+        let name = name.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name(format!("bindery-restart-{name}"))
+            .spawn(move || {
+                run_stop(hooks, Instant::now() + DEFAULT_GRACE);
+                let Some(after) = restart else { return };
+                {
+                    let mut stopping = rt.stop.0.lock();
+                    if !*stopping {
+                        rt.stop.1.wait_for(&mut stopping, after);
+                    }
+                    if *stopping {
+                        return;
+                    }
+                }
+                let _op = rt.ops.lock();
+                let due = rt.with(&name, |i| {
+                    i.state == State::Failed
+                        && i.incarnation == incarnation
+                        && i.restart_at.is_some()
+                });
+                if matches!(due, Ok(true)) && !rt.is_stopping() {
+                    let _ = rt.with(&name, |i| i.restart_at = None);
+                    match rt.start_now(&name) {
+                        Ok(()) => tracing::info!(instance = %name, "restarted after a failure"),
+                        Err(e) => {
+                            // Failing to start again is one more crash.
+                            tracing::warn!(instance = %name, "restart failed: {e}");
+                            drop(_op);
+                            let _ = rt.with(&name, |i| i.started_at = None);
+                            rt.failed_now(&name, None, e.to_string(), false);
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot spawn a restart thread: {e}");
+        }
     }
 
     /// Asks the kernel to stop; [`Kernel::wait`] returns.
@@ -1034,6 +1267,7 @@ impl Kernel {
             started: AtomicBool::new(false),
             data_dir: config.data_dir().to_owned(),
             shared: Mutex::new(HashMap::new()),
+            incarnations: std::sync::atomic::AtomicU64::new(0),
         });
         let kernel = Kernel {
             runtime,

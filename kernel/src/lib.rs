@@ -76,11 +76,14 @@ mod suggest;
 
 pub use bindings::{KeyKind, Table};
 pub use completion::{Completion, Failure, FailureKind, Note};
-pub use config::{Config, ConfigError, InstanceSpec, Section};
+pub use config::{
+    Activation, Config, ConfigError, HostSection, InstanceSpec, Isolation, IsolationSpec, Restart,
+    Section,
+};
 pub use error::{BoxError, Error, report};
 pub use kernel::{
     BindingInfo, DEFAULT_GRACE, InstanceContext, InstanceInfo, Introspection, Kernel, ModuleInfo,
-    Reload, Runtime, State, linked_modules,
+    Monitor, Reload, Runtime, State, linked_modules,
 };
 pub use reactor::{Address, Cx, Handler, ReactorHandle};
 pub use registry::{

@@ -177,6 +177,7 @@ pub(crate) struct Factory {
     pub(crate) handle_type_name: &'static str,
     pub(crate) build: Box<BuildFn>,
     pub(crate) default_keys: &'static [&'static str],
+    pub(crate) isolatable: bool,
 }
 
 /// A module class: its name, the kind of key its instances bind to, and
@@ -312,6 +313,7 @@ impl<'a> Registrar<'a, Untyped> {
             handle_type_name: std::any::type_name::<H>(),
             build: Box::new(move |cx| build(cx).map(|h| Arc::new(h) as Handle)),
             default_keys: &[],
+            isolatable: false,
         });
     }
 }
@@ -320,6 +322,16 @@ impl<C> Registrar<'_, C> {
     /// The descriptor of the module being registered.
     pub fn module(&self) -> &'static ModuleDescriptor {
         self.module
+    }
+
+    /// The factory honours `isolation = "process"` (it reads
+    /// [`InstanceContext::isolation`] and makes a proxy to a host); without
+    /// this, the kernel refuses such an instance, naming its class. Call
+    /// after [`Registrar::factory`].
+    pub fn isolatable(&mut self) {
+        if let Some(f) = self.factory.as_mut() {
+            f.isolatable = true;
+        }
     }
 
     /// The keys an instance is bound to when its configuration names none

@@ -65,7 +65,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bindery::{BoxError, Completion, Failure, FailureKind, InstanceContext, Registrar, Runtime};
+use bindery::{
+    BoxError, Completion, Failure, FailureKind, InstanceContext, Isolation, Registrar, Runtime,
+};
 use serde::Serialize;
 
 use crate::consumer::{Consumer, Subscription};
@@ -232,18 +234,27 @@ where
     F: Fn(&InstanceContext) -> Result<D, BoxError> + Send + Sync + 'static,
 {
     reg.register(move |cx| {
-        let driver = Arc::new(Lifecycle {
-            inner: make(cx)?,
-            stopped: AtomicBool::new(false),
-            instance: cx.name().into(),
-        });
-        let stopping = driver.clone();
-        cx.on_stop(move |_deadline| {
-            stopping.stopped.store(true, Ordering::Release);
-            stopping.inner.stop();
-        });
-        Ok(driver as DriverHandle)
+        if cx.isolation().mode == Isolation::Process {
+            return Ok(wrap(cx, crate::isolation::DriverProxy::start(cx)?));
+        }
+        Ok(wrap(cx, make(cx)?))
     });
+    reg.isolatable();
+}
+
+/// `inner` with its lifecycle duties wired.
+fn wrap<D: Driver>(cx: &InstanceContext, inner: D) -> DriverHandle {
+    let driver = Arc::new(Lifecycle {
+        inner,
+        stopped: AtomicBool::new(false),
+        instance: cx.name().into(),
+    });
+    let stopping = driver.clone();
+    cx.on_stop(move |_deadline| {
+        stopping.stopped.store(true, Ordering::Release);
+        stopping.inner.stop();
+    });
+    driver as DriverHandle
 }
 
 /// A driver instance and whether it is stopped.

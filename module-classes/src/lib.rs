@@ -23,6 +23,7 @@ pub mod dispatcher;
 pub mod driver;
 pub mod fanout;
 pub mod http;
+pub mod isolation;
 pub mod listener;
 pub mod message;
 pub mod metrics;

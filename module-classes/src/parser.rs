@@ -98,8 +98,14 @@ pub fn register<P, F>(
     P: Parser,
     F: Fn(&InstanceContext) -> Result<P, BoxError> + Send + Sync + 'static,
 {
-    reg.register(move |cx| make(cx).map(|p| Arc::new(p) as ParserHandle));
+    reg.register(move |cx| {
+        if cx.isolation().mode == bindery::Isolation::Process {
+            return Ok(Arc::new(crate::isolation::ParserProxy::start(cx)?) as ParserHandle);
+        }
+        make(cx).map(|p| Arc::new(p) as ParserHandle)
+    });
     reg.default_keys(default_types);
+    reg.isolatable();
 }
 
 /// The parser for `content_type`, with wildcard fallback.

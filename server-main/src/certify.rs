@@ -10,6 +10,16 @@ use bindery_classes::parser::ParserHandle;
 use bindery_conformance::{Verdict, dispatcher, driver, parser, run_all, terminal};
 use serde::Serialize;
 
+/// Where certified driver and parser instances run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationArg {
+    /// In this process.
+    #[default]
+    None,
+    /// Each in a host process, through the proxy.
+    Process,
+}
+
 /// One module's results.
 #[derive(Serialize)]
 pub struct Report {
@@ -62,22 +72,31 @@ fn instance(
     module: &'static ModuleDescriptor,
     key: Option<&str>,
     scratch: &Path,
+    isolation: IsolationArg,
 ) -> Result<Kernel, String> {
     let registry = Registry::of(&[module]).map_err(|e| e.to_string())?;
     let bind = key.map_or(String::new(), |k| format!("bind = [\"{k}\"]\n"));
     let section = module
         .certify_config
         .replace("{scratch}", &scratch.display().to_string());
+    let isolated = match isolation {
+        IsolationArg::Process => "isolation = \"process\"\nrestart = \"never\"\n",
+        IsolationArg::None => "",
+    };
     let text = format!(
-        "[instances.under-test]\nmodule = \"{}\"\n{bind}[instances.under-test.config]\n{section}\n",
+        "[instances.under-test]\nmodule = \"{}\"\n{bind}{isolated}[instances.under-test.config]\n{section}\n",
         module.id()
     );
     let config = Config::parse("certify", &text).map_err(|e| e.to_string())?;
     Kernel::build_with(registry, &config, Some(1)).map_err(|e| e.to_string())
 }
 
-fn make_driver(module: &'static ModuleDescriptor, scratch: &Path) -> DriverHandle {
-    let kernel = instance(module, Some("/conformance/"), scratch)
+fn make_driver(
+    module: &'static ModuleDescriptor,
+    scratch: &Path,
+    isolation: IsolationArg,
+) -> DriverHandle {
+    let kernel = instance(module, Some("/conformance/"), scratch, isolation)
         .unwrap_or_else(|e| panic!("cannot make an instance of {}: {e}", module.id()));
     bindery_classes::driver::lookup(kernel.runtime(), "/conformance/x")
         .unwrap_or_else(|| panic!("{} made no driver", module.id()))
@@ -90,20 +109,21 @@ fn make_driver(module: &'static ModuleDescriptor, scratch: &Path) -> DriverHandl
 fn run_fresh(
     module: &'static ModuleDescriptor,
     cases: &'static [bindery_conformance::Case<driver::Harness>],
+    isolation: IsolationArg,
 ) -> Vec<Verdict> {
     cases
         .iter()
         .flat_map(|case| {
             let scratch = Scratch::for_case(module, case.name);
             let dir = scratch.0.clone();
-            let make = move || make_driver(module, &dir);
+            let make = move || make_driver(module, &dir, isolation);
             let h: &driver::Harness = &make;
             run_all(std::slice::from_ref(case), h)
         })
         .collect()
 }
 
-fn certify_one(module: &'static ModuleDescriptor) -> Report {
+fn certify_one(module: &'static ModuleDescriptor, isolation: IsolationArg) -> Report {
     let mut report = Report {
         module: module.id(),
         krate: module.krate,
@@ -120,7 +140,7 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
         class::DRIVER => {
             let scratch = Scratch::new(module);
             let dir = scratch.0.clone();
-            let probe = std::panic::catch_unwind(|| make_driver(module, &dir).info());
+            let probe = std::panic::catch_unwind(|| make_driver(module, &dir, isolation).info());
             let info = match probe {
                 Ok(info) => info,
                 Err(p) => {
@@ -131,20 +151,22 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
             drop(scratch);
             if info.queue {
                 report.suite = "driver/queue".into();
-                report.cases = run_fresh(module, driver::QUEUE);
+                report.cases = run_fresh(module, driver::QUEUE, isolation);
                 if info.durable {
                     report.suite = "driver/queue+durable".into();
-                    report.cases.extend(run_fresh(module, driver::DURABLE));
+                    report
+                        .cases
+                        .extend(run_fresh(module, driver::DURABLE, isolation));
                 }
             } else {
                 report.suite = "driver/topic".into();
-                report.cases = run_fresh(module, driver::TOPIC);
+                report.cases = run_fresh(module, driver::TOPIC, isolation);
             }
         }
         class::PARSER => {
             report.suite = class::PARSER.into();
             let scratch = Scratch::new(module);
-            let kernel = match instance(module, None, &scratch.0) {
+            let kernel = match instance(module, None, &scratch.0, isolation) {
                 Ok(k) => k,
                 Err(e) => {
                     setup_failure(&mut report, e);
@@ -172,6 +194,9 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
         }
         other => report.suite = format!("none: no suite for class {other:?}"),
     }
+    if isolation == IsolationArg::Process && matches!(module.class, "driver" | "parser") {
+        report.suite += " (isolated: through the proxy)";
+    }
     report
 }
 
@@ -179,8 +204,22 @@ fn certify_one(module: &'static ModuleDescriptor) -> Report {
 /// one-line summary after an empty line (or JSON), and returns whether
 /// every case passed.
 pub fn certify(linked: ModuleList, json: bool) -> anyhow::Result<bool> {
+    certify_with(linked, json, IsolationArg::None)
+}
+
+/// [`certify`], with driver and parser instances run as `isolation` says
+/// (terminals and dispatchers always run in process: they cannot be
+/// isolated).
+pub fn certify_with(
+    linked: ModuleList,
+    json: bool,
+    isolation: IsolationArg,
+) -> anyhow::Result<bool> {
     let modules = bindery::linked_modules(linked)?;
-    let reports: Vec<Report> = modules.into_iter().map(certify_one).collect();
+    let reports: Vec<Report> = modules
+        .into_iter()
+        .map(|m| certify_one(m, isolation))
+        .collect();
     let failed: usize = reports.iter().map(Report::failed).sum();
     let mut out = std::io::stdout().lock();
     if json {

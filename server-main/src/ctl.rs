@@ -495,14 +495,29 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 
 fn instance_rows(list: &[Value]) -> String {
     table(
-        &["NAME", "MODULE", "STATE", "RESTARTS", "BIND", "LAST ERROR"],
+        &[
+            "NAME",
+            "MODULE",
+            "STATE",
+            "RESTARTS",
+            "HOST",
+            "BIND",
+            "LAST ERROR",
+        ],
         list.iter()
             .map(|i| {
+                // Where it runs: `-` in the server, `pid N` in a host.
+                let host = match (i["isolation"].as_str(), i["pid"].as_u64()) {
+                    (Some("process"), Some(pid)) => format!("pid {pid}"),
+                    (Some("process"), None) => "none".into(),
+                    _ => "-".into(),
+                };
                 vec![
                     s(&i["name"]),
                     s(&i["module"]),
                     s(&i["state"]),
                     s(&i["restarts"]),
+                    host,
                     s(&i["bind"]),
                     s(&i["last_error"]),
                 ]

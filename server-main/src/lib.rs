@@ -76,6 +76,28 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Run each driver and parser instance under test in a host process
+        /// (`process`), through the proxy, or in this process (`none`).
+        #[arg(long, value_name = "MODE", default_value = "none")]
+        isolation: certify::IsolationArg,
+    },
+    /// Serve an isolated instance for a server: started by the server
+    /// itself, or, with --listen, by you for servers that connect with
+    /// activation "none" (see docs/isolation.md).
+    Host {
+        /// Listen on this TCP address for servers (activation "none"); the
+        /// data directory is this machine's (--data-dir).
+        #[arg(long, value_name = "ADDR", requires = "secret_file")]
+        listen: Option<String>,
+        /// The shared secret a server must send before anything is served.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
+        /// The server's pid: a host whose parent is another exits at once.
+        #[arg(long)]
+        parent_pid: Option<u32>,
+        /// The instance's name (for `ps` and log lines).
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// Talk to a running server's management API (see `bindery ctl --help`).
     Ctl(ctl::Ctl),
@@ -86,7 +108,12 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
     let cli = Cli::parse();
     // Certification starts and stops dozens of kernels: their start-up
     // lines would bury the table, so it logs only warnings unless asked.
-    let quiet = matches!(cli.command, Some(Command::Certify { .. }));
+    // A host's own start and stop lines repeat the server's: it says only
+    // warnings unless RUST_LOG asks.
+    let quiet = matches!(
+        cli.command,
+        Some(Command::Certify { .. } | Command::Host { .. })
+    );
     init_logging(if quiet { "warn" } else { "info" });
     if let Some(Command::Ctl(c)) = &cli.command {
         return match ctl::run(c) {
@@ -104,8 +131,39 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
             }
         };
     }
-    if let Some(Command::Certify { json }) = cli.command {
-        return match certify::certify(linked, json) {
+    if let Some(Command::Host {
+        listen,
+        secret_file,
+        parent_pid,
+        instance,
+    }) = &cli.command
+    {
+        let span = tracing::info_span!("host", instance = instance.as_deref().unwrap_or("?"));
+        let _in = span.enter();
+        let served = match (listen, secret_file) {
+            (Some(addr), Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| format!("--secret-file {}: {e}", file.display()))
+                .and_then(|secret| {
+                    let data = cli.data_dir.as_deref().unwrap_or("bindery-data".as_ref());
+                    bindery_classes::isolation::host::listen(
+                        linked,
+                        addr,
+                        secret.trim(),
+                        &data.display().to_string(),
+                    )
+                }),
+            _ => bindery_classes::isolation::host::serve(linked, *parent_pid),
+        };
+        return match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bindery host: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Some(Command::Certify { json, isolation }) = cli.command {
+        return match certify::certify_with(linked, json, isolation) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(e) => {

@@ -7,7 +7,12 @@
 //! - `stalled`: one publisher, N subscribers that read, and one more that
 //!   subscribes and then never reads (a small receive buffer): the rate is
 //!   what the N healthy ones get, to set beside `fanout`;
-//! - `latency`: ping-pong round trips, with percentiles (hdrhistogram).
+//! - `latency`: ping-pong round trips, with percentiles (hdrhistogram);
+//! - `confirm`: publish and confirm (QoS 1 PUBACK), no subscriber: the
+//!   rate with up to `--window` in flight, then the PUBACK latency of one
+//!   publish at a time (`--rounds`), with percentiles. Against a topic root
+//!   mapped to a queue, this is a driver's publish+confirm path (see
+//!   `scripts/bench-isolation`). Not part of `all`.
 //!
 //! ```sh
 //! bindery-bench --broker 127.0.0.1:1883 all --json out.json --svg out.svg
@@ -62,6 +67,9 @@ struct Cli {
     /// Subscribers (fan-out) or publishers (fan-in).
     #[arg(long, global = true, default_value_t = 8)]
     clients: usize,
+    /// Publishes in flight at once (confirm).
+    #[arg(long, global = true, default_value_t = 1000)]
+    window: u64,
     /// Seconds a run may take at most.
     #[arg(long, global = true, default_value_t = 60)]
     timeout: u64,
@@ -87,6 +95,8 @@ enum Scenario {
     Stalled,
     /// Ping-pong latency.
     Latency,
+    /// Publish+confirm (QoS 1) rate and PUBACK latency, no subscriber.
+    Confirm,
     /// All five.
     All,
 }
@@ -390,6 +400,73 @@ fn latency(cli: &Cli) -> anyhow::Result<Outcome> {
     })
 }
 
+/// Publish+confirm: the PUBACK rate with `--window` in flight, then the
+/// latency of one publish at a time.
+fn confirm(cli: &Cli) -> anyhow::Result<Outcome> {
+    use std::io::Write;
+    let t = topic("confirm");
+    let mut c = Conn::open(cli.broker, &format!("bench-confirm-{}", std::process::id()))?;
+    let deadline = Instant::now() + Duration::from_secs(cli.timeout);
+    let payload = vec![b'c'; cli.size];
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let (mut sent, mut acked, mut inflight) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    while acked < cli.count && Instant::now() < deadline {
+        while sent < cli.count && inflight < cli.window.max(1) {
+            mqtt::publish(&mut buf, &t, &payload, 1, (sent % 65_535 + 1) as u16);
+            sent += 1;
+            inflight += 1;
+            if buf.len() >= 32 * 1024 {
+                c.writer.write_all(&buf)?;
+                buf.clear();
+            }
+        }
+        c.writer.write_all(&buf)?;
+        buf.clear();
+        c.writer.flush()?;
+        if let Incoming::PubAck = c.read().context("waiting for a PUBACK")? {
+            inflight -= 1;
+            acked += 1;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64().max(1e-9);
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for i in 0..cli.rounds + 100 {
+        if Instant::now() > deadline {
+            break;
+        }
+        buf.clear();
+        mqtt::publish(&mut buf, &t, &payload, 1, (i % 65_535 + 1) as u16);
+        let at = Instant::now();
+        c.writer.write_all(&buf)?;
+        c.writer.flush()?;
+        while !matches!(c.read().context("waiting for a PUBACK")?, Incoming::PubAck) {}
+        if i >= 100 {
+            hist.record(at.elapsed().as_micros().max(1) as u64)?;
+        }
+    }
+    Ok(Outcome {
+        broker: cli.name.clone(),
+        scenario: "confirm".into(),
+        qos: 1,
+        size: cli.size,
+        publishers: 1,
+        subscribers: 0,
+        stalled: 0,
+        published: sent,
+        expected: sent,
+        received: acked,
+        lost: sent.saturating_sub(acked),
+        seconds,
+        rate: acked as f64 / seconds,
+        p50_us: Some(hist.value_at_quantile(0.5)),
+        p90_us: Some(hist.value_at_quantile(0.9)),
+        p99_us: Some(hist.value_at_quantile(0.99)),
+        p999_us: Some(hist.value_at_quantile(0.999)),
+        max_us: Some(hist.max()),
+    })
+}
+
 fn chart(path: &PathBuf, results: &[Outcome]) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
@@ -451,9 +528,14 @@ fn main() -> anyhow::Result<()> {
             Scenario::Fanin => flow(&cli, "fanin", cli.clients, 1, 0)?,
             Scenario::Stalled => flow(&cli, "stalled", 1, cli.clients, 1)?,
             Scenario::Latency => latency(&cli)?,
+            Scenario::Confirm => confirm(&cli)?,
             Scenario::All => unreachable!("expanded above"),
         };
         match (r.p50_us, r.p99_us) {
+            (Some(p50), Some(p99)) if r.scenario == "confirm" => println!(
+                "{:<10} {:<10} qos 1 {:>6} B  {:>10.0} confirms/s  ({} of {} in {:.2} s)  one at a time: p50 {p50} us  p99 {p99} us",
+                r.broker, r.scenario, r.size, r.rate, r.received, r.published, r.seconds
+            ),
             (Some(p50), Some(p99)) => println!(
                 "{:<10} {:<10} qos {} {:>6} B  {:>10.0} round trips/s  p50 {p50} us  p99 {p99} us  max {} us  lost {}",
                 r.broker,

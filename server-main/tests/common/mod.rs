@@ -77,6 +77,16 @@ impl Server {
     /// Starts with `dir` holding the configuration and the data; the
     /// directory outlives the server (for restarts).
     pub fn start_at(dir: &std::path::Path, config_text: &str, args: &[&str]) -> Server {
+        Self::start_program(env!("CARGO_BIN_EXE_bindery"), dir, config_text, args)
+    }
+
+    /// [`Server::start_at`] with another server binary (an example's).
+    pub fn start_program(
+        program: impl AsRef<std::ffi::OsStr>,
+        dir: &std::path::Path,
+        config_text: &str,
+        args: &[&str],
+    ) -> Server {
         let path = dir.join("bindery.toml");
         // Durable drivers keep their data in this test's own directory.
         let data = dir.join("data");
@@ -85,7 +95,7 @@ impl Server {
             config_text.replace("bindery-data", &data.display().to_string()),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bindery"))
+        let mut child = Command::new(program)
             .arg("--config")
             .arg(&path)
             .args(args)
