@@ -7,7 +7,7 @@
 //! (`scripts/test` runs it first); without it [`RedisServer::start`] fails
 //! with a message that says so.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -142,7 +142,10 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = exited {
                 self.child = None;
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
@@ -158,7 +161,9 @@ impl RedisServer {
             }
             if Instant::now() > deadline {
                 self.kill();
-                return Err(format!("redis-server on port {port} did not answer within 10 s"));
+                return Err(format!(
+                    "redis-server on port {port} did not answer within 10 s"
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
