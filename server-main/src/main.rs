@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
         driver_memqueue,
         driver_filequeue,
         driver_topic,
+        driver_redisqueue,
         parser_json,
         parser_text,
         parser_octets,
