@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
         driver_filequeue,
         driver_topic,
         driver_redisqueue,
+        driver_redistopic,
         parser_json,
         parser_text,
         parser_octets,

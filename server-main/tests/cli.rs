@@ -111,7 +111,7 @@ fn log_lines_to_a_file_carry_no_colour_codes() {
 }
 
 const LINKED: &str = "dispatcher.fast, driver.filequeue, driver.memqueue, driver.redisqueue, \
-                      driver.topic, parser.json, parser.octets, parser.text, terminal.http, \
+                      driver.redistopic, driver.topic, parser.json, parser.octets, parser.text, terminal.http, \
                       terminal.manage, terminal.mqtt";
 
 #[test]
