@@ -142,6 +142,9 @@ impl Worker {
             let first = match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
+                    // Idle: a PING finds a Redis that went away before a
+                    // publish or an ack has to.
+                    self.ping();
                     self.ensure_connected();
                     continue;
                 }
@@ -156,6 +159,14 @@ impl Worker {
             }
             self.ensure_connected();
             self.send(batch);
+        }
+    }
+
+    fn ping(&mut self) {
+        if let Some((c, _)) = self.conn.as_mut() {
+            if let Err(e) = redis::cmd("PING").query::<Value>(c) {
+                self.down(&e.to_string());
+            }
         }
     }
 
