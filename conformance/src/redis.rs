@@ -20,12 +20,19 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port in a fresh temporary
     /// directory and waits until it answers `PING`.
     pub fn start() -> Result<RedisServer, String> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server as [`RedisServer::start`] does, with more
+    /// `redis-server` arguments (`["--replicaof", "127.0.0.1", "6380"]`).
+    pub fn start_with(extra: &[&str]) -> Result<RedisServer, String> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "bindery-redis-{}-{}",
@@ -42,6 +49,7 @@ impl RedisServer {
                 child: None,
                 port,
                 dir: dir.clone(),
+                extra: extra.iter().map(|a| a.to_string()).collect(),
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -129,6 +137,7 @@ impl RedisServer {
                 "--logfile",
             ])
             .arg(&log)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -7,7 +7,7 @@
 //! until the year 2527.)
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bindery_classes::{Message, MessageId};
 use bytes::Bytes;
@@ -105,14 +105,6 @@ pub(crate) fn message(
         timestamp: UNIX_EPOCH + Duration::from_millis(ms),
         delivery_count,
     })
-}
-
-/// Now in milliseconds since the epoch (for log lines).
-#[allow(dead_code)]
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use crate::scripts;
 /// The loaded scripts' SHA1s.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Scripts {
-    pub(crate) publish: String,
     pub(crate) ack: String,
     pub(crate) claim: String,
     pub(crate) renew: String,
@@ -38,7 +37,6 @@ pub(crate) fn connect(
         redis::cmd("SCRIPT").arg("LOAD").arg(text).query(&mut c)
     };
     let s = Scripts {
-        publish: load(scripts::PUBLISH)?,
         ack: load(scripts::ACK)?,
         claim: load(scripts::CLAIM)?,
         renew: load(scripts::RENEW)?,

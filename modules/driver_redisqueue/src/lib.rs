@@ -6,11 +6,14 @@
 //! several nodes behind a load balancer serve the same queues: a message
 //! published on one is consumed on any, once.
 //!
-//! - **publish**: one Lua script refuses when the queue holds `max_depth`
-//!   entries or `max_queue_bytes` of bodies (`Full`, HTTP 503), else XADDs.
+//! - **publish**: XADD (and INCRBY of the queue's byte count), pipelined.
 //!   The message is confirmed only from Redis's answer (and, with
 //!   `min_replicas = N`, once WAIT says N replicas have it). The message id
-//!   is made from the entry id, so every node knows it.
+//!   is made from the entry id, so every node knows it. A queue that holds
+//!   `max_depth` entries or `max_queue_bytes` of bodies refuses (`Full`,
+//!   HTTP 503 + Retry-After); the limits are checked against what Redis
+//!   said after the writer's last batch, so each node may pass them by at
+//!   most one batch (1,024 messages).
 //! - **consume**: XREADGROUP with the subscribers' credit; a delivery is
 //!   leased for the subscriber's lease, and the Delivery-Count is the one
 //!   Redis keeps (right across nodes).

@@ -78,6 +78,10 @@ pub(crate) struct Dest {
     pub(crate) grouped: bool,
     /// Where the next XAUTOCLAIM scan starts.
     pub(crate) cursor: String,
+    /// Entries in the stream when Redis last said (after a publish batch).
+    pub(crate) seen_depth: u64,
+    /// Body bytes in the stream when Redis last said.
+    pub(crate) seen_bytes: u64,
     pub(crate) stats: DestinationStats,
 }
 

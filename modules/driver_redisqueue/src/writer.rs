@@ -8,6 +8,7 @@
 //! a false confirm), and so does everything until a reconnection, tried
 //! with backoff.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Weak};
@@ -208,10 +209,26 @@ impl Worker {
             }
             return;
         };
+        // Admission: what Redis said of each queue after the last batch,
+        // plus what this batch adds.
+        let mut room: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
+        {
+            let dests = shared.dests.lock();
+            for op in &batch {
+                if let Op::Publish { dest, .. } = op {
+                    let seen = dests
+                        .get(dest)
+                        .map_or((0, 0), |d| (d.seen_depth, d.seen_bytes));
+                    room.entry(dest.clone()).or_insert(seen);
+                }
+            }
+        }
+        let mut refused: Vec<Option<Failure>> = Vec::with_capacity(batch.len());
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let mut publishes = 0;
         for op in &batch {
+            let mut verdict = None;
             match op {
                 Op::Publish {
                     dest,
@@ -220,17 +237,39 @@ impl Worker {
                     body,
                     ..
                 } => {
-                    publishes += 1;
-                    pipe.cmd("EVALSHA")
-                        .arg(&scripts.publish)
-                        .arg(2)
-                        .arg(s.stream(dest))
-                        .arg(s.bytes_key(dest))
-                        .arg(s.max_depth)
-                        .arg(s.max_queue_bytes)
-                        .arg(&**content_type)
-                        .arg(&headers[..])
-                        .arg(&body[..]);
+                    let (depth, bytes) = room.get_mut(dest).expect("every destination has room");
+                    let size = body.len() as u64;
+                    if *depth >= s.max_depth {
+                        verdict = Some(full(
+                            dest,
+                            format!(
+                                "the queue holds {depth} messages (max_depth = {})",
+                                s.max_depth
+                            ),
+                        ));
+                    } else if *depth > 0 && *bytes + size > s.max_queue_bytes {
+                        verdict = Some(full(
+                            dest,
+                            format!(
+                                "the queue holds {bytes} bytes of bodies (max_queue_bytes = {})",
+                                s.max_queue_bytes
+                            ),
+                        ));
+                    } else {
+                        *depth += 1;
+                        *bytes += size;
+                        publishes += 1;
+                        pipe.cmd("XADD")
+                            .arg(s.stream(dest))
+                            .arg("*")
+                            .arg("t")
+                            .arg(&**content_type)
+                            .arg("h")
+                            .arg(&headers[..])
+                            .arg("b")
+                            .arg(&body[..]);
+                        pipe.cmd("INCRBY").arg(s.bytes_key(dest)).arg(size);
+                    }
                 }
                 Op::Ack { dest, id, .. } => {
                     pipe.cmd("EVALSHA")
@@ -245,6 +284,15 @@ impl Worker {
                     pipe.cmd("CLIENT").arg("UNBLOCK").arg(*client);
                 }
             }
+            refused.push(verdict);
+        }
+        // What each queue holds after the batch, for the next admission
+        // (refusals ask too, so a queue drained elsewhere takes publishes
+        // again).
+        let refresh: Vec<Arc<str>> = room.into_keys().collect();
+        for d in &refresh {
+            pipe.cmd("XLEN").arg(s.stream(d));
+            pipe.cmd("GET").arg(s.bytes_key(d));
         }
         let wait = s.min_replicas > 0 && publishes > 0;
         if wait {
@@ -268,12 +316,20 @@ impl Worker {
         } else {
             i64::MAX
         };
+        let mut replies = replies.into_iter();
         let mut reload = false;
-        for (op, reply) in batch.into_iter().zip(replies) {
+        let mut done_ops = Vec::with_capacity(batch.len());
+        for (op, verdict) in batch.into_iter().zip(refused) {
             match op {
                 Op::Publish { dest, done, .. } => {
-                    let outcome = published(&shared, &dest, &reply, &mut reload);
-                    let outcome = match outcome {
+                    if let Some(f) = verdict {
+                        shared.with(&dest, |d| d.stats.refused += 1);
+                        done_ops.push(Done::Publish(done, Err(f)));
+                        continue;
+                    }
+                    let id = replies.next().unwrap_or_default();
+                    let _bytes = replies.next();
+                    let outcome = match published(&shared, &dest, &id, &mut reload) {
                         Ok(_) if replicas < i64::from(s.min_replicas) => Err(unavailable(
                             &dest,
                             &self.url,
@@ -285,12 +341,37 @@ impl Worker {
                         )),
                         o => o,
                     };
-                    done.complete(outcome);
+                    done_ops.push(Done::Publish(done, outcome));
                 }
                 Op::Ack { dest, id, done } => {
-                    done.complete(acked(&shared, &dest, id, &reply, &mut reload));
+                    let reply = replies.next().unwrap_or_default();
+                    done_ops.push(Done::Ack(
+                        done,
+                        acked(&shared, &dest, id, &reply, &mut reload),
+                    ));
                 }
-                Op::Unblock(_) => {}
+                Op::Unblock(_) => {
+                    replies.next();
+                }
+            }
+        }
+        {
+            let mut dests = shared.dests.lock();
+            for d in &refresh {
+                let depth = replies.next().as_ref().and_then(codec::int).unwrap_or(0);
+                let bytes = replies.next().as_ref().and_then(codec::int).unwrap_or(0);
+                if let Some(x) = dests.get_mut(d) {
+                    x.seen_depth = depth.max(0) as u64;
+                    x.seen_bytes = bytes.max(0) as u64;
+                    x.stats.depth = x.seen_depth;
+                }
+            }
+        }
+        // Completions run outside the lock, once the limits are current.
+        for d in done_ops {
+            match d {
+                Done::Publish(done, outcome) => done.complete(outcome),
+                Done::Ack(done, outcome) => done.complete(outcome),
             }
         }
         if reload {
@@ -299,6 +380,17 @@ impl Worker {
             self.retry_at = Instant::now();
         }
     }
+}
+
+/// A completion and its outcome, completed once the batch is processed.
+enum Done {
+    Publish(Completion<Receipt>, Result<Receipt, Failure>),
+    Ack(Completion<()>, Result<(), Failure>),
+}
+
+/// `Full` with a retry hint.
+fn full(dest: &str, why: String) -> Failure {
+    Failure::new(FailureKind::Full, format!("{dest}: {why}")).retry_after(Duration::from_secs(1))
 }
 
 /// Fails `op` as `Unavailable`.
@@ -329,6 +421,7 @@ fn server_error(dest: &str, e: &redis::ServerError, reload: &mut bool) -> Failur
     Failure::new(FailureKind::Internal, format!("{dest}: redis: {text}"))
 }
 
+/// The receipt of an XADD reply.
 fn published(
     shared: &Shared,
     dest: &Arc<str>,
@@ -338,42 +431,13 @@ fn published(
     if let Value::ServerError(e) = reply {
         return Err(server_error(dest, e, reload));
     }
-    let (head, count) = match codec::items(reply) {
-        [head, count] => (head, codec::int(count).unwrap_or(0)),
-        _ => {
-            return Err(Failure::new(
-                FailureKind::Internal,
-                format!("{dest}: unexpected reply to a publish: {reply:?}"),
-            ));
-        }
-    };
-    let full = |why: String| {
-        shared.with(dest, |d| d.stats.refused += 1);
-        Err(Failure::new(FailureKind::Full, format!("{dest}: {why}"))
-            .retry_after(Duration::from_secs(1)))
-    };
-    match codec::int(head) {
-        Some(-1) => {
-            return full(format!(
-                "the queue holds {count} messages (max_depth = {})",
-                shared.settings.max_depth
-            ));
-        }
-        Some(-2) => {
-            return full(format!(
-                "the queue holds {count} bytes of bodies (max_queue_bytes = {})",
-                shared.settings.max_queue_bytes
-            ));
-        }
-        _ => {}
-    }
-    let id = codec::text(head)
-        .and_then(codec::id_of)
-        .ok_or_else(|| Failure::new(FailureKind::Internal, format!("{dest}: entry id {head:?}")))?;
-    shared.with(dest, |d| {
-        d.stats.published += 1;
-        d.stats.depth = count.max(0) as u64;
-    });
+    let id = codec::text(reply).and_then(codec::id_of).ok_or_else(|| {
+        Failure::new(
+            FailureKind::Internal,
+            format!("{dest}: unexpected reply to XADD: {reply:?}"),
+        )
+    })?;
+    shared.with(dest, |d| d.stats.published += 1);
     Ok(Receipt {
         id,
         delivered_to: 0,
@@ -402,6 +466,7 @@ fn acked(
                 d.leases.remove(&id);
                 d.stats.acked += 1;
                 d.stats.depth = d.stats.depth.saturating_sub(1);
+                d.seen_depth = d.seen_depth.saturating_sub(1);
             });
             Ok(())
         }

@@ -256,3 +256,29 @@ fn unknown_config_fields_and_bad_values_are_refused() {
     .unwrap();
     assert!(e.contains("pool_size"), "{e}");
 }
+
+#[test]
+fn min_replicas_holds_confirms_until_a_replica_has_the_message() {
+    let primary = RedisServer::start().unwrap();
+    let q = open(&primary, |c| {
+        c.min_replicas = 1;
+        c.replica_timeout_ms = 200;
+    });
+    let d: DriverHandle = q.clone();
+    let f = publish(&d, "/queues/replicated", b"alone").unwrap_err();
+    assert_eq!(f.kind, FailureKind::Unavailable, "{f}");
+    assert!(f.reason.contains("min_replicas"), "{f}");
+    let port = primary.port().to_string();
+    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match publish(&d, "/queues/replicated", b"replicated") {
+            Ok(_) => break,
+            Err(f) if Instant::now() < deadline => {
+                assert_eq!(f.kind, FailureKind::Unavailable, "{f}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(f) => panic!("no confirm 30 s after a replica started: {f}"),
+        }
+    }
+}
