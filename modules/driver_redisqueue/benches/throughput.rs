@@ -15,7 +15,8 @@
 //! - `filequeue publish`: `driver.filequeue` with `fsync = "always"`.
 //!
 //! Run: `cargo bench -p driver_redisqueue --bench throughput` (prints a
-//! table; `BENCH_N` sets the messages per line, 200,000 by default).
+//! table; `BENCH_N` sets the messages per line, 200,000 by default;
+//! `BENCH_POOL` the driver's `pool_size`, 4 by default).
 
 #![allow(missing_docs)]
 
@@ -146,6 +147,29 @@ fn redis_benchmark(redis: &RedisServer, n: usize) -> f64 {
         .unwrap_or_else(|| panic!("cannot read redis-benchmark's output: {text:?}"))
 }
 
+/// Redis's own time per command since the last call (INFO commandstats),
+/// printed with `line`, then reset.
+fn redis_time(redis: &RedisServer, line: &str) {
+    let stats = redis.command(&["INFO", "commandstats"]).unwrap_or_default();
+    let mut rows: Vec<(u64, String)> = stats
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |k: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|f| f.strip_prefix(k)?.parse::<f64>().ok().map(|v| v as u64))
+            };
+            let (calls, usec) = (field("calls=")?, field("usec=")?);
+            Some((usec, format!("{name} {calls} calls {usec} us")))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    let total: u64 = rows.iter().map(|r| r.0).sum();
+    let top: Vec<String> = rows.into_iter().take(5).map(|r| r.1).collect();
+    eprintln!("redis time during {line}: {total} us: {}", top.join("; "));
+    let _ = redis.command(&["CONFIG", "RESETSTAT"]);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -154,6 +178,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
+    let pool_size: usize = std::env::var("BENCH_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let redis = RedisServer::start().expect("redis-server (scripts/install-redis)");
     let open = |prefix: &str| -> DriverHandle {
         Arc::new(
@@ -162,17 +190,23 @@ fn main() {
                 prefix: prefix.into(),
                 max_depth: 10_000_000,
                 max_queue_bytes: 1 << 40,
+                pool_size,
                 ..Default::default()
             })
             .expect("open"),
         )
     };
+    let _ = redis.command(&["CONFIG", "RESETSTAT"]);
     let baseline = redis_benchmark(&redis, n);
+    redis_time(&redis, "redis-benchmark");
     let one = open("b1:");
     let published = publish(std::slice::from_ref(&one), "q", n, PUBLISHERS);
+    redis_time(&redis, "publish");
     let consumed = consume(&one, "q", n);
+    redis_time(&redis, "consume+ack");
     let two = [open("b2:"), open("b2:")];
     let both = publish(&two, "q", n, PUBLISHERS);
+    redis_time(&redis, "publish, 2 instances");
     drop((one, two));
     let dir = std::env::temp_dir().join(format!("redisqueue-bench-{}", std::process::id()));
     let file: DriverHandle = Arc::new(
@@ -187,7 +221,10 @@ fn main() {
     let filequeue = publish(std::slice::from_ref(&file), "f", n, PUBLISHERS);
     drop(file);
     let _ = std::fs::remove_dir_all(&dir);
-    println!("{n} messages of 64 B per line, 1,024 in flight, redis appendfsync always");
+    println!(
+        "{n} messages of 64 B per line, 1,024 in flight, redis appendfsync always, \
+         pool_size = {pool_size}"
+    );
     println!("| line | msg/s | ratio to redis-benchmark XADD |");
     println!("|---|---|---|");
     for (name, rate) in [

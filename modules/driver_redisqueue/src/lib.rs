@@ -51,6 +51,7 @@
 //! orphan_after_ms = 10000
 //! ```
 
+mod batch;
 mod codec;
 mod conn;
 mod reader;

@@ -1,6 +1,9 @@
 //! A writer: one connection and one thread that takes publishes and acks
-//! from a channel and sends whatever has queued up as one pipeline (one
-//! round trip for many commands), then completes each from its reply.
+//! from a channel and sends whatever has queued up as one pipeline (see
+//! [`crate::batch`]), then completes each from its reply. Two batches may
+//! be in flight: the next is sent before the replies to the last are read,
+//! so Redis always has work when it comes back from an fsync, and each of
+//! its fsyncs covers all that queued up meanwhile.
 //!
 //! A publish is confirmed only from Redis's reply to its XADD (and, with
 //! `min_replicas`, from WAIT's count). When the connection fails, what was
@@ -8,7 +11,7 @@
 //! a false confirm), and so does everything until a reconnection, tried
 //! with backoff.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Weak};
@@ -22,7 +25,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use redis::{Client, Connection, Value};
 
-use crate::codec;
+use crate::batch::{self, Batch, InFlight};
 use crate::conn::{self, Backoff, Scripts, Timeouts};
 use crate::shared::Shared;
 
@@ -139,28 +142,103 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, rx: Receiver<Op>) {
+        let mut flying: VecDeque<Batch> = VecDeque::new();
+        let mut in_flight = InFlight::new();
         loop {
-            let first = match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(op) => op,
-                Err(RecvTimeoutError::Timeout) => {
-                    // Idle: a PING finds a Redis that went away before a
-                    // publish or an ack has to.
-                    self.ping();
-                    self.ensure_connected();
-                    continue;
+            let first = if flying.is_empty() {
+                match rx.recv_timeout(Duration::from_millis(500)) {
+                    Ok(op) => Some(op),
+                    Err(RecvTimeoutError::Timeout) => {
+                        // Idle: a PING finds a Redis that went away before
+                        // a publish or an ack has to.
+                        self.ping();
+                        self.ensure_connected();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+            } else {
+                rx.try_recv().ok()
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+            if let Some(first) = first {
+                let mut ops = vec![first];
+                while ops.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(op) => ops.push(op),
+                        Err(_) => break,
+                    }
+                }
+                if flying.is_empty() {
+                    self.ensure_connected();
+                }
+                self.send(ops, &mut flying, &mut in_flight);
+            }
+            if let Some(batch) = flying.pop_front() {
+                self.receive(batch, &mut flying, &mut in_flight);
+            }
+        }
+    }
+
+    /// Sends `ops` as one batch, or fails them if the connection is down.
+    fn send(&mut self, ops: Vec<Op>, flying: &mut VecDeque<Batch>, in_flight: &mut InFlight) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let Some((conn, scripts)) = self.conn.as_mut() else {
+            let why = self.last_error.clone();
+            for op in ops {
+                batch::fail(op, &self.url, &why);
+            }
+            return;
+        };
+        let (batch, packed) = Batch::build(ops, &shared, scripts, in_flight);
+        match conn.send_packed_command(&packed) {
+            Ok(()) => flying.push_back(batch),
+            Err(e) => {
+                let why = e.to_string();
+                batch.fail(&self.url, &why, in_flight);
+                self.broken(&why, flying, in_flight);
+            }
+        }
+    }
+
+    /// Reads the replies to `batch` and completes it.
+    fn receive(&mut self, batch: Batch, flying: &mut VecDeque<Batch>, in_flight: &mut InFlight) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let Some((conn, _)) = self.conn.as_mut() else {
+            batch.fail(&self.url, &self.last_error.clone(), in_flight);
+            return;
+        };
+        let mut replies = Vec::with_capacity(batch.replies);
+        for _ in 0..batch.replies {
+            match conn.recv_response() {
+                // A server error for one command (Value::ServerError) is
+                // its reply; an error here is the connection's.
+                Ok(v) => replies.push(v),
+                Err(e) => {
+                    let why = e.to_string();
+                    batch.fail(&self.url, &why, in_flight);
+                    self.broken(&why, flying, in_flight);
+                    return;
                 }
             }
-            self.ensure_connected();
-            self.send(batch);
         }
+        if batch.finish(replies, &shared, &self.url, in_flight) {
+            // The scripts are gone (SCRIPT FLUSH, a failover): reconnect.
+            let why = "redis lost the driver's scripts";
+            self.broken(why, flying, in_flight);
+            self.retry_at = Instant::now();
+        }
+    }
+
+    /// The connection broke: what is in flight fails, and it is dropped.
+    fn broken(&mut self, why: &str, flying: &mut VecDeque<Batch>, in_flight: &mut InFlight) {
+        for b in flying.drain(..) {
+            b.fail(&self.url, why, in_flight);
+        }
+        self.down(why);
     }
 
     fn ping(&mut self) {
@@ -195,281 +273,5 @@ impl Worker {
         self.conn = None;
         self.last_error = why.to_owned();
         self.retry_at = Instant::now() + self.backoff.step();
-    }
-
-    fn send(&mut self, batch: Vec<Op>) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        let s = &shared.settings;
-        let Some((conn, scripts)) = self.conn.as_mut() else {
-            let why = self.last_error.clone();
-            for op in batch {
-                fail(op, &self.url, &why);
-            }
-            return;
-        };
-        // Admission: what Redis said of each queue after the last batch,
-        // plus what this batch adds.
-        let mut room: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
-        {
-            let dests = shared.dests.lock();
-            for op in &batch {
-                if let Op::Publish { dest, .. } = op {
-                    let seen = dests
-                        .get(dest)
-                        .map_or((0, 0), |d| (d.seen_depth, d.seen_bytes));
-                    room.entry(dest.clone()).or_insert(seen);
-                }
-            }
-        }
-        let mut refused: Vec<Option<Failure>> = Vec::with_capacity(batch.len());
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut publishes = 0;
-        for op in &batch {
-            let mut verdict = None;
-            match op {
-                Op::Publish {
-                    dest,
-                    content_type,
-                    headers,
-                    body,
-                    ..
-                } => {
-                    let (depth, bytes) = room.get_mut(dest).expect("every destination has room");
-                    let size = body.len() as u64;
-                    if *depth >= s.max_depth {
-                        verdict = Some(full(
-                            dest,
-                            format!(
-                                "the queue holds {depth} messages (max_depth = {})",
-                                s.max_depth
-                            ),
-                        ));
-                    } else if *depth > 0 && *bytes + size > s.max_queue_bytes {
-                        verdict = Some(full(
-                            dest,
-                            format!(
-                                "the queue holds {bytes} bytes of bodies (max_queue_bytes = {})",
-                                s.max_queue_bytes
-                            ),
-                        ));
-                    } else {
-                        *depth += 1;
-                        *bytes += size;
-                        publishes += 1;
-                        pipe.cmd("XADD")
-                            .arg(s.stream(dest))
-                            .arg("*")
-                            .arg("t")
-                            .arg(&**content_type)
-                            .arg("h")
-                            .arg(&headers[..])
-                            .arg("b")
-                            .arg(&body[..]);
-                        pipe.cmd("INCRBY").arg(s.bytes_key(dest)).arg(size);
-                    }
-                }
-                Op::Ack { dest, id, .. } => {
-                    pipe.cmd("EVALSHA")
-                        .arg(&scripts.ack)
-                        .arg(2)
-                        .arg(s.stream(dest))
-                        .arg(s.bytes_key(dest))
-                        .arg(&s.group)
-                        .arg(codec::entry_of(*id));
-                }
-                Op::Unblock(client) => {
-                    pipe.cmd("CLIENT").arg("UNBLOCK").arg(*client);
-                }
-            }
-            refused.push(verdict);
-        }
-        // What each queue holds after the batch, for the next admission
-        // (refusals ask too, so a queue drained elsewhere takes publishes
-        // again).
-        let refresh: Vec<Arc<str>> = room.into_keys().collect();
-        for d in &refresh {
-            pipe.cmd("XLEN").arg(s.stream(d));
-            pipe.cmd("GET").arg(s.bytes_key(d));
-        }
-        let wait = s.min_replicas > 0 && publishes > 0;
-        if wait {
-            pipe.cmd("WAIT")
-                .arg(s.min_replicas)
-                .arg(s.replica_timeout.as_millis() as u64);
-        }
-        let replies: Vec<Value> = match pipe.query(conn) {
-            Ok(r) => r,
-            Err(e) => {
-                let why = e.to_string();
-                self.down(&why);
-                for op in batch {
-                    fail(op, &self.url, &why);
-                }
-                return;
-            }
-        };
-        let replicas = if wait {
-            replies.last().and_then(codec::int).unwrap_or(0)
-        } else {
-            i64::MAX
-        };
-        let mut replies = replies.into_iter();
-        let mut reload = false;
-        let mut done_ops = Vec::with_capacity(batch.len());
-        for (op, verdict) in batch.into_iter().zip(refused) {
-            match op {
-                Op::Publish { dest, done, .. } => {
-                    if let Some(f) = verdict {
-                        shared.with(&dest, |d| d.stats.refused += 1);
-                        done_ops.push(Done::Publish(done, Err(f)));
-                        continue;
-                    }
-                    let id = replies.next().unwrap_or_default();
-                    let _bytes = replies.next();
-                    let outcome = match published(&shared, &dest, &id, &mut reload) {
-                        Ok(_) if replicas < i64::from(s.min_replicas) => Err(unavailable(
-                            &dest,
-                            &self.url,
-                            &format!(
-                                "the message reached {replicas} of min_replicas = {} replicas \
-                                 within {:?}; it may be stored",
-                                s.min_replicas, s.replica_timeout
-                            ),
-                        )),
-                        o => o,
-                    };
-                    done_ops.push(Done::Publish(done, outcome));
-                }
-                Op::Ack { dest, id, done } => {
-                    let reply = replies.next().unwrap_or_default();
-                    done_ops.push(Done::Ack(
-                        done,
-                        acked(&shared, &dest, id, &reply, &mut reload),
-                    ));
-                }
-                Op::Unblock(_) => {
-                    replies.next();
-                }
-            }
-        }
-        {
-            let mut dests = shared.dests.lock();
-            for d in &refresh {
-                let depth = replies.next().as_ref().and_then(codec::int).unwrap_or(0);
-                let bytes = replies.next().as_ref().and_then(codec::int).unwrap_or(0);
-                if let Some(x) = dests.get_mut(d) {
-                    x.seen_depth = depth.max(0) as u64;
-                    x.seen_bytes = bytes.max(0) as u64;
-                    x.stats.depth = x.seen_depth;
-                }
-            }
-        }
-        // Completions run outside the lock, once the limits are current.
-        for d in done_ops {
-            match d {
-                Done::Publish(done, outcome) => done.complete(outcome),
-                Done::Ack(done, outcome) => done.complete(outcome),
-            }
-        }
-        if reload {
-            // The scripts are gone (SCRIPT FLUSH, a failover): reconnect.
-            self.down("redis lost the driver's scripts");
-            self.retry_at = Instant::now();
-        }
-    }
-}
-
-/// A completion and its outcome, completed once the batch is processed.
-enum Done {
-    Publish(Completion<Receipt>, Result<Receipt, Failure>),
-    Ack(Completion<()>, Result<(), Failure>),
-}
-
-/// `Full` with a retry hint.
-fn full(dest: &str, why: String) -> Failure {
-    Failure::new(FailureKind::Full, format!("{dest}: {why}")).retry_after(Duration::from_secs(1))
-}
-
-/// Fails `op` as `Unavailable`.
-fn fail(op: Op, url: &str, why: &str) {
-    match op {
-        Op::Publish { dest, done, .. } => done.fail(unavailable(&dest, url, why)),
-        Op::Ack { dest, done, .. } => done.fail(unavailable(&dest, url, why)),
-        Op::Unblock(_) => {}
-    }
-}
-
-/// A server error: `Full` for OOM, else `Unavailable` (NOSCRIPT asks for a
-/// reconnection) or `Internal`.
-fn server_error(dest: &str, e: &redis::ServerError, reload: &mut bool) -> Failure {
-    let text = e.to_string();
-    if e.code() == "OOM" || text.contains("OOM") {
-        return Failure::new(
-            FailureKind::Full,
-            format!("{dest}: redis is out of memory (maxmemory): {text}"),
-        )
-        .retry_after(Duration::from_secs(1));
-    }
-    if e.code() == "NOSCRIPT" {
-        *reload = true;
-        return Failure::new(FailureKind::Unavailable, format!("{dest}: {text}"))
-            .retry_after(Duration::from_secs(1));
-    }
-    Failure::new(FailureKind::Internal, format!("{dest}: redis: {text}"))
-}
-
-/// The receipt of an XADD reply.
-fn published(
-    shared: &Shared,
-    dest: &Arc<str>,
-    reply: &Value,
-    reload: &mut bool,
-) -> Result<Receipt, Failure> {
-    if let Value::ServerError(e) = reply {
-        return Err(server_error(dest, e, reload));
-    }
-    let id = codec::text(reply).and_then(codec::id_of).ok_or_else(|| {
-        Failure::new(
-            FailureKind::Internal,
-            format!("{dest}: unexpected reply to XADD: {reply:?}"),
-        )
-    })?;
-    shared.with(dest, |d| d.stats.published += 1);
-    Ok(Receipt {
-        id,
-        delivered_to: 0,
-        backlog: 0,
-    })
-}
-
-fn acked(
-    shared: &Shared,
-    dest: &Arc<str>,
-    id: MessageId,
-    reply: &Value,
-    reload: &mut bool,
-) -> Result<(), Failure> {
-    let not_found = || {
-        Failure::new(
-            FailureKind::NotFound,
-            format!("{dest}: message {id} is not leased"),
-        )
-    };
-    match reply {
-        Value::ServerError(e) if e.to_string().contains("NOGROUP") => Err(not_found()),
-        Value::ServerError(e) => Err(server_error(dest, e, reload)),
-        v if codec::int(v) == Some(1) => {
-            shared.with(dest, |d| {
-                d.leases.remove(&id);
-                d.stats.acked += 1;
-                d.stats.depth = d.stats.depth.saturating_sub(1);
-                d.seen_depth = d.seen_depth.saturating_sub(1);
-            });
-            Ok(())
-        }
-        _ => Err(not_found()),
     }
 }
