@@ -163,7 +163,7 @@ fn redis_time(redis: &RedisServer, line: &str) {
             Some((usec, format!("{name} {calls} calls {usec} us")))
         })
         .collect();
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     let total: u64 = rows.iter().map(|r| r.0).sum();
     let top: Vec<String> = rows.into_iter().take(5).map(|r| r.1).collect();
     eprintln!("redis time during {line}: {total} us: {}", top.join("; "));

@@ -116,6 +116,25 @@ impl Batch {
                         pipe.cmd("INCRBY").arg(s.bytes_key(dest)).arg(size);
                     }
                 }
+                Op::Ack {
+                    dest,
+                    id,
+                    size: Some(size),
+                    ..
+                } => {
+                    commands += 3;
+                    let entry = codec::entry_of(*id);
+                    pipe.cmd("XACK")
+                        .arg(s.stream(dest))
+                        .arg(&s.group)
+                        .arg(&entry);
+                    pipe.cmd("XDEL").arg(s.stream(dest)).arg(&entry);
+                    pipe.cmd("DECRBY").arg(s.bytes_key(dest)).arg(*size);
+                }
+                Op::Fix { dest, size } => {
+                    commands += 1;
+                    pipe.cmd("INCRBY").arg(s.bytes_key(dest)).arg(*size);
+                }
                 Op::Ack { dest, id, .. } => {
                     commands += 1;
                     pipe.cmd("EVALSHA")
@@ -190,6 +209,7 @@ impl Batch {
         shared: &Shared,
         url: &str,
         in_flight: &mut InFlight,
+        fixes: &mut Vec<Op>,
     ) -> bool {
         self.land(in_flight);
         let s = &shared.settings;
@@ -225,7 +245,31 @@ impl Batch {
                     };
                     done_ops.push(Done::Publish(done, outcome));
                 }
-                Op::Ack { dest, id, done } => {
+                Op::Ack {
+                    dest,
+                    id,
+                    size: Some(size),
+                    done,
+                } => {
+                    let reply = replies.next().unwrap_or_default();
+                    let (_, _) = (replies.next(), replies.next());
+                    if codec::int(&reply) == Some(0) {
+                        // Settled already (through another node, which
+                        // took its bytes off): give ours back.
+                        fixes.push(Op::Fix {
+                            dest: dest.clone(),
+                            size,
+                        });
+                    }
+                    done_ops.push(Done::Ack(
+                        done,
+                        acked(shared, &dest, id, &reply, &mut reload),
+                    ));
+                }
+                Op::Fix { .. } => {
+                    replies.next();
+                }
+                Op::Ack { dest, id, done, .. } => {
                     let reply = replies.next().unwrap_or_default();
                     done_ops.push(Done::Ack(
                         done,
@@ -276,7 +320,7 @@ pub(crate) fn fail(op: Op, url: &str, why: &str) {
     match op {
         Op::Publish { dest, done, .. } => done.fail(unavailable(&dest, url, why)),
         Op::Ack { dest, done, .. } => done.fail(unavailable(&dest, url, why)),
-        Op::Unblock(_) => {}
+        Op::Fix { .. } | Op::Unblock(_) => {}
     }
 }
 

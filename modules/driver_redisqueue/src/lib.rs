@@ -291,9 +291,13 @@ impl Driver for RedisQueue {
                 "not connected",
             ));
         }
+        let size = self
+            .shared
+            .with(destination, |d| d.leases.get(&id).map(|l| l.size));
         if let Err(Op::Ack { done, .. }) = w.send(Op::Ack {
             dest: destination.into(),
             id,
+            size,
             done,
         }) {
             done.fail(unavailable(

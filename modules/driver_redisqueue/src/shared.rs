@@ -64,6 +64,8 @@ pub(crate) struct Sub {
 /// A lease this node holds.
 pub(crate) struct Lease {
     pub(crate) until: Instant,
+    /// The body's size, so an ack through this node needs no script.
+    pub(crate) size: u64,
 }
 
 /// A destination as this node sees it.
@@ -201,6 +203,7 @@ impl Shared {
                             m.id,
                             Lease {
                                 until: now + sub.lease,
+                                size: m.body.len() as u64,
                             },
                         );
                         d.stats.delivered += 1;

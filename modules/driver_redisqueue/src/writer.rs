@@ -42,12 +42,18 @@ pub(crate) enum Op {
         body: Bytes,
         done: Completion<Receipt>,
     },
-    /// Settle a pending entry.
+    /// Settle a pending entry: with its body's size when this node
+    /// leased it (XACK, XDEL and DECRBY, no script), else by the ack
+    /// script (which reads the size).
     Ack {
         dest: Arc<str>,
         id: MessageId,
+        size: Option<u64>,
         done: Completion<()>,
     },
+    /// Give back bytes taken off a queue's count by an ack that found the
+    /// entry settled already.
+    Fix { dest: Arc<str>, size: u64 },
     /// Wake the reader from a blocking read.
     Unblock(u64),
 }
@@ -144,8 +150,11 @@ impl Worker {
     fn run(mut self, rx: Receiver<Op>) {
         let mut flying: VecDeque<Batch> = VecDeque::new();
         let mut in_flight = InFlight::new();
+        let mut fixes: Vec<Op> = Vec::new();
         loop {
-            let first = if flying.is_empty() {
+            let first = if !fixes.is_empty() {
+                fixes.pop()
+            } else if flying.is_empty() {
                 match rx.recv_timeout(Duration::from_millis(500)) {
                     Ok(op) => Some(op),
                     Err(RecvTimeoutError::Timeout) => {
@@ -162,6 +171,7 @@ impl Worker {
             };
             if let Some(first) = first {
                 let mut ops = vec![first];
+                ops.append(&mut fixes);
                 while ops.len() < MAX_BATCH {
                     match rx.try_recv() {
                         Ok(op) => ops.push(op),
@@ -174,7 +184,7 @@ impl Worker {
                 self.send(ops, &mut flying, &mut in_flight);
             }
             if let Some(batch) = flying.pop_front() {
-                self.receive(batch, &mut flying, &mut in_flight);
+                self.receive(batch, &mut flying, &mut in_flight, &mut fixes);
             }
         }
     }
@@ -203,7 +213,13 @@ impl Worker {
     }
 
     /// Reads the replies to `batch` and completes it.
-    fn receive(&mut self, batch: Batch, flying: &mut VecDeque<Batch>, in_flight: &mut InFlight) {
+    fn receive(
+        &mut self,
+        batch: Batch,
+        flying: &mut VecDeque<Batch>,
+        in_flight: &mut InFlight,
+        fixes: &mut Vec<Op>,
+    ) {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
@@ -225,7 +241,7 @@ impl Worker {
                 }
             }
         }
-        if batch.finish(replies, &shared, &self.url, in_flight) {
+        if batch.finish(replies, &shared, &self.url, in_flight, fixes) {
             // The scripts are gone (SCRIPT FLUSH, a failover): reconnect.
             let why = "redis lost the driver's scripts";
             self.broken(why, flying, in_flight);

@@ -234,6 +234,16 @@ fn a_message_published_on_one_instance_is_consumed_and_acked_on_another() {
         (id, &b"hello"[..], 1)
     );
     ack(&dc, dest, id).unwrap();
+    // B, which leased it, acks too: refused, and the queue's byte count
+    // (taken off by both) comes back right.
+    assert_eq!(ack(&db, dest, id).unwrap_err().kind, FailureKind::NotFound);
+    let bytes = format!("t:b:{dest}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.command(&["GET", &bytes]).unwrap() != "0" {
+        assert!(Instant::now() < deadline, "the byte count stayed off");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(redis.command(&["XLEN", &format!("t:q:{dest}")]).unwrap(), "0");
 }
 
 #[test]
