@@ -243,7 +243,10 @@ fn a_message_published_on_one_instance_is_consumed_and_acked_on_another() {
         assert!(Instant::now() < deadline, "the byte count stayed off");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(redis.command(&["XLEN", &format!("t:q:{dest}")]).unwrap(), "0");
+    assert_eq!(
+        redis.command(&["XLEN", &format!("t:q:{dest}")]).unwrap(),
+        "0"
+    );
 }
 
 #[test]
