@@ -293,7 +293,8 @@ impl Driver for RedisQueue {
         }
         let size = self
             .shared
-            .with(destination, |d| d.leases.get(&id).map(|l| l.size));
+            .peek(destination, |d| d.leases.get(&id).map(|l| l.size))
+            .flatten();
         if let Err(Op::Ack { done, .. }) = w.send(Op::Ack {
             dest: destination.into(),
             id,
@@ -309,14 +310,14 @@ impl Driver for RedisQueue {
     }
 
     fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
-        let held = self.shared.with(destination, |d| {
+        let held = self.shared.peek(destination, |d| {
             let held = d.leases.remove(&id).is_some();
             if held {
                 d.to_release.push((id, true));
             }
             held
         });
-        if !held {
+        if held != Some(true) {
             return Err(Failure::new(
                 bindery::FailureKind::NotFound,
                 format!("{destination}: message {id} is not leased here"),

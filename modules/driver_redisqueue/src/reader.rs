@@ -120,6 +120,18 @@ impl Reader {
         }
         let mut p = Plan::default();
         let mut dests = self.shared.dests.lock();
+        // A destination only ever subscribed to and left (a poll of a
+        // path that holds nothing) is forgotten: requests for any path
+        // cannot grow the map.
+        dests.retain(|_, d| {
+            !(d.subs.is_empty()
+                && d.leases.is_empty()
+                && d.to_release.is_empty()
+                && d.stats.published == 0
+                && d.stats.delivered == 0
+                && d.stats.acked == 0
+                && d.stats.refused == 0)
+        });
         for (name, d) in dests.iter_mut() {
             d.leases.retain(|id, l| {
                 if l.until <= now {

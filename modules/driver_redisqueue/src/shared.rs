@@ -246,6 +246,12 @@ impl Shared {
             .collect()
     }
 
+    /// Runs `f` on the local state of `dest` if this node has any (a
+    /// lookup that a request for any path cannot grow).
+    pub(crate) fn peek<R>(&self, dest: &str, f: impl FnOnce(&mut Dest) -> R) -> Option<R> {
+        self.dests.lock().get_mut(dest).map(f)
+    }
+
     /// Runs `f` on the local state of `dest`, made if missing.
     pub(crate) fn with<R>(&self, dest: &str, f: impl FnOnce(&mut Dest) -> R) -> R {
         let mut dests = self.dests.lock();

@@ -1,10 +1,13 @@
 //! `driver.redistopic`: topics that span every Bindery node on the same
 //! Redis and prefix.
 //!
-//! A publish goes to Redis (PUBLISH on `{prefix}t:{path}`) and is
-//! confirmed once Redis answered; then the node fans it out to its own
-//! subscribers. Every node listens on `{prefix}t:*` (one PSUBSCRIBE
-//! connection) and fans out what other nodes published. Fan-out on a node
+//! A publish goes to Redis (PUBLISH on `{prefix}t:{path}`). Every node
+//! listens on `{prefix}t:*` (one PSUBSCRIBE connection) and fans out what
+//! it hears, its own publishes included: so the subscribers of every node
+//! see the messages of all publishers in one order, Redis's. A publish is
+//! confirmed when it comes back to its node and has been fanned out there
+//! (the receipt counts that node's subscribers); if it cannot come back
+//! (the listening connection dropped), it fails with `Unavailable`. Fan-out on a node
 //! is [`bindery_classes::topics::LocalTopics`], as in `driver.topic`: the
 //! same wildcard rules (`+`, a last `#`), the same per-subscriber buffer,
 //! slow-subscriber policy and stall rule.
@@ -35,6 +38,7 @@
 mod link;
 mod wire;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,7 +47,8 @@ use bindery::{Completion, Failure, FailureKind};
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
 use bindery_classes::fanout::{Limits, SlowPolicy};
 use bindery_classes::topics::LocalTopics;
-use bindery_classes::{Consumer, Driver, Message, Subscription};
+use bindery_classes::{Consumer, Driver, Message, MessageId, Subscription};
+use parking_lot::Mutex;
 use serde::Deserialize;
 
 use crate::link::{Link, Op};
@@ -114,10 +119,22 @@ pub(crate) struct Inner {
     pub(crate) up: AtomicBool,
     /// The listener's connection is up.
     pub(crate) listening: AtomicBool,
+    /// This node's publishes sent to Redis and not yet heard back: the
+    /// listener fans each out when it comes back, so every node's
+    /// subscribers see Redis's order, and completes it then.
+    pub(crate) pending: Mutex<HashMap<MessageId, Completion<Receipt>>>,
     pub(crate) stopped: AtomicBool,
 }
 
 impl Inner {
+    /// Fails every publish still waiting to be heard back.
+    pub(crate) fn fail_pending(&self, why: &str) {
+        let pending: Vec<_> = self.pending.lock().drain().collect();
+        for (_, done) in pending {
+            done.fail(unavailable("a publish", &self.url, why));
+        }
+    }
+
     /// The channel of `dest`.
     pub(crate) fn channel(&self, dest: &str) -> String {
         format!("{}t:{dest}", self.prefix)
@@ -165,6 +182,7 @@ impl RedisTopic {
             url: link::display_url(&config.url),
             up: AtomicBool::new(false),
             listening: AtomicBool::new(false),
+            pending: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
         });
         let link = Link::start(
@@ -202,7 +220,7 @@ impl Driver for RedisTopic {
         if let Err(f) = self.inner.topics.check_publish(&message.destination) {
             return done.fail(f);
         }
-        if !self.inner.up.load(Ordering::Acquire) {
+        if !self.inner.up.load(Ordering::Acquire) || !self.inner.listening.load(Ordering::Acquire) {
             return done.fail(unavailable(
                 &message.destination,
                 &self.inner.url,

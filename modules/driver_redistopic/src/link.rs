@@ -180,29 +180,38 @@ fn write_loop(
         };
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for op in &batch {
+        // The listener completes a publish when it hears it back; register
+        // each before it can.
+        let mut sent = Vec::with_capacity(batch.len());
+        for op in batch {
             match op {
                 Op::Publish(p) => {
-                    let m = &p.0;
+                    let (m, done) = *p;
                     pipe.cmd("PUBLISH")
                         .arg(inner.channel(&m.destination))
-                        .arg(wire::encode(inner.node, m));
+                        .arg(wire::encode(inner.node, &m));
+                    inner.pending.lock().insert(m.id, done);
+                    sent.push(Some(m));
                 }
                 Op::Beat => {
                     pipe.cmd("PUBLISH").arg(inner.beat_channel()).arg("");
+                    sent.push(None);
                 }
             }
         }
         match pipe.query::<Vec<Value>>(c) {
             Ok(replies) => {
-                for (op, reply) in batch.into_iter().zip(replies) {
-                    let Op::Publish(p) = op else { continue };
-                    let (m, done) = *p;
-                    if let Value::ServerError(e) = reply {
-                        done.fail(unavailable(&m.destination, &inner.url, &e.to_string()));
-                    } else {
-                        // Confirmed by Redis: now this node's subscribers.
-                        done.complete(inner.topics.publish(m));
+                for (m, reply) in sent.into_iter().zip(replies) {
+                    let Some(m) = m else { continue };
+                    // Not published, or not even to this node's listener:
+                    // it will not come back.
+                    let why = match &reply {
+                        Value::ServerError(e) => e.to_string(),
+                        Value::Int(0) => "no listener heard it".into(),
+                        _ => continue,
+                    };
+                    if let Some(done) = inner.pending.lock().remove(&m.id) {
+                        done.fail(unavailable(&m.destination, &inner.url, &why));
                     }
                 }
             }
@@ -214,7 +223,11 @@ fn write_loop(
                 }
                 conn = None;
                 retry_at = Instant::now() + backoff.step();
-                fail_all(inner, batch, &why);
+                for m in sent.into_iter().flatten() {
+                    if let Some(done) = inner.pending.lock().remove(&m.id) {
+                        done.fail(unavailable(&m.destination, &inner.url, &why));
+                    }
+                }
             }
         }
     }
@@ -254,6 +267,8 @@ fn listen_loop(inner: &Inner, client: &Client, connect_to: Duration, command: Du
             continue;
         }
         backoff = Backoff::new();
+        // What was sent before this subscription cannot come back on it.
+        inner.fail_pending("the listening connection was re-made");
         inner.listening.store(true, Ordering::Release);
         loop {
             let msg = match ps.get_message() {
@@ -273,14 +288,20 @@ fn listen_loop(inner: &Inner, client: &Client, connect_to: Duration, command: Du
                 continue;
             };
             match wire::decode(dest, msg.get_payload_bytes()) {
-                Ok((node, _)) if node == inner.node => {}
-                Ok((_, m)) => {
-                    let _ = inner.topics.publish(m);
+                Ok((node, m)) => {
+                    let outcome = inner.topics.publish(m.clone());
+                    if node == inner.node {
+                        if let Some(done) = inner.pending.lock().remove(&m.id) {
+                            done.complete(outcome);
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(channel = %msg.get_channel_name(), error = %e,
                     "redistopic: skipped a payload that is not a message"),
             }
         }
         inner.listening.store(false, Ordering::Release);
+        inner.fail_pending("the listening connection dropped");
     }
+    inner.fail_pending("the driver instance is stopping");
 }
