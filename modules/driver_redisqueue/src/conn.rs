@@ -14,6 +14,7 @@ pub(crate) struct Scripts {
     pub(crate) claim: String,
     pub(crate) renew: String,
     pub(crate) release: String,
+    pub(crate) prune: String,
 }
 
 /// How long connecting and commands may take.
@@ -41,6 +42,7 @@ pub(crate) fn connect(
         claim: load(scripts::CLAIM)?,
         renew: load(scripts::RENEW)?,
         release: load(scripts::RELEASE)?,
+        prune: load(scripts::PRUNE)?,
     };
     Ok((c, s))
 }

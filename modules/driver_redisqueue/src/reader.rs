@@ -43,6 +43,7 @@ pub(crate) fn start(
                 conn: None,
                 backoff: Backoff::default(),
                 last_renew: Instant::now(),
+                last_prune: Instant::now(),
             }
             .run()
         })
@@ -56,6 +57,7 @@ struct Reader {
     conn: Option<(Connection, Scripts)>,
     backoff: Backoff,
     last_renew: Instant,
+    last_prune: Instant,
 }
 
 /// One round's work, planned under the lock.
@@ -65,6 +67,8 @@ struct Plan {
     release: Vec<(Arc<str>, MessageId, bool)>,
     renew: Vec<(Arc<str>, Vec<MessageId>)>,
     claim: Vec<(Arc<str>, u32, String)>,
+    /// Destinations whose idle, empty consumers are deleted this round.
+    prune: Vec<Arc<str>>,
     /// The earliest lease deadline.
     next: Option<Instant>,
 }
@@ -118,6 +122,10 @@ impl Reader {
         if renew_due {
             self.last_renew = now;
         }
+        let prune_due = now >= self.last_prune + self.shared.settings.orphan_after;
+        if prune_due {
+            self.last_prune = now;
+        }
         let mut p = Plan::default();
         let mut dests = self.shared.dests.lock();
         // A destination only ever subscribed to and left (a poll of a
@@ -159,6 +167,9 @@ impl Reader {
                 }
                 p.claim
                     .push((name.clone(), credit.min(1000), d.cursor.clone()));
+                if prune_due && d.grouped {
+                    p.prune.push(name.clone());
+                }
             }
         }
         if p.group.is_empty() && p.release.is_empty() && p.renew.is_empty() && p.claim.is_empty() {
@@ -233,6 +244,15 @@ impl Reader {
                 .arg(s.orphan_after.as_millis() as u64)
                 .arg(cursor)
                 .arg(*n);
+        }
+        // Last: the claims' replies are read in order above them.
+        for d in &p.prune {
+            pipe.cmd("EVALSHA")
+                .arg(&scripts.prune)
+                .arg(1)
+                .arg(s.stream(d))
+                .arg(&s.group)
+                .arg(s.orphan_after.as_millis() as u64);
         }
         let replies: Vec<Value> = pipe.query(conn)?;
         let mut replies = replies.into_iter();

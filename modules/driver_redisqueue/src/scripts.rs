@@ -66,3 +66,25 @@ if ARGV[4] == '1' and count > 0 then count = count - 1 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', 100000000000, 'RETRYCOUNT', count, 'JUSTID')
 return 1
 "#;
+
+/// Prune: deletes the group's consumers that hold nothing and were idle
+/// for `min_idle` ms (nodes that stopped or died, once their entries were
+/// claimed), so restarts do not pile up consumers. A live consumer that
+/// is deleted is made again by its next XREADGROUP.
+/// ARGV: group, min_idle. Returns how many were deleted.
+pub(crate) const PRUNE: &str = r#"
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1]
+    elseif c[i] == 'pending' then pending = c[i + 1]
+    elseif c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if name and pending == 0 and idle and idle > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    n = n + 1
+  end
+end
+return n
+"#;

@@ -295,3 +295,47 @@ fn min_replicas_holds_confirms_until_a_replica_has_the_message() {
         }
     }
 }
+
+#[test]
+fn consumers_of_stopped_instances_are_deleted_once_they_hold_nothing() {
+    let redis = RedisServer::start().unwrap();
+    let dest = "/queues/restarts";
+    let group = |redis: &RedisServer| {
+        redis
+            .command(&["XINFO", "CONSUMERS", &format!("t:q:{dest}"), "bindery"])
+            .unwrap()
+            .lines()
+            .filter(|l| *l == "name")
+            .count()
+    };
+    // Three instances come, take and ack a message each, and go.
+    for i in 0..3 {
+        let q = open(&redis, |c| c.orphan_after_ms = 500);
+        let d: DriverHandle = q.clone();
+        publish(&d, dest, format!("m{i}").as_bytes()).unwrap();
+        let (c, rx) = Consumer::channel();
+        let sub = d.subscribe(dest, c, SubscribeOptions::default()).unwrap();
+        let m = next(&rx);
+        ack(&d, dest, m.id).unwrap();
+        drop(sub);
+        d.stop();
+    }
+    assert_eq!(group(&redis), 3);
+    // A live instance deletes them; it keeps its own (made again by its
+    // next read if deleted).
+    let q = open(&redis, |c| c.orphan_after_ms = 500);
+    let d: DriverHandle = q.clone();
+    let (c, rx) = Consumer::channel();
+    let _sub = d.subscribe(dest, c, SubscribeOptions::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while group(&redis) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} consumers left",
+            group(&redis)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    publish(&d, dest, b"still served").unwrap();
+    assert_eq!(&next(&rx).body[..], b"still served");
+}
