@@ -291,3 +291,36 @@ fn a_redis_restart_under_load_loses_no_confirmed_message() {
         lost.len()
     );
 }
+
+#[test]
+fn while_redis_is_down_an_mqtt_qos1_publish_is_not_acknowledged() {
+    use std::io::{Read, Write};
+    let mut redis = RedisServer::start().unwrap();
+    let n = nodes(&redis, 1);
+    let mqtt = n[0].mqtt.unwrap();
+    let publish_qos1 = |id: &str| {
+        let mut s = common::mqtt::raw(mqtt);
+        s.write_all(&common::mqtt::connect_packet(id, true, 0, None))
+            .unwrap();
+        assert_eq!(common::mqtt::connack(&mut s), [0x20, 2, 0, 0]);
+        let mut out = Vec::new();
+        common::mqtt::publish_packet(&mut out, "news/outage", 1, 7, b"hello");
+        s.write_all(&out).unwrap();
+        s
+    };
+    // Redis up: PUBACK.
+    let mut s = publish_qos1("up");
+    let mut puback = [0u8; 4];
+    s.read_exact(&mut puback).unwrap();
+    assert_eq!(puback, [0x40, 2, 0, 7]);
+    // Redis down: no PUBACK; the connection is closed, so the client
+    // publishes again once it reconnects.
+    redis.kill();
+    let mut s = publish_qos1("down");
+    assert!(
+        common::mqtt::closed(&mut s),
+        "the QoS 1 publish was acknowledged"
+    );
+    // The server still serves others.
+    assert!(n[0].healthy());
+}
