@@ -18,6 +18,10 @@
 //! the rule it checks. `bindery certify` runs the same cases over every
 //! module a server binary links.
 //!
+//! [`redis::RedisServer`] starts a real `redis-server` for the suites of
+//! drivers that keep their state in Redis (their crate tests and
+//! `bindery certify`).
+//!
 //! Every case returns `Err` with a reason rather than panicking, so a runner
 //! can tabulate; the macros turn an `Err` into a test failure.
 
@@ -25,6 +29,7 @@ pub mod dispatcher;
 pub mod doubles;
 pub mod driver;
 pub mod parser;
+pub mod redis;
 pub mod terminal;
 
 /// One rule of a class's contract.

@@ -31,6 +31,7 @@ pub mod parser;
 pub mod queue;
 pub mod terminal;
 pub mod topic;
+pub mod topics;
 
 pub use consumer::{Consumer, Delivery, Subscription, SubscriptionControl};
 pub use dispatcher::Dispatcher;

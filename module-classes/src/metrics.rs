@@ -286,6 +286,14 @@ pub struct DestinationMeters {
     pub store_full: Gauge,
 }
 
+impl Default for DestinationMeters {
+    /// Meters of no destination in a registry nobody renders: a placeholder
+    /// until the real ones are made.
+    fn default() -> Self {
+        Scope::detached("").destination("")
+    }
+}
+
 impl DestinationMeters {
     fn new(scope: &Scope, destination: &str) -> DestinationMeters {
         let labels = [("instance", &*scope.instance), ("destination", destination)];

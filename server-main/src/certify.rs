@@ -2,11 +2,13 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bindery::{Config, Kernel, ModuleDescriptor, ModuleList, Registry};
 use bindery_classes::class;
 use bindery_classes::driver::DriverHandle;
 use bindery_classes::parser::ParserHandle;
+use bindery_conformance::redis::RedisServer;
 use bindery_conformance::{Verdict, dispatcher, driver, parser, run_all, terminal};
 use serde::Serialize;
 
@@ -67,19 +69,25 @@ impl Drop for Scratch {
 }
 
 /// An instance of `module` with its certification configuration, alone in
-/// a kernel (not started), bound at `key` if given.
+/// a kernel (not started), bound at `key` if given. `{scratch}` in the
+/// configuration is the case's scratch directory, `{redis}` the URL of the
+/// Redis started for the module (see [`Services`]).
 fn instance(
     module: &'static ModuleDescriptor,
     key: Option<&str>,
     scratch: &Path,
-    isolation: IsolationArg,
+    services: &Services,
 ) -> Result<Kernel, String> {
     let registry = Registry::of(&[module]).map_err(|e| e.to_string())?;
     let bind = key.map_or(String::new(), |k| format!("bind = [\"{k}\"]\n"));
-    let section = module
+    let mut section = module
         .certify_config
         .replace("{scratch}", &scratch.display().to_string());
-    let isolated = match isolation {
+    if section.contains("{redis}") {
+        let url = services.redis.as_ref().map_err(Clone::clone)?.url();
+        section = section.replace("{redis}", &url);
+    }
+    let isolated = match services.isolation {
         IsolationArg::Process => "isolation = \"process\"\nrestart = \"never\"\n",
         IsolationArg::None => "",
     };
@@ -91,12 +99,34 @@ fn instance(
     Kernel::build_with(registry, &config, Some(1)).map_err(|e| e.to_string())
 }
 
+/// How a module is certified (in process or isolated), and what its
+/// certification configuration asks to be running: a real `redis-server`
+/// (on a free loopback port, in a directory of its own, stopped after the
+/// module) when it names `{redis}`.
+struct Services {
+    isolation: IsolationArg,
+    redis: Result<RedisServer, String>,
+}
+
+impl Services {
+    fn for_module(module: &ModuleDescriptor, isolation: IsolationArg) -> Services {
+        Services {
+            isolation,
+            redis: if module.certify_config.contains("{redis}") {
+                RedisServer::start()
+            } else {
+                Err("no redis for this module".into())
+            },
+        }
+    }
+}
+
 fn make_driver(
     module: &'static ModuleDescriptor,
     scratch: &Path,
-    isolation: IsolationArg,
+    services: &Services,
 ) -> DriverHandle {
-    let kernel = instance(module, Some("/conformance/"), scratch, isolation)
+    let kernel = instance(module, Some("/conformance/"), scratch, services)
         .unwrap_or_else(|e| panic!("cannot make an instance of {}: {e}", module.id()));
     bindery_classes::driver::lookup(kernel.runtime(), "/conformance/x")
         .unwrap_or_else(|| panic!("{} made no driver", module.id()))
@@ -109,14 +139,15 @@ fn make_driver(
 fn run_fresh(
     module: &'static ModuleDescriptor,
     cases: &'static [bindery_conformance::Case<driver::Harness>],
-    isolation: IsolationArg,
+    services: &Arc<Services>,
 ) -> Vec<Verdict> {
     cases
         .iter()
         .flat_map(|case| {
             let scratch = Scratch::for_case(module, case.name);
             let dir = scratch.0.clone();
-            let make = move || make_driver(module, &dir, isolation);
+            let services = services.clone();
+            let make = move || make_driver(module, &dir, &services);
             let h: &driver::Harness = &make;
             run_all(std::slice::from_ref(case), h)
         })
@@ -140,7 +171,8 @@ fn certify_one(module: &'static ModuleDescriptor, isolation: IsolationArg) -> Re
         class::DRIVER => {
             let scratch = Scratch::new(module);
             let dir = scratch.0.clone();
-            let probe = std::panic::catch_unwind(|| make_driver(module, &dir, isolation).info());
+            let services = Arc::new(Services::for_module(module, isolation));
+            let probe = std::panic::catch_unwind(|| make_driver(module, &dir, &services).info());
             let info = match probe {
                 Ok(info) => info,
                 Err(p) => {
@@ -151,22 +183,23 @@ fn certify_one(module: &'static ModuleDescriptor, isolation: IsolationArg) -> Re
             drop(scratch);
             if info.queue {
                 report.suite = "driver/queue".into();
-                report.cases = run_fresh(module, driver::QUEUE, isolation);
+                report.cases = run_fresh(module, driver::QUEUE, &services);
                 if info.durable {
                     report.suite = "driver/queue+durable".into();
                     report
                         .cases
-                        .extend(run_fresh(module, driver::DURABLE, isolation));
+                        .extend(run_fresh(module, driver::DURABLE, &services));
                 }
             } else {
                 report.suite = "driver/topic".into();
-                report.cases = run_fresh(module, driver::TOPIC, isolation);
+                report.cases = run_fresh(module, driver::TOPIC, &services);
             }
         }
         class::PARSER => {
             report.suite = class::PARSER.into();
             let scratch = Scratch::new(module);
-            let kernel = match instance(module, None, &scratch.0, isolation) {
+            let services = Services::for_module(module, isolation);
+            let kernel = match instance(module, None, &scratch.0, &services) {
                 Ok(k) => k,
                 Err(e) => {
                     setup_failure(&mut report, e);

@@ -13,6 +13,8 @@ fn main() -> std::process::ExitCode {
         driver_memqueue,
         driver_filequeue,
         driver_topic,
+        driver_redisqueue,
+        driver_redistopic,
         parser_json,
         parser_text,
         parser_octets,

@@ -21,20 +21,15 @@
 //! stall_ms = 250
 //! max_topics = 10000
 //! ```
-//!
-//! Longer than most files here: the driver and its unit tests; the
-//! subscriber rule itself is in `bindery_classes::fanout`.
 
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bindery::{Completion, Failure, FailureKind};
+use bindery::{Completion, Failure};
 use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
-use bindery_classes::fanout::{Clock, Limits, Offer, Outbox};
-use bindery_classes::metrics::{DestinationMeters, Scope};
-use bindery_classes::{Consumer, Driver, Message, Subscription, SubscriptionControl, topic};
-use dashmap::DashMap;
-use parking_lot::Mutex;
+use bindery_classes::fanout::Limits;
+use bindery_classes::metrics::Scope;
+use bindery_classes::topics::LocalTopics;
+use bindery_classes::{Consumer, Driver, Message, Subscription};
 use serde::Deserialize;
 
 pub use bindery_classes::fanout::SlowPolicy;
@@ -75,7 +70,8 @@ impl Default for Config {
 }
 
 impl Config {
-    fn limits(&self) -> Limits {
+    /// The per-subscriber limits this configuration sets.
+    pub fn limits(&self) -> Limits {
         Limits {
             buffer: self.buffer,
             policy: self.slow_subscriber,
@@ -100,105 +96,9 @@ fn module_main(
     Ok(())
 }
 
-/// An instance: a set of topics, and the wildcard subscriptions across them.
+/// An instance: a set of topics on this node.
 pub struct TopicDriver {
-    /// Set by `stop`: no new subscription after it.
-    stopped: std::sync::atomic::AtomicBool,
-    limits: Limits,
-    max_topics: usize,
-    topics: DashMap<Box<str>, Arc<Mutex<Topic>>>,
-    patterns: Arc<Mutex<Patterns>>,
-    scope: Scope,
-}
-
-/// A subscriber: its id and its outbox.
-struct Sub {
-    id: u64,
-    outbox: Outbox,
-}
-
-/// One publish's pass over the subscribers it reaches.
-struct Round<'a> {
-    message: &'a Message,
-    limits: &'a Limits,
-    clock: Clock,
-    meters: &'a DestinationMeters,
-    reached: u32,
-    backlog: usize,
-}
-
-impl Round<'_> {
-    /// Offers the message to `sub`, counting; false when the subscription
-    /// ends.
-    fn offer(&mut self, sub: &mut Sub) -> bool {
-        let o = sub.outbox.offer(self.message, self.limits, &mut self.clock);
-        match o {
-            Offer::Delivered => self.meters.delivered.inc(),
-            _ if o.dropped() => self.meters.dropped.inc(),
-            _ => {}
-        }
-        if o.reached() {
-            self.reached += 1;
-        }
-        let backlog = sub.outbox.backlog(self.limits, &mut self.clock);
-        self.backlog = self.backlog.max(backlog);
-        o.keeps()
-    }
-}
-
-struct Topic {
-    subs: Vec<Sub>,
-    next_sub: u64,
-    meters: DestinationMeters,
-}
-
-impl Topic {
-    /// Brings the gauges up to date (under the topic's lock, after every
-    /// change), so `/metrics` reads them without taking it.
-    fn gauges(&mut self, limits: &Limits) {
-        let mut clock = Clock::default();
-        let (mut depth, mut stalled) = (0, 0);
-        for s in &mut self.subs {
-            depth += s.outbox.buffered() as u64;
-            stalled += u64::from(s.outbox.is_stalled(limits, &mut clock));
-        }
-        self.meters.depth.set(depth);
-        self.meters.stalled.set(stalled);
-        self.meters.consumers.set(self.subs.len() as u64);
-    }
-}
-
-/// Wildcard subscriptions: a path filter whose segments may be `+` (any
-/// one segment) or, last, `#` (any rest, none included); see
-/// [`bindery_classes::topic`].
-struct Patterns {
-    subs: Vec<(Box<str>, Sub)>,
-    next_sub: u64,
-    /// One destination's meters per pattern subscribed to (what its
-    /// subscribers drop is counted on the topics).
-    meters: std::collections::HashMap<Box<str>, DestinationMeters>,
-}
-
-impl Patterns {
-    /// Brings every pattern's gauges up to date; a pattern nobody
-    /// subscribes to any more leaves the metrics.
-    fn gauges(&mut self, limits: &Limits) {
-        let mut clock = Clock::default();
-        let mut sums: std::collections::HashMap<&str, (u64, u64, u64)> = Default::default();
-        for (p, s) in &mut self.subs {
-            let e = sums.entry(p).or_default();
-            e.0 += 1;
-            e.1 += s.outbox.buffered() as u64;
-            e.2 += u64::from(s.outbox.is_stalled(limits, &mut clock));
-        }
-        self.meters.retain(|p, m| {
-            let (consumers, depth, stalled) = sums.get(&**p).copied().unwrap_or_default();
-            m.consumers.set(consumers);
-            m.depth.set(depth);
-            m.stalled.set(stalled);
-            consumers > 0
-        });
-    }
+    topics: LocalTopics,
 }
 
 impl TopicDriver {
@@ -210,108 +110,7 @@ impl TopicDriver {
     /// A new instance whose meters register in `scope`.
     pub fn with_metrics(config: Config, scope: Scope) -> TopicDriver {
         TopicDriver {
-            stopped: std::sync::atomic::AtomicBool::new(false),
-            limits: config.limits(),
-            max_topics: config.max_topics,
-            topics: DashMap::new(),
-            patterns: Arc::new(Mutex::new(Patterns {
-                subs: Vec::new(),
-                next_sub: 0,
-                meters: Default::default(),
-            })),
-            scope,
-        }
-    }
-
-    /// `Unavailable` once stopped (checked under the lock `stop` drains).
-    fn refuse_if_stopped(&self, destination: &str) -> Result<(), Failure> {
-        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Failure::new(
-                FailureKind::Unavailable,
-                format!("{destination}: the driver instance is stopping"),
-            )
-            .retry_after(std::time::Duration::from_secs(1)));
-        }
-        Ok(())
-    }
-
-    fn topic(&self, destination: &str) -> Result<Arc<Mutex<Topic>>, Failure> {
-        if let Some(t) = self.topics.get(destination) {
-            return Ok(t.clone());
-        }
-        if self.topics.len() >= self.max_topics {
-            return Err(Failure::new(
-                FailureKind::Full,
-                format!(
-                    "{destination}: this instance holds its maximum of {} topics",
-                    self.max_topics
-                ),
-            ));
-        }
-        Ok(self
-            .topics
-            .entry(destination.into())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Topic {
-                    subs: Vec::new(),
-                    next_sub: 0,
-                    meters: self.scope.destination(destination),
-                }))
-            })
-            .clone())
-    }
-}
-
-struct TopicSub {
-    topic: Weak<Mutex<Topic>>,
-    id: u64,
-    limits: Limits,
-}
-
-impl SubscriptionControl for TopicSub {
-    fn credit(&self, n: u32) {
-        if let Some(t) = self.topic.upgrade() {
-            let mut t = t.lock();
-            let Topic { subs, meters, .. } = &mut *t;
-            if let Some(s) = subs.iter_mut().find(|s| s.id == self.id) {
-                let sent = s.outbox.credit(n, &self.limits, &mut Clock::default());
-                meters.delivered.add(sent as u64);
-            }
-            t.gauges(&self.limits);
-        }
-    }
-
-    fn cancel(&self) {
-        if let Some(t) = self.topic.upgrade() {
-            let mut t = t.lock();
-            t.subs.retain(|s| s.id != self.id);
-            t.gauges(&self.limits);
-        }
-    }
-}
-
-struct PatternSub {
-    patterns: Weak<Mutex<Patterns>>,
-    id: u64,
-    limits: Limits,
-}
-
-impl SubscriptionControl for PatternSub {
-    fn credit(&self, n: u32) {
-        if let Some(p) = self.patterns.upgrade() {
-            let mut p = p.lock();
-            if let Some((_, s)) = p.subs.iter_mut().find(|(_, s)| s.id == self.id) {
-                s.outbox.credit(n, &self.limits, &mut Clock::default());
-            }
-            p.gauges(&self.limits);
-        }
-    }
-
-    fn cancel(&self) {
-        if let Some(p) = self.patterns.upgrade() {
-            let mut p = p.lock();
-            p.subs.retain(|(_, s)| s.id != self.id);
-            p.gauges(&self.limits);
+            topics: LocalTopics::new(config.limits(), config.max_topics, scope),
         }
     }
 }
@@ -324,60 +123,8 @@ impl Driver for TopicDriver {
         }
     }
 
-    fn publish(&self, mut message: Message, done: Completion<Receipt>) {
-        if topic::is_filter(&message.destination) {
-            return done.fail(Failure::new(
-                FailureKind::Rejected,
-                format!("{}: cannot publish to a wildcard", message.destination),
-            ));
-        }
-        let t = match self.topic(&message.destination) {
-            Ok(t) => t,
-            Err(f) => return done.fail(f),
-        };
-        let id = message.id;
-        message.delivery_count = 1;
-        let (reached, backlog) = {
-            let mut t = t.lock();
-            let Topic { subs, meters, .. } = &mut *t;
-            meters.published.inc();
-            let mut round = Round {
-                message: &message,
-                limits: &self.limits,
-                clock: Clock::default(),
-                meters,
-                reached: 0,
-                backlog: 0,
-            };
-            let mut offered = subs.len();
-            subs.retain_mut(|s| round.offer(s));
-            // Topic, then patterns: the one lock order, so each subscriber
-            // sees a topic's messages in publish order.
-            let mut patterns = self.patterns.lock();
-            patterns.subs.retain_mut(|(p, s)| {
-                if !topic::matches(p, &message.destination) {
-                    return true;
-                }
-                offered += 1;
-                round.offer(s)
-            });
-            if offered == 0 {
-                // Nobody listens: the message goes nowhere, counted.
-                round.meters.dropped.inc();
-            }
-            let outcome = (round.reached, round.backlog);
-            if offered > subs.len() {
-                patterns.gauges(&self.limits);
-            }
-            drop(patterns);
-            t.gauges(&self.limits);
-            outcome
-        };
-        done.succeed(Receipt {
-            id,
-            delivered_to: reached,
-            backlog: backlog as u32,
-        });
+    fn publish(&self, message: Message, done: Completion<Receipt>) {
+        done.complete(self.topics.publish(message));
     }
 
     fn subscribe(
@@ -386,82 +133,15 @@ impl Driver for TopicDriver {
         consumer: Consumer,
         options: SubscribeOptions,
     ) -> Result<Subscription, Failure> {
-        let limits = self.limits;
-        if topic::is_filter(destination) {
-            if !topic::valid_filter(destination) {
-                return Err(Failure::new(
-                    FailureKind::Rejected,
-                    format!("{destination}: '#' may only be the last segment"),
-                ));
-            }
-            let mut p = self.patterns.lock();
-            self.refuse_if_stopped(destination)?;
-            let id = p.next_sub;
-            p.next_sub += 1;
-            let outbox = Outbox::new(consumer, destination, options.credit);
-            p.subs.push((destination.into(), Sub { id, outbox }));
-            p.meters
-                .entry(destination.into())
-                .or_insert_with(|| self.scope.destination(destination));
-            p.gauges(&limits);
-            return Ok(Subscription::new(Arc::new(PatternSub {
-                patterns: Arc::downgrade(&self.patterns),
-                id,
-                limits,
-            })));
-        }
-        let t = self.topic(destination)?;
-        let id = {
-            let mut g = t.lock();
-            self.refuse_if_stopped(destination)?;
-            let id = g.next_sub;
-            g.next_sub += 1;
-            let outbox = Outbox::new(consumer, destination, options.credit);
-            g.subs.push(Sub { id, outbox });
-            g.gauges(&limits);
-            id
-        };
-        Ok(Subscription::new(Arc::new(TopicSub {
-            topic: Arc::downgrade(&t),
-            id,
-            limits,
-        })))
+        self.topics.subscribe(destination, consumer, options)
     }
 
     fn stop(&self) {
-        // Before the subscribers are drained: a subscription made meanwhile
-        // is either drained below or refused (it checks under the lock).
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let why = "the driver instance is stopping";
-        let topics: Vec<_> = self.topics.iter().map(|e| e.value().clone()).collect();
-        for t in topics {
-            let subs = std::mem::take(&mut t.lock().subs);
-            for s in subs {
-                s.outbox.close(why);
-            }
-        }
-        let patterns = std::mem::take(&mut self.patterns.lock().subs);
-        for (_, s) in patterns {
-            s.outbox.close(why);
-        }
+        self.topics.stop();
     }
 
     fn stats(&self) -> Vec<DestinationStats> {
-        let topics = self
-            .topics
-            .iter()
-            .map(|e| e.value().lock().meters.snapshot());
-        let patterns: Vec<DestinationStats> = self
-            .patterns
-            .lock()
-            .meters
-            .values()
-            .map(|m| m.snapshot())
-            .collect();
-        let mut out: Vec<DestinationStats> = topics.chain(patterns).collect();
-        out.sort_by(|a, b| a.destination.cmp(&b.destination));
-        out
+        self.topics.stats()
     }
 }
 

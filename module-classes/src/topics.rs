@@ -1,0 +1,387 @@
+//! A set of topics on one node: fan-out of each message to the live
+//! subscribers of its topic and of the patterns that match it, each
+//! subscriber behind an [`Outbox`] (so the slow-subscriber policy and the
+//! stall rule of [`crate::fanout`] hold), with the counters a topic
+//! driver reports.
+//!
+//! `driver.topic` is this and nothing else; a topic driver that carries
+//! messages between nodes (`driver.redistopic`) hands each message that
+//! arrives to the set of the node it arrives on.
+
+use std::sync::{Arc, Weak};
+
+use bindery::{Failure, FailureKind};
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::consumer::{Consumer, Subscription, SubscriptionControl};
+use crate::driver::{DestinationStats, Receipt, SubscribeOptions};
+use crate::fanout::{Clock, Limits, Offer, Outbox};
+use crate::message::Message;
+use crate::metrics::{DestinationMeters, Scope};
+use crate::topic;
+
+/// A set of topics on this node, and the wildcard subscriptions across
+/// them.
+pub struct LocalTopics {
+    /// Set by `stop`: no new subscription after it.
+    stopped: std::sync::atomic::AtomicBool,
+    limits: Limits,
+    max_topics: usize,
+    topics: DashMap<Box<str>, Arc<Mutex<Topic>>>,
+    patterns: Arc<Mutex<Patterns>>,
+    scope: Scope,
+}
+
+/// A subscriber: its id and its outbox.
+struct Sub {
+    id: u64,
+    outbox: Outbox,
+}
+
+/// One publish's pass over the subscribers it reaches.
+struct Round<'a> {
+    message: &'a Message,
+    limits: &'a Limits,
+    clock: Clock,
+    meters: &'a DestinationMeters,
+    reached: u32,
+    backlog: usize,
+}
+
+impl Round<'_> {
+    /// Offers the message to `sub`, counting; false when the subscription
+    /// ends.
+    fn offer(&mut self, sub: &mut Sub) -> bool {
+        let o = sub.outbox.offer(self.message, self.limits, &mut self.clock);
+        match o {
+            Offer::Delivered => self.meters.delivered.inc(),
+            _ if o.dropped() => self.meters.dropped.inc(),
+            _ => {}
+        }
+        if o.reached() {
+            self.reached += 1;
+        }
+        let backlog = sub.outbox.backlog(self.limits, &mut self.clock);
+        self.backlog = self.backlog.max(backlog);
+        o.keeps()
+    }
+}
+
+struct Topic {
+    subs: Vec<Sub>,
+    next_sub: u64,
+    meters: DestinationMeters,
+}
+
+impl Topic {
+    /// Brings the gauges up to date (under the topic's lock, after every
+    /// change), so `/metrics` reads them without taking it.
+    fn gauges(&mut self, limits: &Limits) {
+        let mut clock = Clock::default();
+        let (mut depth, mut stalled) = (0, 0);
+        for s in &mut self.subs {
+            depth += s.outbox.buffered() as u64;
+            stalled += u64::from(s.outbox.is_stalled(limits, &mut clock));
+        }
+        self.meters.depth.set(depth);
+        self.meters.stalled.set(stalled);
+        self.meters.consumers.set(self.subs.len() as u64);
+    }
+}
+
+/// Wildcard subscriptions: a path filter whose segments may be `+` (any
+/// one segment) or, last, `#` (any rest, none included); see
+/// [`bindery_classes::topic`].
+struct Patterns {
+    subs: Vec<(Box<str>, Sub)>,
+    next_sub: u64,
+    /// One destination's meters per pattern subscribed to (what its
+    /// subscribers drop is counted on the topics).
+    meters: std::collections::HashMap<Box<str>, DestinationMeters>,
+}
+
+impl Patterns {
+    /// Brings every pattern's gauges up to date; a pattern nobody
+    /// subscribes to any more leaves the metrics.
+    fn gauges(&mut self, limits: &Limits) {
+        let mut clock = Clock::default();
+        let mut sums: std::collections::HashMap<&str, (u64, u64, u64)> = Default::default();
+        for (p, s) in &mut self.subs {
+            let e = sums.entry(p).or_default();
+            e.0 += 1;
+            e.1 += s.outbox.buffered() as u64;
+            e.2 += u64::from(s.outbox.is_stalled(limits, &mut clock));
+        }
+        self.meters.retain(|p, m| {
+            let (consumers, depth, stalled) = sums.get(&**p).copied().unwrap_or_default();
+            m.consumers.set(consumers);
+            m.depth.set(depth);
+            m.stalled.set(stalled);
+            consumers > 0
+        });
+    }
+}
+
+impl LocalTopics {
+    /// An empty set with these limits per subscriber, holding at most
+    /// `max_topics` topics, its meters registered in `scope`.
+    pub fn new(limits: Limits, max_topics: usize, scope: Scope) -> LocalTopics {
+        LocalTopics {
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            limits,
+            max_topics,
+            topics: DashMap::new(),
+            patterns: Arc::new(Mutex::new(Patterns {
+                subs: Vec::new(),
+                next_sub: 0,
+                meters: Default::default(),
+            })),
+            scope,
+        }
+    }
+
+    /// `Unavailable` once stopped (checked under the lock `stop` drains).
+    fn refuse_if_stopped(&self, destination: &str) -> Result<(), Failure> {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Failure::new(
+                FailureKind::Unavailable,
+                format!("{destination}: the driver instance is stopping"),
+            )
+            .retry_after(std::time::Duration::from_secs(1)));
+        }
+        Ok(())
+    }
+
+    fn topic(&self, destination: &str) -> Result<Arc<Mutex<Topic>>, Failure> {
+        if let Some(t) = self.topics.get(destination) {
+            return Ok(t.clone());
+        }
+        if self.topics.len() >= self.max_topics {
+            return Err(Failure::new(
+                FailureKind::Full,
+                format!(
+                    "{destination}: this instance holds its maximum of {} topics",
+                    self.max_topics
+                ),
+            ));
+        }
+        Ok(self
+            .topics
+            .entry(destination.into())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Topic {
+                    subs: Vec::new(),
+                    next_sub: 0,
+                    meters: self.scope.destination(destination),
+                }))
+            })
+            .clone())
+    }
+}
+
+struct TopicSub {
+    topic: Weak<Mutex<Topic>>,
+    id: u64,
+    limits: Limits,
+}
+
+impl SubscriptionControl for TopicSub {
+    fn credit(&self, n: u32) {
+        if let Some(t) = self.topic.upgrade() {
+            let mut t = t.lock();
+            let Topic { subs, meters, .. } = &mut *t;
+            if let Some(s) = subs.iter_mut().find(|s| s.id == self.id) {
+                let sent = s.outbox.credit(n, &self.limits, &mut Clock::default());
+                meters.delivered.add(sent as u64);
+            }
+            t.gauges(&self.limits);
+        }
+    }
+
+    fn cancel(&self) {
+        if let Some(t) = self.topic.upgrade() {
+            let mut t = t.lock();
+            t.subs.retain(|s| s.id != self.id);
+            t.gauges(&self.limits);
+        }
+    }
+}
+
+struct PatternSub {
+    patterns: Weak<Mutex<Patterns>>,
+    id: u64,
+    limits: Limits,
+}
+
+impl SubscriptionControl for PatternSub {
+    fn credit(&self, n: u32) {
+        if let Some(p) = self.patterns.upgrade() {
+            let mut p = p.lock();
+            if let Some((_, s)) = p.subs.iter_mut().find(|(_, s)| s.id == self.id) {
+                s.outbox.credit(n, &self.limits, &mut Clock::default());
+            }
+            p.gauges(&self.limits);
+        }
+    }
+
+    fn cancel(&self) {
+        if let Some(p) = self.patterns.upgrade() {
+            let mut p = p.lock();
+            p.subs.retain(|(_, s)| s.id != self.id);
+            p.gauges(&self.limits);
+        }
+    }
+}
+
+impl LocalTopics {
+    /// Refuses a publish to a wildcard.
+    pub fn check_publish(&self, destination: &str) -> Result<(), Failure> {
+        if topic::is_filter(destination) {
+            return Err(Failure::new(
+                FailureKind::Rejected,
+                format!("{destination}: cannot publish to a wildcard"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Offers `message` to every live subscriber of its topic and of the
+    /// patterns that match it.
+    pub fn publish(&self, mut message: Message) -> Result<Receipt, Failure> {
+        self.check_publish(&message.destination)?;
+        let t = self.topic(&message.destination)?;
+        let id = message.id;
+        message.delivery_count = 1;
+        let (reached, backlog) = {
+            let mut t = t.lock();
+            let Topic { subs, meters, .. } = &mut *t;
+            meters.published.inc();
+            let mut round = Round {
+                message: &message,
+                limits: &self.limits,
+                clock: Clock::default(),
+                meters,
+                reached: 0,
+                backlog: 0,
+            };
+            let mut offered = subs.len();
+            subs.retain_mut(|s| round.offer(s));
+            // Topic, then patterns: the one lock order, so each subscriber
+            // sees a topic's messages in publish order.
+            let mut patterns = self.patterns.lock();
+            patterns.subs.retain_mut(|(p, s)| {
+                if !topic::matches(p, &message.destination) {
+                    return true;
+                }
+                offered += 1;
+                round.offer(s)
+            });
+            if offered == 0 {
+                // Nobody listens: the message goes nowhere, counted.
+                round.meters.dropped.inc();
+            }
+            let outcome = (round.reached, round.backlog);
+            if offered > subs.len() {
+                patterns.gauges(&self.limits);
+            }
+            drop(patterns);
+            t.gauges(&self.limits);
+            outcome
+        };
+        Ok(Receipt {
+            id,
+            delivered_to: reached,
+            backlog: backlog as u32,
+        })
+    }
+
+    /// Attaches `consumer` to a topic, or to every topic a pattern
+    /// (`+`, `#`) matches.
+    pub fn subscribe(
+        &self,
+        destination: &str,
+        consumer: Consumer,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Failure> {
+        let limits = self.limits;
+        if topic::is_filter(destination) {
+            if !topic::valid_filter(destination) {
+                return Err(Failure::new(
+                    FailureKind::Rejected,
+                    format!("{destination}: '#' may only be the last segment"),
+                ));
+            }
+            let mut p = self.patterns.lock();
+            self.refuse_if_stopped(destination)?;
+            let id = p.next_sub;
+            p.next_sub += 1;
+            let outbox = Outbox::new(consumer, destination, options.credit);
+            p.subs.push((destination.into(), Sub { id, outbox }));
+            p.meters
+                .entry(destination.into())
+                .or_insert_with(|| self.scope.destination(destination));
+            p.gauges(&limits);
+            return Ok(Subscription::new(Arc::new(PatternSub {
+                patterns: Arc::downgrade(&self.patterns),
+                id,
+                limits,
+            })));
+        }
+        let t = self.topic(destination)?;
+        let id = {
+            let mut g = t.lock();
+            self.refuse_if_stopped(destination)?;
+            let id = g.next_sub;
+            g.next_sub += 1;
+            let outbox = Outbox::new(consumer, destination, options.credit);
+            g.subs.push(Sub { id, outbox });
+            g.gauges(&limits);
+            id
+        };
+        Ok(Subscription::new(Arc::new(TopicSub {
+            topic: Arc::downgrade(&t),
+            id,
+            limits,
+        })))
+    }
+
+    /// Ends every subscription; no new one is taken.
+    pub fn stop(&self) {
+        // Before the subscribers are drained: a subscription made meanwhile
+        // is either drained below or refused (it checks under the lock).
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let why = "the driver instance is stopping";
+        let topics: Vec<_> = self.topics.iter().map(|e| e.value().clone()).collect();
+        for t in topics {
+            let subs = std::mem::take(&mut t.lock().subs);
+            for s in subs {
+                s.outbox.close(why);
+            }
+        }
+        let patterns = std::mem::take(&mut self.patterns.lock().subs);
+        for (_, s) in patterns {
+            s.outbox.close(why);
+        }
+    }
+
+    /// Counters per topic, and per pattern (introspection: `/metrics`
+    /// reads the meters).
+    pub fn stats(&self) -> Vec<DestinationStats> {
+        let topics = self
+            .topics
+            .iter()
+            .map(|e| e.value().lock().meters.snapshot());
+        let patterns: Vec<DestinationStats> = self
+            .patterns
+            .lock()
+            .meters
+            .values()
+            .map(|m| m.snapshot())
+            .collect();
+        let mut out: Vec<DestinationStats> = topics.chain(patterns).collect();
+        out.sort_by(|a, b| a.destination.cmp(&b.destination));
+        out
+    }
+}

@@ -1,0 +1,282 @@
+//! `driver.redistopic`: topics that span every Bindery node on the same
+//! Redis and prefix.
+//!
+//! A publish goes to Redis (PUBLISH on `{prefix}t:{path}`). Every node
+//! listens on `{prefix}t:*` (one PSUBSCRIBE connection) and fans out what
+//! it hears, its own publishes included: so the subscribers of every node
+//! see the messages of all publishers in one order, Redis's. A publish is
+//! confirmed when it comes back to its node and has been fanned out there
+//! (the receipt counts that node's subscribers); if it cannot come back
+//! (the listening connection dropped), it fails with `Unavailable`. Fan-out on a node
+//! is [`bindery_classes::topics::LocalTopics`], as in `driver.topic`: the
+//! same wildcard rules (`+`, a last `#`), the same per-subscriber buffer,
+//! slow-subscriber policy and stall rule.
+//!
+//! Like `driver.topic`, a message reaches the subscribers live when it
+//! arrives, and nothing is stored: a node whose listening connection is
+//! down misses what is published meanwhile. The receipt's `delivered_to`
+//! and `backlog` count this node's subscribers.
+//!
+//! Redis down: publishes fail with `Unavailable` and a retry hint (HTTP
+//! 503 + Retry-After), never confirmed; both connections reconnect with
+//! backoff (50 ms to 2 s); `/metrics` shows `store_full` 1 meanwhile. The
+//! listener hears a heartbeat from its own node every second and
+//! reconnects when it has heard nothing for a few seconds.
+//!
+//! ```toml
+//! [instances.news.config]
+//! url = "redis://127.0.0.1:6379/"
+//! prefix = "bindery:"
+//! buffer = 1000
+//! slow_subscriber = "drop-oldest"
+//! stall_ms = 250
+//! max_topics = 10000
+//! connect_timeout_ms = 2000
+//! command_timeout_ms = 5000
+//! ```
+
+mod link;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bindery::{Completion, Failure, FailureKind};
+use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
+use bindery_classes::fanout::{Limits, SlowPolicy};
+use bindery_classes::metrics::Scope;
+use bindery_classes::topics::LocalTopics;
+use bindery_classes::{Consumer, Driver, Message, MessageId, Subscription};
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+use crate::link::{Link, Op};
+
+bindery::module! {
+    class: bindery_classes::class::Driver,
+    name: "redistopic",
+    description: "topics across nodes on Redis pub/sub, fanned out on each node",
+    main: module_main,
+    certify_config: "url = \"{redis}\"\nprefix = \"{scratch}:\"",
+}
+
+/// The instance configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `redis://[:password@]host[:port][/db]`.
+    pub url: String,
+    /// Prefix of the channels; nodes that share topics share it.
+    pub prefix: String,
+    /// Messages buffered per subscriber beyond its credit.
+    pub buffer: usize,
+    /// What to do when that buffer is full.
+    pub slow_subscriber: SlowPolicy,
+    /// Milliseconds a subscriber may take nothing while messages wait
+    /// before it is stalled and stops slowing publishers.
+    pub stall_ms: u64,
+    /// Topics per instance.
+    pub max_topics: usize,
+    /// How long connecting may take.
+    pub connect_timeout_ms: u64,
+    /// How long a command may take before the connection is called broken.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let l = Limits::default();
+        Config {
+            url: "redis://127.0.0.1:6379/".into(),
+            prefix: "bindery:".into(),
+            buffer: l.buffer,
+            slow_subscriber: l.policy,
+            stall_ms: l.stall.as_millis() as u64,
+            max_topics: 10_000,
+            connect_timeout_ms: 2000,
+            command_timeout_ms: 5000,
+        }
+    }
+}
+
+fn module_main(
+    reg: &mut bindery::Registrar<'_, bindery_classes::class::Driver>,
+) -> Result<(), bindery::BoxError> {
+    driver::register(reg, |cx| {
+        let config: Config = cx.config().parse()?;
+        RedisTopic::open_with_metrics(config, Scope::of(cx.runtime(), cx.name()))
+            .map_err(|e| format!("instance {:?}: {e}", cx.name()).into())
+    });
+    Ok(())
+}
+
+/// What the driver and its threads share.
+pub(crate) struct Inner {
+    pub(crate) topics: LocalTopics,
+    /// This instance's id on the channels (its own messages come back).
+    pub(crate) node: u64,
+    pub(crate) prefix: String,
+    pub(crate) url: String,
+    /// The writer's connection is up.
+    pub(crate) up: AtomicBool,
+    /// The listener's connection is up.
+    pub(crate) listening: AtomicBool,
+    /// This node's publishes sent to Redis and not yet heard back: the
+    /// listener fans each out when it comes back, so every node's
+    /// subscribers see Redis's order, and completes it then.
+    pub(crate) pending: Mutex<HashMap<MessageId, Completion<Receipt>>>,
+    pub(crate) stopped: AtomicBool,
+}
+
+impl Inner {
+    /// Fails every publish still waiting to be heard back.
+    pub(crate) fn fail_pending(&self, why: &str) {
+        let pending: Vec<_> = self.pending.lock().drain().collect();
+        for (_, done) in pending {
+            done.fail(unavailable("a publish", &self.url, why));
+        }
+    }
+
+    /// The channel of `dest`.
+    pub(crate) fn channel(&self, dest: &str) -> String {
+        format!("{}t:{dest}", self.prefix)
+    }
+
+    /// This node's heartbeat channel.
+    pub(crate) fn beat_channel(&self) -> String {
+        format!("{}beat:{:016x}", self.prefix, self.node)
+    }
+}
+
+/// An instance: this node's subscribers, and its two connections.
+pub struct RedisTopic {
+    inner: Arc<Inner>,
+    link: Link,
+}
+
+impl RedisTopic {
+    /// Checks `config`, connects (a Redis that is down is not an error:
+    /// publishes fail until it is up) and starts the threads.
+    pub fn open(config: Config) -> Result<RedisTopic, String> {
+        Self::open_with_metrics(config, Scope::detached("redistopic"))
+    }
+
+    /// Like [`RedisTopic::open`]; the topics' meters register in `scope`.
+    pub fn open_with_metrics(config: Config, scope: Scope) -> Result<RedisTopic, String> {
+        if config.buffer == 0 {
+            return Err("config field buffer: must be at least 1".into());
+        }
+        if config.command_timeout_ms == 0 || config.connect_timeout_ms == 0 {
+            return Err("config field command_timeout_ms: timeouts must be above 0".into());
+        }
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| format!("config field url: {e}"))?;
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let node = seed ^ (u64::from(std::process::id()) << 40);
+        let inner = Arc::new(Inner {
+            topics: LocalTopics::new(
+                Limits {
+                    buffer: config.buffer,
+                    policy: config.slow_subscriber,
+                    stall: Duration::from_millis(config.stall_ms),
+                },
+                config.max_topics,
+                scope,
+            ),
+            node,
+            prefix: config.prefix.clone(),
+            url: link::display_url(&config.url),
+            up: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+            pending: Mutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
+        });
+        let link = Link::start(
+            inner.clone(),
+            client,
+            Duration::from_millis(config.connect_timeout_ms),
+            Duration::from_millis(config.command_timeout_ms),
+        );
+        Ok(RedisTopic { inner, link })
+    }
+
+    /// Whether both connections to Redis are up.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Acquire) && self.inner.listening.load(Ordering::Acquire)
+    }
+}
+
+fn unavailable(dest: &str, url: &str, why: &str) -> Failure {
+    Failure::new(
+        FailureKind::Unavailable,
+        format!("{dest}: redis at {url} is unavailable ({why})"),
+    )
+    .retry_after(Duration::from_secs(1))
+}
+
+impl Driver for RedisTopic {
+    fn info(&self) -> DriverInfo {
+        DriverInfo {
+            queue: false,
+            durable: false,
+        }
+    }
+
+    fn publish(&self, mut message: Message, done: Completion<Receipt>) {
+        if let Err(f) = self.inner.topics.check_publish(&message.destination) {
+            return done.fail(f);
+        }
+        if !self.inner.up.load(Ordering::Acquire) || !self.inner.listening.load(Ordering::Acquire) {
+            return done.fail(unavailable(
+                &message.destination,
+                &self.inner.url,
+                "not connected",
+            ));
+        }
+        message.delivery_count = 1;
+        if let Err(Op::Publish(p)) = self.link.send(Op::Publish(Box::new((message, done)))) {
+            let (m, done) = *p;
+            done.fail(unavailable(
+                &m.destination,
+                &self.inner.url,
+                "the instance is stopping",
+            ));
+        }
+    }
+
+    fn subscribe(
+        &self,
+        destination: &str,
+        consumer: Consumer,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Failure> {
+        self.inner.topics.subscribe(destination, consumer, options)
+    }
+
+    fn stats(&self) -> Vec<DestinationStats> {
+        let full = u64::from(!self.is_up());
+        let mut out = self.inner.topics.stats();
+        for s in &mut out {
+            s.store_full = full;
+        }
+        out
+    }
+
+    fn stop(&self) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.link.stop();
+        self.inner.topics.stop();
+    }
+}
+
+impl Drop for RedisTopic {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
