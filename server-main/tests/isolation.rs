@@ -601,3 +601,23 @@ fn a_reload_moves_an_instance_into_a_host_and_back() {
     until_dead(pid);
     assert_eq!(post(&s, "/queues/moved", "in process").0, 201);
 }
+
+#[test]
+fn a_hung_host_is_cut_off_and_its_calls_answered() {
+    let dir = TempDir::new();
+    let text =
+        crashy("isolation = \"process\"\nbackoff_base_ms = 50\nhost = { hang_timeout_ms = 300 }\n");
+    let s = Server::start_program(crashy_server(), &dir.0, &text, &["--threads", "2"]);
+    let api = Api::of(&s);
+    let pid = api.running_pid("crashy", None);
+    // The host's thread never comes back from this publish: it stops
+    // answering pings, is killed, and the publish is answered.
+    let (status, body, _) = post(&s, "/crashy/a", "hang");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("answered no ping within 300 ms"), "{body}");
+    until_dead(pid);
+    api.running_pid("crashy", Some(pid));
+    assert_eq!(post(&s, "/crashy/a", "fine").0, 201);
+    let (_, logs) = api.call("GET", "/v1/instances/crashy/logs");
+    assert!(logs.to_string().contains("hang_timeout_ms"), "{logs}");
+}
