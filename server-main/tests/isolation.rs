@@ -621,3 +621,33 @@ fn a_hung_host_is_cut_off_and_its_calls_answered() {
     let (_, logs) = api.call("GET", "/v1/instances/crashy/logs");
     assert!(logs.to_string().contains("hang_timeout_ms"), "{logs}");
 }
+
+#[test]
+fn an_mqtt_qos1_publish_in_flight_when_its_host_dies_is_not_acknowledged() {
+    use std::io::{BufReader, Write as _};
+    let dir = TempDir::new();
+    let text = crashy("isolation = \"process\"\n").replace(
+        "[instances.mqtt]\n",
+        "[instances.mqtt]\nconfig = { topic_root = \"/crashy/\" }\n",
+    );
+    let s = Server::start_program(crashy_server(), &dir.0, &text, &["--threads", "2"]);
+    let mut c = common::mqtt::raw(s.mqtt.unwrap());
+    c.write_all(&common::mqtt::connect_packet("pub", true, 0, None))
+        .unwrap();
+    assert_eq!(common::mqtt::connack(&mut c), [0x20, 2, 0, 0]);
+    let mut out = Vec::new();
+    common::mqtt::publish_packet(&mut out, "a", 1, 1, b"fine");
+    common::mqtt::publish_packet(&mut out, "a", 1, 2, b"abort");
+    c.write_all(&out).unwrap();
+    // PUBACK for the first; none for the one whose host died under it:
+    // the connection ends instead, so the client publishes it again.
+    let mut r = BufReader::new(c);
+    let mut acked = Vec::new();
+    while let Ok((head, body)) = common::mqtt::read_packet(&mut r) {
+        if head == 0x40 {
+            acked.push(u16::from_be_bytes([body[0], body[1]]));
+        }
+    }
+    assert_eq!(acked, [1]);
+    assert!(s.healthy());
+}
