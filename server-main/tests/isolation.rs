@@ -651,3 +651,58 @@ fn an_mqtt_qos1_publish_in_flight_when_its_host_dies_is_not_acknowledged() {
     assert_eq!(acked, [1]);
     assert!(s.healthy());
 }
+
+#[test]
+fn bindery_ctl_creates_an_isolated_instance_and_lists_its_host() {
+    let s = Server::start(&config(""));
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindery"))
+            .arg("ctl")
+            .args(["--url", &format!("http://{}", s.manage.unwrap())])
+            .arg("--token-file")
+            .arg(&s.token_file)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), text, err)
+    };
+    let (code, _, err) = ctl(&[
+        "create",
+        "iso",
+        "--module",
+        "driver.memqueue",
+        "--bind",
+        "/iso/",
+        "--isolation",
+        "process",
+        "--restart",
+        "never",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let pid = Api::of(&s).running_pid("iso", None);
+    let (code, list, err) = ctl(&["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    let row = list.lines().find(|l| l.starts_with("iso ")).unwrap();
+    assert!(row.contains(&format!("pid {pid}")), "{list}");
+    let queues = list.lines().find(|l| l.starts_with("queues ")).unwrap();
+    assert!(queues.contains(" - "), "{list}");
+    assert_eq!(post(&s, "/iso/a", "via ctl").0, 201);
+    // A terminal cannot be: the server says why, and ctl exits 1.
+    let (code, _, err) = ctl(&[
+        "create",
+        "web2",
+        "--module",
+        "terminal.http",
+        "--bind",
+        "127.0.0.9:0",
+        "--isolation",
+        "process",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not supported by modules of class"), "{err}");
+    let (code, _, _) = ctl(&["remove", "iso"]);
+    assert_eq!(code, Some(0));
+    until_dead(pid);
+}
