@@ -379,6 +379,11 @@ pub struct HostSection {
     /// to be made (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timeout_ms: Option<u64>,
+    /// A host that answers no ping within this is hung: it is killed (or,
+    /// activation `none`, disconnected) and handled as a crash (default
+    /// 10000; 0: never pinged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hang_timeout_ms: Option<u64>,
     /// Address-space limit of the host in bytes (`RLIMIT_AS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,

@@ -97,6 +97,13 @@ pub enum Op {
         /// the top level).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// `process`: run it in a host process of its own (drivers and
+        /// parsers; see docs/isolation.md).
+        #[arg(long, value_name = "none|process")]
+        isolation: Option<String>,
+        /// With `--isolation process`: `never`, `on-failure` or `always`.
+        #[arg(long, value_name = "POLICY")]
+        restart: Option<String>,
     },
     /// Bind one more key to an instance.
     Bind {
@@ -153,9 +160,13 @@ fn fragment(
     module: &str,
     bind: &[String],
     config: Option<&PathBuf>,
+    extra: &[(&str, &str)],
 ) -> Result<String, Failed> {
     let mut instance = toml::Table::new();
     instance.insert("module".into(), module.into());
+    for (key, value) in extra {
+        instance.insert((*key).into(), (*value).into());
+    }
     if !bind.is_empty() {
         instance.insert(
             "bind".into(),
@@ -393,11 +404,22 @@ pub fn run(ctl: &Ctl) -> Result<String, Failed> {
             module,
             bind,
             config,
-        } => (
-            "POST",
-            "/v1/instances".into(),
-            Some(fragment(name, module, bind, config.as_ref())?),
-        ),
+            isolation,
+            restart,
+        } => {
+            let mut extra = Vec::new();
+            if let Some(i) = isolation {
+                extra.push(("isolation", i.as_str()));
+            }
+            if let Some(r) = restart {
+                extra.push(("restart", r.as_str()));
+            }
+            (
+                "POST",
+                "/v1/instances".into(),
+                Some(fragment(name, module, bind, config.as_ref(), &extra)?),
+            )
+        }
         Op::Bind { name, key } => (
             "POST",
             format!("/v1/instances/{}/bindings", enc(name)),

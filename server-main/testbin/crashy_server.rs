@@ -19,8 +19,8 @@ use bindery::{
 use bindery_classes::driver::{DriverInfo, Receipt, SubscribeOptions};
 use bindery_classes::{Consumer, Driver, Message, Subscription};
 
-/// Confirms every publish, except that it aborts the process on `abort`
-/// and panics on `panic`.
+/// Confirms every publish, except that it aborts the process on `abort`,
+/// panics on `panic` and never returns on `hang`.
 struct Crashy;
 
 impl Driver for Crashy {
@@ -35,6 +35,9 @@ impl Driver for Crashy {
         match &message.body[..] {
             b"abort" => std::process::abort(),
             b"panic" => panic!("driver.crashy was asked to panic"),
+            b"hang" => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
             _ => {}
         }
         done.succeed(Receipt {

@@ -601,3 +601,108 @@ fn a_reload_moves_an_instance_into_a_host_and_back() {
     until_dead(pid);
     assert_eq!(post(&s, "/queues/moved", "in process").0, 201);
 }
+
+#[test]
+fn a_hung_host_is_cut_off_and_its_calls_answered() {
+    let dir = TempDir::new();
+    let text =
+        crashy("isolation = \"process\"\nbackoff_base_ms = 50\nhost = { hang_timeout_ms = 300 }\n");
+    let s = Server::start_program(crashy_server(), &dir.0, &text, &["--threads", "2"]);
+    let api = Api::of(&s);
+    let pid = api.running_pid("crashy", None);
+    // The host's thread never comes back from this publish: it stops
+    // answering pings, is killed, and the publish is answered.
+    let (status, body, _) = post(&s, "/crashy/a", "hang");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("answered no ping within 300 ms"), "{body}");
+    until_dead(pid);
+    api.running_pid("crashy", Some(pid));
+    assert_eq!(post(&s, "/crashy/a", "fine").0, 201);
+    let (_, logs) = api.call("GET", "/v1/instances/crashy/logs");
+    assert!(logs.to_string().contains("hang_timeout_ms"), "{logs}");
+}
+
+#[test]
+fn an_mqtt_qos1_publish_in_flight_when_its_host_dies_is_not_acknowledged() {
+    use std::io::{BufReader, Write as _};
+    let dir = TempDir::new();
+    let text = crashy("isolation = \"process\"\n").replace(
+        "[instances.mqtt]\n",
+        "[instances.mqtt]\nconfig = { topic_root = \"/crashy/\" }\n",
+    );
+    let s = Server::start_program(crashy_server(), &dir.0, &text, &["--threads", "2"]);
+    let mut c = common::mqtt::raw(s.mqtt.unwrap());
+    c.write_all(&common::mqtt::connect_packet("pub", true, 0, None))
+        .unwrap();
+    assert_eq!(common::mqtt::connack(&mut c), [0x20, 2, 0, 0]);
+    let mut out = Vec::new();
+    common::mqtt::publish_packet(&mut out, "a", 1, 1, b"fine");
+    common::mqtt::publish_packet(&mut out, "a", 1, 2, b"abort");
+    c.write_all(&out).unwrap();
+    // PUBACK for the first; none for the one whose host died under it:
+    // the connection ends instead, so the client publishes it again.
+    let mut r = BufReader::new(c);
+    let mut acked = Vec::new();
+    while let Ok((head, body)) = common::mqtt::read_packet(&mut r) {
+        if head == 0x40 {
+            acked.push(u16::from_be_bytes([body[0], body[1]]));
+        }
+    }
+    assert_eq!(acked, [1]);
+    assert!(s.healthy());
+}
+
+#[test]
+fn bindery_ctl_creates_an_isolated_instance_and_lists_its_host() {
+    let s = Server::start(&config(""));
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindery"))
+            .arg("ctl")
+            .args(["--url", &format!("http://{}", s.manage.unwrap())])
+            .arg("--token-file")
+            .arg(&s.token_file)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), text, err)
+    };
+    let (code, _, err) = ctl(&[
+        "create",
+        "iso",
+        "--module",
+        "driver.memqueue",
+        "--bind",
+        "/iso/",
+        "--isolation",
+        "process",
+        "--restart",
+        "never",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let pid = Api::of(&s).running_pid("iso", None);
+    let (code, list, err) = ctl(&["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    let row = list.lines().find(|l| l.starts_with("iso ")).unwrap();
+    assert!(row.contains(&format!("pid {pid}")), "{list}");
+    let queues = list.lines().find(|l| l.starts_with("queues ")).unwrap();
+    assert!(queues.contains(" - "), "{list}");
+    assert_eq!(post(&s, "/iso/a", "via ctl").0, 201);
+    // A terminal cannot be: the server says why, and ctl exits 1.
+    let (code, _, err) = ctl(&[
+        "create",
+        "web2",
+        "--module",
+        "terminal.http",
+        "--bind",
+        "127.0.0.9:0",
+        "--isolation",
+        "process",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not supported by modules of class"), "{err}");
+    let (code, _, _) = ctl(&["remove", "iso"]);
+    assert_eq!(code, Some(0));
+    until_dead(pid);
+}

@@ -55,6 +55,8 @@ pub(crate) struct Conn {
     child: Mutex<Option<Child>>,
     exited: (Mutex<bool>, Condvar),
     monitor: Monitor,
+    /// Why the watchdog cut the host off, if it did.
+    hung: Mutex<Option<String>>,
 }
 
 impl Conn {
@@ -87,11 +89,19 @@ impl Conn {
             child: Mutex::new(child),
             exited: (Mutex::new(false), Condvar::new()),
             monitor: cx.monitor(),
+            hung: Mutex::new(None),
         });
         let reading = conn.clone();
         std::thread::Builder::new()
             .name(format!("bindery-proxy-r-{}", cx.name()))
             .spawn(move || reading.read_loop(stream))?;
+        let patience = cx.isolation().host().hang_timeout_ms.unwrap_or(10_000);
+        if patience > 0 {
+            let watching = Arc::downgrade(&conn);
+            std::thread::Builder::new()
+                .name(format!("bindery-proxy-ping-{}", cx.name()))
+                .spawn(move || watch(watching, Duration::from_millis(patience)))?;
+        }
         Ok(conn)
     }
 
@@ -261,6 +271,10 @@ impl Conn {
         self.stream.shutdown();
         self.writer.close(Duration::ZERO);
         let status = self.reap(Duration::from_secs(2));
+        let why = match self.hung.lock().take() {
+            Some(hung) => hung,
+            None => why,
+        };
         let why = match why.is_empty() {
             true => format!("{} {}", self.who, status.0),
             false => format!("{why}; {} {}", self.who, status.0),
@@ -355,6 +369,40 @@ impl Conn {
         self.stopping.store(true, Ordering::Release);
         self.writer.close(Duration::from_secs(1));
         self.stream.shutdown();
+    }
+}
+
+/// Pings the host every second (from a thread of its own); one that does
+/// not answer within `patience` is hung: killed, or cut off when the
+/// server did not start it, so the reader sees its end and it is handled
+/// as a crash. Ends with the connection.
+fn watch(conn: std::sync::Weak<Conn>, patience: Duration) {
+    let every = Duration::from_secs(1).min(patience);
+    loop {
+        let Some(c) = conn.upgrade() else { return };
+        {
+            let mut exited = c.exited.0.lock();
+            if !*exited {
+                c.exited.1.wait_for(&mut exited, every);
+            }
+            if *exited || c.stopping.load(Ordering::Acquire) {
+                return;
+            }
+        }
+        let answered = c.call(Kind::Ping, patience, |_| {});
+        if answered.is_err() && c.calls.lock().dead.is_none() && !c.stopping.load(Ordering::Acquire)
+        {
+            *c.hung.lock() = Some(format!(
+                "its host answered no ping within {} ms (hang_timeout_ms): cut off",
+                patience.as_millis()
+            ));
+            tracing::error!("{}: {} is hung; cutting it off", c.what, c.who);
+            if let Some(child) = c.child.lock().as_mut() {
+                let _ = child.kill();
+            }
+            c.stream.shutdown();
+            return;
+        }
     }
 }
 
