@@ -80,6 +80,8 @@ pub(crate) struct Dest {
     pub(crate) grouped: bool,
     /// Where the next XAUTOCLAIM scan starts.
     pub(crate) cursor: String,
+    /// A subscriber came since the last claim: claim at once.
+    pub(crate) fresh: bool,
     /// Entries in the stream when Redis last said (after a publish batch).
     pub(crate) seen_depth: u64,
     /// Body bytes in the stream when Redis last said.
@@ -162,6 +164,7 @@ impl Shared {
             }
             let d = dests.entry(dest.clone()).or_default();
             d.stats.destination = dest.to_string();
+            d.fresh = true;
             d.subs.push(Sub {
                 id,
                 consumer,
