@@ -44,6 +44,7 @@ pub(crate) fn start(
                 backoff: Backoff::default(),
                 last_renew: Instant::now(),
                 last_prune: Instant::now(),
+                last_claim: Instant::now(),
             }
             .run()
         })
@@ -58,6 +59,7 @@ struct Reader {
     backoff: Backoff,
     last_renew: Instant,
     last_prune: Instant,
+    last_claim: Instant,
 }
 
 /// One round's work, planned under the lock.
@@ -71,6 +73,19 @@ struct Plan {
     prune: Vec<Arc<str>>,
     /// The earliest lease deadline.
     next: Option<Instant>,
+    /// Some destination has credit: read.
+    credit: bool,
+}
+
+impl Plan {
+    /// Nothing for the first pipeline.
+    fn light(&self) -> bool {
+        self.group.is_empty()
+            && self.release.is_empty()
+            && self.renew.is_empty()
+            && self.claim.is_empty()
+            && self.prune.is_empty()
+    }
 }
 
 impl Reader {
@@ -122,11 +137,10 @@ impl Reader {
         if renew_due {
             self.last_renew = now;
         }
-        let prune_due = now >= self.last_prune + self.shared.settings.orphan_after;
-        if prune_due {
-            self.last_prune = now;
-        }
+        let mut prune_due = now >= self.last_prune + self.shared.settings.orphan_after;
         let mut p = Plan::default();
+        let mut credited = Vec::new();
+        let mut fresh = false;
         let mut dests = self.shared.dests.lock();
         // A destination only ever subscribed to and left (a poll of a
         // path that holds nothing) is forgotten: requests for any path
@@ -165,14 +179,30 @@ impl Reader {
                 if d.cursor.is_empty() {
                     d.cursor = "0-0".into();
                 }
-                p.claim
-                    .push((name.clone(), credit.min(1000), d.cursor.clone()));
-                if prune_due && d.grouped {
-                    p.prune.push(name.clone());
-                }
+                fresh |= std::mem::take(&mut d.fresh);
+                credited.push((name.clone(), credit.min(1000), d.cursor.clone(), d.grouped));
             }
         }
-        if p.group.is_empty() && p.release.is_empty() && p.renew.is_empty() && p.claim.is_empty() {
+        // Claims (and the pruning that goes with them) every POLL, and at
+        // once when this node released something or a subscriber came:
+        // each is a round trip that waits for Redis's fsync.
+        p.credit = !credited.is_empty();
+        if fresh || !p.release.is_empty() || now >= self.last_claim + POLL {
+            self.last_claim = now;
+            if prune_due {
+                self.last_prune = now;
+            }
+            for (name, n, cursor, grouped) in credited {
+                if prune_due && grouped {
+                    p.prune.push(name.clone());
+                }
+                p.claim.push((name, n, cursor));
+            }
+        } else {
+            prune_due = false;
+        }
+        let _ = prune_due;
+        if p.light() && !p.credit {
             // Nothing to do until a lease runs out, a renewal is due, or a
             // subscriber pokes.
             let renew_at = self.last_renew + self.shared.settings.orphan_after / 3;
@@ -192,12 +222,34 @@ impl Reader {
     fn round(&mut self) -> redis::RedisResult<()> {
         self.shared.dirty.store(false, Ordering::SeqCst);
         let p = self.plan();
-        if p.group.is_empty() && p.release.is_empty() && p.renew.is_empty() && p.claim.is_empty() {
+        if p.light() && !p.credit {
             return Ok(());
         }
+        let mut got = if p.light() { 0 } else { self.first(&p)? };
+        got += self.read(false)?;
+        if got == 0 && !self.shared.dirty.load(Ordering::SeqCst) {
+            let wait = p.next.map_or(POLL, |n| {
+                n.saturating_duration_since(Instant::now()).min(POLL)
+            });
+            if wait >= Duration::from_millis(1) {
+                self.shared.blocking.store(true, Ordering::SeqCst);
+                if !self.shared.dirty.load(Ordering::SeqCst) {
+                    let r = self.read(true).map(|_| ());
+                    self.shared.blocking.store(false, Ordering::SeqCst);
+                    r?;
+                }
+                self.shared.blocking.store(false, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    /// The first pipeline: groups, releases, renewals, claims, pruning.
+    /// Returns how many claimed entries it delivered.
+    fn first(&mut self, p: &Plan) -> redis::RedisResult<usize> {
         let s = &self.shared.settings;
         let Some((conn, scripts)) = self.conn.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -299,22 +351,7 @@ impl Reader {
             got += messages.len();
             self.shared.deliver(d, messages);
         }
-        got += self.read(false)?;
-        if got == 0 && !self.shared.dirty.load(Ordering::SeqCst) {
-            let wait = p.next.map_or(POLL, |n| {
-                n.saturating_duration_since(Instant::now()).min(POLL)
-            });
-            if wait >= Duration::from_millis(1) {
-                self.shared.blocking.store(true, Ordering::SeqCst);
-                if !self.shared.dirty.load(Ordering::SeqCst) {
-                    let r = self.read(true).map(|_| ());
-                    self.shared.blocking.store(false, Ordering::SeqCst);
-                    r?;
-                }
-                self.shared.blocking.store(false, Ordering::SeqCst);
-            }
-        }
-        Ok(())
+        Ok(got)
     }
 
     /// New entries for every destination with credit: each with its own

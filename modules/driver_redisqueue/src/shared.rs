@@ -81,6 +81,8 @@ pub(crate) struct Dest {
     pub(crate) grouped: bool,
     /// Where the next XAUTOCLAIM scan starts.
     pub(crate) cursor: String,
+    /// A subscriber came since the last claim: claim at once.
+    pub(crate) fresh: bool,
     /// Entries in the stream when Redis last said (after a publish batch).
     pub(crate) seen_depth: u64,
     /// Body bytes in the stream when Redis last said.
@@ -174,6 +176,7 @@ impl Shared {
                 .retry_after(Duration::from_secs(1)));
             }
             let d = self.entry(&mut dests, &dest);
+            d.fresh = true;
             d.subs.push(Sub {
                 id,
                 consumer,
