@@ -15,6 +15,13 @@ use crate::listener::OpenConnection;
 /// The note tag the driver keeps for itself (continue reading after a
 /// yield); cores never see it.
 const CONTINUE: u64 = u64::MAX;
+thread_local! {
+    /// Where every connection of a reactor thread reads into: one buffer
+    /// per thread, not per connection.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; 64 * 1024].into_boxed_slice());
+}
+
 /// Output past which the driver stops offering input to the core.
 const MAX_UNSENT: usize = 4 << 20;
 
@@ -80,32 +87,42 @@ impl<S: Stream, P: Protocol> Connection<S, P> {
         )
     }
 
-    /// Reads once into `rbuf`: `Ok(true)` if something happened (bytes or
-    /// end of input).
+    /// Reads once, at most `max` bytes, into the reactor thread's scratch
+    /// buffer, and offers what came straight to the core when nothing
+    /// waits before it (no copy, no zeroing per read); what the core leaves
+    /// is kept in `rbuf`. `Ok(true)` if something happened (bytes or end of
+    /// input).
     fn read_once(&mut self, max: usize, now: Instant) -> io::Result<bool> {
-        let len = self.rbuf.len();
-        self.rbuf.resize(len + max.clamp(1, 64 * 1024), 0);
-        let got = self.stream.read(&mut self.rbuf[len..]);
-        let n = *got.as_ref().unwrap_or(&0);
-        self.rbuf.truncate(len + n);
-        match got {
-            Ok(0) => {
-                self.eof = true;
-                let (mut io, core) = self.io(now);
-                core.peer_closed(&mut io);
-                Ok(true)
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let want = max.clamp(1, scratch.len());
+            match self.stream.read(&mut scratch[..want]) {
+                Ok(0) => {
+                    self.eof = true;
+                    let (mut io, core) = self.io(now);
+                    core.peer_closed(&mut io);
+                    Ok(true)
+                }
+                Ok(n) => {
+                    self.this_turn += n;
+                    let got = &scratch[..n];
+                    if self.rbuf.is_empty() && self.wbuf.len() - self.wpos < MAX_UNSENT {
+                        let mut io = Io::new(&mut self.wbuf, self.wpos, &self.wake, now);
+                        let used = self.core.receive(&mut io, got).min(n);
+                        self.rbuf.extend_from_slice(&got[used..]);
+                    } else {
+                        self.rbuf.extend_from_slice(got);
+                    }
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    Ok(false)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+                Err(e) => Err(e),
             }
-            Ok(n) => {
-                self.this_turn += n;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.readable = false;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => Err(e),
-        }
+        })
     }
 
     /// Offers input, reads, pumps and writes until nothing moves; closes
@@ -217,6 +234,7 @@ impl<S: Stream, P: Protocol> Drop for Connection<S, P> {
 
 impl<S: Stream, P: Protocol> Handler for Connection<S, P> {
     fn ready(&mut self, cx: &mut Cx<'_>, event: &Event) {
+        self.this_turn = 0;
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.readable = true;
         }
@@ -224,6 +242,9 @@ impl<S: Stream, P: Protocol> Handler for Connection<S, P> {
     }
 
     fn notify(&mut self, cx: &mut Cx<'_>, note: Note) {
+        // A note brings no input: the turn goes on (a publisher paced by
+        // its backlog is not read faster because acknowledgements come),
+        // except after a yield, which starts a new one.
         if note.tag == CONTINUE {
             self.yielded = false;
             self.this_turn = 0;

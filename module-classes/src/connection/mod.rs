@@ -150,7 +150,8 @@ pub struct Reading {
     pub pending: usize,
     /// Output bytes not yet written to the peer.
     pub unsent: usize,
-    /// Bytes read in this turn (since the connection last yielded).
+    /// Bytes read in this turn: since the last readiness event, the end
+    /// of a pause, or a yield (notes do not start a turn).
     pub this_turn: usize,
     /// Now.
     pub now: Instant,
