@@ -38,13 +38,17 @@ use std::sync::Arc;
 
 use bindery::{BoxError, InstanceContext, Registrar, Runtime};
 
-/// Why a body was refused.
+/// Why a body was refused, or why it could not be judged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseError {
     /// The byte offset of the fault, where the format has one.
     pub offset: Option<usize>,
     /// What is wrong.
     pub reason: String,
+    /// The parser could not judge the body (an isolated parser whose host
+    /// is gone): the publish fails `Unavailable` (HTTP 503, try again),
+    /// not `Rejected` (400, do not send it again).
+    pub unavailable: bool,
 }
 
 impl ParseError {
@@ -53,6 +57,7 @@ impl ParseError {
         ParseError {
             offset: Some(offset),
             reason: reason.into(),
+            unavailable: false,
         }
     }
 
@@ -61,6 +66,16 @@ impl ParseError {
         ParseError {
             offset: None,
             reason: reason.into(),
+            unavailable: false,
+        }
+    }
+
+    /// The body could not be judged now (see [`ParseError::unavailable`]).
+    pub fn unavailable(reason: impl Into<String>) -> ParseError {
+        ParseError {
+            offset: None,
+            reason: reason.into(),
+            unavailable: true,
         }
     }
 }

@@ -706,3 +706,30 @@ fn bindery_ctl_creates_an_isolated_instance_and_lists_its_host() {
     assert_eq!(code, Some(0));
     until_dead(pid);
 }
+
+#[test]
+fn a_parser_whose_host_is_gone_makes_publishes_503_not_400() {
+    let s = Server::start(&isolated(&[("json", "restart = \"never\"")], ""));
+    let api = Api::of(&s);
+    let pid = api.running_pid("json", None);
+    let publish = || match agent()
+        .post(&s.url("/queues/j"))
+        .set("Content-Type", "application/json")
+        .send_string("{\"a\": 1}")
+    {
+        Ok(r) => (r.status(), None),
+        Err(ureq::Error::Status(c, r)) => (c, r.header("Retry-After").map(str::to_owned)),
+        Err(e) => panic!("POST: {e}"),
+    };
+    assert_eq!(publish().0, 201);
+    kill9(pid);
+    until_dead(pid);
+    api.until("json", "failed", |v| v["state"] == "failed");
+    // Nothing judged the body: try again later, not "your body is wrong".
+    let (status, retry) = publish();
+    assert_eq!(status, 503);
+    assert_eq!(retry.as_deref(), Some("1"));
+    // Other content types and the server go on.
+    assert_eq!(post(&s, "/queues/t", "plain").0, 201);
+    assert!(s.healthy());
+}

@@ -386,6 +386,7 @@ impl Dec {
         Ok(ParseError {
             offset: has.then_some(offset),
             reason,
+            unavailable: false,
         })
     }
 }

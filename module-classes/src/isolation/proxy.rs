@@ -189,12 +189,13 @@ impl Parser for ParserProxy {
             Ok(f) if f.kind == Kind::Done => Ok(()),
             Ok(f) if f.kind == Kind::Invalid => Err(Dec::new(&f)
                 .parse_error()
-                .unwrap_or_else(|e| ParseError::new(protocol(conn, e).to_string()))),
-            Ok(f) => Err(ParseError::new(match Dec::new(&f).failure() {
+                .unwrap_or_else(|e| ParseError::unavailable(protocol(conn, e).to_string()))),
+            Ok(f) => Err(ParseError::unavailable(match Dec::new(&f).failure() {
                 Ok(fail) => fail.to_string(),
                 Err(e) => protocol(conn, e).to_string(),
             })),
-            Err(f) => Err(ParseError::new(f.to_string())),
+            // The host is gone or did not answer: nothing was judged.
+            Err(f) => Err(ParseError::unavailable(f.to_string())),
         }
     }
 

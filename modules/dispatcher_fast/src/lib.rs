@@ -7,7 +7,9 @@
 //! generation changes, so rebinding at run time takes effect at once.
 //!
 //! Failures are distinct: no driver is `NotFound`, no parser is
-//! `Unsupported`, an invalid body is `Rejected` with the parser's reason.
+//! `Unsupported`, an invalid body is `Rejected` with the parser's reason,
+//! and a parser that could not judge the body (an isolated parser whose
+//! host is gone) is `Unavailable` with a retry hint.
 //!
 //! ```toml
 //! [instances.dispatcher.config]
@@ -131,6 +133,15 @@ impl Dispatcher for Fast {
             ));
         };
         if let Err(e) = parser.validate(&message.content_type, &message.body) {
+            if e.unavailable {
+                return done.fail(
+                    Failure::new(
+                        FailureKind::Unavailable,
+                        format!("the {} parser is unavailable: {e}", message.content_type),
+                    )
+                    .retry_after(std::time::Duration::from_secs(1)),
+                );
+            }
             return done.fail(Failure::new(
                 FailureKind::Rejected,
                 format!("invalid {} body {e}", message.content_type),
