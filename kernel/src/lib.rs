@@ -68,10 +68,14 @@ pub mod bindings;
 pub mod completion;
 pub mod config;
 mod error;
+mod instance;
 mod kernel;
+mod lifecycle;
 pub mod logs;
 pub mod reactor;
 mod registry;
+mod reload;
+mod runtime;
 mod suggest;
 
 pub use bindings::{KeyKind, Table};
