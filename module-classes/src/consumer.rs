@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use bindery::{Cx, Note};
+use bindery::Cx;
 
 use crate::message::Message;
 
@@ -69,11 +69,9 @@ impl Consumer {
     }
 
     /// A consumer whose deliveries arrive at the calling reactor handler as
-    /// [`Note`]s with `tag`, each carrying a [`Delivery`].
+    /// [`Note`](bindery::Note)s with `tag`, each carrying a [`Delivery`].
     pub fn to_handler(cx: &Cx<'_>, tag: u64) -> Consumer {
-        let handle = cx.handle();
-        let to = cx.address();
-        Consumer::new(move |d| handle.notify(to, Note::new(tag, d)))
+        crate::connection::Wake::reactor(cx.handle(), cx.address()).consumer(tag)
     }
 
     /// A consumer whose deliveries arrive on a channel (embedding, tests).

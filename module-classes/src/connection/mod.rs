@@ -314,11 +314,6 @@ pub struct Cores<M> {
 }
 
 impl<M> Cores<M> {
-    /// Cores over plain sockets.
-    pub fn plain(make: M) -> Cores<M> {
-        Cores { make, tls: None }
-    }
-
     /// Cores over TLS with `config` (see [`TlsSettings::load`]), or plain
     /// sockets without one.
     pub fn new(make: M, tls: Option<Arc<rustls::ServerConfig>>) -> Cores<M> {
