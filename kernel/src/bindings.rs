@@ -6,7 +6,9 @@
 //!   serves `/queues/orders/eu`, while `/queue` does not serve `/queues/x`;
 //! - **MIME types**, parameters ignored, falling back from `type/sub+suffix`
 //!   to `type/suffix`, then `type/*`, then `*/*`;
-//! - **exact** keys such as listen addresses or names.
+//! - **exact** keys such as listen addresses or names;
+//! - **routes**, a method and a path pattern (`GET /pkg/{name}`,
+//!   `POST /jobs/`), see [`crate::routes`].
 //!
 //! Readers never lock: a table is an immutable index behind an
 //! [`ArcSwap`], replaced whole when a binding changes, with a generation
@@ -26,6 +28,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 pub(crate) use crate::registry::Handle;
+use crate::routes::{Captures, RouteIndex};
 
 /// How a class's table matches keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -37,6 +40,8 @@ pub enum KeyKind {
     Mime,
     /// Keys compared exactly.
     Exact,
+    /// A method and a path pattern ([`crate::routes`]).
+    Route,
 }
 
 impl KeyKind {
@@ -77,6 +82,7 @@ impl KeyKind {
                 }
                 Ok(essence)
             }
+            KeyKind::Route => crate::routes::normalize(key),
             KeyKind::Exact => {
                 if key.is_empty() {
                     return Err("an empty key".into());
@@ -195,6 +201,7 @@ pub struct Index {
     bindings: Vec<Arc<Binding>>,
     map: FxHashMap<Box<str>, u32>,
     mime: MimeIndex,
+    routes: RouteIndex,
     /// Bit `n` set: some key is `n` bytes long (keys of 256 or more bytes
     /// always set bit 255's neighbour check off; see `may_have`).
     lengths: [u64; 4],
@@ -219,11 +226,17 @@ impl Index {
         } else {
             MimeIndex::default()
         };
+        let routes = if kind == KeyKind::Route {
+            RouteIndex::new(normalized)
+        } else {
+            RouteIndex::default()
+        };
         Index {
             kind,
             bindings,
             map,
             mime,
+            routes,
             lengths,
             long_keys,
         }
@@ -253,7 +266,25 @@ impl Index {
             KeyKind::Path => self.find_path(key),
             KeyKind::Mime => self.find_mime(key),
             KeyKind::Exact => self.get(key),
+            KeyKind::Route => {
+                let (method, path) = key.split_once(' ')?;
+                self.route(method, path).map(|(b, _)| b)
+            }
         }
+    }
+
+    /// The route serving `method` on `path` in a route table, and what
+    /// its pattern captured.
+    #[inline]
+    pub fn route(&self, method: &str, path: &str) -> Option<(&Arc<Binding>, Captures)> {
+        let (i, captures) = self.routes.find(method, path)?;
+        Some((&self.bindings[i as usize], captures))
+    }
+
+    /// Whether the table has no binding.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty()
     }
 
     fn find_path(&self, path: &str) -> Option<&Arc<Binding>> {
@@ -396,8 +427,10 @@ impl Table {
     }
 
     /// Binds `key` to an instance's handle. A key already bound is an error
-    /// naming both instances.
-    pub(crate) fn bind(
+    /// naming both instances. (A server binds through its
+    /// [`Runtime`](crate::Runtime), which also refuses a route that would
+    /// shadow a driver's path; a table used alone binds here.)
+    pub fn bind(
         &self,
         key: &str,
         instance: &str,

@@ -75,6 +75,7 @@ pub mod logs;
 pub mod reactor;
 mod registry;
 mod reload;
+pub mod routes;
 mod runtime;
 mod suggest;
 

@@ -157,6 +157,7 @@ impl Runtime {
         let (class, module, handle) =
             self.with(name, |i| (i.class, i.spec.module.clone(), i.handle.clone()))?;
         let table = &self.tables[class];
+        self.refuse_shadowing(table, key, name)?;
         table.bind(key, name, &module, handle)?;
         let shown = table.display(key);
         self.with(name, |i| i.keys.push(shown))?;

@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::bindings::Table;
+use crate::bindings::{KeyKind, Table};
 use crate::config::{InstanceSpec, Isolation};
 use crate::error::Error;
 use crate::reactor::ReactorHandle;
@@ -237,11 +237,59 @@ impl Runtime {
     pub(crate) fn bind_all(&self, spec: &InstanceSpec, made: &Made) -> Result<(), Error> {
         let table = &self.tables[made.class];
         for (i, key) in made.keys.iter().enumerate() {
-            if let Err(e) = table.bind(key, &spec.name, &spec.module, made.handle.clone()) {
+            let bound = self
+                .refuse_shadowing(table, key, &spec.name)
+                .and_then(|()| table.bind(key, &spec.name, &spec.module, made.handle.clone()));
+            if let Err(e) = bound {
                 for done in &made.keys[..i] {
                     table.unbind(done);
                 }
                 return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `key` in `table` for `instance` when it would overlap a
+    /// binding of another kind: a route over a driver's path, or a path
+    /// under a route (see [`crate::routes::overlaps`]); names both.
+    pub(crate) fn refuse_shadowing(
+        &self,
+        table: &Table,
+        key: &str,
+        instance: &str,
+    ) -> Result<(), Error> {
+        let other_kind = match table.kind() {
+            KeyKind::Route => KeyKind::Path,
+            KeyKind::Path => KeyKind::Route,
+            _ => return Ok(()),
+        };
+        let Ok(mine) = table.kind().normalize(key) else {
+            return Ok(()); // the table's own bind says what is wrong
+        };
+        for other in self.tables.values().filter(|t| t.kind() == other_kind) {
+            for b in other.index().bindings() {
+                let Ok(theirs) = other_kind.normalize(b.key()) else {
+                    continue;
+                };
+                let (route, path) = if other_kind == KeyKind::Path {
+                    (&mine, &theirs)
+                } else {
+                    (&theirs, &mine)
+                };
+                if crate::routes::overlaps(route, path) {
+                    return Err(Error::Binding {
+                        class: table.class().to_owned(),
+                        key: key.to_owned(),
+                        reason: format!(
+                            "instance {instance:?} would overlap {} {} of instance {:?} ({}): a route must not shadow a driver's path",
+                            other.class(),
+                            b.key(),
+                            b.instance(),
+                            b.module()
+                        ),
+                    });
+                }
             }
         }
         Ok(())

@@ -1,5 +1,5 @@
-//! Bindery's module classes: what a terminal, a dispatcher, a parser and a
-//! driver promise, and the [`Message`] that flows between them.
+//! Bindery's module classes: what a terminal, a dispatcher, a parser, a
+//! driver and a route promise, and the [`Message`] that flows between them.
 //!
 //! ```text
 //! client --wire--> terminal --> dispatcher --> parser   (bound to MIME types)
@@ -8,6 +8,10 @@
 //!                                                 |
 //!            terminal <-- Consumer <-- deliveries +
 //! ```
+//!
+//! A route ([`route`]) adds an HTTP endpoint beside the messaging paths;
+//! [`exec`] runs a child process on a reactor for modules that hand work
+//! to commands (the command line as the interface).
 //!
 //! Each class is a trait; an instance of a module is an `Arc<dyn Trait>`
 //! held in the class's binding table. Each class module also has a
@@ -21,6 +25,7 @@ pub mod connection;
 pub mod consumer;
 pub mod dispatcher;
 pub mod driver;
+pub mod exec;
 pub mod fanout;
 pub mod http;
 pub mod isolation;
@@ -29,6 +34,7 @@ pub mod message;
 pub mod metrics;
 pub mod parser;
 pub mod queue;
+pub mod route;
 pub mod terminal;
 pub mod topic;
 pub mod topics;
@@ -82,6 +88,16 @@ pub mod class {
         type Handle = crate::driver::DriverHandle;
     }
 
+    /// The route class: adds HTTP endpoints; keyed by method and path
+    /// pattern (`GET /pkg/{name}`, `POST /jobs/`).
+    #[derive(Debug)]
+    pub enum Route {}
+    impl Class for Route {
+        const NAME: &'static str = "route";
+        const KEYS: KeyKind = KeyKind::Route;
+        type Handle = crate::route::RouteHandle;
+    }
+
     /// The terminal class's name.
     pub const TERMINAL: &str = Terminal::NAME;
     /// The dispatcher class's name.
@@ -90,4 +106,6 @@ pub mod class {
     pub const PARSER: &str = Parser::NAME;
     /// The driver class's name.
     pub const DRIVER: &str = Driver::NAME;
+    /// The route class's name.
+    pub const ROUTE: &str = Route::NAME;
 }

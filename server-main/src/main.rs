@@ -9,6 +9,7 @@ fn main() -> std::process::ExitCode {
         terminal_http,
         terminal_mqtt,
         terminal_manage,
+        route_exec,
         dispatcher_fast,
         driver_memqueue,
         driver_filequeue,

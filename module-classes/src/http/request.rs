@@ -185,6 +185,24 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
     )
 }
 
+/// Every header of the request head at the start of `raw`, names and
+/// values as written (values trimmed; those not UTF-8 are left out).
+pub fn headers(raw: &[u8]) -> Vec<(String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if req.parse(raw).is_err() {
+        return Vec::new();
+    }
+    req.headers
+        .iter()
+        .filter(|h| !h.name.is_empty())
+        .filter_map(|h| {
+            let value = std::str::from_utf8(h.value).ok()?.trim();
+            Some((h.name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
 enum Chunks {
     Done(Vec<u8>, usize),
     Partial,

@@ -83,23 +83,15 @@ fn spawn_here(spawn: Spawn) -> std::io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid, dup2,
+    // SAFETY: only async-signal-safe calls (harden_child's, dup2,
     // fcntl, setrlimit, _exit) between fork and exec; nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The server died before the signal was armed: go now.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            // A group of its own: a Ctrl-C at the server's terminal stops
-            // the server gracefully, which stops its hosts, rather than
-            // killing the hosts under it.
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            // The parent-death signal, a check that the server did not die
+            // before it was armed, and a group of its own: a Ctrl-C at the
+            // server's terminal stops the server gracefully, which stops
+            // its hosts, rather than killing the hosts under it.
+            crate::exec::harden_child(parent)?;
             if fd == HOST_FD {
                 // dup2 onto itself keeps close-on-exec: clear it.
                 let flags = libc::fcntl(fd, libc::F_GETFD);

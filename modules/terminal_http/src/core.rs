@@ -26,9 +26,11 @@ use bindery_classes::connection::{Ended, Flow, Intake, Io, Protocol, Reading};
 use bindery_classes::driver::{DriverHandle, Receipt};
 use bindery_classes::http::request::{self, Limits, Parsed};
 use bindery_classes::http::response;
+use bindery_classes::route::{Part, Window};
 use bindery_classes::{Delivery, Subscription};
 
 use crate::Shared;
+use crate::routes::RouteSlot;
 
 /// Requests in flight on one connection before it stops reading.
 const MAX_PIPELINE: usize = 32;
@@ -54,6 +56,8 @@ pub(crate) enum Slot {
     },
     /// An event stream, started when it reaches the front.
     Stream { sub: Subscription },
+    /// A route's answer, streamed as the route sends it.
+    Route(RouteSlot),
 }
 
 impl Slot {
@@ -62,6 +66,7 @@ impl Slot {
             Slot::Publish { tag, .. } | Slot::Ack { tag, .. } | Slot::Poll { tag, .. } => {
                 Some(*tag)
             }
+            Slot::Route(r) => Some(r.tag),
             _ => None,
         }
     }
@@ -96,6 +101,8 @@ pub(crate) struct Core {
     head_since: Option<Instant>,
     /// Input bytes seen by the last `receive` and left unused.
     unused: usize,
+    /// Route body bytes moved to the output and not yet known written.
+    pub(crate) route_owed: Option<(Arc<Window>, usize)>,
 }
 
 impl Core {
@@ -114,6 +121,7 @@ impl Core {
             last_active: now,
             head_since: None,
             unused: 0,
+            route_owed: None,
         }
     }
 
@@ -230,7 +238,7 @@ impl Protocol for Core {
                     used += n;
                     self.continued = false;
                     self.shared.stats.requests.inc();
-                    self.handle(io, req);
+                    self.handle(io, req, &rest[..n]);
                 }
                 Parsed::Fail(status, reason) => {
                     self.shared.stats.bad_requests.inc();
@@ -258,8 +266,12 @@ impl Protocol for Core {
             Ok(outcome) => return self.acked(tag, outcome),
             Err(note) => note,
         };
-        if let Ok(delivery) = note.take::<Delivery>() {
-            self.delivered(io, tag, delivery);
+        let note = match note.take::<Delivery>() {
+            Ok(delivery) => return self.delivered(io, tag, delivery),
+            Err(note) => note,
+        };
+        if let Ok(part) = note.take::<Part>() {
+            self.route_part(tag, part);
         }
     }
 
@@ -298,12 +310,18 @@ impl Protocol for Core {
                     }
                     return;
                 }
+                Slot::Route(_) => {
+                    if !self.pump_route(io) {
+                        return;
+                    }
+                }
                 _ => return,
             }
         }
     }
 
     fn drained(&mut self, _: &mut Io<'_>) {
+        self.route_drained();
         if let Some(s) = &mut self.streaming {
             if s.owed > 0 {
                 s.sub.credit(std::mem::take(&mut s.owed));
@@ -355,6 +373,12 @@ impl Protocol for Core {
 
     fn peer_closed(&mut self, _: &mut Io<'_>) {
         self.read_eof = true;
+        // A client that leaves while a route works for it has given up
+        // (nginx's view of a proxied request): the route is told at once,
+        // not when its next bytes fail to send.
+        if self.slots.iter().any(|s| matches!(s, Slot::Route(_))) {
+            self.close_now = true;
+        }
     }
 
     fn shutdown(&mut self, _: &mut Io<'_>) {

@@ -11,6 +11,11 @@
 //! | `DELETE <queue>/messages/<id>` | acks; `204`, or `404` if not leased |
 //! | `GET <topic>` + `Accept: text/event-stream` | subscribes (server-sent events) |
 //! | `GET /healthz`, `/metrics` | health, Prometheus text |
+//! | a route's key (`GET /pkg/{name}`) | what the route module answers (`bindery_classes::route`), streamed |
+//!
+//! Routes are looked up after `/healthz` and `/metrics` and before the
+//! messaging paths; a route never shadows a driver's path (the binding is
+//! refused).
 //!
 //! What lists or changes the server (modules, instances, bindings) is the
 //! management API's (`terminal.manage`), behind its token.
@@ -41,17 +46,21 @@
 //! max_wait_secs = 60
 //! default_lease_secs = 30
 //! stream_credit = 64
+//! route_window_bytes = 262144   # a route's unsent body bytes before it waits
 //! ```
 
 mod admin;
 mod core;
 mod rest;
+mod routes;
 #[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bindery::Table;
+use bindery_classes::class;
 use bindery_classes::connection::{MakeCore, TlsSettings, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
 use bindery_classes::metrics::{Counter, Metrics, Scope};
@@ -96,6 +105,9 @@ pub struct Config {
     /// Messages in flight to an event-stream client before the driver
     /// waits for the socket to drain.
     pub stream_credit: u32,
+    /// A route's answer: body bytes not yet written to the client before
+    /// the route is asked to wait.
+    pub route_window_bytes: usize,
 }
 
 impl Default for Config {
@@ -111,6 +123,7 @@ impl Default for Config {
             max_wait_secs: 60,
             default_lease_secs: 30,
             stream_credit: 64,
+            route_window_bytes: 256 * 1024,
         }
     }
 }
@@ -146,6 +159,7 @@ fn module_main(
                     instance,
                     config,
                     dispatcher,
+                    routes: rt.table(class::ROUTE).cloned(),
                     metrics: Metrics::of(rt),
                     stats,
                 })))
@@ -159,6 +173,7 @@ fn module_main(
 #[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) requests: Counter,
+    pub(crate) routed: Counter,
     pub(crate) published: Counter,
     pub(crate) delivered: Counter,
     pub(crate) bad_requests: Counter,
@@ -171,6 +186,10 @@ impl Stats {
     pub(crate) fn new(scope: &Scope) -> Stats {
         Stats {
             requests: scope.counter("bindery_http_requests_total", "Requests read."),
+            routed: scope.counter(
+                "bindery_http_routed_total",
+                "Requests handed to route modules.",
+            ),
             published: scope.counter("bindery_http_published_total", "Publishes confirmed."),
             delivered: scope.counter(
                 "bindery_http_delivered_total",
@@ -201,6 +220,8 @@ pub(crate) struct Shared {
     pub(crate) instance: String,
     pub(crate) config: Config,
     pub(crate) dispatcher: DispatcherHandle,
+    /// The route table, if any route module is linked.
+    pub(crate) routes: Option<Arc<Table>>,
     /// The server's metrics, for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stats: Arc<Stats>,

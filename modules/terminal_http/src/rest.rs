@@ -26,7 +26,7 @@ impl Core {
     }
 
     /// One whole request.
-    pub(crate) fn handle(&mut self, io: &mut Io<'_>, req: Request) {
+    pub(crate) fn handle(&mut self, io: &mut Io<'_>, req: Request, raw: &[u8]) {
         let close = !req.keep_alive;
         if close {
             self.close_after = true;
@@ -39,6 +39,9 @@ impl Core {
             let mut out = Vec::new();
             crate::admin::answer(builtin, &self.shared, &mut out, close);
             return self.slots.push_back(Slot::Ready(out));
+        }
+        if let Some((route, captures)) = self.find_route(method, &req.path) {
+            return self.start_route(io, route, captures, req, raw, close);
         }
         match method {
             "POST" | "PUT" => self.publish(io, req, close),

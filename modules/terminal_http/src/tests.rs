@@ -26,6 +26,7 @@ fn shared(config: Config) -> Arc<Shared> {
             ("/queues/".into(), queues),
             ("/topics/".into(), topics),
         ])),
+        routes: Some(routes()),
         stats: Arc::new(Stats::new(&Scope::new(metrics.clone(), "http"))),
         metrics,
     })
@@ -173,4 +174,104 @@ proptest! {
         let out = p.output();
         prop_assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 "));
     }
+}
+
+/// A route that keeps its responders for the test to answer.
+#[derive(Default)]
+struct Held(parking_lot::Mutex<Vec<bindery_classes::route::Responder>>);
+
+struct HeldRoute(Arc<Held>);
+
+impl bindery_classes::route::Route for HeldRoute {
+    fn handle(
+        &self,
+        _: bindery_classes::route::RouteRequest,
+        responder: bindery_classes::route::Responder,
+    ) {
+        self.0.0.lock().push(responder);
+    }
+}
+
+thread_local! {
+    static HELD: Arc<Held> = Arc::default();
+}
+
+fn routes() -> Arc<bindery::Table> {
+    let table = bindery::Table::new("route", bindery::KeyKind::Route);
+    let route: bindery_classes::route::RouteHandle = Arc::new(HeldRoute(HELD.with(Arc::clone)));
+    table
+        .bind("GET /held/", "held", "route.test", Arc::new(route))
+        .unwrap();
+    Arc::new(table)
+}
+
+fn held() -> bindery_classes::route::Responder {
+    HELD.with(|h| h.0.lock().remove(0))
+}
+
+#[test]
+fn a_route_streams_in_request_order_and_its_window_opens_as_output_drains() {
+    let mut p = pipe(Config {
+        route_window_bytes: 10,
+        ..Config::default()
+    });
+    p.send(b"GET /held/a HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n");
+    assert_eq!(p.output(), b"", "the health answer waits behind the route");
+    let mut r = held();
+    let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = woken.clone();
+    r.set_waker(move || w.store(true, std::sync::atomic::Ordering::SeqCst));
+    r.head(200, vec![("Content-Type".into(), "text/plain".into())]);
+    assert!(
+        !r.body(bytes::Bytes::from_static(b"twelve bytes")),
+        "over the window"
+    );
+    assert!(!r.room());
+    p.settle(SETTLE);
+    let out = text(p.output());
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nc\r\ntwelve bytes\r\n"), "{out}");
+    assert!(r.room(), "written out: room again");
+    assert!(woken.load(std::sync::atomic::Ordering::SeqCst));
+    r.end();
+    p.settle(SETTLE);
+    let out = text(p.output());
+    assert!(out.starts_with("0\r\n\r\nHTTP/1.1 200"), "{out}");
+}
+
+#[test]
+fn a_route_failing_before_its_head_answers_and_after_it_cuts_the_connection() {
+    let mut p = pipe(Config::default());
+    p.send(
+        b"GET /held/a HTTP/1.1\r\n\r\nGET /held/b HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+    );
+    held().fail(503, "busy");
+    let mut second = held();
+    second.body(bytes::Bytes::from_static(b"partial"));
+    second.fail(500, "broke");
+    p.settle(SETTLE);
+    let out = text(p.output());
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(
+        out.contains("Retry-After: 1\r\n") && out.contains("busy\n"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("7\r\npartial\r\n"),
+        "no last chunk, no health answer: {out}"
+    );
+    assert_ne!(p.flow(), Flow::Open);
+}
+
+#[test]
+fn a_client_leaving_mid_route_tells_the_route() {
+    let mut p = pipe(Config::default());
+    p.send(b"GET /held/a HTTP/1.1\r\n\r\n");
+    let r = held();
+    assert!(!r.is_gone());
+    p.peer_closes();
+    assert_eq!(p.flow(), Flow::Close);
+    drop(p);
+    assert!(r.is_gone());
 }
