@@ -206,6 +206,19 @@ pub trait Driver: Send + Sync + 'static {
         ))
     }
 
+    /// Gives a leased message back at once, counting the delivery (a
+    /// consumer that tried it and failed: a job whose command failed, an
+    /// AMQP nack with requeue), so a limit on deliveries sees it. Drivers
+    /// that cannot say `Unsupported`; the message then comes back when its
+    /// lease ends.
+    fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        let _ = id;
+        Err(Failure::new(
+            FailureKind::Unsupported,
+            format!("{destination}: this destination cannot give a message back early"),
+        ))
+    }
+
     /// Counters per destination, for introspection and tests. Called from
     /// management threads, never on the hot path; may take the driver's
     /// locks. `/metrics` does not call it: it reads the meters the driver
@@ -311,6 +324,10 @@ impl<D: Driver> Driver for Lifecycle<D> {
     fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
         self.refuse(destination)?;
         self.inner.release(destination, id)
+    }
+    fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        self.refuse(destination)?;
+        self.inner.retry(destination, id)
     }
 
     fn stats(&self) -> Vec<DestinationStats> {

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! A route ([`route`]) adds an HTTP endpoint beside the messaging paths;
-//! [`exec`] runs a child process on a reactor for modules that hand work
+//! a worker ([`worker`]) works messages from queues; [`exec`] runs a child process on a reactor for modules that hand work
 //! to commands (the command line as the interface).
 //!
 //! Each class is a trait; an instance of a module is an `Arc<dyn Trait>`
@@ -38,6 +38,7 @@ pub mod route;
 pub mod terminal;
 pub mod topic;
 pub mod topics;
+pub mod worker;
 
 pub use consumer::{Consumer, Delivery, Subscription, SubscriptionControl};
 pub use dispatcher::Dispatcher;
@@ -98,6 +99,16 @@ pub mod class {
         type Handle = crate::route::RouteHandle;
     }
 
+    /// The worker class: works messages from queues (a job runner); keyed
+    /// by the queue paths it works, exactly.
+    #[derive(Debug)]
+    pub enum Worker {}
+    impl Class for Worker {
+        const NAME: &'static str = "worker";
+        const KEYS: KeyKind = KeyKind::Exact;
+        type Handle = crate::worker::WorkerHandle;
+    }
+
     /// The terminal class's name.
     pub const TERMINAL: &str = Terminal::NAME;
     /// The dispatcher class's name.
@@ -108,4 +119,6 @@ pub mod class {
     pub const DRIVER: &str = Driver::NAME;
     /// The route class's name.
     pub const ROUTE: &str = Route::NAME;
+    /// The worker class's name.
+    pub const WORKER: &str = Worker::NAME;
 }

@@ -388,12 +388,24 @@ impl Queues {
 
     /// Gives a leased message back at once, uncounted.
     pub fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        self.give_back(destination, id, false)
+    }
+
+    /// Gives a leased message back at once, its delivery counted (see
+    /// [`crate::Driver::retry`]).
+    pub fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        self.give_back(destination, id, true)
+    }
+
+    fn give_back(&self, destination: &str, id: MessageId, counted: bool) -> Result<(), Failure> {
         let q = self.queue(destination, false)?;
         let mut q = lock(&q);
         match q.leased.remove(&id) {
             Some(lease) => {
                 let mut m = lease.message;
-                m.delivery_count = m.delivery_count.saturating_sub(1);
+                if !counted {
+                    m.delivery_count = m.delivery_count.saturating_sub(1);
+                }
                 q.ready.push_front(m);
                 q.pump(Instant::now());
                 Ok(())

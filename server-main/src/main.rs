@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
         terminal_mqtt,
         terminal_manage,
         route_exec,
+        worker_exec,
         dispatcher_fast,
         driver_memqueue,
         driver_filequeue,

@@ -26,6 +26,26 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Whether a message header may be sent as a response header: a token
+/// name that is not one the response frames itself with, and a value with
+/// no control characters.
+pub fn safe_header(name: &str, value: &str) -> bool {
+    const FRAMING: [&str; 6] = [
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "message-id",
+        "delivery-count",
+    ];
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f))
+        && !value.chars().any(|c| c.is_control() && c != '\t')
+}
+
 /// A whole response with a body, appended to `out`.
 pub fn write(
     out: &mut Vec<u8>,

@@ -397,9 +397,15 @@ fn call(
                 }),
             );
         }
-        (Kind::Release, Served::Driver(drv)) => {
+        (kind @ (Kind::Release | Kind::Retry), Served::Driver(drv)) => {
             let dest = d.string()?;
-            match drv.release(&dest, MessageId(d.u64()?)) {
+            let message = MessageId(d.u64()?);
+            let outcome = if kind == Kind::Retry {
+                drv.retry(&dest, message)
+            } else {
+                drv.release(&dest, message)
+            };
+            match outcome {
                 Ok(()) => {
                     w.send(Kind::Done, id, |_| {});
                 }

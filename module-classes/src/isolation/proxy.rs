@@ -126,6 +126,15 @@ impl Driver for DriverProxy {
             }),
         )
     }
+    fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        let conn = self.conn();
+        unit(
+            conn,
+            conn.call(Kind::Retry, CALL_TIMEOUT, |e| {
+                e.str(destination).u64(id.0);
+            }),
+        )
+    }
 
     fn stats(&self) -> Vec<DestinationStats> {
         let conn = self.conn();

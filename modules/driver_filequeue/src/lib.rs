@@ -362,6 +362,10 @@ impl Driver for FileQueue {
         self.queues.release(destination, id)
     }
 
+    fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        self.queues.retry(destination, id)
+    }
+
     fn stats(&self) -> Vec<DestinationStats> {
         self.queues.stats()
     }

@@ -128,6 +128,10 @@ impl Driver for MemQueue {
         self.queues.release(destination, id)
     }
 
+    fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        self.queues.retry(destination, id)
+    }
+
     fn stop(&self) {
         self.queues.close("the driver instance is stopping");
     }

@@ -322,21 +322,11 @@ impl Driver for RedisQueue {
     }
 
     fn release(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
-        let held = self.shared.peek(destination, |d| {
-            let held = d.leases.remove(&id).is_some();
-            if held {
-                d.to_release.push((id, true));
-            }
-            held
-        });
-        if held != Some(true) {
-            return Err(Failure::new(
-                bindery::FailureKind::NotFound,
-                format!("{destination}: message {id} is not leased here"),
-            ));
-        }
-        self.shared.poke();
-        Ok(())
+        self.give_back(destination, id, true)
+    }
+
+    fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
+        self.give_back(destination, id, false)
     }
 
     fn stats(&self) -> Vec<DestinationStats> {
@@ -362,5 +352,26 @@ impl Driver for RedisQueue {
 impl Drop for RedisQueue {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl RedisQueue {
+    /// Gives a leased message back; `uncount`: as if never delivered.
+    fn give_back(&self, destination: &str, id: MessageId, uncount: bool) -> Result<(), Failure> {
+        let held = self.shared.peek(destination, |d| {
+            let held = d.leases.remove(&id).is_some();
+            if held {
+                d.to_release.push((id, uncount));
+            }
+            held
+        });
+        if held != Some(true) {
+            return Err(Failure::new(
+                bindery::FailureKind::NotFound,
+                format!("{destination}: message {id} is not leased here"),
+            ));
+        }
+        self.shared.poke();
+        Ok(())
     }
 }

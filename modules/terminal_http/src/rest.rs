@@ -202,10 +202,17 @@ impl Core {
                 Delivery::Message(m) => {
                     let id = m.id.to_string();
                     let count = m.delivery_count.to_string();
+                    let mut headers = vec![("Message-Id", id.as_str()), ("Delivery-Count", &count)];
+                    headers.extend(
+                        m.headers
+                            .iter()
+                            .filter(|(k, v)| response::safe_header(k, v))
+                            .map(|(k, v)| (&**k, &**v)),
+                    );
                     response::write(
                         &mut out,
                         200,
-                        &[("Message-Id", &id), ("Delivery-Count", &count)],
+                        &headers,
                         Some(&m.content_type),
                         &m.body,
                         *close,
