@@ -151,6 +151,80 @@ const fn double(
     }
 }
 
+/// A queue driver over the shared queue core ([`bindery_classes::queue`]):
+/// what a worker suite works.
+pub struct QueueDouble {
+    queues: bindery_classes::queue::Queues,
+}
+
+impl Driver for QueueDouble {
+    fn info(&self) -> DriverInfo {
+        DriverInfo {
+            queue: true,
+            durable: false,
+        }
+    }
+
+    fn publish(&self, message: Message, done: Completion<Receipt>) {
+        let id = message.id;
+        match self.queues.reserve(&message.destination) {
+            Ok(room) => {
+                room.fill(message);
+                done.succeed(Receipt {
+                    id,
+                    delivered_to: 0,
+                    backlog: 0,
+                });
+            }
+            Err(f) => done.fail(f),
+        }
+    }
+
+    fn subscribe(
+        &self,
+        dest: &str,
+        consumer: Consumer,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Failure> {
+        self.queues.subscribe(dest, consumer, options)
+    }
+
+    fn ack(&self, dest: &str, id: bindery_classes::MessageId, done: Completion<()>) {
+        done.complete(self.queues.ack(dest, id));
+    }
+
+    fn release(&self, dest: &str, id: bindery_classes::MessageId) -> Result<(), Failure> {
+        self.queues.release(dest, id)
+    }
+
+    fn retry(&self, dest: &str, id: bindery_classes::MessageId) -> Result<(), Failure> {
+        self.queues.retry(dest, id)
+    }
+
+    fn stats(&self) -> Vec<DestinationStats> {
+        self.queues.stats()
+    }
+}
+
+fn queue_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
+    driver::register(&mut reg.typed::<class::Driver>()?, |cx| {
+        let limits = bindery_classes::queue::QueueLimits {
+            max_depth: 10_000,
+            max_queues: 100,
+        };
+        Ok(QueueDouble {
+            queues: bindery_classes::queue::Queues::new(
+                limits,
+                bindery_classes::metrics::Scope::detached(cx.name()),
+            ),
+        })
+    });
+    Ok(())
+}
+
+/// `driver.conformance-queue`: queues in memory.
+pub static QUEUE_DRIVER: ModuleDescriptor = double(class::DRIVER, "conformance-queue", queue_main);
+
 /// `driver.conformance-recorder`: keeps what it is given.
 pub static RECORDING_DRIVER: ModuleDescriptor =
     double(class::DRIVER, "conformance-recorder", recording_main);

@@ -11,10 +11,15 @@
 //!   body, follows rebinding.
 //! - [`terminal`]: starts and stops on loopback, keeps serving when a
 //!   client sends malformed bytes or stalls mid-frame.
+//! - [`route`]: answers every request exactly once, many at once, hostile
+//!   ones too; produces no more than the client's window; lets go of a
+//!   request whose client left.
+//! - [`worker`]: acks work that succeeds, leaves work that fails unacked,
+//!   takes nothing more once stopped.
 //!
 //! A module crate runs the suite of its class with one macro line in its
 //! tests ([`driver_suite!`], [`parser_suite!`], [`dispatcher_suite!`],
-//! [`terminal_suite!`]); each case becomes its own `#[test]`, named after
+//! [`terminal_suite!`], [`route_suite!`], [`worker_suite!`]); each case becomes its own `#[test]`, named after
 //! the rule it checks. `bindery certify` runs the same cases over every
 //! module a server binary links.
 //!
@@ -30,7 +35,9 @@ pub mod doubles;
 pub mod driver;
 pub mod parser;
 pub mod redis;
+pub mod route;
 pub mod terminal;
+pub mod worker;
 
 /// One rule of a class's contract.
 pub struct Case<H: ?Sized> {

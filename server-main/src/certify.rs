@@ -9,7 +9,7 @@ use bindery_classes::class;
 use bindery_classes::driver::DriverHandle;
 use bindery_classes::parser::ParserHandle;
 use bindery_conformance::redis::RedisServer;
-use bindery_conformance::{Verdict, dispatcher, driver, parser, run_all, terminal};
+use bindery_conformance::{Verdict, dispatcher, driver, parser, route, run_all, terminal, worker};
 use serde::Serialize;
 
 /// Where certified driver and parser instances run.
@@ -224,6 +224,14 @@ fn certify_one(module: &'static ModuleDescriptor, isolation: IsolationArg) -> Re
         class::TERMINAL => {
             report.suite = class::TERMINAL.into();
             report.cases = run_all(terminal::TERMINAL, &module);
+        }
+        class::ROUTE => {
+            report.suite = class::ROUTE.into();
+            report.cases = run_all(route::ROUTE, &module);
+        }
+        class::WORKER => {
+            report.suite = class::WORKER.into();
+            report.cases = run_all(worker::WORKER, &module);
         }
         other => report.suite = format!("none: no suite for class {other:?}"),
     }

@@ -42,6 +42,10 @@
 //! is [`bindery_classes::exec`]'s.
 
 mod argv;
+#[cfg(test)]
+mod conformance {
+    bindery_conformance::route_suite!(&crate::MODULE);
+}
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,6 +65,7 @@ bindery::module! {
     name: "exec",
     description: "runs a command per request; stdout streams to the client",
     main: module_main,
+    certify_config: "command = [\"cat\"]\nmax_concurrent = 64",
 }
 
 fn secs(s: u64) -> Duration {

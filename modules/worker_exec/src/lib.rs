@@ -40,6 +40,10 @@
 //! is [`bindery_classes::exec`]'s.
 
 mod queue;
+#[cfg(test)]
+mod conformance {
+    bindery_conformance::worker_suite!(&crate::MODULE);
+}
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -59,6 +63,7 @@ bindery::module! {
     name: "exec",
     description: "runs a command per queued message; acks on exit 0",
     main: module_main,
+    certify_config: "command = [\"grep\", \"-qx\", \"ok\"]\nconcurrency = 4\ntimeout = \"10s\"",
 }
 
 /// The instance configuration (see the crate docs).
