@@ -513,3 +513,30 @@ fn a_route_over_a_drivers_path_is_refused_naming_both() {
         "{err}"
     );
 }
+
+#[test]
+fn stderr_lines_reach_the_instances_log() {
+    let dir = TempDir::new();
+    let s = script(
+        &dir.0,
+        "chatty.sh",
+        "echo 'warming up the flux' >&2\necho ok",
+    );
+    let server = serve("GET /chatty", &command(&s));
+    assert_eq!(get(&server, "/chatty").1, "ok\n");
+    let url = format!("http://{}", server.manage.unwrap());
+    let logs = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_bindery"))
+            .args(["ctl", "--url", &url, "--token-file"])
+            .arg(&server.token_file)
+            .args(["logs", "run"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        eventually(|| logs().contains("stderr: warming up the flux")),
+        "{}",
+        logs()
+    );
+}

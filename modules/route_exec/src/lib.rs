@@ -18,7 +18,8 @@
 //! - **argv only**, never a shell. Request values reach the command only
 //!   through placeholders (`{capture}`, `{query.name}`) that must match
 //!   their pattern whole; hostile values are refused with 400 before
-//!   anything runs (see [`argv`](crate::argv) for the rules).
+//!   anything runs: empty, too long, a control character, a leading `-`,
+//!   a `..` segment, or not matching the pattern whole (docs/exec.md).
 //! - The body goes to stdin. The environment is cleared, then `PATH`, the
 //!   configured `env`, and: `BINDERY_INSTANCE`, `BINDERY_METHOD`,
 //!   `BINDERY_PATH`, `BINDERY_QUERY`, `BINDERY_CONTENT_TYPE`,
