@@ -233,3 +233,54 @@ fn a_failing_start_hook_names_the_instance() {
         "{msg}"
     );
 }
+
+fn path_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
+    reg.factory::<u32, _>(KeyKind::Path, |_| Ok(1));
+    Ok(())
+}
+
+fn route_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
+    reg.factory::<u32, _>(KeyKind::Route, |_| Ok(2));
+    Ok(())
+}
+
+static STORE: ModuleDescriptor = ModuleDescriptor {
+    main: path_main,
+    ..descriptor("store", "s", "crate_s")
+};
+static ENDPOINT: ModuleDescriptor = ModuleDescriptor {
+    main: route_main,
+    ..descriptor("endpoint", "e", "crate_e")
+};
+
+#[test]
+fn a_route_over_a_path_is_refused_either_way_round_naming_both() {
+    let registry = || Registry::of(&[&STORE, &ENDPOINT]).unwrap();
+    // At start: the route comes after the path it would shadow.
+    let text = "[instances.box]\nmodule = \"store.s\"\nbind = [\"/queues/\"]\n\
+                [instances.api]\nmodule = \"endpoint.e\"\nbind = [\"GET /queues/{name}\"]\n";
+    let e = Kernel::build_with(registry(), &Config::parse("t", text).unwrap(), Some(1))
+        .err()
+        .expect("refused")
+        .report();
+    assert!(
+        e.contains("GET /queues/{name}") && e.contains("/queues/") && e.contains("\"box\""),
+        "{e}"
+    );
+    // At run time, both ways round; unrelated keys bind.
+    let text = "[instances.box]\nmodule = \"store.s\"\nbind = [\"/queues/\"]\n\
+                [instances.api]\nmodule = \"endpoint.e\"\nbind = [\"GET /pkg/\"]\n";
+    let kernel =
+        Kernel::build_with(registry(), &Config::parse("t", text).unwrap(), Some(1)).unwrap();
+    let rt = kernel.runtime();
+    let e = rt.bind("api", "POST /queues/x").unwrap_err().report();
+    assert!(e.contains("\"box\"") && e.contains("/queues/"), "{e}");
+    let e = rt.bind("box", "/pkg/list").unwrap_err().report();
+    assert!(e.contains("\"api\"") && e.contains("GET /pkg/"), "{e}");
+    rt.bind("api", "GET /status").unwrap();
+    rt.bind("box", "/topics/").unwrap();
+    assert_eq!(
+        rt.table("endpoint").unwrap().lookup::<u32>("GET /pkg/a/b"),
+        Some(2)
+    );
+}

@@ -45,6 +45,26 @@ fn alive(pid: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Children of `pid` that have exited and were not reaped.
+fn zombies(pid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next());
+        if state == Some("Z") && ppid == Some(&pid.to_string()) {
+            found.push(stat);
+        }
+    }
+    found
+}
+
 /// Waits up to 15 s for `f`; says whether it came true.
 fn eventually(mut f: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + Duration::from_secs(15);
@@ -202,6 +222,11 @@ fn a_timeout_answers_504_and_kills_the_whole_process_group() {
         assert!(eventually(|| !alive(pid)), "pid {pid} outlived its timeout");
     }
     assert_eq!(common::metric(&server, "bindery_exec_running", ""), Some(0));
+    assert!(
+        eventually(|| zombies(server.pid()).is_empty()),
+        "{:?}",
+        zombies(server.pid())
+    );
 }
 
 #[test]
