@@ -9,6 +9,8 @@
 //!            terminal <-- Consumer <-- deliveries +
 //! ```
 //!
+//! [`embed`] is the API a program that embeds a server uses.
+//!
 //! A route ([`route`]) adds an HTTP endpoint beside the messaging paths;
 //! a worker ([`worker`]) works messages from queues; [`exec`] runs a child process on a reactor for modules that hand work
 //! to commands (the command line as the interface).
@@ -25,6 +27,7 @@ pub mod connection;
 pub mod consumer;
 pub mod dispatcher;
 pub mod driver;
+pub mod embed;
 pub mod exec;
 pub mod fanout;
 pub mod http;
