@@ -129,12 +129,33 @@ pub struct Monitor {
     pub(crate) incarnation: u64,
     /// This incarnation's process id; 0 for none.
     pub(crate) pid: Arc<AtomicU32>,
+    /// Why this incarnation cannot serve now, if it says so.
+    pub(crate) degraded: Degraded,
 }
+
+/// What an incarnation said about its health ([`Monitor::degraded`]).
+pub(crate) type Degraded = Arc<parking_lot::Mutex<Option<String>>>;
 
 impl Monitor {
     /// The process serving the instance (its host), or `None`.
     pub fn set_pid(&self, pid: Option<u32>) {
         self.pid.store(pid.unwrap_or(0), Ordering::Release);
+    }
+
+    /// The instance runs but cannot serve, and why (a store it needs is
+    /// unreachable: `redis at redis://10.0.0.5:6379/: connection
+    /// refused`); `None` when it serves again. Shown by introspection, the
+    /// management API and `/readyz`; the instance stays `running` and is
+    /// not restarted for it. Cheap to call on every change.
+    pub fn degraded(&self, reason: Option<String>) {
+        let mut now = self.degraded.lock();
+        if *now != reason {
+            match &reason {
+                Some(why) => tracing::warn!(instance = %self.name, "cannot serve: {why}"),
+                None => tracing::info!(instance = %self.name, "serving again"),
+            }
+            *now = reason;
+        }
     }
 
     /// The incarnation ended without being asked to: `reason` says how;
@@ -216,6 +237,9 @@ pub struct InstanceInfo {
     pub crashes: u32,
     /// When an automatic restart is due, in seconds since the Unix epoch.
     pub restart_at: Option<u64>,
+    /// Why the instance, though running, cannot serve now (a store it
+    /// needs is down), as it said through its monitor.
+    pub degraded: Option<String>,
 }
 
 /// What a [`Runtime::reload`] did, by instance name.
@@ -249,6 +273,8 @@ pub(crate) struct Instance {
     pub(crate) incarnation: u64,
     /// The current incarnation's process (0: none), set through its monitor.
     pub(crate) pid: Arc<AtomicU32>,
+    /// What the current incarnation says of its health.
+    pub(crate) degraded: Degraded,
     pub(crate) crashes: u32,
     pub(crate) restart_at: Option<SystemTime>,
 }
@@ -282,6 +308,10 @@ impl Instance {
             },
             crashes: self.crashes,
             restart_at: epoch_secs(self.restart_at),
+            degraded: match self.state {
+                State::Running => self.degraded.lock().clone(),
+                _ => None,
+            },
         }
     }
 }
@@ -290,6 +320,7 @@ impl Instance {
 pub(crate) struct Made {
     pub(crate) incarnation: u64,
     pub(crate) pid: Arc<AtomicU32>,
+    pub(crate) degraded: Degraded,
     pub(crate) class: &'static str,
     pub(crate) keys: Vec<String>,
     pub(crate) handle: Handle,

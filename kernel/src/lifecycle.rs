@@ -124,6 +124,7 @@ impl Runtime {
             i.last_error = None;
             i.incarnation = made.incarnation;
             i.pid = made.pid;
+            i.degraded = made.degraded;
             i.restart_at = None;
         })?;
         self.run_start(name)

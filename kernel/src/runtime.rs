@@ -185,6 +185,7 @@ impl Runtime {
         }
         let incarnation = self.incarnations.fetch_add(1, Ordering::Relaxed) + 1;
         let pid = Arc::new(AtomicU32::new(0));
+        let degraded = Degraded::default();
         let keys: Vec<String> = if spec.bind.is_empty() {
             registered
                 .factory
@@ -212,6 +213,7 @@ impl Runtime {
                 name: spec.name.clone(),
                 incarnation,
                 pid: pid.clone(),
+                degraded: degraded.clone(),
             },
         };
         let handle = span
@@ -224,6 +226,7 @@ impl Runtime {
         Ok(Made {
             incarnation,
             pid,
+            degraded,
             class: descriptor.class,
             keys,
             handle,
@@ -389,6 +392,7 @@ impl Runtime {
             last_error: None,
             incarnation: made.incarnation,
             pid: made.pid,
+            degraded: made.degraded,
             crashes: 0,
             restart_at: None,
         });

@@ -340,6 +340,34 @@ impl<D: Driver> Driver for Lifecycle<D> {
     }
 }
 
+/// Tells the runtime whether the instance can serve, as `check` says: it
+/// is called every 200 ms while the instance runs, from a thread of its
+/// own, and returns why it cannot (`Some`) or `None`. Changes go to the
+/// instance's [`Monitor::degraded`](bindery::Monitor::degraded), so the
+/// management API, `bindery ctl list` and `/readyz` show them. For a
+/// driver whose store lives elsewhere (Redis).
+pub fn report_health(
+    cx: &InstanceContext,
+    check: impl Fn() -> Option<String> + Send + Sync + 'static,
+) {
+    let monitor = cx.monitor();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let name = cx.name().to_owned();
+    cx.on_start(move |_| {
+        std::thread::Builder::new()
+            .name(format!("bindery-health-{name}"))
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    monitor.degraded(check());
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })?;
+        Ok(())
+    });
+    cx.on_stop(move |_| stopping.store(true, Ordering::Release));
+}
+
 /// The driver serving `path`.
 pub fn lookup(rt: &Runtime, path: &str) -> Option<DriverHandle> {
     rt.lookup::<DriverHandle>(crate::class::DRIVER, path)

@@ -524,7 +524,7 @@ fn instance_rows(list: &[Value]) -> String {
             "RESTARTS",
             "HOST",
             "BIND",
-            "LAST ERROR",
+            "LAST ERROR / DEGRADED",
         ],
         list.iter()
             .map(|i| {
@@ -534,14 +534,23 @@ fn instance_rows(list: &[Value]) -> String {
                     (Some("process"), None) => "none".into(),
                     _ => "-".into(),
                 };
+                // A running instance that says it cannot serve.
+                let state = match i["degraded"].as_str() {
+                    Some(_) => format!("{} (degraded)", s(&i["state"])),
+                    None => s(&i["state"]),
+                };
+                let error = match i["degraded"].as_str() {
+                    Some(why) => why.to_owned(),
+                    None => s(&i["last_error"]),
+                };
                 vec![
                     s(&i["name"]),
                     s(&i["module"]),
-                    s(&i["state"]),
+                    state,
                     s(&i["restarts"]),
                     host,
                     s(&i["bind"]),
-                    s(&i["last_error"]),
+                    error,
                 ]
             })
             .collect(),

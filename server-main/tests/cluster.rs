@@ -327,3 +327,64 @@ fn while_redis_is_down_an_mqtt_qos1_publish_is_not_acknowledged() {
     // The server still serves others.
     assert!(n[0].healthy());
 }
+
+#[test]
+fn readyz_and_the_management_api_say_when_redis_is_down_and_when_it_is_back() {
+    let mut redis = RedisServer::start().unwrap();
+    let node = Server::start(&node_config(&redis));
+    let ready = || {
+        let (status, body, _) = outcome(agent().get(&node.url("/readyz")).call());
+        (status, body)
+    };
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(std::time::Instant::now() < end, "{what} within 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until(&format!("ready with redis up ({:?})", ready()), &|| {
+        ready().0 == 200
+    });
+    redis.kill();
+    until("both redis instances not ready with redis down", &|| {
+        let (status, body) = ready();
+        status == 503 && body.contains("shared:") && body.contains("topics:")
+    });
+    let (_, body) = ready();
+    assert!(
+        body.contains("shared: redis at") && body.contains("unreachable"),
+        "{body}"
+    );
+    assert!(body.contains("topics: redis at"), "{body}");
+    assert!(
+        !body.contains("cluster:"),
+        "no password or prefix noise: {body}"
+    );
+    // The management API says it per instance; the node stays alive.
+    let token = std::fs::read_to_string(&node.token_file).unwrap();
+    let shared: serde_json::Value = serde_json::from_str(
+        &agent()
+            .get(&format!(
+                "http://{}/v1/instances/shared",
+                node.manage.unwrap()
+            ))
+            .set("Authorization", &format!("Bearer {}", token.trim()))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shared["state"], "running");
+    assert!(
+        shared["degraded"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unreachable"),
+        "{shared}"
+    );
+    assert!(node.healthy(), "/healthz stays a liveness check");
+    redis.restart().unwrap();
+    until("ready again once redis is back", &|| ready().0 == 200);
+}

@@ -134,8 +134,14 @@ fn module_main(
 ) -> Result<(), bindery::BoxError> {
     driver::register(reg, |cx| {
         let config: Config = cx.config().parse()?;
-        RedisQueue::open_with_metrics(config, Scope::of(cx.runtime(), cx.name()))
-            .map_err(|e| format!("instance {:?}: {e}", cx.name()).into())
+        let queue = RedisQueue::open_with_metrics(config, Scope::of(cx.runtime(), cx.name()))
+            .map_err(|e| format!("instance {:?}: {e}", cx.name()))?;
+        let up = queue.up_probe();
+        let url = queue.shared.settings.display_url.clone();
+        driver::report_health(cx, move || {
+            (!up()).then(|| format!("redis at {url} is unreachable: publishes and acks fail with 503 until it is back"))
+        });
+        Ok(queue)
     });
     Ok(())
 }
@@ -230,7 +236,17 @@ impl RedisQueue {
 
     /// Whether every connection to Redis is up.
     pub fn is_up(&self) -> bool {
-        self.writers.iter().all(Writer::is_up) && self.shared.reader_up.load(Ordering::Acquire)
+        self.up_probe()()
+    }
+
+    /// [`RedisQueue::is_up`], as a function that outlives a borrow.
+    pub fn up_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let writers: Vec<_> = self.writers.iter().map(Writer::up_flag).collect();
+        let shared = self.shared.clone();
+        move || {
+            writers.iter().all(|w| w.load(Ordering::Acquire))
+                && shared.reader_up.load(Ordering::Acquire)
+        }
     }
 
     fn writer(&self, dest: &str) -> &Writer {

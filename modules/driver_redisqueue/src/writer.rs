@@ -112,6 +112,11 @@ impl Writer {
         self.up.load(Ordering::Acquire)
     }
 
+    /// Whether its connection is up, as a flag to read later.
+    pub(crate) fn up_flag(&self) -> Arc<AtomicBool> {
+        self.up.clone()
+    }
+
     /// Queues `op`; gives it back if the writer is gone.
     pub(crate) fn send(&self, op: Op) -> Result<(), Op> {
         match &*self.tx.lock() {

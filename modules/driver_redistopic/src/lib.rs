@@ -106,8 +106,14 @@ fn module_main(
 ) -> Result<(), bindery::BoxError> {
     driver::register(reg, |cx| {
         let config: Config = cx.config().parse()?;
-        RedisTopic::open_with_metrics(config, Scope::of(cx.runtime(), cx.name()))
-            .map_err(|e| format!("instance {:?}: {e}", cx.name()).into())
+        let topic = RedisTopic::open_with_metrics(config, Scope::of(cx.runtime(), cx.name()))
+            .map_err(|e| format!("instance {:?}: {e}", cx.name()))?;
+        let inner = topic.inner.clone();
+        driver::report_health(cx, move || {
+            let up = inner.up.load(Ordering::Acquire) && inner.listening.load(Ordering::Acquire);
+            (!up).then(|| format!("redis at {} is unreachable: publishes fail with 503 and subscribers miss messages until it is back", inner.url))
+        });
+        Ok(topic)
     });
     Ok(())
 }

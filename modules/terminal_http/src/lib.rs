@@ -10,7 +10,7 @@
 //! | `GET <queue>?wait=S&lease=S` | takes the next message: `200` with body, `Content-Type`, `Message-Id`, `Delivery-Count` and the message's own headers (a job runner's `Original-Id`, say); `204` when `wait` runs out |
 //! | `DELETE <queue>/messages/<id>` | acks; `204`, or `404` if not leased |
 //! | `GET <topic>` + `Accept: text/event-stream` | subscribes (server-sent events) |
-//! | `GET /healthz`, `/metrics` | health, Prometheus text |
+//! | `GET /healthz`, `/readyz`, `/metrics` | alive; every instance can serve (`503` naming those that cannot); Prometheus text |
 //! | a route's key (`GET /pkg/{name}`) | what the route module answers (`bindery_classes::route`), streamed |
 //!
 //! Routes are looked up after `/healthz` and `/metrics` and before the
@@ -160,6 +160,7 @@ fn module_main(
                     config,
                     dispatcher,
                     routes: rt.table(class::ROUTE).cloned(),
+                    runtime: Arc::downgrade(rt),
                     metrics: Metrics::of(rt),
                     stats,
                 })))
@@ -220,6 +221,9 @@ pub(crate) struct Shared {
     pub(crate) instance: String,
     pub(crate) config: Config,
     pub(crate) dispatcher: DispatcherHandle,
+    /// The runtime, for `/readyz` (weak: connections must not keep a
+    /// stopped server alive).
+    pub(crate) runtime: std::sync::Weak<bindery::Runtime>,
     /// The route table, if any route module is linked.
     pub(crate) routes: Option<Arc<Table>>,
     /// The server's metrics, for `/metrics`.

@@ -27,6 +27,7 @@ fn shared(config: Config) -> Arc<Shared> {
             ("/topics/".into(), topics),
         ])),
         routes: Some(routes()),
+        runtime: std::sync::Weak::new(),
         stats: Arc::new(Stats::new(&Scope::new(metrics.clone(), "http"))),
         metrics,
     })
