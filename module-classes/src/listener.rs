@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bindery::{Address, Cx, Handler, ReactorHandle, Runtime};
@@ -61,6 +61,14 @@ pub struct ConnectionStats {
     /// Connections refused at the limit
     /// (`bindery_connections_refused_total`).
     pub refused: Counter,
+    /// Connections refused because their address had
+    /// `max_connections_per_address` open
+    /// (`bindery_connections_refused_per_address_total`).
+    pub refused_per_address: Counter,
+    /// Open connections per client address, when they are limited.
+    per_address: Mutex<HashMap<IpAddr, u64>>,
+    /// Open connections one client address may have; 0: no limit.
+    max_per_address: AtomicU64,
     /// Set once the instance stops: listeners accept nothing more.
     stopping: AtomicBool,
     /// Every live listener and connection handler.
@@ -80,6 +88,12 @@ impl ConnectionStats {
                 "bindery_connections_refused_total",
                 "Connections refused at max_connections.",
             ),
+            refused_per_address: scope.counter(
+                "bindery_connections_refused_per_address_total",
+                "Connections refused because their client address had max_connections_per_address open.",
+            ),
+            per_address: Mutex::new(HashMap::new()),
+            max_per_address: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
         }
@@ -88,6 +102,37 @@ impl ConnectionStats {
     /// Open connections.
     pub fn open(&self) -> u64 {
         self.open.get()
+    }
+
+    /// Limits the open connections of one client address (TCP) to `n`;
+    /// 0: no limit. More are closed at accept and counted.
+    pub fn limit_per_address(&self, n: u64) {
+        self.max_per_address.store(n, Ordering::Release);
+    }
+
+    /// Counts a connection from `ip`, unless it has its limit already.
+    fn admit(&self, ip: IpAddr) -> bool {
+        let max = self.max_per_address.load(Ordering::Acquire);
+        if max == 0 {
+            return true;
+        }
+        let mut open = self.per_address.lock();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut open = self.per_address.lock();
+        if let Some(n) = open.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&ip);
+            }
+        }
     }
 
     fn track(&self, cx: &Cx<'_>) {
@@ -151,13 +196,19 @@ impl ConnectionStats {
 pub struct OpenConnection {
     stats: Arc<ConnectionStats>,
     at: Option<Address>,
+    /// The client's address, when counted per address.
+    ip: Option<IpAddr>,
 }
 
 impl OpenConnection {
     /// Counts a connection open; tracked once it has its handler's address.
-    fn new(stats: Arc<ConnectionStats>) -> OpenConnection {
+    fn new(stats: Arc<ConnectionStats>, ip: Option<IpAddr>) -> OpenConnection {
         stats.open.inc();
-        OpenConnection { stats, at: None }
+        OpenConnection {
+            stats,
+            at: None,
+            ip,
+        }
     }
 
     fn track(&mut self, cx: &Cx<'_>) {
@@ -169,6 +220,9 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.stats.open.dec();
+        if let Some(ip) = self.ip {
+            self.stats.release(ip);
+        }
         if let Some(at) = self.at {
             self.stats.untrack(at);
         }
@@ -192,22 +246,23 @@ pub trait Accept<S = TcpStream>: Send + Sync + 'static {
 trait Acceptor: mio::event::Source + Send + 'static {
     /// What it accepts.
     type Stream: Send + 'static;
-    fn accept_one(&self) -> io::Result<Self::Stream>;
+    /// A connection, and its client's address if it has one (TCP).
+    fn accept_one(&self) -> io::Result<(Self::Stream, Option<IpAddr>)>;
 }
 
 impl Acceptor for TcpListener {
     type Stream = TcpStream;
-    fn accept_one(&self) -> io::Result<TcpStream> {
-        let (stream, _) = self.accept()?;
+    fn accept_one(&self) -> io::Result<(TcpStream, Option<IpAddr>)> {
+        let (stream, peer) = self.accept()?;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Ok((stream, Some(peer.ip())))
     }
 }
 
 impl Acceptor for UnixListener {
     type Stream = UnixStream;
-    fn accept_one(&self) -> io::Result<UnixStream> {
-        self.accept().map(|(s, _)| s)
+    fn accept_one(&self) -> io::Result<(UnixStream, Option<IpAddr>)> {
+        self.accept().map(|(s, _)| (s, None))
     }
 }
 
@@ -341,7 +396,7 @@ impl<L: Acceptor> Handler for Listener<L> {
     fn ready(&mut self, cx: &mut Cx<'_>, _: &Event) {
         loop {
             match self.listener.accept_one() {
-                Ok(stream) => {
+                Ok((stream, ip)) => {
                     if self.stats.stopping.load(Ordering::Acquire) {
                         continue;
                     }
@@ -349,8 +404,16 @@ impl<L: Acceptor> Handler for Listener<L> {
                         self.stats.refused.inc();
                         continue;
                     }
+                    let ip = ip.filter(|_| self.stats.max_per_address.load(Ordering::Acquire) > 0);
+                    if let Some(ip) = ip {
+                        if !self.stats.admit(ip) {
+                            self.stats.refused_per_address.inc();
+                            tracing::debug!(%ip, "connection refused: max_connections_per_address");
+                            continue;
+                        }
+                    }
                     self.stats.accepted.inc();
-                    let mut open = OpenConnection::new(self.stats.clone());
+                    let mut open = OpenConnection::new(self.stats.clone(), ip);
                     let accept = self.accept.clone();
                     let start = move |cx: &mut Cx<'_>| {
                         open.track(cx);

@@ -112,6 +112,9 @@ pub struct Serving<M> {
     pub protocol: &'static str,
     /// Open connections at most; more are refused at accept, counted.
     pub max_connections: u64,
+    /// Open connections one client address may have (0: no limit); more
+    /// are refused at accept, counted.
+    pub max_connections_per_address: u64,
     /// How certification talks to it.
     pub probe: Option<Arc<dyn Probe>>,
     /// A Unix socket to listen on as well (mode 0600).
@@ -140,9 +143,11 @@ where
 {
     register(reg, move |cx| {
         let serving = make(cx)?;
+        let connections = Arc::new(ConnectionStats::new(&Scope::of(cx.runtime(), cx.name())));
+        connections.limit_per_address(serving.max_connections_per_address);
         let served = Arc::new(Served {
             protocol: serving.protocol,
-            connections: Arc::new(ConnectionStats::new(&Scope::of(cx.runtime(), cx.name()))),
+            connections,
             addrs: Mutex::new(Vec::new()),
             probe: serving.probe,
         });

@@ -41,6 +41,7 @@
 //! max_header_bytes = 8192
 //! max_body_bytes = 1048576
 //! max_connections = 10000
+//! max_connections_per_address = 0   # per client IP; 0: no limit
 //! idle_timeout_secs = 30     # nothing from the client, nothing in flight: closed
 //! header_timeout_secs = 20   # a request head not complete this long after its first byte: closed
 //! max_wait_secs = 60
@@ -86,6 +87,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Open connections at most; more are refused at accept.
     pub max_connections: u64,
+    /// Open connections one client address may have (0: no limit);
+    /// more are refused at accept and counted
+    /// (`bindery_connections_refused_per_address_total`).
+    pub max_connections_per_address: u64,
     /// TLS on this instance's listeners (`cert`, `key`, optional
     /// `client_ca` for mutual TLS); none: plaintext.
     pub tls: Option<TlsSettings>,
@@ -117,6 +122,7 @@ impl Default for Config {
             max_header_bytes: 8 * 1024,
             max_body_bytes: 1024 * 1024,
             max_connections: 10_000,
+            max_connections_per_address: 0,
             tls: None,
             idle_timeout_secs: 30,
             header_timeout_secs: 20,
@@ -150,6 +156,7 @@ fn module_main(
         Ok(Serving {
             protocol: "http",
             max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
             probe: Some(Arc::new(HttpProbe)),
             unix_socket: None,
             tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,

@@ -73,6 +73,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Open connections at most.
     pub max_connections: u64,
+    /// Open connections one client address may have (0: no limit);
+    /// more are refused at accept and counted
+    /// (`bindery_connections_refused_per_address_total`).
+    pub max_connections_per_address: u64,
     /// TLS on this instance's listeners (`cert`, `key`, optional
     /// `client_ca` for mutual TLS); none: plaintext.
     pub tls: Option<TlsSettings>,
@@ -92,6 +96,7 @@ impl Default for Config {
             token_file: PathBuf::from("manage.token"),
             max_body_bytes: 1024 * 1024,
             max_connections: 64,
+            max_connections_per_address: 0,
             tls: None,
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
@@ -117,6 +122,7 @@ fn module_main(
         Ok(Serving {
             protocol: "manage",
             max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
             probe: Some(Arc::new(ManageProbe)),
             unix_socket: config.unix_socket.clone(),
             tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,

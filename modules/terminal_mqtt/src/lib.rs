@@ -88,6 +88,10 @@ pub struct Config {
     pub max_queued: usize,
     /// Open connections at most.
     pub max_connections: u64,
+    /// Open connections one client address may have (0: no limit);
+    /// more are refused at accept and counted
+    /// (`bindery_connections_refused_per_address_total`).
+    pub max_connections_per_address: u64,
     /// TLS on this instance's listeners (`cert`, `key`, optional
     /// `client_ca` for mutual TLS); none: plaintext.
     pub tls: Option<TlsSettings>,
@@ -104,6 +108,7 @@ impl Default for Config {
             max_inflight: 32,
             max_queued: 1000,
             max_connections: 10_000,
+            max_connections_per_address: 0,
             tls: None,
             connect_timeout_secs: 10,
         }
@@ -126,6 +131,7 @@ fn module_main(
         Ok(Serving {
             protocol: "mqtt",
             max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
             probe: Some(Arc::new(MqttProbe)),
             unix_socket: None,
             tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
