@@ -134,7 +134,16 @@ pub struct Monitor {
 }
 
 /// What an incarnation said about its health ([`Monitor::degraded`]).
-pub(crate) type Degraded = Arc<parking_lot::Mutex<Option<String>>>;
+pub(crate) type Degraded = Arc<parking_lot::Mutex<Health>>;
+
+/// An incarnation's health as it says it.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// Why it cannot serve now.
+    pub(crate) reason: Option<String>,
+    /// It has served at some point.
+    pub(crate) served: bool,
+}
 
 impl Monitor {
     /// The process serving the instance (its host), or `None`.
@@ -149,13 +158,19 @@ impl Monitor {
     /// not restarted for it. Cheap to call on every change.
     pub fn degraded(&self, reason: Option<String>) {
         let mut now = self.degraded.lock();
-        if *now != reason {
-            match &reason {
-                Some(why) => tracing::warn!(instance = %self.name, "cannot serve: {why}"),
-                None => tracing::info!(instance = %self.name, "serving again"),
+        if now.reason != reason {
+            match (&reason, now.served) {
+                (Some(why), true) => tracing::warn!(instance = %self.name, "cannot serve: {why}"),
+                // Not serving yet at start (connecting): said once, quietly.
+                (Some(why), false) => {
+                    tracing::info!(instance = %self.name, "not serving yet: {why}")
+                }
+                (None, true) => tracing::info!(instance = %self.name, "serving again"),
+                (None, false) => {}
             }
-            *now = reason;
+            now.reason = reason;
         }
+        now.served |= now.reason.is_none();
     }
 
     /// The incarnation ended without being asked to: `reason` says how;
@@ -309,7 +324,7 @@ impl Instance {
             crashes: self.crashes,
             restart_at: epoch_secs(self.restart_at),
             degraded: match self.state {
-                State::Running => self.degraded.lock().clone(),
+                State::Running => self.degraded.lock().reason.clone(),
                 _ => None,
             },
         }

@@ -388,3 +388,71 @@ fn readyz_and_the_management_api_say_when_redis_is_down_and_when_it_is_back() {
     redis.restart().unwrap();
     until("ready again once redis is back", &|| ready().0 == 200);
 }
+
+#[test]
+fn a_node_reaches_redis_over_tls_and_refuses_a_redis_it_does_not_trust() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = common::TempDir::new();
+    let write = |name: &str, text: String| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        (p.self_signed(&key).unwrap(), key)
+    };
+    let (ca_cert, ca_key) = ca("redis test CA");
+    let (other_ca, _) = ca("someone else");
+    let server_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    p.subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let server_cert = p.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+    let ca_path = write("ca.pem", ca_cert.pem());
+    let other_path = write("other.pem", other_ca.pem());
+    let cert_path = write("redis.pem", server_cert.pem());
+    let key_path = write("redis.key", server_key.serialize_pem());
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert_path,
+        "--tls-key-file",
+        &key_path,
+        "--tls-ca-cert-file",
+        &ca_path,
+        "--tls-auth-clients",
+        "no",
+    ])
+    .unwrap();
+    let node = |ca: &str| {
+        Server::start(&config(&format!(
+            "[instances.shared]\nmodule = \"driver.redisqueue\"\nbind = [\"/shared/\"]\n\
+             config = {{ url = \"rediss://127.0.0.1:{tls_port}/\", tls_ca = \"{ca}\", \
+             prefix = \"tls:\", command_timeout_ms = 1000 }}\n"
+        )))
+    };
+    let trusted = node(&ca_path);
+    assert_eq!(publish(&trusted, "/shared/q", "over tls").0, 201);
+    let taken = take(&trusted, "/shared/q", "?wait=5").expect("a message over TLS");
+    assert_eq!(taken.body, "over tls");
+    // The same Redis through the plain port has it: it is one store.
+    assert!(redis.command(&["KEYS", "tls:*"]).unwrap().contains("tls:"));
+    drop(trusted);
+    let wary = node(&other_path);
+    let (status, _) = publish(&wary, "/shared/q", "refused");
+    assert_eq!(
+        status, 503,
+        "a Redis whose certificate the node does not trust"
+    );
+}

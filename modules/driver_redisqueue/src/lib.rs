@@ -87,8 +87,16 @@ bindery::module! {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// `redis://[:password@]host[:port][/db]` (or `redis+unix:///path`).
+    /// `redis://[:password@]host[:port][/db]`, or `rediss://...` for TLS.
     pub url: String,
+    /// With `rediss://`: the CA certificate(s) to trust, PEM (relative:
+    /// under the data directory); without it, the system's roots.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With `rediss://`: a client certificate, PEM, for a Redis that
+    /// asks for one (`tls-auth-clients`).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key, PEM.
+    pub tls_key: Option<std::path::PathBuf>,
     /// Prefix of every key the instance uses. Nodes that share queues
     /// share the prefix.
     pub prefix: String,
@@ -116,6 +124,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             url: "redis://127.0.0.1:6379/".into(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             prefix: "bindery:".into(),
             max_depth: 100_000,
             max_queue_bytes: 1 << 30,
@@ -133,7 +144,17 @@ fn module_main(
     reg: &mut bindery::Registrar<'_, bindery_classes::class::Driver>,
 ) -> Result<(), bindery::BoxError> {
     driver::register(reg, |cx| {
-        let config: Config = cx.config().parse()?;
+        let mut config: Config = cx.config().parse()?;
+        for path in [
+            &mut config.tls_ca,
+            &mut config.tls_cert,
+            &mut config.tls_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = cx.resolve(path);
+        }
         let queue = RedisQueue::open_with_metrics(config, Scope::of(cx.runtime(), cx.name()))
             .map_err(|e| format!("instance {:?}: {e}", cx.name()))?;
         let up = queue.up_probe();
@@ -176,8 +197,7 @@ impl RedisQueue {
         if config.command_timeout_ms == 0 || config.connect_timeout_ms == 0 {
             return field("command_timeout_ms", "timeouts must be above 0");
         }
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| format!("config field url: {e}"))?;
+        let client = open_client(&config)?;
         let display_url = conn::display_url(&config.url);
         let timeouts = Timeouts {
             connect: Duration::from_millis(config.connect_timeout_ms),
@@ -390,4 +410,42 @@ impl RedisQueue {
         self.shared.poke();
         Ok(())
     }
+}
+
+/// A client for `url`; with `rediss://`, TLS trusting `tls_ca` (PEM; the
+/// system's roots without it), and presenting `tls_cert` + `tls_key` when
+/// given (Redis's `tls-auth-clients`). Errors name the field.
+fn open_client(config: &Config) -> Result<redis::Client, String> {
+    let tls = config.tls_ca.is_some() || config.tls_cert.is_some() || config.tls_key.is_some();
+    if !tls {
+        return redis::Client::open(config.url.as_str())
+            .map_err(|e| format!("config field url: {e}"));
+    }
+    if !config.url.starts_with("rediss://") {
+        return Err("config field url: tls_ca, tls_cert and tls_key need a rediss:// url".into());
+    }
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("config field {field}: {}: {e}", path.display()))
+    };
+    let client_tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("tls_cert", cert)?,
+            client_key: read("tls_key", key)?,
+        }),
+        (None, None) => None,
+        _ => return Err("config field tls_cert: tls_cert and tls_key go together".into()),
+    };
+    let root_cert = config
+        .tls_ca
+        .as_ref()
+        .map(|p| read("tls_ca", p))
+        .transpose()?;
+    redis::Client::build_with_tls(
+        config.url.as_str(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| format!("config field url: {e}"))
 }
