@@ -306,6 +306,7 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
             load_config(&again, "").map_err(|e| format!("{e:#}"))
         });
     }
+    raise_open_files();
     kernel.start()?;
     let mut listening = format!("bindery: data directory {}\n", shown(config.data_dir()));
     for (key, t) in bindery_classes::terminal::all(kernel.runtime()) {
@@ -324,4 +325,32 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
     })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one, so the server can
+/// hold as many connections as the system lets it (a soft limit of 1024
+/// is common and far below what one process may have); says so.
+fn raise_open_files() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit fill and read a plain struct.
+    let (got, soft, hard) = unsafe {
+        let got = libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0;
+        (got, l.rlim_cur, l.rlim_max)
+    };
+    if !got || soft >= hard {
+        return;
+    }
+    l.rlim_cur = hard;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } == 0 {
+        tracing::info!("open files: soft limit raised from {soft} to the hard limit {hard}");
+    } else {
+        tracing::warn!(
+            "open files: the soft limit {soft} could not be raised to {hard}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
