@@ -17,6 +17,7 @@
 //! This crate builds on the kernel alone and contains no module; the
 //! modules live in their own crates under `modules/`.
 
+pub mod auth;
 pub mod connection;
 pub mod consumer;
 pub mod dispatcher;
@@ -82,6 +83,16 @@ pub mod class {
         type Handle = crate::driver::DriverHandle;
     }
 
+    /// The auth class: authenticates connections and authorizes what
+    /// they do; keyed by name (`default`).
+    #[derive(Debug)]
+    pub enum Auth {}
+    impl Class for Auth {
+        const NAME: &'static str = "auth";
+        const KEYS: KeyKind = KeyKind::Exact;
+        type Handle = crate::auth::AuthHandle;
+    }
+
     /// The terminal class's name.
     pub const TERMINAL: &str = Terminal::NAME;
     /// The dispatcher class's name.
@@ -90,4 +101,6 @@ pub mod class {
     pub const PARSER: &str = Parser::NAME;
     /// The driver class's name.
     pub const DRIVER: &str = Driver::NAME;
+    /// The auth class's name.
+    pub const AUTH: &str = Auth::NAME;
 }
