@@ -141,7 +141,9 @@ impl Rule {
             };
         }
         if !pattern.starts_with('/') {
-            return Err(format!("{pattern:?}: a pattern is a path, starting with '/'"));
+            return Err(format!(
+                "{pattern:?}: a pattern is a path, starting with '/'"
+            ));
         }
         let segments: Vec<String> = pattern.split('/').map(str::to_owned).collect();
         for (i, s) in segments.iter().enumerate() {

@@ -190,21 +190,19 @@ impl Auth for FileAuth {
             return done.succeed(Login::BadCredentials);
         };
         let password = credentials.password.unwrap_or_default();
-        self.pool.run(
-            Box::new(move || {
-                // Unknown or not: one hash verified, one answer.
-                let (stored, known) = match rules.users.get(&user) {
-                    Some(h) => (h.as_str(), true),
-                    None => (&*rules.dummy, false),
-                };
-                let ok = passwd::verify(stored, &password.0) && known;
-                done.succeed(if ok {
-                    Login::Accepted(Identity::user(&user))
-                } else {
-                    Login::BadCredentials
-                });
-            }),
-        );
+        self.pool.run(Box::new(move || {
+            // Unknown or not: one hash verified, one answer.
+            let (stored, known) = match rules.users.get(&user) {
+                Some(h) => (h.as_str(), true),
+                None => (&*rules.dummy, false),
+            };
+            let ok = passwd::verify(stored, &password.0) && known;
+            done.succeed(if ok {
+                Login::Accepted(Identity::user(&user))
+            } else {
+                Login::BadCredentials
+            });
+        }));
     }
 
     fn authorize(&self, who: &Identity, action: Action, path: &str, done: Completion<bool>) {

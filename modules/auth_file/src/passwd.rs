@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 
 /// Users and their password hashes.
 pub type Users = HashMap<String, String>;
@@ -45,8 +45,7 @@ pub fn hash(password: &[u8]) -> Result<String, String> {
 
 /// Whether `password` matches the PHC string `stored` (slow by design).
 pub fn verify(stored: &str, password: &[u8]) -> bool {
-    PasswordHash::new(stored)
-        .is_ok_and(|h| Argon2::default().verify_password(password, &h).is_ok())
+    PasswordHash::new(stored).is_ok_and(|h| Argon2::default().verify_password(password, &h).is_ok())
 }
 
 /// Parses a password file; errors name the line.
@@ -65,7 +64,9 @@ pub fn parse(text: &str) -> Result<Users, String> {
             return Err(format!("line {at}: {user:?} is not a valid user name"));
         }
         if PasswordHash::new(stored).is_err() {
-            return Err(format!("line {at}: the hash of {user:?} is not a PHC string"));
+            return Err(format!(
+                "line {at}: the hash of {user:?} is not a PHC string"
+            ));
         }
         if users.insert(user.to_owned(), stored.to_owned()).is_some() {
             return Err(format!("line {at}: {user:?} appears twice"));

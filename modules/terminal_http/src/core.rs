@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bindery::{Failure, Note};
+use bindery_classes::auth::Login;
 use bindery_classes::connection::{Ended, Flow, Intake, Io, Protocol, Reading};
 use bindery_classes::driver::{DriverHandle, Receipt};
 use bindery_classes::http::request::{self, Limits, Parsed};
@@ -54,14 +55,20 @@ pub(crate) enum Slot {
     },
     /// An event stream, started when it reaches the front.
     Stream { sub: Subscription },
+    /// A request waiting for the auth instance ([`crate::guard`]).
+    Auth {
+        tag: u64,
+        waiting: Box<crate::guard::Waiting>,
+    },
 }
 
 impl Slot {
     fn tag(&self) -> Option<u64> {
         match self {
-            Slot::Publish { tag, .. } | Slot::Ack { tag, .. } | Slot::Poll { tag, .. } => {
-                Some(*tag)
-            }
+            Slot::Publish { tag, .. }
+            | Slot::Ack { tag, .. }
+            | Slot::Poll { tag, .. }
+            | Slot::Auth { tag, .. } => Some(*tag),
             _ => None,
         }
     }
@@ -84,6 +91,8 @@ pub(crate) struct Core {
     /// is released back to its queue.
     pub(crate) ended: VecDeque<(u64, DriverHandle, String)>,
     pub(crate) streaming: Option<Streaming>,
+    /// Who the client is, and what it may do ([`crate::guard`]).
+    pub(crate) guard: crate::guard::Guard,
     next_tag: u64,
     read_eof: bool,
     pub(crate) close_after: bool,
@@ -106,6 +115,7 @@ impl Core {
             slots: VecDeque::new(),
             ended: VecDeque::new(),
             streaming: None,
+            guard: Default::default(),
             next_tag: 0,
             read_eof: false,
             close_after: false,
@@ -207,7 +217,11 @@ impl Protocol for Core {
         // Timed only while a head is seen incomplete (below).
         let head_since = self.head_since.take();
         let mut used = 0;
-        while !self.close_after && self.streaming.is_none() && self.slots.len() < MAX_PIPELINE {
+        while !self.close_after
+            && self.streaming.is_none()
+            && self.slots.len() < MAX_PIPELINE
+            && !self.authorizing()
+        {
             let rest = &input[used..];
             if rest.is_empty() {
                 break;
@@ -258,6 +272,14 @@ impl Protocol for Core {
             Ok(outcome) => return self.acked(tag, outcome),
             Err(note) => note,
         };
+        let note = match note.take::<Result<Login, Failure>>() {
+            Ok(outcome) => return self.logged_in(io, tag, outcome),
+            Err(note) => note,
+        };
+        let note = match note.take::<Result<bool, Failure>>() {
+            Ok(outcome) => return self.authorized(io, tag, outcome),
+            Err(note) => note,
+        };
         if let Ok(delivery) = note.take::<Delivery>() {
             self.delivered(io, tag, delivery);
         }
@@ -270,6 +292,7 @@ impl Protocol for Core {
         let room = self.streaming.is_some()
             || (!self.close_after
                 && self.slots.len() < MAX_PIPELINE
+                && !self.authorizing()
                 && reading.unsent < MAX_OUTPUT
                 && reading.pending <= cap);
         if self.read_eof || !room {

@@ -33,6 +33,7 @@
 //! ```toml
 //! [instances.http.config]
 //! dispatcher = "default"
+//! auth = "users"             # an auth instance: 401/403 for clients it refuses; none: all allowed
 //! max_header_bytes = 8192
 //! max_body_bytes = 1048576
 //! max_connections = 10000
@@ -45,6 +46,7 @@
 
 mod admin;
 mod core;
+mod guard;
 mod rest;
 #[cfg(test)]
 mod tests;
@@ -52,6 +54,7 @@ mod tests;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bindery_classes::auth::{self, AuthHandle};
 use bindery_classes::connection::{MakeCore, TlsSettings, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
 use bindery_classes::metrics::{Counter, Metrics, Scope};
@@ -71,6 +74,9 @@ bindery::module! {
 pub struct Config {
     /// The dispatcher to hand publishes to, by name.
     pub dispatcher: String,
+    /// The auth instance that authenticates clients and authorizes their
+    /// requests, by name; none: everything is allowed.
+    pub auth: Option<String>,
     /// Largest request head (request line and headers): beyond it, 431.
     pub max_header_bytes: usize,
     /// Largest request body: beyond it, 413.
@@ -102,6 +108,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             dispatcher: "default".into(),
+            auth: None,
             max_header_bytes: 8 * 1024,
             max_body_bytes: 1024 * 1024,
             max_connections: 10_000,
@@ -142,10 +149,16 @@ fn module_main(
             tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
             start: Box::new(move |rt| {
                 let dispatcher = dispatcher::require(rt, &config.dispatcher)?;
+                let auth = config
+                    .auth
+                    .as_deref()
+                    .map(|name| auth::require(rt, name))
+                    .transpose()?;
                 Ok(HttpCores(Arc::new(Shared {
                     instance,
                     config,
                     dispatcher,
+                    auth,
                     metrics: Metrics::of(rt),
                     stats,
                 })))
@@ -165,6 +178,7 @@ pub(crate) struct Stats {
     pub(crate) streams_ended: Counter,
     pub(crate) idle_timeouts: Counter,
     pub(crate) header_timeouts: Counter,
+    pub(crate) auth_failures: Counter,
 }
 
 impl Stats {
@@ -192,6 +206,10 @@ impl Stats {
                 "bindery_http_header_timeouts_total",
                 "Connections closed because a request head did not complete within header_timeout_secs.",
             ),
+            auth_failures: scope.counter(
+                "bindery_http_auth_failures_total",
+                "Requests refused for bad credentials (unknown user or wrong password).",
+            ),
         }
     }
 }
@@ -201,6 +219,8 @@ pub(crate) struct Shared {
     pub(crate) instance: String,
     pub(crate) config: Config,
     pub(crate) dispatcher: DispatcherHandle,
+    /// The auth instance, if the configuration names one.
+    pub(crate) auth: Option<AuthHandle>,
     /// The server's metrics, for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stats: Arc<Stats>,

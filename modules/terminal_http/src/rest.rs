@@ -40,6 +40,14 @@ impl Core {
             crate::admin::answer(builtin, &self.shared, &mut out, close);
             return self.slots.push_back(Slot::Ready(out));
         }
+        if let Some(req) = self.guard(io, req, close) {
+            self.route(io, req, close);
+        }
+    }
+
+    /// A request let through by the guard.
+    pub(crate) fn route(&mut self, io: &mut Io<'_>, req: Request, close: bool) {
+        let method = req.method.as_str();
         match method {
             "POST" | "PUT" => self.publish(io, req, close),
             "GET" => self.get(io, req, close),

@@ -27,6 +27,7 @@ fn shared(config: Config) -> Arc<Shared> {
             ("/topics/".into(), topics),
         ])),
         stats: Arc::new(Stats::new(&Scope::new(metrics.clone(), "http"))),
+        auth: None,
         metrics,
     })
 }

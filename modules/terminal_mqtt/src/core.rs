@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bindery::{Completion, Failure, Note};
+use bindery_classes::auth::{Action, Login};
 use bindery_classes::connection::{Ended, Flow, Intake, Io, Protocol, Reading};
 use bindery_classes::driver::Receipt;
 
 use crate::Shared;
 use crate::codec::{self, Connect, Decoded, Packet, Publish, Will};
+use crate::guard::{Guard, Permit};
 use crate::session::{Session, Stage, Sub, Tag};
 
 /// Bytes read in one go.
@@ -50,6 +52,10 @@ pub(crate) struct Core {
     pub(crate) last_path: Option<(String, Arc<str>)>,
     /// Input bytes seen by the last `receive` and left unused.
     unused: usize,
+    /// The peer, for log lines.
+    pub(crate) peer: String,
+    /// Who the client is and what it may do ([`crate::guard`]).
+    pub(crate) guard: Guard,
 }
 
 impl Core {
@@ -64,6 +70,8 @@ impl Core {
             backlog: Arc::new(AtomicU32::new(0)),
             last_path: None,
             unused: 0,
+            peer: String::new(),
+            guard: Guard::default(),
         }
     }
 
@@ -100,7 +108,7 @@ impl Core {
             .publish(message, Completion::new(|_| {}));
     }
 
-    fn handle(&mut self, io: &mut Io<'_>, p: Packet) -> Result<(), String> {
+    pub(crate) fn handle(&mut self, io: &mut Io<'_>, p: Packet) -> Result<(), String> {
         let Some(c) = &self.connected else {
             return match p {
                 Packet::Connect(c) => self.connect(io, *c),
@@ -165,7 +173,7 @@ impl Core {
     }
 
     /// Refuses a CONNECT with a CONNACK return code, then closes.
-    fn refuse(&mut self, io: &mut Io<'_>, code: u8, why: &str) -> Result<(), String> {
+    pub(crate) fn refuse(&mut self, io: &mut Io<'_>, code: u8, why: &str) -> Result<(), String> {
         self.send(
             io,
             &Packet::ConnAck {
@@ -181,6 +189,20 @@ impl Core {
         if c.level != 4 {
             return self.refuse(io, 1, "unacceptable protocol level");
         }
+        if !self.logged_in(io, &c) {
+            self.guard.held = Some(Packet::Connect(Box::new(c)));
+            return Ok(());
+        }
+        if let Some(will) = &c.will {
+            match self.permit(io, Action::Publish, &self.shared.path(&will.topic)) {
+                Permit::Allowed => {}
+                Permit::Denied => return self.refuse(io, 5, "the will's topic is not allowed"),
+                Permit::Asked => {
+                    self.guard.held = Some(Packet::Connect(Box::new(c)));
+                    return Ok(());
+                }
+            }
+        }
         let client_id = match c.client_id.as_str() {
             "" if !c.clean_session => {
                 return self.refuse(io, 2, "an empty client id needs a clean session");
@@ -190,9 +212,11 @@ impl Core {
         };
         let epoch = self.shared.sessions.epoch();
         let config = &self.shared.config;
+        let owner = self.guard.identity.as_ref().and_then(|i| i.user.clone());
         let (session, present) = self.shared.sessions.attach(
             &client_id,
             c.clean_session,
+            owner,
             (io.wake().clone(), epoch),
             || {
                 Session::new(
@@ -254,12 +278,15 @@ impl Protocol for Core {
         if input.len() > self.unused {
             self.last_seen = io.now();
         }
-        if self.connected.is_none() && input.first().is_some_and(|&b| b != 0x10) {
+        if self.connected.is_none()
+            && self.guard.held.is_none()
+            && input.first().is_some_and(|&b| b != 0x10)
+        {
             // Not even the start of a CONNECT: no need to wait for the rest.
             self.close(true, "a packet before CONNECT");
         }
         let mut used = 0;
-        while self.closing.is_none() {
+        while self.closing.is_none() && self.guard.held.is_none() {
             match codec::decode(&input[used..], self.shared.config.max_packet_bytes) {
                 Ok(Decoded::Packet(p, n)) => {
                     used += n;
@@ -288,11 +315,21 @@ impl Protocol for Core {
                     self.published(io, qos, packet_id, outcome);
                 }
             }
+            Some(Tag::Login) => {
+                if let Ok(outcome) = note.take::<Result<Login, Failure>>() {
+                    self.login_answered(io, outcome);
+                }
+            }
+            Some(Tag::Authorized) => {
+                if let Ok(outcome) = note.take::<Result<bool, Failure>>() {
+                    self.access_answered(io, outcome);
+                }
+            }
         }
     }
 
     fn intake(&self, reading: &Reading) -> Intake {
-        if self.closing.is_some() {
+        if self.closing.is_some() || self.guard.held.is_some() {
             return Intake::Wait;
         }
         let backlog = self.backlog.load(Ordering::Relaxed);

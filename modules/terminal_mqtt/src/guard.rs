@@ -1,0 +1,175 @@
+//! Authentication and authorization, when the instance names an auth
+//! instance (`auth = "name"`). Part of the protocol core
+//! ([`crate::core`]).
+//!
+//! CONNECT's username and password are authenticated: bad credentials
+//! (an unknown user or a wrong password, indistinguishably) get CONNACK 4,
+//! none where the auth instance wants some CONNACK 5, an auth instance
+//! that cannot judge CONNACK 3. A will's topic must be publishable by the
+//! client (else CONNACK 5). Each PUBLISH topic and SUBSCRIBE filter is
+//! authorized, cached per connection and rules generation: a refused
+//! filter gets 0x80 in SUBACK and no subscription; a refused QoS 0 publish
+//! is dropped, a refused QoS 1 or 2 publish closes the connection (MQTT
+//! 3.1.1 has no negative acknowledgement; it allows closing). A
+//! persistent session is resumed only by the user who made it.
+//!
+//! A question the cache cannot answer goes to the auth instance; the
+//! packet that asked is held and no further packet is read until the
+//! answer comes back as a note, so packets keep their order. The packet
+//! is then handled again, and finds the answer.
+
+use bindery::Failure;
+use bindery_classes::auth::{Action, Credentials, Decisions, Identity, Login, Secret};
+use bindery_classes::connection::Io;
+
+use crate::codec::Packet;
+use crate::core::Core;
+use crate::session::Tag;
+
+/// Decisions cached per connection at most (paths).
+const CACHED: usize = 256;
+
+/// A connection's authentication state.
+pub(crate) struct Guard {
+    /// Who the client is, once CONNECT is accepted.
+    pub(crate) identity: Option<Identity>,
+    decisions: Decisions,
+    /// The packet waiting for an answer.
+    pub(crate) held: Option<Packet>,
+    /// The filters of a held SUBSCRIBE decided so far.
+    pub(crate) decided: Vec<bool>,
+    /// The question asked: generation, action, path.
+    asked: Option<(u64, Action, String)>,
+    /// The answer to it, for the held packet's next turn.
+    answer: Option<(Action, String, bool)>,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            identity: None,
+            decisions: Decisions::new(CACHED),
+            held: None,
+            decided: Vec::new(),
+            asked: None,
+            answer: None,
+        }
+    }
+}
+
+/// An authorization, now or later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Permit {
+    Allowed,
+    Denied,
+    /// Asked; hold the packet until the answer comes.
+    Asked,
+}
+
+impl Core {
+    /// Whether the client may do `action` on `path`.
+    pub(crate) fn permit(&mut self, io: &mut Io<'_>, action: Action, path: &str) -> Permit {
+        let Some(auth) = self.shared.auth.clone() else {
+            return Permit::Allowed;
+        };
+        if let Some((a, p, answer)) = self.guard.answer.take() {
+            if a == action && p == path {
+                return if answer {
+                    Permit::Allowed
+                } else {
+                    Permit::Denied
+                };
+            }
+        }
+        match self.guard.decisions.get(&*auth, action, path) {
+            Some(true) => Permit::Allowed,
+            Some(false) => Permit::Denied,
+            None => {
+                let who = self.guard.identity.clone().unwrap_or_default();
+                self.guard.asked = Some((auth.generation(), action, path.to_owned()));
+                let done = io.wake().completion::<bool>(Tag::Authorized.to_u64());
+                auth.authorize(&who, action, path, done);
+                Permit::Asked
+            }
+        }
+    }
+
+    /// At CONNECT: `true` to go on (no auth, or already authenticated);
+    /// `false` when the CONNECT is held for the auth instance's answer.
+    pub(crate) fn logged_in(&mut self, io: &mut Io<'_>, c: &crate::codec::Connect) -> bool {
+        let Some(auth) = self.shared.auth.clone() else {
+            return true;
+        };
+        if self.guard.identity.is_some() {
+            return true;
+        }
+        let credentials = Credentials {
+            username: c.username.clone(),
+            password: c.password.as_ref().map(|p| Secret(p.to_vec())),
+            token: None,
+            peer: self.peer.clone(),
+        };
+        auth.authenticate(
+            credentials,
+            io.wake().completion::<Login>(Tag::Login.to_u64()),
+        );
+        false
+    }
+
+    /// The auth instance's answer to CONNECT.
+    pub(crate) fn login_answered(&mut self, io: &mut Io<'_>, outcome: Result<Login, Failure>) {
+        let Some(Packet::Connect(c)) = self.guard.held.take() else {
+            return;
+        };
+        let (code, why) = match outcome {
+            Ok(Login::Accepted(who)) => {
+                self.guard.identity = Some(who);
+                return self.rehandle(io, Packet::Connect(c));
+            }
+            Ok(Login::BadCredentials) => {
+                self.shared.stats.auth_failures.inc();
+                tracing::info!(
+                    instance = %self.shared.instance,
+                    peer = %self.peer,
+                    user = c.username.as_deref().unwrap_or("-"),
+                    "login failed: bad credentials"
+                );
+                (4, "bad user name or password")
+            }
+            Ok(Login::NotAuthorized) => (5, "not authorized"),
+            Err(f) => {
+                tracing::warn!(instance = %self.shared.instance, "auth could not judge a CONNECT: {f}");
+                (3, "authentication unavailable")
+            }
+        };
+        let _ = self.refuse(io, code, why);
+    }
+
+    /// The auth instance's answer to a question of access.
+    pub(crate) fn access_answered(&mut self, io: &mut Io<'_>, outcome: Result<bool, Failure>) {
+        let Some((generation, action, path)) = self.guard.asked.take() else {
+            return;
+        };
+        let allowed = match outcome {
+            Ok(allowed) => {
+                self.guard.decisions.put(generation, action, &path, allowed);
+                allowed
+            }
+            Err(f) => {
+                tracing::warn!(instance = %self.shared.instance, "auth could not judge {} on {path}: {f}", action.as_str());
+                false
+            }
+        };
+        self.guard.answer = Some((action, path, allowed));
+        if let Some(p) = self.guard.held.take() {
+            self.rehandle(io, p);
+        }
+    }
+
+    /// Handles a held packet again, now that its answer is in.
+    fn rehandle(&mut self, io: &mut Io<'_>, p: Packet) {
+        if let Err(why) = self.handle(io, p) {
+            self.close(true, &why);
+        }
+    }
+}
