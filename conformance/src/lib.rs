@@ -11,10 +11,14 @@
 //!   body, follows rebinding.
 //! - [`terminal`]: starts and stops on loopback, keeps serving when a
 //!   client sends malformed bytes or stalls mid-frame.
+//! - [`auth`]: answers every question; the right password lets in, an
+//!   unknown user and a wrong password are refused alike; rules are
+//!   followed; a subscription that could reach a forbidden topic is
+//!   refused; a change takes effect on reload.
 //!
 //! A module crate runs the suite of its class with one macro line in its
 //! tests ([`driver_suite!`], [`parser_suite!`], [`dispatcher_suite!`],
-//! [`terminal_suite!`]); each case becomes its own `#[test]`, named after
+//! [`terminal_suite!`], [`auth_suite!`] and [`auth_access_suite!`]); each case becomes its own `#[test]`, named after
 //! the rule it checks. `bindery certify` runs the same cases over every
 //! module a server binary links.
 //!
@@ -25,6 +29,7 @@
 //! Every case returns `Err` with a reason rather than panicking, so a runner
 //! can tabulate; the macros turn an `Err` into a test failure.
 
+pub mod auth;
 pub mod dispatcher;
 pub mod doubles;
 pub mod driver;

@@ -21,9 +21,13 @@ fn every_listed_module_crate_is_registered() {
         parser_json,
         parser_text,
         parser_octets,
+        auth_allow,
+        auth_file,
     ];
     let registry = Registry::load(linked).expect("all listed modules are linked");
     let want = [
+        ("auth.allow", "auth_allow"),
+        ("auth.file", "auth_file"),
         ("dispatcher.fast", "dispatcher_fast"),
         ("driver.filequeue", "driver_filequeue"),
         ("driver.memqueue", "driver_memqueue"),
@@ -71,6 +75,8 @@ fn the_server_binary_lists_its_modules_without_starting() {
     assert_eq!(
         ids,
         [
+            "auth.allow",
+            "auth.file",
             "dispatcher.fast",
             "driver.filequeue",
             "driver.memqueue",

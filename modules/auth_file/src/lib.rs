@@ -30,6 +30,7 @@
 //! bad credentials.
 
 pub mod acl;
+pub mod fixture;
 pub mod passwd;
 
 use std::path::PathBuf;
