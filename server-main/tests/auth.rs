@@ -397,10 +397,49 @@ fn bindery_passwd_round_trip_and_sighup_applies_a_changed_acl() {
     assert!(o.status.success(), "{}", text(&o));
     ctl_reload(&s);
     assert_eq!(post(&s, Some("carol:open"), "/queues/b").0, "401");
-    // A reload with an ACL that no longer parses keeps the rules in effect.
-    std::fs::write(dir.0.join("acl"), "allow alice publish /queues/c\n").unwrap();
+    // A subscription the new rules no longer allow is cancelled: alice
+    // holds news/# and own/#, loses news/#, and then receives only own/.
+    let rules = "allow alice publish /queues/c\nallow alice all /topics/own/#\nallow alice publish /topics/news/#\n";
+    std::fs::write(
+        dir.0.join("acl"),
+        format!("{rules}allow alice subscribe /topics/news/#\n"),
+    )
+    .unwrap();
     ctl_reload(&s);
-    assert_eq!(post(&s, Some("alice:wonderland"), "/queues/c").0, "201");
+    let mqtt = s.mqtt.expect("mqtt");
+    let mut alice = login(mqtt, "alice", "alice", "wonderland");
+    for (id, filter) in [(1, "news/#"), (2, "own/#")] {
+        alice
+            .write_all(&common::mqtt::subscribe_packet(id, filter, 1))
+            .unwrap();
+    }
+    let mut r = BufReader::new(alice.try_clone().unwrap());
+    for id in [1u8, 2] {
+        assert_eq!(
+            read_packet(&mut r).unwrap(),
+            (0x90, vec![0, id, 1]),
+            "SUBACK"
+        );
+    }
+    std::fs::write(dir.0.join("acl"), rules).unwrap();
+    ctl_reload(&s);
+    let mut out = Vec::new();
+    publish_packet(&mut out, "news/x", 1, 7, b"revoked");
+    publish_packet(&mut out, "own/x", 1, 8, b"kept");
+    alice.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let (head, body) = read_packet(&mut r).unwrap();
+        if head >> 4 == 3 {
+            got.push(String::from_utf8_lossy(&body).to_string());
+            if body.ends_with(b"kept") {
+                break;
+            }
+        }
+    }
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(post(&s, Some("alice:wonderland"), "/queues/c").0 == "201");
+    // A reload with an ACL that no longer parses keeps the rules in effect.
     std::fs::write(dir.0.join("acl"), "allow alice publish\n").unwrap();
     ctl_reload(&s);
     assert_eq!(post(&s, Some("alice:wonderland"), "/queues/c").0, "201");

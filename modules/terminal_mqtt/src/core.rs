@@ -229,6 +229,12 @@ impl Core {
         );
         let keep_alive =
             (c.keep_alive > 0).then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500));
+        // A resumed session's subscriptions are checked against the rules
+        // in effect now ([`Core::recheck`]).
+        self.guard.checked = match &self.shared.auth {
+            Some(auth) if !present => Some(auth.generation()),
+            _ => None,
+        };
         self.connected = Some(Connected {
             session: session.clone(),
             epoch,
@@ -279,14 +285,14 @@ impl Protocol for Core {
             self.last_seen = io.now();
         }
         if self.connected.is_none()
-            && self.guard.held.is_none()
+            && !self.guard.waiting()
             && input.first().is_some_and(|&b| b != 0x10)
         {
             // Not even the start of a CONNECT: no need to wait for the rest.
             self.close(true, "a packet before CONNECT");
         }
         let mut used = 0;
-        while self.closing.is_none() && self.guard.held.is_none() {
+        while self.closing.is_none() && !self.guard.waiting() {
             match codec::decode(&input[used..], self.shared.config.max_packet_bytes) {
                 Ok(Decoded::Packet(p, n)) => {
                     used += n;
@@ -329,7 +335,7 @@ impl Protocol for Core {
     }
 
     fn intake(&self, reading: &Reading) -> Intake {
-        if self.closing.is_some() || self.guard.held.is_some() {
+        if self.closing.is_some() || self.guard.waiting() {
             return Intake::Wait;
         }
         let backlog = self.backlog.load(Ordering::Relaxed);
@@ -346,7 +352,10 @@ impl Protocol for Core {
     }
 
     fn pump(&mut self, io: &mut Io<'_>) {
-        self.drain(io);
+        self.recheck(io);
+        if self.subs_current() {
+            self.drain(io);
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {

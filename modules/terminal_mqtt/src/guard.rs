@@ -13,10 +13,16 @@
 //! 3.1.1 has no negative acknowledgement; it allows closing). A
 //! persistent session is resumed only by the user who made it.
 //!
+//! When the rules change (the auth instance's generation moves), each
+//! subscription a connection holds is authorized again and cancelled if
+//! no longer allowed; so is each of a resumed persistent session.
+//!
 //! A question the cache cannot answer goes to the auth instance; the
 //! packet that asked is held and no further packet is read until the
 //! answer comes back as a note, so packets keep their order. The packet
 //! is then handled again, and finds the answer.
+
+use std::sync::Arc;
 
 use bindery::Failure;
 use bindery_classes::auth::{Action, Credentials, Decisions, Identity, Login, Secret};
@@ -42,6 +48,11 @@ pub(crate) struct Guard {
     asked: Option<(u64, Action, String)>,
     /// The answer to it, for the held packet's next turn.
     answer: Option<(Action, String, bool)>,
+    /// The rules generation the session's subscriptions were last checked
+    /// against (`None`: a resumed session, not checked yet).
+    pub(crate) checked: Option<u64>,
+    /// Subscriptions still to check against changed rules.
+    recheck: Vec<Arc<str>>,
 }
 
 impl Default for Guard {
@@ -53,6 +64,8 @@ impl Default for Guard {
             decided: Vec::new(),
             asked: None,
             answer: None,
+            checked: None,
+            recheck: Vec::new(),
         }
     }
 }
@@ -66,7 +79,61 @@ pub(crate) enum Permit {
     Asked,
 }
 
+impl Guard {
+    /// Waiting for the auth instance: no packet is read meanwhile.
+    pub(crate) fn waiting(&self) -> bool {
+        self.held.is_some() || self.asked.is_some()
+    }
+}
+
 impl Core {
+    /// Whether the session's subscriptions are checked against the rules
+    /// in effect: until they are, nothing queued is sent.
+    pub(crate) fn subs_current(&self) -> bool {
+        match &self.shared.auth {
+            None => true,
+            Some(auth) => {
+                self.guard.recheck.is_empty() && self.guard.checked == Some(auth.generation())
+            }
+        }
+    }
+
+    /// After the rules change (or when a persistent session resumes), each
+    /// subscription of the session is authorized again; one no longer
+    /// allowed is cancelled, and what it queued is not sent.
+    pub(crate) fn recheck(&mut self, io: &mut Io<'_>) {
+        let (Some(auth), Some(c)) = (self.shared.auth.clone(), &self.connected) else {
+            return;
+        };
+        if self.guard.waiting() {
+            return;
+        }
+        let session = c.session.clone();
+        let now = auth.generation();
+        if self.guard.checked != Some(now) {
+            self.guard.checked = Some(now);
+            self.guard.recheck = session.state.lock().subs.keys().cloned().collect();
+        }
+        while let Some(filter) = self.guard.recheck.last().cloned() {
+            match self.permit(io, Action::Subscribe, &self.shared.path(&filter)) {
+                Permit::Asked => return,
+                Permit::Allowed => {}
+                Permit::Denied => {
+                    let gone = session.state.lock().subs.remove(&filter);
+                    // Cancelling takes driver locks: not under the session's.
+                    drop(gone);
+                    tracing::info!(
+                        instance = %self.shared.instance,
+                        client = %session.client_id,
+                        %filter,
+                        "subscription cancelled: the rules no longer allow it"
+                    );
+                }
+            }
+            self.guard.recheck.pop();
+        }
+    }
+
     /// Whether the client may do `action` on `path`.
     pub(crate) fn permit(&mut self, io: &mut Io<'_>, action: Action, path: &str) -> Permit {
         let Some(auth) = self.shared.auth.clone() else {
@@ -161,8 +228,9 @@ impl Core {
             }
         };
         self.guard.answer = Some((action, path, allowed));
-        if let Some(p) = self.guard.held.take() {
-            self.rehandle(io, p);
+        match self.guard.held.take() {
+            Some(p) => self.rehandle(io, p),
+            None => self.recheck(io),
         }
     }
 
