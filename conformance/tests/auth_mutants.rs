@@ -53,12 +53,15 @@ impl Harness for Files {
     }
 }
 
+/// Answers remembered by who, action and path.
+type Memo = Mutex<HashMap<(Option<Arc<str>>, Action, String), bool>>;
+
 /// An auth instance with its answers changed.
 struct Mutant {
     inner: AuthHandle,
     login: fn(&Credentials, Login) -> Login,
     authorize: fn(&Mutant, &Identity, Action, &str, Completion<bool>),
-    memo: Mutex<HashMap<(Option<Arc<str>>, Action, String), bool>>,
+    memo: Memo,
 }
 
 impl Mutant {

@@ -8,7 +8,10 @@ use bindery_conformance::auth::{Harness, Setup};
 /// The suites' harness over a [`Fixture`].
 struct Files(Fixture);
 
-fn parts(s: &Setup) -> (Vec<(&str, &str)>, Vec<(&str, Action, &str)>) {
+/// Users and rules as the fixture takes them.
+type Parts<'a> = (Vec<(&'a str, &'a str)>, Vec<(&'a str, Action, &'a str)>);
+
+fn parts(s: &Setup) -> Parts<'_> {
     let users = s
         .users
         .iter()
