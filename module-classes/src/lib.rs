@@ -1,5 +1,6 @@
-//! Bindery's module classes: what a terminal, a dispatcher, a parser and a
-//! driver promise, and the [`Message`] that flows between them.
+//! Bindery's module classes: what a terminal, a dispatcher, a parser, a
+//! driver and an auth module promise, and the [`Message`] that flows
+//! between them.
 //!
 //! ```text
 //! client --wire--> terminal --> dispatcher --> parser   (bound to MIME types)
@@ -8,6 +9,9 @@
 //!                                                 |
 //!            terminal <-- Consumer <-- deliveries +
 //! ```
+//!
+//! A terminal may also consult an [`auth`] instance: who a connection is,
+//! and whether it may publish, subscribe or consume on a path.
 //!
 //! Each class is a trait; an instance of a module is an `Arc<dyn Trait>`
 //! held in the class's binding table. Each class module also has a

@@ -3,7 +3,7 @@
 //! ([`crate::core`]).
 //!
 //! Each request's `Authorization` (Basic or Bearer) is authenticated once
-//! per connection and header value; each (action, path) is authorized
+//! per connection, header value and rules generation; each (action, path) is authorized
 //! once per connection and rules generation ([`Decisions`]). What is not
 //! cached is asked of the auth instance, whose answer comes back as a
 //! note; meanwhile the request waits in a [`Slot::Auth`] at the back of the
@@ -27,8 +27,9 @@ const CACHED: usize = 256;
 /// A connection's authentication state.
 #[derive(Debug)]
 pub(crate) struct Guard {
-    /// The `Authorization` value last authenticated, and who it is.
-    login: Option<(Option<String>, Identity)>,
+    /// The `Authorization` value last authenticated, who it is, and the
+    /// rules generation then (a reload authenticates again).
+    login: Option<(Option<String>, Identity, u64)>,
     decisions: Decisions,
 }
 
@@ -76,11 +77,13 @@ impl Core {
         let Some((action, path)) = action_of(&req) else {
             return Some(req);
         };
+        let generation = auth.generation();
         let known = match &self.guard.login {
-            Some((header, who)) if *header == req.authorization => Some(who.clone()),
+            Some((header, who, g)) if *header == req.authorization && *g == generation => {
+                Some(who.clone())
+            }
             _ => None,
         };
-        let generation = auth.generation();
         let Some(who) = known else {
             let credentials = match &req.authorization {
                 None => Default::default(),
@@ -151,7 +154,7 @@ impl Core {
         };
         match outcome {
             Ok(Login::Accepted(who)) => {
-                self.guard.login = Some((w.req.authorization.clone(), who));
+                self.guard.login = Some((w.req.authorization.clone(), who, w.generation));
                 self.guard.decisions.clear();
                 self.resume(io, w.req, w.close);
             }
