@@ -489,3 +489,91 @@ fn subscribed(s: &Server, destination: &str) {
     }
     panic!("nobody subscribed to {destination}");
 }
+
+/// A rumqttc client with credentials: its events on a channel.
+fn rumqttc_client(
+    at: SocketAddr,
+    id: &str,
+    user: &str,
+    password: &str,
+) -> (
+    rumqttc::Client,
+    std::sync::mpsc::Receiver<Result<rumqttc::Packet, rumqttc::ConnectionError>>,
+) {
+    let mut o = rumqttc::MqttOptions::new(id, at.ip().to_string(), at.port());
+    o.set_credentials(user, password);
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            let stop = ev.is_err();
+            let sent = match ev {
+                Ok(rumqttc::Event::Incoming(p)) => tx.send(Ok(p)),
+                Ok(_) => Ok(()),
+                Err(e) => tx.send(Err(e)),
+            };
+            if stop || sent.is_err() {
+                return;
+            }
+        }
+    });
+    (client, rx)
+}
+
+#[test]
+fn rumqttc_gets_connack_4_its_grants_and_its_refusals() {
+    use rumqttc::{ConnectReturnCode, ConnectionError, Packet, QoS, SubscribeFilter};
+    let dir = TempDir::new();
+    let s = server(&dir.0, ACL);
+    let mqtt = s.mqtt.expect("mqtt");
+    let next =
+        |rx: &std::sync::mpsc::Receiver<_>| rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+    let (_c, rx) = rumqttc_client(mqtt, "intruder", "alice", "nope");
+    match next(&rx) {
+        Err(ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, ConnectReturnCode::BadUserNamePassword)
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let (alice, rx) = rumqttc_client(mqtt, "alice-r", "alice", "wonderland");
+    assert!(matches!(next(&rx), Ok(Packet::ConnAck(_))));
+    alice
+        .subscribe_many([
+            SubscribeFilter::new("sensors/#".into(), QoS::AtLeastOnce),
+            SubscribeFilter::new("users/bob/#".into(), QoS::AtLeastOnce),
+        ])
+        .unwrap();
+    match next(&rx) {
+        Ok(Packet::SubAck(ack)) => assert_eq!(
+            ack.return_codes,
+            [
+                rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce),
+                rumqttc::SubscribeReasonCode::Failure
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let (bob, brx) = rumqttc_client(mqtt, "bob-r", "bob", "builder");
+    assert!(matches!(next(&brx), Ok(Packet::ConnAck(_))));
+    bob.publish(
+        "users/bob/private",
+        QoS::AtLeastOnce,
+        false,
+        "not for alice",
+    )
+    .unwrap();
+    bob.publish("sensors/t2", QoS::AtLeastOnce, false, "for alice")
+        .unwrap();
+    loop {
+        match next(&rx) {
+            Ok(Packet::Publish(p)) => {
+                assert_eq!(p.topic, "sensors/t2", "{p:?}");
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
