@@ -47,6 +47,8 @@
 mod admin;
 mod core;
 mod guard;
+#[cfg(test)]
+mod guard_tests;
 mod rest;
 #[cfg(test)]
 mod tests;
