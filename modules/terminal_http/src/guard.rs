@@ -170,7 +170,7 @@ impl Core {
                     tracing::info!(
                         instance = %self.shared.instance,
                         peer = %self.peer,
-                        user = user.as_deref().unwrap_or("-"),
+                        user = ?user,
                         "login failed: bad credentials"
                     );
                 }

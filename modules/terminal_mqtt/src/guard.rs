@@ -198,7 +198,7 @@ impl Core {
                 tracing::info!(
                     instance = %self.shared.instance,
                     peer = %self.peer,
-                    user = c.username.as_deref().unwrap_or("-"),
+                    user = ?c.username,
                     "login failed: bad credentials"
                 );
                 (4, "bad user name or password")

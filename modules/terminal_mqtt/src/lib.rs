@@ -58,6 +58,8 @@
 mod codec;
 mod core;
 mod guard;
+#[cfg(test)]
+mod guard_tests;
 mod session;
 #[cfg(test)]
 mod tests;
