@@ -110,7 +110,7 @@ fn log_lines_to_a_file_carry_no_colour_codes() {
     );
 }
 
-const LINKED: &str = "dispatcher.fast, driver.filequeue, driver.memqueue, driver.redisqueue, \
+const LINKED: &str = "auth.allow, auth.file, dispatcher.fast, driver.filequeue, driver.memqueue, driver.redisqueue, \
                       driver.redistopic, driver.topic, parser.json, parser.octets, parser.text, terminal.http, \
                       terminal.manage, terminal.mqtt";
 
