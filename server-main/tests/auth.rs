@@ -498,7 +498,7 @@ fn rumqttc_client(
     password: &str,
 ) -> (
     rumqttc::Client,
-    std::sync::mpsc::Receiver<Result<rumqttc::Packet, rumqttc::ConnectionError>>,
+    std::sync::mpsc::Receiver<Result<rumqttc::Packet, Box<rumqttc::ConnectionError>>>,
 ) {
     let mut o = rumqttc::MqttOptions::new(id, at.ip().to_string(), at.port());
     o.set_credentials(user, password);
@@ -510,7 +510,7 @@ fn rumqttc_client(
             let sent = match ev {
                 Ok(rumqttc::Event::Incoming(p)) => tx.send(Ok(p)),
                 Ok(_) => Ok(()),
-                Err(e) => tx.send(Err(e)),
+                Err(e) => tx.send(Err(Box::new(e))),
             };
             if stop || sent.is_err() {
                 return;
@@ -530,7 +530,7 @@ fn rumqttc_gets_connack_4_its_grants_and_its_refusals() {
         |rx: &std::sync::mpsc::Receiver<_>| rx.recv_timeout(Duration::from_secs(10)).unwrap();
 
     let (_c, rx) = rumqttc_client(mqtt, "intruder", "alice", "nope");
-    match next(&rx) {
+    match next(&rx).map_err(|e| *e) {
         Err(ConnectionError::ConnectionRefused(code)) => {
             assert_eq!(code, ConnectReturnCode::BadUserNamePassword)
         }
