@@ -16,6 +16,9 @@
 //!   could match any topic the user may not subscribe to is refused (so a
 //!   refused subscription receives nothing, ever); a changed rule or
 //!   password takes effect on reload, and the generation moves with it.
+//!
+//! Longer than most files here: the class's whole contract in one place,
+//! two case lists with their macros.
 
 use std::sync::mpsc::Receiver;
 use std::time::Duration;

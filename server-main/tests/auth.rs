@@ -4,6 +4,10 @@
 //! as the clients print them), SUBACK 0x80 and a refused subscription that
 //! receives nothing, refused publishes at QoS 0 and 1, `bindery passwd`,
 //! and a changed ACL taking effect on SIGHUP.
+//!
+//! Longer than most files here: one test per kind of client (curl,
+//! mosquitto, rumqttc) and one for the files' life (`bindery passwd`,
+//! SIGHUP and `bindery ctl reload`), sharing one server setup.
 
 mod common;
 

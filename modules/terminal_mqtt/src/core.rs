@@ -11,13 +11,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bindery::{Completion, Failure, Note};
-use bindery_classes::auth::{Action, Login};
 use bindery_classes::connection::{Ended, Flow, Intake, Io, Protocol, Reading};
 use bindery_classes::driver::Receipt;
 
 use crate::Shared;
 use crate::codec::{self, Connect, Decoded, Packet, Publish, Will};
-use crate::guard::{Guard, Permit};
+use crate::guard::Guard;
 use crate::session::{Session, Stage, Sub, Tag};
 
 /// Bytes read in one go.
@@ -189,20 +188,9 @@ impl Core {
         if c.level != 4 {
             return self.refuse(io, 1, "unacceptable protocol level");
         }
-        if !self.logged_in(io, &c) {
-            self.guard.held = Some(Packet::Connect(Box::new(c)));
+        let Some(c) = self.admit(io, c) else {
             return Ok(());
-        }
-        if let Some(will) = &c.will {
-            match self.permit(io, Action::Publish, &self.shared.path(&will.topic)) {
-                Permit::Allowed => {}
-                Permit::Denied => return self.refuse(io, 5, "the will's topic is not allowed"),
-                Permit::Asked => {
-                    self.guard.held = Some(Packet::Connect(Box::new(c)));
-                    return Ok(());
-                }
-            }
-        }
+        };
         let client_id = match c.client_id.as_str() {
             "" if !c.clean_session => {
                 return self.refuse(io, 2, "an empty client id needs a clean session");
@@ -321,16 +309,7 @@ impl Protocol for Core {
                     self.published(io, qos, packet_id, outcome);
                 }
             }
-            Some(Tag::Login) => {
-                if let Ok(outcome) = note.take::<Result<Login, Failure>>() {
-                    self.login_answered(io, outcome);
-                }
-            }
-            Some(Tag::Authorized) => {
-                if let Ok(outcome) = note.take::<Result<bool, Failure>>() {
-                    self.access_answered(io, outcome);
-                }
-            }
+            Some(Tag::Login | Tag::Authorized) => self.answered(io, note),
         }
     }
 

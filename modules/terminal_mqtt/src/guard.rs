@@ -24,11 +24,11 @@
 
 use std::sync::Arc;
 
-use bindery::Failure;
+use bindery::{Failure, Note};
 use bindery_classes::auth::{Action, Credentials, Decisions, Identity, Login, Secret};
 use bindery_classes::connection::Io;
 
-use crate::codec::Packet;
+use crate::codec::{Connect, Packet};
 use crate::core::Core;
 use crate::session::Tag;
 
@@ -161,9 +161,45 @@ impl Core {
         }
     }
 
+    /// At CONNECT: the packet back to go on with (no auth, or the client
+    /// is known and its will allowed); `None` when it is held for an
+    /// answer or refused.
+    pub(crate) fn admit(&mut self, io: &mut Io<'_>, c: Connect) -> Option<Connect> {
+        if !self.logged_in(io, &c) {
+            self.guard.held = Some(Packet::Connect(Box::new(c)));
+            return None;
+        }
+        if let Some(will) = &c.will {
+            match self.permit(io, Action::Publish, &self.shared.path(&will.topic)) {
+                Permit::Allowed => {}
+                Permit::Denied => {
+                    let _ = self.refuse(io, 5, "the will's topic is not allowed");
+                    return None;
+                }
+                Permit::Asked => {
+                    self.guard.held = Some(Packet::Connect(Box::new(c)));
+                    return None;
+                }
+            }
+        }
+        Some(c)
+    }
+
+    /// A note from the auth instance: the answer to a login or a question
+    /// of access.
+    pub(crate) fn answered(&mut self, io: &mut Io<'_>, note: Note) {
+        let note = match note.take::<Result<Login, Failure>>() {
+            Ok(outcome) => return self.login_answered(io, outcome),
+            Err(note) => note,
+        };
+        if let Ok(outcome) = note.take::<Result<bool, Failure>>() {
+            self.access_answered(io, outcome);
+        }
+    }
+
     /// At CONNECT: `true` to go on (no auth, or already authenticated);
     /// `false` when the CONNECT is held for the auth instance's answer.
-    pub(crate) fn logged_in(&mut self, io: &mut Io<'_>, c: &crate::codec::Connect) -> bool {
+    fn logged_in(&mut self, io: &mut Io<'_>, c: &Connect) -> bool {
         let Some(auth) = self.shared.auth.clone() else {
             return true;
         };
@@ -184,7 +220,7 @@ impl Core {
     }
 
     /// The auth instance's answer to CONNECT.
-    pub(crate) fn login_answered(&mut self, io: &mut Io<'_>, outcome: Result<Login, Failure>) {
+    fn login_answered(&mut self, io: &mut Io<'_>, outcome: Result<Login, Failure>) {
         let Some(Packet::Connect(c)) = self.guard.held.take() else {
             return;
         };
@@ -213,7 +249,7 @@ impl Core {
     }
 
     /// The auth instance's answer to a question of access.
-    pub(crate) fn access_answered(&mut self, io: &mut Io<'_>, outcome: Result<bool, Failure>) {
+    fn access_answered(&mut self, io: &mut Io<'_>, outcome: Result<bool, Failure>) {
         let Some((generation, action, path)) = self.guard.asked.take() else {
             return;
         };
