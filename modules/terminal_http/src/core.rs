@@ -97,7 +97,7 @@ pub(crate) struct Core {
     read_eof: bool,
     pub(crate) close_after: bool,
     /// Close without waiting (a timeout, a driver ended the stream).
-    close_now: bool,
+    pub(crate) close_now: bool,
     /// `100 Continue` sent for the request now arriving.
     continued: bool,
     last_active: Instant,

@@ -11,7 +11,9 @@
 //! order. Missing or wrong credentials: `401` with `WWW-Authenticate:
 //! Basic realm="..."`, the same answer whether the user exists or not;
 //! authenticated but not allowed: `403`; the auth instance unable to
-//! judge: `503`.
+//! judge: `503`. An event stream ends (a `closed` event) at its first
+//! delivery after the rules change; the client subscribes again and is
+//! judged by the rules in effect.
 
 use bindery::Failure;
 use bindery_classes::auth::{self, Action, Decisions, Identity, Login};
@@ -31,6 +33,9 @@ pub(crate) struct Guard {
     /// rules generation then (a reload authenticates again).
     login: Option<(Option<String>, Identity, u64)>,
     decisions: Decisions,
+    /// The rules generation the last subscription was allowed under: an
+    /// event stream ends when it moves.
+    subscribed_at: Option<u64>,
 }
 
 impl Default for Guard {
@@ -38,6 +43,7 @@ impl Default for Guard {
         Guard {
             login: None,
             decisions: Decisions::new(CACHED),
+            subscribed_at: None,
         }
     }
 }
@@ -108,7 +114,12 @@ impl Core {
             return None;
         };
         match self.guard.decisions.get(&*auth, action, path) {
-            Some(true) => Some(req),
+            Some(true) => {
+                if action == Action::Subscribe {
+                    self.guard.subscribed_at = Some(generation);
+                }
+                Some(req)
+            }
             Some(false) => {
                 self.forbidden(action, close);
                 None
@@ -128,6 +139,31 @@ impl Core {
                 None
             }
         }
+    }
+
+    /// Ends the event stream if the rules changed since it was allowed
+    /// (the delivery at hand is not sent): the client subscribes again and
+    /// is judged by the rules in effect. True if it ended.
+    pub(crate) fn stream_revoked(&mut self, io: &mut Io<'_>) -> bool {
+        let Some(auth) = &self.shared.auth else {
+            return false;
+        };
+        if self.guard.subscribed_at == Some(auth.generation()) || self.close_now {
+            return self.close_now;
+        }
+        tracing::info!(
+            instance = %self.shared.instance,
+            peer = %self.peer,
+            "ending an event stream: the access rules changed"
+        );
+        response::event(
+            io.out(),
+            "-",
+            "closed",
+            b"the access rules changed: subscribe again",
+        );
+        self.close_now = true;
+        true
     }
 
     /// Whether a request waits for the auth instance (no more are read).

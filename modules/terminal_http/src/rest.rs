@@ -186,6 +186,9 @@ impl Core {
     /// A delivery: an event on a stream, or a long poll's answer (a late
     /// one goes back to its queue).
     pub(crate) fn delivered(&mut self, io: &mut Io<'_>, tag: u64, delivery: Delivery) {
+        if self.streaming.is_some() && self.stream_revoked(io) {
+            return;
+        }
         if let Some(s) = &mut self.streaming {
             match delivery {
                 Delivery::Message(m) => {
