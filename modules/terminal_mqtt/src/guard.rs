@@ -136,7 +136,7 @@ impl Core {
 
     /// Whether the client may do `action` on `path`.
     pub(crate) fn permit(&mut self, io: &mut Io<'_>, action: Action, path: &str) -> Permit {
-        let Some(auth) = self.shared.auth.clone() else {
+        let Some(auth) = &self.shared.auth else {
             return Permit::Allowed;
         };
         if let Some((a, p, answer)) = self.guard.answer.take() {
@@ -148,7 +148,7 @@ impl Core {
                 };
             }
         }
-        match self.guard.decisions.get(&*auth, action, path) {
+        match self.guard.decisions.get(&**auth, action, path) {
             Some(true) => Permit::Allowed,
             Some(false) => Permit::Denied,
             None => {
