@@ -26,9 +26,11 @@
 //! - A [`Failure`](bindery::Failure) means "cannot judge now" (a service
 //!   down): terminals answer it as unavailable (CONNACK 3, HTTP 503), never
 //!   as allowed.
-//! - [`Auth::generation`] changes whenever the rules change (a reload):
-//!   terminals cache decisions per connection ([`Decisions`]) and drop
-//!   them when it moves.
+//! - [`Auth::generation`] changes whenever the rules change (a reload),
+//!   and differs between incarnations (a process-wide counter): terminals
+//!   cache decisions per connection ([`Decisions`]) and drop them when it
+//!   moves. Terminals follow the binding ([`Bound`]), so a restarted or
+//!   reconfigured instance answers from its next question on.
 //! - Never log a password or token.
 //!
 //! # Threading
@@ -39,7 +41,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use bindery::{BoxError, Completion, InstanceContext, Registrar, Runtime};
+use bindery::{BoxError, Completion, InstanceContext, Registrar, Runtime, Table};
+use parking_lot::RwLock;
 
 /// A secret a client presented (password, token): its bytes never show in
 /// `Debug` output or logs.
@@ -178,11 +181,75 @@ pub fn lookup(rt: &Runtime, name: &str) -> Option<AuthHandle> {
     rt.lookup::<AuthHandle>(crate::class::AUTH, name)
 }
 
+/// A terminal's auth instance, found by name once and followed through
+/// the binding table: when the instance is restarted or made anew by a
+/// reload (a changed configuration), the next question goes to the new
+/// incarnation. Cheap to ask: an atomic load while nothing changed.
+pub struct Bound {
+    name: String,
+    /// `None`: a fixed instance ([`Bound::fixed`]).
+    table: Option<Arc<Table>>,
+    current: RwLock<(u64, AuthHandle)>,
+}
+
+impl fmt::Debug for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bound").field("name", &self.name).finish()
+    }
+}
+
+impl Bound {
+    /// The auth instance named `name`, or an error saying none is bound
+    /// (for a terminal's start hook).
+    pub fn require(rt: &Runtime, name: &str) -> Result<Bound, BoxError> {
+        let handle = require(rt, name)?;
+        let table = rt
+            .table(crate::class::AUTH)
+            .ok_or("no auth module is linked")?
+            .clone();
+        Ok(Bound {
+            name: name.to_owned(),
+            current: RwLock::new((table.generation(), handle)),
+            table: Some(table),
+        })
+    }
+
+    /// An instance bound in no table, always the same (tests, embedding).
+    pub fn fixed(handle: AuthHandle) -> Bound {
+        Bound {
+            name: String::new(),
+            table: None,
+            current: RwLock::new((0, handle)),
+        }
+    }
+
+    /// The instance bound now (the last one found, if the name was
+    /// unbound since).
+    pub fn get(&self) -> AuthHandle {
+        let Some(table) = &self.table else {
+            return self.current.read().1.clone();
+        };
+        let now = table.generation();
+        {
+            let current = self.current.read();
+            if current.0 == now {
+                return current.1.clone();
+            }
+        }
+        let mut current = self.current.write();
+        if let Some(h) = table.lookup::<AuthHandle>(&self.name) {
+            *current = (now, h);
+        }
+        current.1.clone()
+    }
+}
+
 /// A connection's cache of decisions, per (action, path), bounded: the
 /// hot path asks the auth instance once per path and generation.
 #[derive(Debug)]
 pub struct Decisions {
-    generation: u64,
+    /// The instance (its address) and its generation the decisions are of.
+    generation: (usize, u64),
     /// By path: the decision per action (indexed by `Action as usize`).
     map: HashMap<Box<str>, [Option<bool>; 3]>,
     cap: usize,
@@ -192,15 +259,16 @@ impl Decisions {
     /// An empty cache of at most `cap` paths (cleared when full).
     pub fn new(cap: usize) -> Decisions {
         Decisions {
-            generation: 0,
+            generation: (0, 0),
             map: HashMap::new(),
             cap: cap.max(1),
         }
     }
 
-    /// The cached decision, if it is of `auth`'s current generation.
-    pub fn get(&mut self, auth: &dyn Auth, action: Action, path: &str) -> Option<bool> {
-        let now = auth.generation();
+    /// The cached decision, if it is of this instance of `auth` and its
+    /// current generation.
+    pub fn get(&mut self, auth: &AuthHandle, action: Action, path: &str) -> Option<bool> {
+        let now = (Arc::as_ptr(auth) as *const () as usize, auth.generation());
         if now != self.generation {
             self.map.clear();
             self.generation = now;
@@ -209,8 +277,17 @@ impl Decisions {
         self.map.get(path).and_then(|d| d[action as usize])
     }
 
-    /// Remembers a decision made at `generation` (read before asking).
-    pub fn put(&mut self, generation: u64, action: Action, path: &str, allowed: bool) {
+    /// Remembers a decision `auth` made at `generation` (read before
+    /// asking).
+    pub fn put(
+        &mut self,
+        auth: &AuthHandle,
+        generation: u64,
+        action: Action,
+        path: &str,
+        allowed: bool,
+    ) {
+        let generation = (Arc::as_ptr(auth) as *const () as usize, generation);
         if generation != self.generation {
             self.map.clear();
             self.generation = generation;
@@ -318,17 +395,22 @@ mod tests {
                 self.0.load(std::sync::atomic::Ordering::Relaxed)
             }
         }
-        let auth = Gen(0.into());
+        let counter = Arc::new(Gen(0.into()));
+        let auth: AuthHandle = counter.clone();
         let mut d = Decisions::new(2);
         assert_eq!(d.get(&auth, Action::Publish, "/a"), None);
-        d.put(0, Action::Publish, "/a", true);
+        d.put(&auth, 0, Action::Publish, "/a", true);
         assert_eq!(d.get(&auth, Action::Publish, "/a"), Some(true));
         assert_eq!(d.get(&auth, Action::Subscribe, "/a"), None);
-        d.put(0, Action::Publish, "/b", false);
-        d.put(0, Action::Publish, "/c", false);
+        d.put(&auth, 0, Action::Publish, "/b", false);
+        d.put(&auth, 0, Action::Publish, "/c", false);
         assert!(d.map.len() <= 2);
-        auth.0.store(1, std::sync::atomic::Ordering::Relaxed);
+        counter.0.store(1, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(d.get(&auth, Action::Publish, "/c"), None);
+        // Another instance, same generation: its own decisions.
+        d.put(&auth, 1, Action::Publish, "/c", true);
+        let other: AuthHandle = Arc::new(Gen(1.into()));
+        assert_eq!(d.get(&other, Action::Publish, "/c"), None);
     }
 
     #[test]

@@ -447,6 +447,26 @@ fn bindery_passwd_round_trip_and_sighup_applies_a_changed_acl() {
     std::fs::write(dir.0.join("acl"), "allow alice publish\n").unwrap();
     ctl_reload(&s);
     assert_eq!(post(&s, Some("alice:wonderland"), "/queues/c").0, "201");
+
+    // The auth instance's own configuration changes: it is made anew, and
+    // the terminals follow it (anonymous clients get in now).
+    std::fs::write(
+        dir.0.join("acl"),
+        "allow alice publish /queues/c\nallow @anonymous publish /queues/open\n",
+    )
+    .unwrap();
+    assert_eq!(post(&s, None, "/queues/open").0, "401");
+    let config = std::fs::read_to_string(&s.config_path).unwrap();
+    let config = config.replace("acl_file =", "anonymous = true\nacl_file =");
+    std::fs::write(&s.config_path, config).unwrap();
+    ctl_reload(&s);
+    assert_eq!(post(&s, None, "/queues/open").0, "201");
+    assert_eq!(post(&s, None, "/queues/c").0, "403");
+    assert_eq!(post(&s, Some("alice:wonderland"), "/queues/c").0, "201");
+    let mut c = raw(s.mqtt.expect("mqtt"));
+    c.write_all(&common::mqtt::connect_packet("anon", true, 0, None))
+        .unwrap();
+    assert_eq!(connack(&mut c), [0x20, 2, 0, 0], "anonymous MQTT client");
     assert!(s.healthy());
 }
 

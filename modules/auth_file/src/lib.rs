@@ -91,14 +91,14 @@ fn module_main(
             acl: config.acl_file.as_ref().map(|p| cx.resolve(p)),
         };
         let rules = Arc::new(RwLock::new(Arc::new(files.read()?)));
-        let generation = Arc::new(AtomicU64::new(1));
+        let generation = Arc::new(AtomicU64::new(next_generation()));
         {
             let (rules, generation, instance) =
                 (rules.clone(), generation.clone(), cx.name().to_owned());
             cx.on_reload(move || match files.read() {
                 Ok(r) => {
                     *rules.write() = Arc::new(r);
-                    generation.fetch_add(1, Ordering::AcqRel);
+                    generation.store(next_generation(), Ordering::Release);
                     tracing::info!(instance = %instance, "password and ACL files re-read");
                 }
                 Err(e) => tracing::error!(
@@ -119,6 +119,13 @@ fn module_main(
         })
     });
     Ok(())
+}
+
+/// A generation no incarnation of any instance had: terminals that kept
+/// decisions of an older incarnation cannot mistake them for current.
+fn next_generation() -> u64 {
+    static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+    GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// Where the rules come from.

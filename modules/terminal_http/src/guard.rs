@@ -16,7 +16,7 @@
 //! judged by the rules in effect.
 
 use bindery::Failure;
-use bindery_classes::auth::{self, Action, Decisions, Identity, Login};
+use bindery_classes::auth::{self, Action, AuthHandle, Bound, Decisions, Identity, Login};
 use bindery_classes::connection::Io;
 use bindery_classes::http::request::Request;
 use bindery_classes::http::response;
@@ -49,10 +49,11 @@ impl Default for Guard {
 }
 
 /// A request waiting for the auth instance.
-#[derive(Debug)]
 pub(crate) struct Waiting {
     pub(crate) req: Request,
     pub(crate) close: bool,
+    /// The instance asked.
+    auth: AuthHandle,
     /// The rules generation when the question was asked.
     generation: u64,
 }
@@ -77,7 +78,7 @@ impl Core {
     /// Lets `req` through now (`Some`), or answers it (401, 403) or puts
     /// it in a waiting slot (`None`).
     pub(crate) fn guard(&mut self, io: &mut Io<'_>, req: Request, close: bool) -> Option<Request> {
-        let Some(auth) = self.shared.auth.clone() else {
+        let Some(auth) = self.shared.auth.as_ref().map(Bound::get) else {
             return Some(req);
         };
         let Some((action, path)) = action_of(&req) else {
@@ -107,13 +108,14 @@ impl Core {
                 waiting: Box::new(Waiting {
                     req,
                     close,
+                    auth: auth.clone(),
                     generation,
                 }),
             });
             auth.authenticate(credentials, io.wake().completion::<Login>(tag));
             return None;
         };
-        match self.guard.decisions.get(&*auth, action, path) {
+        match self.guard.decisions.get(&auth, action, path) {
             Some(true) => {
                 if action == Action::Subscribe {
                     self.guard.subscribed_at = Some(generation);
@@ -132,6 +134,7 @@ impl Core {
                     waiting: Box::new(Waiting {
                         req,
                         close,
+                        auth: auth.clone(),
                         generation,
                     }),
                 });
@@ -145,7 +148,7 @@ impl Core {
     /// (the delivery at hand is not sent): the client subscribes again and
     /// is judged by the rules in effect. True if it ended.
     pub(crate) fn stream_revoked(&mut self, io: &mut Io<'_>) -> bool {
-        let Some(auth) = &self.shared.auth else {
+        let Some(auth) = self.shared.auth.as_ref().map(Bound::get) else {
             return false;
         };
         if self.guard.subscribed_at == Some(auth.generation()) || self.close_now {
@@ -229,7 +232,7 @@ impl Core {
                 let path = path.to_owned();
                 self.guard
                     .decisions
-                    .put(w.generation, action, &path, allowed);
+                    .put(&w.auth, w.generation, action, &path, allowed);
                 if allowed {
                     self.resume(io, w.req, w.close);
                 } else {
@@ -252,7 +255,7 @@ impl Core {
             .shared
             .auth
             .as_ref()
-            .map_or("bindery", |a| a.realm())
+            .map_or("bindery".to_owned(), |a| a.get().realm().to_owned())
             .replace(['"', '\\'], "");
         let challenge = format!("Basic realm=\"{realm}\"");
         let mut out = Vec::new();

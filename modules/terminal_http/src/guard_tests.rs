@@ -64,7 +64,7 @@ fn pipe() -> (Pipe<Core>, Arc<Shared>, Arc<Later>) {
             ("/topics/".into(), topics),
         ])),
         stats: Arc::new(Stats::new(&Scope::new(metrics.clone(), "http"))),
-        auth: Some(auth.clone()),
+        auth: Some(bindery_classes::auth::Bound::fixed(auth.clone())),
         metrics,
     });
     let s = shared.clone();

@@ -56,7 +56,7 @@ mod tests;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bindery_classes::auth::{self, AuthHandle};
+use bindery_classes::auth;
 use bindery_classes::connection::{MakeCore, TlsSettings, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
 use bindery_classes::metrics::{Counter, Metrics, Scope};
@@ -154,7 +154,7 @@ fn module_main(
                 let auth = config
                     .auth
                     .as_deref()
-                    .map(|name| auth::require(rt, name))
+                    .map(|name| auth::Bound::require(rt, name))
                     .transpose()?;
                 Ok(HttpCores(Arc::new(Shared {
                     instance,
@@ -222,7 +222,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) dispatcher: DispatcherHandle,
     /// The auth instance, if the configuration names one.
-    pub(crate) auth: Option<AuthHandle>,
+    pub(crate) auth: Option<auth::Bound>,
     /// The server's metrics, for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stats: Arc<Stats>,

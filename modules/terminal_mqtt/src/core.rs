@@ -220,7 +220,7 @@ impl Core {
         // A resumed session's subscriptions are checked against the rules
         // in effect now ([`Core::recheck`]).
         self.guard.checked = match &self.shared.auth {
-            Some(auth) if !present => Some(auth.generation()),
+            Some(auth) if !present => Some(auth.get().generation()),
             _ => None,
         };
         self.connected = Some(Connected {

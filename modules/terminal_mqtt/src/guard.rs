@@ -25,7 +25,9 @@
 use std::sync::Arc;
 
 use bindery::{Failure, Note};
-use bindery_classes::auth::{Action, Credentials, Decisions, Identity, Login, Secret};
+use bindery_classes::auth::{
+    Action, AuthHandle, Bound, Credentials, Decisions, Identity, Login, Secret,
+};
 use bindery_classes::connection::Io;
 
 use crate::codec::{Connect, Packet};
@@ -44,8 +46,8 @@ pub(crate) struct Guard {
     pub(crate) held: Option<Packet>,
     /// The filters of a held SUBSCRIBE decided so far.
     pub(crate) decided: Vec<bool>,
-    /// The question asked: generation, action, path.
-    asked: Option<(u64, Action, String)>,
+    /// The question asked: of which instance, at which generation, what.
+    asked: Option<(AuthHandle, u64, Action, String)>,
     /// The answer to it, for the held packet's next turn.
     answer: Option<(Action, String, bool)>,
     /// The rules generation the session's subscriptions were last checked
@@ -90,7 +92,7 @@ impl Core {
     /// Whether the session's subscriptions are checked against the rules
     /// in effect: until they are, nothing queued is sent.
     pub(crate) fn subs_current(&self) -> bool {
-        match &self.shared.auth {
+        match self.shared.auth.as_ref().map(Bound::get) {
             None => true,
             Some(auth) => {
                 self.guard.recheck.is_empty() && self.guard.checked == Some(auth.generation())
@@ -102,7 +104,8 @@ impl Core {
     /// subscription of the session is authorized again; one no longer
     /// allowed is cancelled, and what it queued is not sent.
     pub(crate) fn recheck(&mut self, io: &mut Io<'_>) {
-        let (Some(auth), Some(c)) = (self.shared.auth.clone(), &self.connected) else {
+        let (Some(auth), Some(c)) = (self.shared.auth.as_ref().map(Bound::get), &self.connected)
+        else {
             return;
         };
         if self.guard.waiting() {
@@ -136,7 +139,7 @@ impl Core {
 
     /// Whether the client may do `action` on `path`.
     pub(crate) fn permit(&mut self, io: &mut Io<'_>, action: Action, path: &str) -> Permit {
-        let Some(auth) = &self.shared.auth else {
+        let Some(auth) = self.shared.auth.as_ref().map(Bound::get) else {
             return Permit::Allowed;
         };
         if let Some((a, p, answer)) = self.guard.answer.take() {
@@ -148,12 +151,13 @@ impl Core {
                 };
             }
         }
-        match self.guard.decisions.get(&**auth, action, path) {
+        match self.guard.decisions.get(&auth, action, path) {
             Some(true) => Permit::Allowed,
             Some(false) => Permit::Denied,
             None => {
                 let who = self.guard.identity.clone().unwrap_or_default();
-                self.guard.asked = Some((auth.generation(), action, path.to_owned()));
+                let generation = auth.generation();
+                self.guard.asked = Some((auth.clone(), generation, action, path.to_owned()));
                 let done = io.wake().completion::<bool>(Tag::Authorized.to_u64());
                 auth.authorize(&who, action, path, done);
                 Permit::Asked
@@ -200,7 +204,7 @@ impl Core {
     /// At CONNECT: `true` to go on (no auth, or already authenticated);
     /// `false` when the CONNECT is held for the auth instance's answer.
     fn logged_in(&mut self, io: &mut Io<'_>, c: &Connect) -> bool {
-        let Some(auth) = self.shared.auth.clone() else {
+        let Some(auth) = self.shared.auth.as_ref().map(Bound::get) else {
             return true;
         };
         if self.guard.identity.is_some() {
@@ -250,12 +254,14 @@ impl Core {
 
     /// The auth instance's answer to a question of access.
     fn access_answered(&mut self, io: &mut Io<'_>, outcome: Result<bool, Failure>) {
-        let Some((generation, action, path)) = self.guard.asked.take() else {
+        let Some((auth, generation, action, path)) = self.guard.asked.take() else {
             return;
         };
         let allowed = match outcome {
             Ok(allowed) => {
-                self.guard.decisions.put(generation, action, &path, allowed);
+                self.guard
+                    .decisions
+                    .put(&auth, generation, action, &path, allowed);
                 allowed
             }
             Err(f) => {

@@ -46,7 +46,7 @@ fn pipe() -> Pipe<Core> {
         Arc::new(Routes(vec![("/topics/".into(), topics)])),
         Arc::new(Stats::new(&Scope::detached("mqtt"))),
     );
-    shared.auth = Some(Arc::new(Later));
+    shared.auth = Some(bindery_classes::auth::Bound::fixed(Arc::new(Later)));
     let shared = Arc::new(shared);
     Pipe::new(|_| Core::new(shared, Instant::now()))
 }

@@ -149,7 +149,7 @@ fn module_main(
                 let auth = config
                     .auth
                     .as_deref()
-                    .map(|name| bindery_classes::auth::require(rt, name))
+                    .map(|name| bindery_classes::auth::Bound::require(rt, name))
                     .transpose()?;
                 let mut shared = Shared::new(&instance, config, dispatcher, stats);
                 shared.auth = auth;
@@ -198,7 +198,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) dispatcher: DispatcherHandle,
     /// The auth instance, if the configuration names one.
-    pub(crate) auth: Option<bindery_classes::auth::AuthHandle>,
+    pub(crate) auth: Option<bindery_classes::auth::Bound>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) sessions: session::Sessions,
     /// Retained messages by topic.
