@@ -16,10 +16,15 @@
 //!   request whose client left.
 //! - [`worker`]: acks work that succeeds, leaves work that fails unacked,
 //!   takes nothing more once stopped.
+//! - [`auth`]: answers every question; the right password lets in, an
+//!   unknown user and a wrong password are refused alike; rules are
+//!   followed; a subscription that could reach a forbidden topic is
+//!   refused; a change takes effect on reload.
 //!
 //! A module crate runs the suite of its class with one macro line in its
 //! tests ([`driver_suite!`], [`parser_suite!`], [`dispatcher_suite!`],
-//! [`terminal_suite!`], [`route_suite!`], [`worker_suite!`]); each case becomes its own `#[test]`, named after
+//! [`terminal_suite!`], [`route_suite!`], [`worker_suite!`],
+//! [`auth_suite!`] and [`auth_access_suite!`]); each case becomes its own `#[test]`, named after
 //! the rule it checks. `bindery certify` runs the same cases over every
 //! module a server binary links.
 //!
@@ -30,6 +35,7 @@
 //! Every case returns `Err` with a reason rather than panicking, so a runner
 //! can tabulate; the macros turn an `Err` into a test failure.
 
+pub mod auth;
 pub mod dispatcher;
 pub mod doubles;
 pub mod driver;

@@ -20,6 +20,7 @@ use crate::runtime::Runtime;
 
 pub(crate) type StartHook = Box<dyn FnOnce(&Arc<Runtime>) -> Result<(), BoxError> + Send>;
 pub(crate) type StopHook = Box<dyn FnOnce(Instant) + Send>;
+pub(crate) type ReloadHook = Arc<dyn Fn() + Send + Sync>;
 
 /// How long an instance stopped without a deadline of its own may take.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -35,6 +36,7 @@ pub struct InstanceContext {
     pub(crate) span: tracing::Span,
     pub(crate) on_start: RefCell<Vec<StartHook>>,
     pub(crate) on_stop: RefCell<Vec<StopHook>>,
+    pub(crate) on_reload: RefCell<Vec<ReloadHook>>,
     pub(crate) isolation: IsolationSpec,
     pub(crate) monitor: Monitor,
 }
@@ -116,6 +118,16 @@ impl InstanceContext {
     /// it should be closed. Hooks run in reverse order of registration.
     pub fn on_stop(&self, hook: impl FnOnce(Instant) + Send + 'static) {
         self.on_stop.borrow_mut().push(Box::new(hook));
+    }
+
+    /// Runs `hook` when a reload ([`Runtime::reload`], SIGHUP, the
+    /// management API) keeps this instance running untouched because its
+    /// configuration did not change: the moment to re-read files the
+    /// configuration names (a password file, say). A changed instance is
+    /// made anew instead, so it reads them anyway. Runs on the reloading
+    /// thread, never a reactor's; a hook reports its own errors.
+    pub fn on_reload(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.on_reload.borrow_mut().push(Arc::new(hook));
     }
 }
 
@@ -278,6 +290,7 @@ pub(crate) struct Instance {
     pub(crate) handle: Handle,
     pub(crate) start: Vec<StartHook>,
     pub(crate) stop: Vec<StopHook>,
+    pub(crate) reload: Vec<ReloadHook>,
     pub(crate) state: State,
     pub(crate) restarts: u32,
     /// Started at least once (a later start is a restart).
@@ -341,6 +354,7 @@ pub(crate) struct Made {
     pub(crate) handle: Handle,
     pub(crate) start: Vec<StartHook>,
     pub(crate) stop: Vec<StopHook>,
+    pub(crate) reload: Vec<ReloadHook>,
 }
 
 /// Runs stop hooks, last registered first.

@@ -120,6 +120,7 @@ impl Runtime {
             i.handle = made.handle;
             i.start = made.start;
             i.stop = made.stop;
+            i.reload = made.reload;
             i.state = State::Created;
             i.last_error = None;
             i.incarnation = made.incarnation;

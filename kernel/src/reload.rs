@@ -15,7 +15,8 @@ impl Runtime {
     /// Replaces the whole configuration: checked first (every module
     /// linked, no key bound twice), then applied as a difference —
     /// instances whose module, keys and `config` are the same keep running
-    /// untouched, changed ones are made anew from their new section and
+    /// untouched (their [reload hooks](crate::InstanceContext::on_reload)
+    /// run, to re-read files their configuration names), changed ones are made anew from their new section and
     /// started, removed ones stop and go, new ones are made and started. If
     /// any step fails, what was done is undone (removed and changed
     /// instances come back with their old configuration) and the error is
@@ -166,6 +167,17 @@ impl Runtime {
                 }
             }
             return Err(e);
+        }
+        // Instances kept untouched re-read what their configuration names.
+        let hooks: Vec<_> = self
+            .instances
+            .lock()
+            .iter()
+            .filter(|i| report.unchanged.contains(&i.spec.name))
+            .flat_map(|i| i.reload.iter().cloned())
+            .collect();
+        for hook in hooks {
+            hook();
         }
         tracing::info!(
             added = report.added.len(),

@@ -207,6 +207,7 @@ impl Runtime {
             span: span.clone(),
             on_start: RefCell::new(Vec::new()),
             on_stop: RefCell::new(Vec::new()),
+            on_reload: RefCell::new(Vec::new()),
             isolation: spec.isolation.clone(),
             monitor: Monitor {
                 runtime: Arc::downgrade(self),
@@ -232,6 +233,7 @@ impl Runtime {
             handle,
             start: cx.on_start.into_inner(),
             stop: cx.on_stop.into_inner(),
+            reload: cx.on_reload.into_inner(),
         })
     }
 
@@ -385,6 +387,7 @@ impl Runtime {
             handle: made.handle,
             start: made.start,
             stop: made.stop,
+            reload: made.reload,
             state: State::Created,
             restarts: 0,
             started_once: false,

@@ -80,6 +80,8 @@ fn widget_main(reg: &mut Registrar<'_>) -> Result<(), BoxError> {
             DEADLINES.lock().unwrap().push((b.clone(), deadline));
             log(&b, format!("stop {n}"));
         });
+        let r = name.clone();
+        cx.on_reload(move || log(&r, format!("reload {n}")));
         Ok(Arc::new(Widget {
             instance: name,
             incarnation: n,
@@ -336,7 +338,10 @@ fn a_reload_applies_the_difference_or_nothing() {
     assert_eq!(incarnation(&k, "r-change"), Some(2), "changed: made anew");
     assert_eq!(incarnation(&k, "r-gone"), None);
     assert_eq!(incarnation(&k, "r-new"), Some(1));
-    assert_eq!(events("r-same"), ["make 1", "start 1"]);
+    // Only the instance kept untouched is told to re-read its files.
+    assert_eq!(events("r-same"), ["make 1", "start 1", "reload 1"]);
+    assert!(!events("r-change").iter().any(|e| e.starts_with("reload")));
+    assert!(!events("r-new").iter().any(|e| e.starts_with("reload")));
     assert_ne!(rt.config_version(), version);
 
     // A reload that fails half-way changes nothing: the new instance
@@ -358,6 +363,8 @@ fn a_reload_applies_the_difference_or_nothing() {
     assert!(incarnation(&k, "r-change").is_some() && incarnation(&k, "r-new").is_some());
     assert_eq!(incarnation(&k, "r-dud"), None);
     assert_eq!(rt.instance("r-change").unwrap().state, State::Running);
+    // A reload that failed re-read nothing.
+    assert_eq!(events("r-same"), ["make 1", "start 1", "reload 1"]);
 
     // A key bound twice, or a module not linked, is refused before
     // anything is touched.

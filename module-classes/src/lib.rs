@@ -1,5 +1,6 @@
 //! Bindery's module classes: what a terminal, a dispatcher, a parser, a
-//! driver and a route promise, and the [`Message`] that flows between them.
+//! driver, a route and an auth module promise, and the [`Message`] that
+//! flows between them.
 //!
 //! ```text
 //! client --wire--> terminal --> dispatcher --> parser   (bound to MIME types)
@@ -15,6 +16,9 @@
 //! a worker ([`worker`]) works messages from queues; [`exec`] runs a child process on a reactor for modules that hand work
 //! to commands (the command line as the interface).
 //!
+//! A terminal may also consult an [`auth`] instance: who a connection is,
+//! and whether it may publish, subscribe or consume on a path.
+//!
 //! Each class is a trait; an instance of a module is an `Arc<dyn Trait>`
 //! held in the class's binding table. Each class module also has a
 //! `register` helper that a module main calls, and a `lookup` helper that
@@ -23,6 +27,7 @@
 //! This crate builds on the kernel alone and contains no module; the
 //! modules live in their own crates under `modules/`.
 
+pub mod auth;
 pub mod connection;
 pub mod consumer;
 pub mod dispatcher;
@@ -112,6 +117,16 @@ pub mod class {
         type Handle = crate::worker::WorkerHandle;
     }
 
+    /// The auth class: authenticates connections and authorizes what
+    /// they do; keyed by name (`default`).
+    #[derive(Debug)]
+    pub enum Auth {}
+    impl Class for Auth {
+        const NAME: &'static str = "auth";
+        const KEYS: KeyKind = KeyKind::Exact;
+        type Handle = crate::auth::AuthHandle;
+    }
+
     /// The terminal class's name.
     pub const TERMINAL: &str = Terminal::NAME;
     /// The dispatcher class's name.
@@ -124,4 +139,6 @@ pub mod class {
     pub const ROUTE: &str = Route::NAME;
     /// The worker class's name.
     pub const WORKER: &str = Worker::NAME;
+    /// The auth class's name.
+    pub const AUTH: &str = Auth::NAME;
 }

@@ -233,12 +233,87 @@ fn certify_one(module: &'static ModuleDescriptor, isolation: IsolationArg) -> Re
             report.suite = class::WORKER.into();
             report.cases = run_all(worker::WORKER, &module);
         }
+        class::AUTH => {
+            let (suite, cases) = certify_auth(module);
+            report.suite = suite;
+            report.cases = cases;
+        }
         other => report.suite = format!("none: no suite for class {other:?}"),
     }
     if isolation == IsolationArg::Process && matches!(module.class, "driver" | "parser") {
         report.suite += " (isolated: through the proxy)";
     }
     report
+}
+
+/// An auth module against the auth suite; `auth.file`, whose users and
+/// rules certification knows how to write, against the access suite too.
+fn certify_auth(module: &'static ModuleDescriptor) -> (String, Vec<Verdict>) {
+    use bindery_classes::auth::{Action, AuthHandle};
+    use bindery_conformance::auth::{ACCESS, AUTH, Harness, Setup};
+
+    /// `auth.file` instances over files that certification writes.
+    struct Files(auth_file::fixture::Fixture);
+    type Parts<'a> = (Vec<(&'a str, &'a str)>, Vec<(&'a str, Action, &'a str)>);
+    fn parts(s: &Setup) -> Parts<'_> {
+        let users = s.users.iter().map(|(u, p)| (u.as_str(), p.as_str()));
+        let rules = s
+            .rules
+            .iter()
+            .map(|r| (r.user.as_str(), r.action, r.pattern.as_str()));
+        (users.collect(), rules.collect())
+    }
+    impl Harness for Files {
+        fn make(&self, s: &Setup) -> Result<AuthHandle, String> {
+            let (users, rules) = parts(s);
+            self.0.make(&users, &rules, s.anonymous)
+        }
+        fn change(&self, s: &Setup) -> Result<(), String> {
+            let (users, rules) = parts(s);
+            self.0.change(&users, &rules)
+        }
+    }
+    /// Any other auth module: its instance made from its certification
+    /// configuration, whatever the setup.
+    struct Made(AuthHandle);
+    impl Harness for Made {
+        fn make(&self, _: &Setup) -> Result<AuthHandle, String> {
+            Ok(self.0.clone())
+        }
+        fn change(&self, _: &Setup) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    if module.id() == "auth.file" {
+        let h = Files(auth_file::fixture::Fixture::new());
+        let mut cases = run_all(AUTH, &h as &dyn Harness);
+        cases.extend(run_all(ACCESS, &h as &dyn Harness));
+        return ("auth+access".into(), cases);
+    }
+    let scratch = Scratch::new(module);
+    let services = Services::for_module(module, IsolationArg::None);
+    let made = instance(module, None, &scratch.0, &services).and_then(|kernel| {
+        let handle = kernel.runtime().table(class::AUTH).and_then(|t| {
+            t.index()
+                .bindings()
+                .first()
+                .and_then(|b| b.handle::<AuthHandle>().cloned())
+        });
+        handle
+            .map(|h| (kernel, h))
+            .ok_or("its instance is bound to no name".into())
+    });
+    match made {
+        Ok((_kernel, handle)) => ("auth".into(), run_all(AUTH, &Made(handle) as &dyn Harness)),
+        Err(e) => (
+            "auth".into(),
+            vec![Verdict {
+                case: "makes_an_instance_with_its_default_configuration",
+                failure: Some(e),
+            }],
+        ),
+    }
 }
 
 /// Certifies every module `linked` holds; prints a table ending in a

@@ -16,6 +16,7 @@
 
 pub mod certify;
 pub mod ctl;
+pub mod passwd;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -101,6 +102,8 @@ pub enum Command {
     },
     /// Talk to a running server's management API (see `bindery ctl --help`).
     Ctl(ctl::Ctl),
+    /// Add, change or delete a user in an `auth.file` password file.
+    Passwd(passwd::Passwd),
 }
 
 /// Parses the command line and runs the server built from `linked`.
@@ -115,6 +118,18 @@ pub fn run(linked: ModuleList, default_config: &str) -> ExitCode {
         Some(Command::Certify { .. } | Command::Host { .. })
     );
     init_logging(if quiet { "warn" } else { "info" });
+    if let Some(Command::Passwd(p)) = &cli.command {
+        return match passwd::run(p) {
+            Ok(done) => {
+                eprintln!("bindery passwd: {done}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("bindery passwd: {why}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(Command::Ctl(c)) = &cli.command {
         return match ctl::run(c) {
             Ok(out) => {

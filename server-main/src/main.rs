@@ -20,6 +20,8 @@ fn main() -> std::process::ExitCode {
         parser_json,
         parser_text,
         parser_octets,
+        auth_allow,
+        auth_file,
     ];
     bindery_server::run(linked, bindery_server::DEFAULT_CONFIG)
 }

@@ -110,9 +110,9 @@ fn log_lines_to_a_file_carry_no_colour_codes() {
     );
 }
 
-const LINKED: &str = "dispatcher.fast, driver.filequeue, driver.memqueue, driver.redisqueue, \
-                      driver.redistopic, driver.topic, parser.json, parser.octets, parser.text, terminal.http, \
-                      terminal.manage, terminal.mqtt";
+const LINKED: &str = "auth.allow, auth.file, dispatcher.fast, driver.filequeue, driver.memqueue, driver.redisqueue, \
+                      driver.redistopic, driver.topic, parser.json, parser.octets, parser.text, route.exec, \
+                      terminal.http, terminal.manage, terminal.mqtt, worker.exec";
 
 #[test]
 fn mistakes_are_said_once_with_the_closest_name_suggested() {

@@ -21,9 +21,15 @@ fn every_listed_module_crate_is_registered() {
         parser_json,
         parser_text,
         parser_octets,
+        auth_allow,
+        auth_file,
+        route_exec,
+        worker_exec,
     ];
     let registry = Registry::load(linked).expect("all listed modules are linked");
     let want = [
+        ("auth.allow", "auth_allow"),
+        ("auth.file", "auth_file"),
         ("dispatcher.fast", "dispatcher_fast"),
         ("driver.filequeue", "driver_filequeue"),
         ("driver.memqueue", "driver_memqueue"),
@@ -33,9 +39,11 @@ fn every_listed_module_crate_is_registered() {
         ("parser.json", "parser_json"),
         ("parser.octets", "parser_octets"),
         ("parser.text", "parser_text"),
+        ("route.exec", "route_exec"),
         ("terminal.http", "terminal_http"),
         ("terminal.manage", "terminal_manage"),
         ("terminal.mqtt", "terminal_mqtt"),
+        ("worker.exec", "worker_exec"),
     ];
     for (id, krate) in want {
         let d = registry
@@ -71,6 +79,8 @@ fn the_server_binary_lists_its_modules_without_starting() {
     assert_eq!(
         ids,
         [
+            "auth.allow",
+            "auth.file",
             "dispatcher.fast",
             "driver.filequeue",
             "driver.memqueue",
@@ -80,9 +90,11 @@ fn the_server_binary_lists_its_modules_without_starting() {
             "parser.json",
             "parser.octets",
             "parser.text",
+            "route.exec",
             "terminal.http",
             "terminal.manage",
-            "terminal.mqtt"
+            "terminal.mqtt",
+            "worker.exec"
         ]
     );
     let text = Command::new(env!("CARGO_BIN_EXE_bindery"))

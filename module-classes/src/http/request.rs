@@ -30,6 +30,10 @@ pub struct Request {
     pub authorization: Option<String>,
     /// `If-Match`.
     pub if_match: Option<String>,
+    /// Every header, as [`headers`] reads them: empty unless a terminal
+    /// fills it for a request that needs them all (a route's); parsing
+    /// copies only the headers above.
+    pub headers: Vec<(String, String)>,
     /// The body, de-chunked.
     pub body: Bytes,
 }
@@ -179,6 +183,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
             keep_alive,
             authorization,
             if_match,
+            headers: Vec::new(),
             body,
         },
         consumed,

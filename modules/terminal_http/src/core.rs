@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bindery::{Failure, Note};
+use bindery_classes::auth::Login;
 use bindery_classes::connection::{Ended, Flow, Intake, Io, Protocol, Reading};
 use bindery_classes::driver::{DriverHandle, Receipt};
 use bindery_classes::http::request::{self, Limits, Parsed};
@@ -58,14 +59,20 @@ pub(crate) enum Slot {
     Stream { sub: Subscription },
     /// A route's answer, streamed as the route sends it.
     Route(RouteSlot),
+    /// A request waiting for the auth instance ([`crate::guard`]).
+    Auth {
+        tag: u64,
+        waiting: Box<crate::guard::Waiting>,
+    },
 }
 
 impl Slot {
     fn tag(&self) -> Option<u64> {
         match self {
-            Slot::Publish { tag, .. } | Slot::Ack { tag, .. } | Slot::Poll { tag, .. } => {
-                Some(*tag)
-            }
+            Slot::Publish { tag, .. }
+            | Slot::Ack { tag, .. }
+            | Slot::Poll { tag, .. }
+            | Slot::Auth { tag, .. } => Some(*tag),
             Slot::Route(r) => Some(r.tag),
             _ => None,
         }
@@ -89,11 +96,13 @@ pub(crate) struct Core {
     /// is released back to its queue.
     pub(crate) ended: VecDeque<(u64, DriverHandle, String)>,
     pub(crate) streaming: Option<Streaming>,
+    /// Who the client is, and what it may do ([`crate::guard`]).
+    pub(crate) guard: crate::guard::Guard,
     next_tag: u64,
     read_eof: bool,
     pub(crate) close_after: bool,
     /// Close without waiting (a timeout, a driver ended the stream).
-    close_now: bool,
+    pub(crate) close_now: bool,
     /// `100 Continue` sent for the request now arriving.
     continued: bool,
     last_active: Instant,
@@ -113,6 +122,7 @@ impl Core {
             slots: VecDeque::new(),
             ended: VecDeque::new(),
             streaming: None,
+            guard: Default::default(),
             next_tag: 0,
             read_eof: false,
             close_after: false,
@@ -215,7 +225,11 @@ impl Protocol for Core {
         // Timed only while a head is seen incomplete (below).
         let head_since = self.head_since.take();
         let mut used = 0;
-        while !self.close_after && self.streaming.is_none() && self.slots.len() < MAX_PIPELINE {
+        while !self.close_after
+            && self.streaming.is_none()
+            && self.slots.len() < MAX_PIPELINE
+            && !self.authorizing()
+        {
             let rest = &input[used..];
             if rest.is_empty() {
                 break;
@@ -266,6 +280,14 @@ impl Protocol for Core {
             Ok(outcome) => return self.acked(tag, outcome),
             Err(note) => note,
         };
+        let note = match note.take::<Result<Login, Failure>>() {
+            Ok(outcome) => return self.logged_in(io, tag, outcome),
+            Err(note) => note,
+        };
+        let note = match note.take::<Result<bool, Failure>>() {
+            Ok(outcome) => return self.authorized(io, tag, outcome),
+            Err(note) => note,
+        };
         let note = match note.take::<Delivery>() {
             Ok(delivery) => return self.delivered(io, tag, delivery),
             Err(note) => note,
@@ -282,6 +304,7 @@ impl Protocol for Core {
         let room = self.streaming.is_some()
             || (!self.close_after
                 && self.slots.len() < MAX_PIPELINE
+                && !self.authorizing()
                 && reading.unsent < MAX_OUTPUT
                 && reading.pending <= cap);
         if self.read_eof || !room {

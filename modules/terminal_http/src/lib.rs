@@ -38,6 +38,7 @@
 //! ```toml
 //! [instances.http.config]
 //! dispatcher = "default"
+//! auth = "users"             # an auth instance: 401/403 for clients it refuses; none: all allowed
 //! max_header_bytes = 8192
 //! max_body_bytes = 1048576
 //! max_connections = 10000
@@ -52,6 +53,9 @@
 
 mod admin;
 mod core;
+mod guard;
+#[cfg(test)]
+mod guard_tests;
 mod rest;
 mod routes;
 #[cfg(test)]
@@ -61,6 +65,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bindery::Table;
+use bindery_classes::auth;
 use bindery_classes::class;
 use bindery_classes::connection::{MakeCore, TlsSettings, Wake};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
@@ -81,6 +86,9 @@ bindery::module! {
 pub struct Config {
     /// The dispatcher to hand publishes to, by name.
     pub dispatcher: String,
+    /// The auth instance that authenticates clients and authorizes their
+    /// requests, by name; none: everything is allowed.
+    pub auth: Option<String>,
     /// Largest request head (request line and headers): beyond it, 431.
     pub max_header_bytes: usize,
     /// Largest request body: beyond it, 413.
@@ -119,6 +127,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             dispatcher: "default".into(),
+            auth: None,
             max_header_bytes: 8 * 1024,
             max_body_bytes: 1024 * 1024,
             max_connections: 10_000,
@@ -162,12 +171,18 @@ fn module_main(
             tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
             start: Box::new(move |rt| {
                 let dispatcher = dispatcher::require(rt, &config.dispatcher)?;
+                let auth = config
+                    .auth
+                    .as_deref()
+                    .map(|name| auth::Bound::require(rt, name))
+                    .transpose()?;
                 Ok(HttpCores(Arc::new(Shared {
                     instance,
                     config,
                     dispatcher,
                     routes: rt.table(class::ROUTE).cloned(),
                     runtime: Arc::downgrade(rt),
+                    auth,
                     metrics: Metrics::of(rt),
                     stats,
                 })))
@@ -188,6 +203,7 @@ pub(crate) struct Stats {
     pub(crate) streams_ended: Counter,
     pub(crate) idle_timeouts: Counter,
     pub(crate) header_timeouts: Counter,
+    pub(crate) auth_failures: Counter,
 }
 
 impl Stats {
@@ -219,6 +235,10 @@ impl Stats {
                 "bindery_http_header_timeouts_total",
                 "Connections closed because a request head did not complete within header_timeout_secs.",
             ),
+            auth_failures: scope.counter(
+                "bindery_http_auth_failures_total",
+                "Requests refused for bad credentials (unknown user or wrong password).",
+            ),
         }
     }
 }
@@ -233,6 +253,8 @@ pub(crate) struct Shared {
     pub(crate) runtime: std::sync::Weak<bindery::Runtime>,
     /// The route table, if any route module is linked.
     pub(crate) routes: Option<Arc<Table>>,
+    /// The auth instance, if the configuration names one.
+    pub(crate) auth: Option<auth::Bound>,
     /// The server's metrics, for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stats: Arc<Stats>,

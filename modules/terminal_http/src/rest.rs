@@ -31,18 +31,31 @@ impl Core {
         if close {
             self.close_after = true;
         }
-        let method = req.method.as_str();
         if let Some(builtin) = crate::admin::route(&req.path) {
-            if method != "GET" && method != "HEAD" {
+            if req.method != "GET" && req.method != "HEAD" {
                 return self.ready(405, &[("Allow", "GET")], "this endpoint takes GET", close);
             }
             let mut out = Vec::new();
             crate::admin::answer(builtin, &self.shared, &mut out, close);
             return self.slots.push_back(Slot::Ready(out));
         }
-        if let Some((route, captures)) = self.find_route(method, &req.path) {
-            return self.start_route(io, route, captures, req, raw, close);
+        let mut req = req;
+        if self.find_route(&req.method, &req.path).is_some() {
+            // A route sees every header; parsing copies only a few.
+            req.headers = request::headers(raw);
         }
+        if let Some(req) = self.guard(io, req, close) {
+            self.route(io, req, close);
+        }
+    }
+
+    /// A request let through by the guard: a route's, or the messaging
+    /// API's.
+    pub(crate) fn route(&mut self, io: &mut Io<'_>, req: Request, close: bool) {
+        if let Some((route, captures)) = self.find_route(&req.method, &req.path) {
+            return self.start_route(io, route, captures, req, close);
+        }
+        let method = req.method.as_str();
         match method {
             "POST" | "PUT" => self.publish(io, req, close),
             "GET" => self.get(io, req, close),
@@ -181,6 +194,9 @@ impl Core {
     /// A delivery: an event on a stream, or a long poll's answer (a late
     /// one goes back to its queue).
     pub(crate) fn delivered(&mut self, io: &mut Io<'_>, tag: u64, delivery: Delivery) {
+        if self.streaming.is_some() && self.stream_revoked(io) {
+            return;
+        }
         if let Some(s) = &mut self.streaming {
             match delivery {
                 Delivery::Message(m) => {

@@ -140,7 +140,6 @@ impl Core {
         route: RouteHandle,
         captures: Captures,
         req: request::Request,
-        raw_head: &[u8],
         close: bool,
     ) {
         self.shared.stats.routed.inc();
@@ -161,7 +160,7 @@ impl Core {
             path: req.path,
             captures,
             query: req.query,
-            headers: request::headers(raw_head),
+            headers: req.headers,
             body: req.body,
             peer: self.peer.clone(),
         };

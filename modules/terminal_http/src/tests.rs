@@ -29,6 +29,7 @@ fn shared(config: Config) -> Arc<Shared> {
         routes: Some(routes()),
         runtime: std::sync::Weak::new(),
         stats: Arc::new(Stats::new(&Scope::new(metrics.clone(), "http"))),
+        auth: None,
         metrics,
     })
 }

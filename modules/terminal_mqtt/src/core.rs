@@ -16,6 +16,7 @@ use bindery_classes::driver::Receipt;
 
 use crate::Shared;
 use crate::codec::{self, Connect, Decoded, Packet, Publish, Will};
+use crate::guard::Guard;
 use crate::session::{Session, Stage, Sub, Tag};
 
 /// Bytes read in one go.
@@ -50,6 +51,10 @@ pub(crate) struct Core {
     pub(crate) last_path: Option<(String, Arc<str>)>,
     /// Input bytes seen by the last `receive` and left unused.
     unused: usize,
+    /// The peer, for log lines.
+    pub(crate) peer: String,
+    /// Who the client is and what it may do ([`crate::guard`]).
+    pub(crate) guard: Guard,
 }
 
 impl Core {
@@ -64,6 +69,8 @@ impl Core {
             backlog: Arc::new(AtomicU32::new(0)),
             last_path: None,
             unused: 0,
+            peer: String::new(),
+            guard: Guard::default(),
         }
     }
 
@@ -100,7 +107,7 @@ impl Core {
             .publish(message, Completion::new(|_| {}));
     }
 
-    fn handle(&mut self, io: &mut Io<'_>, p: Packet) -> Result<(), String> {
+    pub(crate) fn handle(&mut self, io: &mut Io<'_>, p: Packet) -> Result<(), String> {
         let Some(c) = &self.connected else {
             return match p {
                 Packet::Connect(c) => self.connect(io, *c),
@@ -165,7 +172,7 @@ impl Core {
     }
 
     /// Refuses a CONNECT with a CONNACK return code, then closes.
-    fn refuse(&mut self, io: &mut Io<'_>, code: u8, why: &str) -> Result<(), String> {
+    pub(crate) fn refuse(&mut self, io: &mut Io<'_>, code: u8, why: &str) -> Result<(), String> {
         self.send(
             io,
             &Packet::ConnAck {
@@ -181,6 +188,9 @@ impl Core {
         if c.level != 4 {
             return self.refuse(io, 1, "unacceptable protocol level");
         }
+        let Some(c) = self.admit(io, c) else {
+            return Ok(());
+        };
         let client_id = match c.client_id.as_str() {
             "" if !c.clean_session => {
                 return self.refuse(io, 2, "an empty client id needs a clean session");
@@ -190,9 +200,11 @@ impl Core {
         };
         let epoch = self.shared.sessions.epoch();
         let config = &self.shared.config;
+        let owner = self.guard.identity.as_ref().and_then(|i| i.user.clone());
         let (session, present) = self.shared.sessions.attach(
             &client_id,
             c.clean_session,
+            owner,
             (io.wake().clone(), epoch),
             || {
                 Session::new(
@@ -205,6 +217,12 @@ impl Core {
         );
         let keep_alive =
             (c.keep_alive > 0).then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500));
+        // A resumed session's subscriptions are checked against the rules
+        // in effect now ([`Core::recheck`]).
+        self.guard.checked = match &self.shared.auth {
+            Some(auth) if !present => Some(auth.get().generation()),
+            _ => None,
+        };
         self.connected = Some(Connected {
             session: session.clone(),
             epoch,
@@ -254,12 +272,15 @@ impl Protocol for Core {
         if input.len() > self.unused {
             self.last_seen = io.now();
         }
-        if self.connected.is_none() && input.first().is_some_and(|&b| b != 0x10) {
+        if self.connected.is_none()
+            && !self.guard.waiting()
+            && input.first().is_some_and(|&b| b != 0x10)
+        {
             // Not even the start of a CONNECT: no need to wait for the rest.
             self.close(true, "a packet before CONNECT");
         }
         let mut used = 0;
-        while self.closing.is_none() {
+        while self.closing.is_none() && !self.guard.waiting() {
             match codec::decode(&input[used..], self.shared.config.max_packet_bytes) {
                 Ok(Decoded::Packet(p, n)) => {
                     used += n;
@@ -288,11 +309,12 @@ impl Protocol for Core {
                     self.published(io, qos, packet_id, outcome);
                 }
             }
+            Some(Tag::Login | Tag::Authorized) => self.answered(io, note),
         }
     }
 
     fn intake(&self, reading: &Reading) -> Intake {
-        if self.closing.is_some() {
+        if self.closing.is_some() || self.guard.waiting() {
             return Intake::Wait;
         }
         let backlog = self.backlog.load(Ordering::Relaxed);
@@ -309,7 +331,10 @@ impl Protocol for Core {
     }
 
     fn pump(&mut self, io: &mut Io<'_>) {
-        self.drain(io);
+        self.recheck(io);
+        if self.subs_current() {
+            self.drain(io);
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {

@@ -45,10 +45,21 @@
 //! max_connections = 10000
 //! connect_timeout_secs = 10      # for the CONNECT packet
 //! dispatcher = "default"
+//! auth = "users"                 # an auth instance (see below); none: everything allowed
 //! ```
+//!
+//! With `auth`, CONNECT's username and password are checked (CONNACK 4
+//! for bad credentials, 5 for none where some are needed), each publish
+//! topic and subscription filter is authorized (SUBACK 0x80 for a refused
+//! filter; a refused QoS 0 publish is dropped, a refused QoS 1 or 2
+//! publish closes the connection), and a persistent session is resumed
+//! only by the user who made it. See `guard.rs` and docs/security.md.
 
 mod codec;
 mod core;
+mod guard;
+#[cfg(test)]
+mod guard_tests;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -78,6 +89,9 @@ bindery::module! {
 pub struct Config {
     /// The dispatcher to hand publishes to, by name.
     pub dispatcher: String,
+    /// The auth instance that authenticates clients and authorizes their
+    /// publishes and subscriptions, by name; none: everything is allowed.
+    pub auth: Option<String>,
     /// The path MQTT topics live under.
     pub topic_root: String,
     /// Largest packet: beyond it the connection is closed.
@@ -103,6 +117,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             dispatcher: "default".into(),
+            auth: None,
             topic_root: "/topics/".into(),
             max_packet_bytes: 1024 * 1024,
             max_inflight: 32,
@@ -137,7 +152,13 @@ fn module_main(
             tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
             start: Box::new(move |rt| {
                 let dispatcher = dispatcher::require(rt, &config.dispatcher)?;
-                let shared = Shared::new(&instance, config, dispatcher, stats);
+                let auth = config
+                    .auth
+                    .as_deref()
+                    .map(|name| bindery_classes::auth::Bound::require(rt, name))
+                    .transpose()?;
+                let mut shared = Shared::new(&instance, config, dispatcher, stats);
+                shared.auth = auth;
                 Ok(MqttCores(Arc::new(shared)))
             }),
         })
@@ -151,6 +172,7 @@ pub(crate) struct Stats {
     pub(crate) closed_for_errors: Counter,
     pub(crate) dropped: Counter,
     pub(crate) subscriptions_ended: Counter,
+    pub(crate) auth_failures: Counter,
 }
 
 impl Stats {
@@ -168,6 +190,10 @@ impl Stats {
                 "bindery_mqtt_subscriptions_ended_total",
                 "MQTT clients disconnected because a driver ended a subscription (slow consumers).",
             ),
+            auth_failures: scope.counter(
+                "bindery_mqtt_auth_failures_total",
+                "CONNECTs refused for bad credentials (unknown user or wrong password).",
+            ),
         }
     }
 }
@@ -177,6 +203,8 @@ pub(crate) struct Shared {
     pub(crate) instance: String,
     pub(crate) config: Config,
     pub(crate) dispatcher: DispatcherHandle,
+    /// The auth instance, if the configuration names one.
+    pub(crate) auth: Option<bindery_classes::auth::Bound>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) sessions: session::Sessions,
     /// Retained messages by topic.
@@ -199,6 +227,7 @@ impl Shared {
             instance: instance.to_owned(),
             config,
             dispatcher,
+            auth: None,
             stats,
             sessions: session::Sessions::default(),
             retained: Mutex::new(Default::default()),
@@ -254,8 +283,10 @@ struct MqttCores(Arc<Shared>);
 
 impl MakeCore for MqttCores {
     type Core = core::Core;
-    fn core(&self, _peer: String, _: Wake) -> core::Core {
-        core::Core::new(self.0.clone(), std::time::Instant::now())
+    fn core(&self, peer: String, _: Wake) -> core::Core {
+        let mut core = core::Core::new(self.0.clone(), std::time::Instant::now());
+        core.peer = peer;
+        core
     }
 }
 

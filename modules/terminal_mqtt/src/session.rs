@@ -32,6 +32,10 @@ pub(crate) enum Tag {
     Ended,
     /// The driver's outcome of an inbound QoS 1 or 2 publish.
     Published { qos: QoS, packet_id: u16 },
+    /// The auth instance's answer to CONNECT.
+    Login,
+    /// The auth instance's answer to a question of access.
+    Authorized,
 }
 
 /// Set in the tags of `Published`: the rest holds QoS and packet id.
@@ -44,6 +48,8 @@ impl Tag {
             Tag::Wake => 1,
             Tag::TakenOver => 2,
             Tag::Ended => 3,
+            Tag::Login => 4,
+            Tag::Authorized => 5,
             Tag::Published { qos, packet_id } => {
                 PUBLISHED | u64::from(qos) << 16 | u64::from(packet_id)
             }
@@ -56,6 +62,8 @@ impl Tag {
             1 => Some(Tag::Wake),
             2 => Some(Tag::TakenOver),
             3 => Some(Tag::Ended),
+            4 => Some(Tag::Login),
+            5 => Some(Tag::Authorized),
             t if t & PUBLISHED != 0 => Some(Tag::Published {
                 qos: ((t >> 16) & 3) as QoS,
                 packet_id: (t & 0xffff) as u16,
@@ -111,6 +119,8 @@ pub(crate) struct State {
     /// Why a driver ended a subscription of this session: the session is
     /// over (its connection is closed, and it is not resumed).
     pub(crate) ended: Option<String>,
+    /// The user who made the session (with auth): only they resume it.
+    pub(crate) owner: Option<Arc<str>>,
 }
 
 impl State {
@@ -233,6 +243,7 @@ impl Sessions {
         &self,
         client_id: &str,
         clean: bool,
+        owner: Option<Arc<str>>,
         at: (Wake, u64),
         make: impl FnOnce() -> Arc<Session>,
     ) -> (Arc<Session>, bool) {
@@ -245,9 +256,17 @@ impl Sessions {
             }
         }
         let (session, present) = match existing {
-            Some(old) if !clean && !old.clean && old.state.lock().ended.is_none() => (old, true),
+            Some(old)
+                if !clean
+                    && !old.clean
+                    && old.state.lock().ended.is_none()
+                    && old.state.lock().owner == owner =>
+            {
+                (old, true)
+            }
             _ => {
                 let s = make();
+                s.state.lock().owner = owner;
                 map.insert(client_id.to_owned(), s.clone());
                 (s, false)
             }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bindery::{Completion, Failure};
+use bindery_classes::auth::Action;
 use bindery_classes::connection::Io;
 use bindery_classes::driver::{Receipt, SubscribeOptions};
 use bindery_classes::topic::matches;
@@ -15,6 +16,7 @@ use bindery_classes::{Message, MessageId, Subscription};
 
 use crate::codec::{self, Packet, Publish, QoS};
 use crate::core::Core;
+use crate::guard::Permit;
 use crate::session::{Inflight, Queued, Session, Stage, Sub, Tag};
 
 /// Unsent output past which queued messages wait.
@@ -46,11 +48,6 @@ impl Core {
                 p.topic
             ));
         }
-        if p.qos == 2 && !session.state.lock().incoming_qos2.insert(p.packet_id) {
-            // A resend of a message already taken: acknowledge again only.
-            self.send(io, &Packet::PubRec(p.packet_id));
-            return Ok(());
-        }
         let path = match &self.last_path {
             Some((t, path)) if *t == p.topic => path.clone(),
             _ => {
@@ -59,6 +56,23 @@ impl Core {
                 path
             }
         };
+        match self.permit(io, Action::Publish, &path) {
+            Permit::Allowed => {}
+            Permit::Denied if p.qos == 0 => {
+                tracing::debug!(instance = %self.shared.instance, topic = %p.topic, "QoS 0 publish not allowed: dropped");
+                return Ok(());
+            }
+            Permit::Denied => return Err(format!("not allowed to publish to {:?}", p.topic)),
+            Permit::Asked => {
+                self.guard.held = Some(Packet::Publish(p));
+                return Ok(());
+            }
+        }
+        if p.qos == 2 && !session.state.lock().incoming_qos2.insert(p.packet_id) {
+            // A resend of a message already taken: acknowledge again only.
+            self.send(io, &Packet::PubRec(p.packet_id));
+            return Ok(());
+        }
         let message = Message {
             id: MessageId::next(),
             destination: path,
@@ -129,9 +143,35 @@ impl Core {
         packet_id: u16,
         filters: Vec<(String, QoS)>,
     ) {
+        // With auth, every filter's answer first, in order.
+        if self.shared.auth.is_some() {
+            while let Some((filter, _)) = filters.get(self.guard.decided.len()) {
+                if !bindery_classes::topic::valid_filter(filter) {
+                    self.guard.decided.push(false);
+                    continue;
+                }
+                let path = self.shared.path(filter);
+                match self.permit(io, Action::Subscribe, &path) {
+                    Permit::Allowed => self.guard.decided.push(true),
+                    Permit::Denied => self.guard.decided.push(false),
+                    Permit::Asked => {
+                        self.guard.held = Some(Packet::Subscribe { packet_id, filters });
+                        return;
+                    }
+                }
+            }
+        }
+        let decided = std::mem::take(&mut self.guard.decided);
         let codes = filters
             .into_iter()
-            .map(|(filter, requested)| self.subscribe_one(session, filter, requested.min(2)))
+            .enumerate()
+            .map(|(i, (filter, requested))| {
+                if decided.get(i) == Some(&false) {
+                    tracing::debug!(instance = %self.shared.instance, %filter, "subscription not allowed");
+                    return 0x80;
+                }
+                self.subscribe_one(session, filter, requested.min(2))
+            })
             .collect();
         self.send(io, &Packet::SubAck { packet_id, codes });
     }
