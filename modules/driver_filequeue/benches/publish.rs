@@ -6,7 +6,7 @@
 //! would); a publish counts once its completion confirms it. Each sample
 //! opens a fresh journal in a temporary directory.
 //!
-//! Run: `cargo bench -p driver_filequeue --bench publish`.
+//! Run: `cargo bench -p bindery-driver-filequeue --bench publish`.
 
 // criterion's macros make undocumented items.
 #![allow(missing_docs)]

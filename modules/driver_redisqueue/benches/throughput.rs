@@ -14,7 +14,7 @@
 //!   publishing at once;
 //! - `filequeue publish`: `driver.filequeue` with `fsync = "always"`.
 //!
-//! Run: `cargo bench -p driver_redisqueue --bench throughput` (prints a
+//! Run: `cargo bench -p bindery-driver-redisqueue --bench throughput` (prints a
 //! table; `BENCH_N` sets the messages per line, 200,000 by default;
 //! `BENCH_POOL` the driver's `pool_size`, 4 by default).
 

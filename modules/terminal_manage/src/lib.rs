@@ -5,7 +5,7 @@
 //! linked, instances with their state, creating, starting, stopping,
 //! restarting and removing instances, binding and unbinding keys, and the
 //! metrics. Versioned under `/v1/`; the contract is the OpenAPI document
-//! served at `/v1/openapi.json` (kept in `docs/management-openapi.json`).
+//! served at `/v1/openapi.json` (kept in `openapi.json` beside this crate; `docs/management-openapi.json` links to it).
 //!
 //! Every request needs `Authorization: Bearer <token>`. The token is read
 //! from `token_file`; when that file does not exist, a random token is
@@ -59,7 +59,7 @@ bindery::module! {
 }
 
 /// The OpenAPI document of the API this module serves.
-pub const OPENAPI: &str = include_str!("../../../docs/management-openapi.json");
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// The instance configuration.
 #[derive(Clone, Debug, Deserialize)]
