@@ -9,20 +9,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::children::{alive, eventually, script};
 use common::{Server, TempDir};
-
-/// Writes an executable shell script `name` into `dir`.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
 
 /// A server with one `route.exec` instance named `run` bound to `key`,
 /// configured by `config` (TOML lines).
@@ -36,13 +28,6 @@ fn serve(key: &str, config: &str) -> Server {
 
 fn command(script: &Path) -> String {
     format!("command = [\"{}\"]", script.display())
-}
-
-/// Whether process `pid` exists (a zombie counts as gone).
-fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
 }
 
 /// Children of `pid` that have exited and were not reaped.
@@ -63,18 +48,6 @@ fn zombies(pid: u32) -> Vec<String> {
         }
     }
     found
-}
-
-/// Waits up to 15 s for `f`; says whether it came true.
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < until {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// Reads a file the script writes (its pid), waiting for it.

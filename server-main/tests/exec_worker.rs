@@ -7,18 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
+use common::children::{alive, eventually, script};
 use common::{Server, TempDir};
-
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
 
 /// The default configuration plus a `worker.exec` instance named `jobs`
 /// working `queue`, configured by `config` (TOML lines).
@@ -27,17 +20,6 @@ fn with_worker(queue: &str, config: &str) -> String {
         "[instances.jobs]\nmodule = \"worker.exec\"\nbind = [\"{queue}\"]\n\
          [instances.jobs.config]\n{config}\n"
     ))
-}
-
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < until {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 fn publish(server: &Server, path: &str, body: &str) -> String {
@@ -71,12 +53,6 @@ fn lines(path: &Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
 }
 
 #[test]

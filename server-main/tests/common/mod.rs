@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod children;
 pub mod mqtt;
 
 use std::io::{BufRead, BufReader, Read, Write};
