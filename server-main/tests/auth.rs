@@ -601,3 +601,58 @@ fn rumqttc_gets_connack_4_its_grants_and_its_refusals() {
         }
     }
 }
+
+#[test]
+fn a_route_is_guarded_like_the_messaging_paths() {
+    let dir = TempDir::new();
+    let acl = "allow alice consume /reports/#\n";
+    let file = dir.0.join("passwd");
+    for (user, password) in [("alice", "wonderland"), ("bob", "builder")] {
+        assert!(passwd(&file, user, password).status.success());
+    }
+    std::fs::write(dir.0.join("acl"), acl).unwrap();
+    let config = common::config(&format!(
+        r#"
+[instances.users]
+module = "auth.file"
+[instances.users.config]
+password_file = "{passwd}"
+acl_file = "{acl}"
+
+[instances.http.config]
+auth = "default"
+
+[instances.report]
+module = "route.exec"
+bind = ["GET /reports/{{name}}"]
+[instances.report.config]
+command = ["echo", "report {{name}}"]
+placeholders = {{ name = "[a-z]+" }}
+"#,
+        passwd = file.display(),
+        acl = dir.0.join("acl").display(),
+    ));
+    let s = Server::start_at(&dir.0, &config, &["--threads", "2"]);
+    let url = s.url("/reports/daily");
+    let status = |user: Option<&str>| {
+        let mut args = vec![];
+        if let Some(u) = user {
+            args.extend(["-u", u]);
+        }
+        args.push(&url);
+        curl(&args).0
+    };
+    assert_eq!(status(None), "401", "no credentials");
+    assert_eq!(status(Some("alice:nope")), "401", "a wrong password");
+    assert_eq!(
+        status(Some("bob:builder")),
+        "403",
+        "not allowed by the rules"
+    );
+    assert_eq!(status(Some("alice:wonderland")), "200");
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-u", "alice:wonderland", &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "report daily\n");
+}
