@@ -30,6 +30,11 @@ pub struct Request {
     pub authorization: Option<String>,
     /// `If-Match`.
     pub if_match: Option<String>,
+    /// `Origin` (a browser's request from a page).
+    pub origin: Option<String>,
+    /// `Access-Control-Request-Method` and `-Headers`: a CORS preflight
+    /// when the method is `OPTIONS`.
+    pub preflight: Option<(String, Option<String>)>,
     /// Every header, as [`headers`] reads them: empty unless a terminal
     /// fills it for a request that needs them all (a route's); parsing
     /// copies only the headers above.
@@ -97,6 +102,9 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
     let mut expect_continue = false;
     let mut authorization = None;
     let mut if_match = None;
+    let mut origin = None;
+    let mut preflight_method = None;
+    let mut preflight_headers = None;
     for h in req.headers.iter() {
         let value = || std::str::from_utf8(h.value).map(str::trim);
         let name = h.name;
@@ -132,6 +140,12 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
             }
         } else if name.eq_ignore_ascii_case("authorization") {
             authorization = value().ok().map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = value().ok().map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("access-control-request-method") {
+            preflight_method = value().ok().map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("access-control-request-headers") {
+            preflight_headers = value().ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("if-match") {
             if_match = value().ok().map(str::to_owned);
         } else if name.eq_ignore_ascii_case("expect") {
@@ -183,6 +197,8 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
             keep_alive,
             authorization,
             if_match,
+            origin,
+            preflight: preflight_method.map(|m| (m, preflight_headers)),
             headers: Vec::new(),
             body,
         },

@@ -110,6 +110,9 @@ pub(crate) struct Core {
     head_since: Option<Instant>,
     /// Input bytes seen by the last `receive` and left unused.
     unused: usize,
+    /// Each request's CORS header lines, in answer order (`None`: none);
+    /// taken as its answer is first written.
+    pub(crate) origins: VecDeque<Option<Arc<str>>>,
     /// Route body bytes moved to the output and not yet known written.
     pub(crate) route_owed: Option<(Arc<Window>, usize)>,
 }
@@ -132,6 +135,7 @@ impl Core {
             head_since: None,
             unused: 0,
             route_owed: None,
+            origins: VecDeque::new(),
         }
     }
 
@@ -252,6 +256,13 @@ impl Protocol for Core {
                     used += n;
                     self.continued = false;
                     self.shared.stats.requests.inc();
+                    let cors = match (&self.shared.config.cors, &req.preflight) {
+                        // A preflight's answer says it all itself.
+                        (Some(_), Some(_)) if req.method == "OPTIONS" => None,
+                        (Some(c), _) => c.answer_headers(req.origin.as_deref()),
+                        (None, _) => None,
+                    };
+                    self.origins.push_back(cors);
                     self.handle(io, req, &rest[..n]);
                 }
                 Parsed::Fail(status, reason) => {
@@ -259,6 +270,7 @@ impl Protocol for Core {
                     tracing::debug!(instance = %self.shared.instance, status, %reason, "bad request");
                     let mut out = Vec::new();
                     response::text(&mut out, status, &[], &reason, true);
+                    self.origins.push_back(None);
                     self.slots.push_back(Slot::Ready(out));
                     self.close_after = true;
                     used = input.len();
@@ -319,15 +331,19 @@ impl Protocol for Core {
             match front {
                 Slot::Ready(_) => {
                     if let Some(Slot::Ready(bytes)) = self.slots.pop_front() {
-                        io.out().extend_from_slice(&bytes);
+                        let cors = self.origins.pop_front().flatten();
+                        crate::cors::with_headers(io.out(), &bytes, cors.as_deref());
                         self.last_active = io.now();
                     }
                 }
                 Slot::Stream { .. } => {
                     if let Some(Slot::Stream { sub }) = self.slots.pop_front() {
-                        io.out().extend_from_slice(
+                        let cors = self.origins.pop_front().flatten();
+                        crate::cors::with_headers(
+                            io.out(),
                             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
                               Cache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n: subscribed\n\n",
+                            cors.as_deref(),
                         );
                         self.streaming = Some(Streaming { sub, owed: 0 });
                     }

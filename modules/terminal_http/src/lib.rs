@@ -53,6 +53,7 @@
 
 mod admin;
 mod core;
+mod cors;
 mod guard;
 #[cfg(test)]
 mod guard_tests;
@@ -99,6 +100,9 @@ pub struct Config {
     /// more are refused at accept and counted
     /// (`bindery_connections_refused_per_address_total`).
     pub max_connections_per_address: u64,
+    /// Which other origins' pages may call from a browser (CORS); none:
+    /// off.
+    pub cors: Option<cors::Cors>,
     /// TLS on this instance's listeners (`cert`, `key`, optional
     /// `client_ca` for mutual TLS); none: plaintext.
     pub tls: Option<TlsSettings>,
@@ -133,6 +137,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_address: 0,
             tls: None,
+            cors: None,
             idle_timeout_secs: 30,
             header_timeout_secs: 20,
             max_wait_secs: 60,

@@ -39,6 +39,13 @@ impl Core {
             crate::admin::answer(builtin, &self.shared, &mut out, close);
             return self.slots.push_back(Slot::Ready(out));
         }
+        if let (Some(cors), Some((_, headers))) = (&self.shared.config.cors, &req.preflight) {
+            if req.method == "OPTIONS" {
+                let mut out = Vec::new();
+                cors.preflight(&mut out, req.origin.as_deref(), headers.as_deref(), close);
+                return self.slots.push_back(Slot::Ready(out));
+            }
+        }
         let mut req = req;
         if self.find_route(&req.method, &req.path).is_some() {
             // A route sees every header; parsing copies only a few.

@@ -30,6 +30,8 @@ pub(crate) struct RouteSlot {
     body_in_buf: usize,
     headed: bool,
     chunked: bool,
+    /// Its first bytes went out (with the request's CORS lines).
+    opened: bool,
     pub(crate) done: Done,
 }
 
@@ -153,6 +155,7 @@ impl Core {
             body_in_buf: 0,
             headed: false,
             chunked: false,
+            opened: false,
             done: Done::Streaming,
         }));
         let request = RouteRequest {
@@ -185,7 +188,13 @@ impl Core {
             return false;
         };
         if !r.buf.is_empty() {
-            io.out().extend_from_slice(&r.buf);
+            if r.opened {
+                io.out().extend_from_slice(&r.buf);
+            } else {
+                r.opened = true;
+                let cors = self.origins.pop_front().flatten();
+                crate::cors::with_headers(io.out(), &r.buf, cors.as_deref());
+            }
             r.buf.clear();
             let moved = std::mem::take(&mut r.body_in_buf);
             match &mut self.route_owed {

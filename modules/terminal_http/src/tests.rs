@@ -277,3 +277,82 @@ fn a_client_leaving_mid_route_tells_the_route() {
     drop(p);
     assert!(r.is_gone());
 }
+
+fn cors_config() -> Config {
+    Config {
+        cors: Some(crate::cors::Cors {
+            allow_origins: vec!["https://app.example".into()],
+            ..Default::default()
+        }),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn cors_preflights_are_answered_and_answers_carry_the_origin_in_order() {
+    let mut p = pipe(cors_config());
+    p.send(
+        b"OPTIONS /queues/a HTTP/1.1\r\nOrigin: https://app.example\r\n\
+          Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n\
+          POST /queues/a HTTP/1.1\r\nOrigin: https://app.example\r\nContent-Length: 1\r\n\r\nx\
+          GET /healthz HTTP/1.1\r\n\r\n\
+          GET /queues/a?wait=0 HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n\
+          OPTIONS /queues/a HTTP/1.1\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: GET\r\n\r\n",
+    );
+    p.settle(SETTLE);
+    let out = text(p.output());
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 5, "{out}");
+    assert!(answers[0].starts_with("204"), "{}", answers[0]);
+    assert!(answers[0].contains("Access-Control-Allow-Methods: GET, POST, PUT, DELETE\r\n"));
+    assert!(answers[0].contains("Access-Control-Allow-Headers: content-type\r\n"));
+    assert!(answers[1].starts_with("201"), "{}", answers[1]);
+    assert!(answers[1].contains("Access-Control-Allow-Origin: https://app.example\r\n"));
+    assert!(answers[1].contains("Access-Control-Expose-Headers: Message-Id"));
+    assert!(
+        !answers[2].contains("Access-Control"),
+        "no Origin, no CORS: {}",
+        answers[2]
+    );
+    assert!(answers[3].starts_with("200"), "{}", answers[3]);
+    assert!(
+        !answers[3].contains("Access-Control"),
+        "another origin: {}",
+        answers[3]
+    );
+    assert!(answers[4].starts_with("403") && !answers[4].contains("Access-Control"));
+}
+
+#[test]
+fn an_event_stream_and_a_route_carry_the_origin_too() {
+    let mut p = pipe(cors_config());
+    p.send(b"GET /held/a HTTP/1.1\r\nOrigin: https://app.example\r\n\r\n");
+    held().answer(200, vec![], bytes::Bytes::from_static(b"ok"));
+    p.settle(SETTLE);
+    let out = text(p.output());
+    assert!(
+        out.contains("Access-Control-Allow-Origin: https://app.example\r\n"),
+        "{out}"
+    );
+    let mut p = pipe(cors_config());
+    p.send(b"GET /topics/t HTTP/1.1\r\nAccept: text/event-stream\r\nOrigin: https://app.example\r\n\r\n");
+    p.settle(SETTLE);
+    let out = text(p.output());
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin"),
+        "{out}"
+    );
+    assert!(out.contains("text/event-stream"), "{out}");
+}
+
+#[test]
+fn without_cors_a_preflight_is_refused_as_before() {
+    let mut p = pipe(Config::default());
+    p.send(b"OPTIONS /queues/a HTTP/1.1\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n\r\n");
+    p.settle(SETTLE);
+    let out = text(p.output());
+    assert!(
+        out.starts_with("HTTP/1.1 405") && !out.contains("Access-Control"),
+        "{out}"
+    );
+}
