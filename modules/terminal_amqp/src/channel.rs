@@ -111,7 +111,11 @@ pub(crate) struct Binding {
 /// if it has `#` before its last word.
 pub(crate) fn filter(key: &str) -> Option<String> {
     let words: Vec<&str> = key.split('.').collect();
-    if words.iter().enumerate().any(|(i, w)| *w == "#" && i + 1 != words.len()) {
+    if words
+        .iter()
+        .enumerate()
+        .any(|(i, w)| *w == "#" && i + 1 != words.len())
+    {
         return None;
     }
     Some(
@@ -127,7 +131,9 @@ pub(crate) fn filter(key: &str) -> Option<String> {
 fn topic_key(key: &str) -> bool {
     !key.is_empty()
         && !key.contains('/')
-        && key.split('.').all(|w| !w.is_empty() && !w.contains('+') && !w.contains('#'))
+        && key
+            .split('.')
+            .all(|w| !w.is_empty() && !w.contains('+') && !w.contains('#'))
 }
 
 /// Whether `name` can be a queue: a path segment of its own.
@@ -139,18 +145,42 @@ impl Core {
     /// A channel exception: `channel.close`, the channel's resources
     /// released; frames other than close and close-ok are ignored until
     /// the client's `close-ok`.
-    pub(crate) fn channel_fail(&mut self, io: &mut Io<'_>, ch: u16, code: u16, text: &str, on: (u16, u16)) {
+    pub(crate) fn channel_fail(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: u16,
+        code: u16,
+        text: &str,
+        on: (u16, u16),
+    ) {
         self.shared.stats.channel_errors.inc();
         tracing::debug!(instance = %self.shared.instance, peer = %self.peer, channel = ch, code, "closing the channel: {text}");
-        self.send(io, ch, &Method::ChannelClose { code, text: text.to_owned(), class: on.0, method: on.1 });
+        self.send(
+            io,
+            ch,
+            &Method::ChannelClose {
+                code,
+                text: text.to_owned(),
+                class: on.0,
+                method: on.1,
+            },
+        );
         self.teardown(ch);
-        self.channels.insert(ch, Channel { closing: true, ..Channel::default() });
+        self.channels.insert(
+            ch,
+            Channel {
+                closing: true,
+                ..Channel::default()
+            },
+        );
     }
 
     /// Releases what a channel holds: consumers cancelled, unacked
     /// messages back to their queues.
     pub(crate) fn teardown(&mut self, ch: u16) {
-        let Some(mut c) = self.channels.remove(&ch) else { return };
+        let Some(mut c) = self.channels.remove(&ch) else {
+            return;
+        };
         // Cancel first, so the released messages do not come back here.
         c.consumers.clear();
         c.get = None;
@@ -161,13 +191,21 @@ impl Core {
     }
 
     pub(crate) fn channel(&mut self, ch: u16) -> Result<&mut Channel, Refusal> {
-        self.channels
-            .get_mut(&ch)
-            .ok_or_else(|| hard(code::CHANNEL_ERROR, format!("CHANNEL_ERROR - channel {ch} is not open")))
+        self.channels.get_mut(&ch).ok_or_else(|| {
+            hard(
+                code::CHANNEL_ERROR,
+                format!("CHANNEL_ERROR - channel {ch} is not open"),
+            )
+        })
     }
 
     /// A method on channel `ch`.
-    pub(crate) fn channel_method(&mut self, io: &mut Io<'_>, ch: u16, m: Method) -> Result<(), Refusal> {
+    pub(crate) fn channel_method(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: u16,
+        m: Method,
+    ) -> Result<(), Refusal> {
         match self.channels.get(&ch) {
             None => {
                 return match m {
@@ -180,7 +218,10 @@ impl Core {
                     Method::ChannelCloseOk => Ok(()),
                     m => Err(hard(
                         code::CHANNEL_ERROR,
-                        format!("CHANNEL_ERROR - {} on channel {ch}, which is not open", m.name()),
+                        format!(
+                            "CHANNEL_ERROR - {} on channel {ch}, which is not open",
+                            m.name()
+                        ),
                     )),
                 };
             }
@@ -200,7 +241,10 @@ impl Core {
             Some(c) if c.incoming.is_some() => {
                 return Err(hard(
                     code::UNEXPECTED_FRAME,
-                    format!("UNEXPECTED_FRAME - {} on channel {ch} while content was expected", m.name()),
+                    format!(
+                        "UNEXPECTED_FRAME - {} on channel {ch} while content was expected",
+                        m.name()
+                    ),
                 ));
             }
             Some(_) => {}
@@ -220,12 +264,21 @@ impl Core {
                 self.send(io, ch, &Method::ChannelFlowOk { active });
                 Ok(())
             }
-            Method::ExchangeDeclare { exchange, kind, passive, no_wait, .. } => {
-                self.exchange_declare(io, ch, exchange, kind, passive, no_wait)
-            }
-            Method::ExchangeDelete { exchange, no_wait, .. } => {
+            Method::ExchangeDeclare {
+                exchange,
+                kind,
+                passive,
+                no_wait,
+                ..
+            } => self.exchange_declare(io, ch, exchange, kind, passive, no_wait),
+            Method::ExchangeDelete {
+                exchange, no_wait, ..
+            } => {
                 if exchange.starts_with("amq.") || exchange.is_empty() {
-                    return Err(soft(code::ACCESS_REFUSED, format!("ACCESS_REFUSED - exchange {exchange:?} cannot be deleted")));
+                    return Err(soft(
+                        code::ACCESS_REFUSED,
+                        format!("ACCESS_REFUSED - exchange {exchange:?} cannot be deleted"),
+                    ));
                 }
                 self.shared.exchanges.lock().remove(&exchange);
                 if !no_wait {
@@ -233,25 +286,43 @@ impl Core {
                 }
                 Ok(())
             }
-            Method::QueueDeclare { queue, passive, exclusive, no_wait, .. } => {
-                self.queue_declare(io, ch, queue, passive, exclusive, no_wait)
-            }
-            Method::QueueBind { queue, exchange, routing_key, no_wait, .. } => {
+            Method::QueueDeclare {
+                queue,
+                passive,
+                exclusive,
+                no_wait,
+                ..
+            } => self.queue_declare(io, ch, queue, passive, exclusive, no_wait),
+            Method::QueueBind {
+                queue,
+                exchange,
+                routing_key,
+                no_wait,
+                ..
+            } => {
                 self.queue_bind(io, ch, queue, exchange, routing_key)?;
                 if !no_wait {
                     self.send(io, ch, &Method::QueueBindOk);
                 }
                 Ok(())
             }
-            Method::QueueUnbind { queue, exchange, routing_key, .. } => {
-                self.bindings
-                    .retain(|b| !(b.queue == queue && b.exchange == exchange && b.key == routing_key));
+            Method::QueueUnbind {
+                queue,
+                exchange,
+                routing_key,
+                ..
+            } => {
+                self.bindings.retain(|b| {
+                    !(b.queue == queue && b.exchange == exchange && b.key == routing_key)
+                });
                 self.send(io, ch, &Method::QueueUnbindOk);
                 Ok(())
             }
             Method::QueuePurge { queue, .. } => Err(soft(
                 code::NOT_IMPLEMENTED,
-                format!("NOT_IMPLEMENTED - queue.purge of {queue:?}: the queue driver has no purge"),
+                format!(
+                    "NOT_IMPLEMENTED - queue.purge of {queue:?}: the queue driver has no purge"
+                ),
             )),
             Method::QueueDelete { queue, no_wait, .. } => {
                 let (driver, path) = self.queue(&queue, false)?;
@@ -259,13 +330,22 @@ impl Core {
                 self.shared.queues.lock().remove(&queue);
                 self.bindings.retain(|b| b.queue != queue);
                 if !no_wait {
-                    self.send(io, ch, &Method::QueueDeleteOk { message_count: depth });
+                    self.send(
+                        io,
+                        ch,
+                        &Method::QueueDeleteOk {
+                            message_count: depth,
+                        },
+                    );
                 }
                 Ok(())
             }
-            Method::BasicPublish { exchange, routing_key, mandatory, immediate } => {
-                self.publish(ch, exchange, routing_key, mandatory, immediate)
-            }
+            Method::BasicPublish {
+                exchange,
+                routing_key,
+                mandatory,
+                immediate,
+            } => self.publish(ch, exchange, routing_key, mandatory, immediate),
             Method::ConfirmSelect { no_wait } => {
                 self.channel(ch)?.confirm = true;
                 if !no_wait {
@@ -297,21 +377,40 @@ impl Core {
         }
     }
 
-    fn exchange_declare(&mut self, io: &mut Io<'_>, ch: u16, exchange: String, kind: String, passive: bool, no_wait: bool) -> Result<(), Refusal> {
+    fn exchange_declare(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: u16,
+        exchange: String,
+        kind: String,
+        passive: bool,
+        no_wait: bool,
+    ) -> Result<(), Refusal> {
         let exists = self.shared.is_topic_exchange(&exchange);
         if passive {
             if !exists {
-                return Err(soft(code::NOT_FOUND, format!("NOT_FOUND - no exchange {exchange:?} in vhost \"/\"")));
+                return Err(soft(
+                    code::NOT_FOUND,
+                    format!("NOT_FOUND - no exchange {exchange:?} in vhost \"/\""),
+                ));
             }
         } else if kind != "topic" {
             return Err(hard(
                 code::NOT_IMPLEMENTED,
-                format!("NOT_IMPLEMENTED - exchange {exchange:?}: type {kind:?} is not supported (topic only)"),
+                format!(
+                    "NOT_IMPLEMENTED - exchange {exchange:?}: type {kind:?} is not supported (topic only)"
+                ),
             ));
         } else if exchange.starts_with("amq.") && !exists {
-            return Err(soft(code::ACCESS_REFUSED, format!("ACCESS_REFUSED - exchange name {exchange:?} is reserved")));
+            return Err(soft(
+                code::ACCESS_REFUSED,
+                format!("ACCESS_REFUSED - exchange name {exchange:?} is reserved"),
+            ));
         } else if exchange.is_empty() {
-            return Err(soft(code::ACCESS_REFUSED, "ACCESS_REFUSED - the default exchange cannot be declared"));
+            return Err(soft(
+                code::ACCESS_REFUSED,
+                "ACCESS_REFUSED - the default exchange cannot be declared",
+            ));
         } else {
             self.shared.exchanges.lock().insert(exchange);
         }
@@ -322,33 +421,62 @@ impl Core {
     }
 
     /// The driver and path of queue `name`, checked for exclusivity.
-    pub(crate) fn queue(&self, name: &str, declaring: bool) -> Result<(DriverHandle, Arc<str>), Refusal> {
+    pub(crate) fn queue(
+        &self,
+        name: &str,
+        declaring: bool,
+    ) -> Result<(DriverHandle, Arc<str>), Refusal> {
         if !queue_name(name) {
-            return Err(soft(code::PRECONDITION_FAILED, format!("PRECONDITION_FAILED - {name:?} is not a queue name (empty, or with '/')")));
+            return Err(soft(
+                code::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - {name:?} is not a queue name (empty, or with '/')"),
+            ));
         }
         if let Some(d) = self.shared.queues.lock().get(name) {
             if d.owner.is_some_and(|o| o != self.id) {
                 return Err(soft(
                     code::RESOURCE_LOCKED,
-                    format!("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue {name:?} in vhost \"/\""),
+                    format!(
+                        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue {name:?} in vhost \"/\""
+                    ),
                 ));
             }
         }
         let path: Arc<str> = self.shared.queue_path(name).into();
         let driver = self.shared.dispatcher.driver(&path).map_err(|f| {
-            soft(code::NOT_FOUND, format!("NOT_FOUND - no queue {name:?} in vhost \"/\" ({f})"))
+            soft(
+                code::NOT_FOUND,
+                format!("NOT_FOUND - no queue {name:?} in vhost \"/\" ({f})"),
+            )
         })?;
         if declaring && !driver.info().queue {
-            return Err(soft(code::PRECONDITION_FAILED, format!("PRECONDITION_FAILED - {path} is served by a driver that is not a queue")));
+            return Err(soft(
+                code::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - {path} is served by a driver that is not a queue"),
+            ));
         }
         Ok((driver, path))
     }
 
-    fn queue_declare(&mut self, io: &mut Io<'_>, ch: u16, mut queue: String, passive: bool, exclusive: bool, no_wait: bool) -> Result<(), Refusal> {
+    fn queue_declare(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: u16,
+        mut queue: String,
+        passive: bool,
+        exclusive: bool,
+        no_wait: bool,
+    ) -> Result<(), Refusal> {
         if queue.is_empty() && !passive {
             queue = format!("amq.gen-{}-{}", self.id, MessageId::next());
-        } else if queue.starts_with("amq.") && !passive && !self.shared.queues.lock().contains_key(&queue) {
-            return Err(soft(code::ACCESS_REFUSED, format!("ACCESS_REFUSED - queue name {queue:?} contains reserved prefix amq.*")));
+        } else if queue.starts_with("amq.")
+            && !passive
+            && !self.shared.queues.lock().contains_key(&queue)
+        {
+            return Err(soft(
+                code::ACCESS_REFUSED,
+                format!("ACCESS_REFUSED - queue name {queue:?} contains reserved prefix amq.*"),
+            ));
         }
         let (driver, path) = self.queue(&queue, true)?;
         let (messages, consumers) = stats(&driver, &path);
@@ -356,53 +484,103 @@ impl Core {
             let known = self.shared.queues.lock().contains_key(&queue);
             let seen = driver.stats().iter().any(|s| *s.destination == *path);
             if !known && !seen {
-                return Err(soft(code::NOT_FOUND, format!("NOT_FOUND - no queue {queue:?} in vhost \"/\"")));
+                return Err(soft(
+                    code::NOT_FOUND,
+                    format!("NOT_FOUND - no queue {queue:?} in vhost \"/\""),
+                ));
             }
         } else {
             let mut queues = self.shared.queues.lock();
-            let d = queues.entry(queue.clone()).or_insert(Declared { owner: None });
+            let d = queues
+                .entry(queue.clone())
+                .or_insert(Declared { owner: None });
             if exclusive {
                 d.owner = Some(self.id);
             }
         }
         if !no_wait {
-            self.send(io, ch, &Method::QueueDeclareOk { queue, message_count: messages, consumer_count: consumers });
+            self.send(
+                io,
+                ch,
+                &Method::QueueDeclareOk {
+                    queue,
+                    message_count: messages,
+                    consumer_count: consumers,
+                },
+            );
         }
         Ok(())
     }
 
-    fn queue_bind(&mut self, io: &mut Io<'_>, _ch: u16, queue: String, exchange: String, key: String) -> Result<(), Refusal> {
+    fn queue_bind(
+        &mut self,
+        io: &mut Io<'_>,
+        _ch: u16,
+        queue: String,
+        exchange: String,
+        key: String,
+    ) -> Result<(), Refusal> {
         if exchange.is_empty() {
-            return Err(soft(code::ACCESS_REFUSED, format!("ACCESS_REFUSED - queue {queue:?}: operation not permitted on the default exchange")));
+            return Err(soft(
+                code::ACCESS_REFUSED,
+                format!(
+                    "ACCESS_REFUSED - queue {queue:?}: operation not permitted on the default exchange"
+                ),
+            ));
         }
         if !self.shared.is_topic_exchange(&exchange) {
-            return Err(soft(code::NOT_FOUND, format!("NOT_FOUND - no exchange {exchange:?} in vhost \"/\" (topic exchanges only)")));
+            return Err(soft(
+                code::NOT_FOUND,
+                format!(
+                    "NOT_FOUND - no exchange {exchange:?} in vhost \"/\" (topic exchanges only)"
+                ),
+            ));
         }
         let (_, path) = self.queue(&queue, true)?;
         let Some(filter) = filter(&key) else {
             return Err(soft(
                 code::NOT_IMPLEMENTED,
-                format!("NOT_IMPLEMENTED - binding key {key:?}: '#' is supported as the last word only"),
+                format!(
+                    "NOT_IMPLEMENTED - binding key {key:?}: '#' is supported as the last word only"
+                ),
             ));
         };
-        if self.bindings.iter().any(|b| b.queue == queue && b.exchange == exchange && b.key == key) {
+        if self
+            .bindings
+            .iter()
+            .any(|b| b.queue == queue && b.exchange == exchange && b.key == key)
+        {
             return Ok(());
         }
         let topic = format!("{}{filter}", self.shared.config.topic_root);
         let driver = self.shared.dispatcher.driver(&topic).map_err(|f| {
-            soft(code::NOT_FOUND, format!("NOT_FOUND - binding key {key:?}: {f}"))
+            soft(
+                code::NOT_FOUND,
+                format!("NOT_FOUND - binding key {key:?}: {f}"),
+            )
         })?;
         let tag = self.tag(Pending::Bridge { queue: path });
         let consumer = io.wake().consumer(tag).named(format!(
             "{}: amqp binding of queue {queue:?} to {exchange:?} {key:?}",
             self.shared.instance
         ));
-        let options = SubscribeOptions { credit: self.shared.config.max_unacked.max(1), ..Default::default() };
-        let sub = driver
-            .subscribe(&topic, consumer, options)
-            .map_err(|f| soft(code::PRECONDITION_FAILED, format!("PRECONDITION_FAILED - binding key {key:?}: {f}")))?;
+        let options = SubscribeOptions {
+            credit: self.shared.config.max_unacked.max(1),
+            ..Default::default()
+        };
+        let sub = driver.subscribe(&topic, consumer, options).map_err(|f| {
+            soft(
+                code::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - binding key {key:?}: {f}"),
+            )
+        })?;
         // The bridge credits as it forwards: see `Core::noted`.
-        self.bindings.push(Binding { queue, exchange, key, _sub: sub });
+        self.bindings.push(Binding {
+            queue,
+            exchange,
+            key,
+            _sub: sub,
+        });
         Ok(())
     }
 
@@ -416,18 +594,39 @@ impl Core {
         }
     }
 
-    fn publish(&mut self, ch: u16, exchange: String, routing_key: String, mandatory: bool, immediate: bool) -> Result<(), Refusal> {
+    fn publish(
+        &mut self,
+        ch: u16,
+        exchange: String,
+        routing_key: String,
+        mandatory: bool,
+        immediate: bool,
+    ) -> Result<(), Refusal> {
         if immediate {
-            return Err(hard(code::NOT_IMPLEMENTED, "NOT_IMPLEMENTED - immediate=true"));
+            return Err(hard(
+                code::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - immediate=true",
+            ));
         }
         let (path, topic) = if exchange.is_empty() {
-            (queue_name(&routing_key).then(|| self.shared.queue_path(&routing_key)), false)
+            (
+                queue_name(&routing_key).then(|| self.shared.queue_path(&routing_key)),
+                false,
+            )
         } else if self.shared.is_topic_exchange(&exchange) {
-            let path = topic_key(&routing_key)
-                .then(|| format!("{}{}", self.shared.config.topic_root, routing_key.replace('.', "/")));
+            let path = topic_key(&routing_key).then(|| {
+                format!(
+                    "{}{}",
+                    self.shared.config.topic_root,
+                    routing_key.replace('.', "/")
+                )
+            });
             (path, true)
         } else {
-            return Err(soft(code::NOT_FOUND, format!("NOT_FOUND - no exchange {exchange:?} in vhost \"/\"")));
+            return Err(soft(
+                code::NOT_FOUND,
+                format!("NOT_FOUND - no exchange {exchange:?} in vhost \"/\""),
+            ));
         };
         self.channel(ch)?.incoming = Some(Incoming {
             exchange,
@@ -445,17 +644,41 @@ impl Core {
     pub(crate) fn content(&mut self, io: &mut Io<'_>, f: Frame<'_>) {
         let max = self.shared.config.max_message_bytes;
         let Some(c) = self.channels.get_mut(&f.channel) else {
-            return self.fail(io, code::CHANNEL_ERROR, &format!("CHANNEL_ERROR - a content frame on channel {}, which is not open", f.channel), (60, 40));
+            return self.fail(
+                io,
+                code::CHANNEL_ERROR,
+                &format!(
+                    "CHANNEL_ERROR - a content frame on channel {}, which is not open",
+                    f.channel
+                ),
+                (60, 40),
+            );
         };
         if c.closing {
             return;
         }
         let Some(inc) = c.incoming.as_mut() else {
-            return self.fail(io, code::UNEXPECTED_FRAME, &format!("UNEXPECTED_FRAME - a content frame on channel {} without basic.publish", f.channel), (60, 40));
+            return self.fail(
+                io,
+                code::UNEXPECTED_FRAME,
+                &format!(
+                    "UNEXPECTED_FRAME - a content frame on channel {} without basic.publish",
+                    f.channel
+                ),
+                (60, 40),
+            );
         };
         match (f.kind, &inc.header) {
             (wire::HEADER, None) => match wire::header(f.payload) {
-                Ok(h) if h.class != 60 => self.fail(io, code::FRAME_ERROR, &format!("FRAME_ERROR - content header of class {}, not basic (60)", h.class), (60, 40)),
+                Ok(h) if h.class != 60 => self.fail(
+                    io,
+                    code::FRAME_ERROR,
+                    &format!(
+                        "FRAME_ERROR - content header of class {}, not basic (60)",
+                        h.class
+                    ),
+                    (60, 40),
+                ),
                 Ok(h) if h.body_size > max => {
                     let size = h.body_size;
                     self.channel_fail(io, f.channel, code::CONTENT_TOO_LARGE, &format!("CONTENT_TOO_LARGE - a body of {size} bytes is over max_message_bytes {max}"), (60, 40));
@@ -468,7 +691,12 @@ impl Core {
                         self.publish_complete(io, f.channel);
                     }
                 }
-                Err(e) => self.fail(io, code::SYNTAX_ERROR, &format!("SYNTAX_ERROR - {e}"), (60, 40)),
+                Err(e) => self.fail(
+                    io,
+                    code::SYNTAX_ERROR,
+                    &format!("SYNTAX_ERROR - {e}"),
+                    (60, 40),
+                ),
             },
             (wire::BODY, Some(h)) => {
                 let size = h.body_size;
@@ -480,13 +708,23 @@ impl Core {
                     self.publish_complete(io, f.channel);
                 }
             }
-            _ => self.fail(io, code::UNEXPECTED_FRAME, &format!("UNEXPECTED_FRAME - frame type {} on channel {} out of order", f.kind, f.channel), (60, 40)),
+            _ => self.fail(
+                io,
+                code::UNEXPECTED_FRAME,
+                &format!(
+                    "UNEXPECTED_FRAME - frame type {} on channel {} out of order",
+                    f.kind, f.channel
+                ),
+                (60, 40),
+            ),
         }
     }
 
     /// A publish's content is whole: to the dispatcher.
     fn publish_complete(&mut self, io: &mut Io<'_>, ch: u16) {
-        let Some(c) = self.channels.get_mut(&ch) else { return };
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return;
+        };
         let Some(inc) = c.incoming.take() else { return };
         let header = inc.header.unwrap_or_default();
         let confirm = c.confirm.then(|| {
@@ -546,7 +784,12 @@ impl Core {
 
     /// A publish's outcome: `basic.return` when mandatory and unrouted,
     /// then the confirm.
-    pub(crate) fn published(&mut self, io: &mut Io<'_>, p: Published, outcome: Result<Receipt, Failure>) {
+    pub(crate) fn published(
+        &mut self,
+        io: &mut Io<'_>,
+        p: Published,
+        outcome: Result<Receipt, Failure>,
+    ) {
         if self.channels.get(&p.channel).is_none_or(|c| c.closing) {
             return;
         }
@@ -555,16 +798,28 @@ impl Core {
             Err(f) => f.kind == FailureKind::NotFound,
         };
         if p.mandatory && unrouted {
-            let m = Method::BasicReturn { code: code::NO_ROUTE, text: "NO_ROUTE".into(), exchange: p.exchange, routing_key: p.routing_key };
+            let m = Method::BasicReturn {
+                code: code::NO_ROUTE,
+                text: "NO_ROUTE".into(),
+                exchange: p.exchange,
+                routing_key: p.routing_key,
+            };
             self.send_content(io, p.channel, &m, &p.header, &p.body);
         }
         let Some(seq) = p.confirm else { return };
         let m = match outcome {
             Err(f) if f.kind != FailureKind::NotFound => {
                 tracing::debug!(instance = %self.shared.instance, "publish {seq} refused: {f}");
-                Method::BasicNack { delivery_tag: seq, multiple: false, requeue: false }
+                Method::BasicNack {
+                    delivery_tag: seq,
+                    multiple: false,
+                    requeue: false,
+                }
             }
-            _ => Method::BasicAck { delivery_tag: seq, multiple: false },
+            _ => Method::BasicAck {
+                delivery_tag: seq,
+                multiple: false,
+            },
         };
         self.send(io, p.channel, &m);
     }
@@ -576,7 +831,12 @@ fn stats(driver: &DriverHandle, path: &str) -> (u32, u32) {
         .stats()
         .iter()
         .find(|s| *s.destination == *path)
-        .map_or((0, 0), |s| (s.depth.min(u32::MAX as u64) as u32, s.consumers.min(u32::MAX as u64) as u32))
+        .map_or((0, 0), |s| {
+            (
+                s.depth.min(u32::MAX as u64) as u32,
+                s.consumers.min(u32::MAX as u64) as u32,
+            )
+        })
 }
 
 /// The prefix of the headers that carry AMQP properties.

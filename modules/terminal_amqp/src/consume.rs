@@ -11,7 +11,7 @@ use bindery_classes::connection::Io;
 use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
 use bindery_classes::{Delivery, Message, MessageId};
 
-use crate::channel::{Consuming, Getting, Pending, Unacked, message_properties, PROPERTY};
+use crate::channel::{Consuming, Getting, PROPERTY, Pending, Unacked, message_properties};
 use crate::core::{Core, Refusal, code, hard, soft};
 use crate::methods::Method;
 use crate::wire::ContentHeader;
@@ -35,16 +35,36 @@ enum Settle {
 
 impl Core {
     /// A basic method about consuming.
-    pub(crate) fn consume_method(&mut self, io: &mut Io<'_>, ch: u16, m: Method) -> Result<(), Refusal> {
+    pub(crate) fn consume_method(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: u16,
+        m: Method,
+    ) -> Result<(), Refusal> {
         match m {
-            Method::BasicQos { prefetch_size, prefetch_count, .. } => {
+            Method::BasicQos {
+                prefetch_size,
+                prefetch_count,
+                ..
+            } => {
                 if prefetch_size != 0 {
-                    return Err(hard(code::NOT_IMPLEMENTED, format!("NOT_IMPLEMENTED - basic.qos field prefetch_size {prefetch_size}: only 0 is supported")));
+                    return Err(hard(
+                        code::NOT_IMPLEMENTED,
+                        format!(
+                            "NOT_IMPLEMENTED - basic.qos field prefetch_size {prefetch_size}: only 0 is supported"
+                        ),
+                    ));
                 }
                 self.channel(ch)?.prefetch = prefetch_count;
                 self.send(io, ch, &Method::BasicQosOk);
             }
-            Method::BasicConsume { queue, consumer_tag, no_ack, no_wait, .. } => {
+            Method::BasicConsume {
+                queue,
+                consumer_tag,
+                no_ack,
+                no_wait,
+                ..
+            } => {
                 let (driver, path) = self.queue(&queue, true)?;
                 let id = self.id;
                 let c = self.channel(ch)?;
@@ -55,29 +75,58 @@ impl Core {
                     consumer_tag.into()
                 };
                 if c.consumers.contains_key(&tag) {
-                    return Err(hard(code::NOT_ALLOWED, format!("NOT_ALLOWED - attempt to reuse consumer tag {tag:?}")));
+                    return Err(hard(
+                        code::NOT_ALLOWED,
+                        format!("NOT_ALLOWED - attempt to reuse consumer tag {tag:?}"),
+                    ));
                 }
                 let credit = match c.prefetch {
                     0 => self.shared.config.max_unacked,
                     n => u32::from(n),
                 };
-                let note = self.tag(Pending::Consumer { channel: ch, tag: tag.clone(), driver: driver.clone() });
+                let note = self.tag(Pending::Consumer {
+                    channel: ch,
+                    tag: tag.clone(),
+                    driver: driver.clone(),
+                });
                 let consumer = io.wake().consumer(note).named(format!(
                     "{}: amqp consumer {tag:?} of {}",
                     self.shared.instance, self.peer
                 ));
-                let options = SubscribeOptions { credit: credit.max(1), lease: Duration::from_secs(self.shared.config.lease_secs.max(1)) };
+                let options = SubscribeOptions {
+                    credit: credit.max(1),
+                    lease: Duration::from_secs(self.shared.config.lease_secs.max(1)),
+                };
                 // consume-ok goes out before any delivery: deliveries come
                 // back as notes, after this method.
                 if !no_wait {
-                    self.send(io, ch, &Method::BasicConsumeOk { consumer_tag: tag.to_string() });
+                    self.send(
+                        io,
+                        ch,
+                        &Method::BasicConsumeOk {
+                            consumer_tag: tag.to_string(),
+                        },
+                    );
                 }
-                let sub = driver
-                    .subscribe(&path, consumer, options)
-                    .map_err(|f| soft(code::PRECONDITION_FAILED, format!("PRECONDITION_FAILED - consume from queue {queue:?}: {f}")))?;
-                self.channel(ch)?.consumers.insert(tag, Consuming { sub, no_ack, owed: 0 });
+                let sub = driver.subscribe(&path, consumer, options).map_err(|f| {
+                    soft(
+                        code::PRECONDITION_FAILED,
+                        format!("PRECONDITION_FAILED - consume from queue {queue:?}: {f}"),
+                    )
+                })?;
+                self.channel(ch)?.consumers.insert(
+                    tag,
+                    Consuming {
+                        sub,
+                        no_ack,
+                        owed: 0,
+                    },
+                );
             }
-            Method::BasicCancel { consumer_tag, no_wait } => {
+            Method::BasicCancel {
+                consumer_tag,
+                no_wait,
+            } => {
                 let gone = self.channel(ch)?.consumers.remove(consumer_tag.as_str());
                 drop(gone);
                 if !no_wait {
@@ -86,29 +135,75 @@ impl Core {
             }
             Method::BasicGet { queue, no_ack } => {
                 let (driver, path) = self.queue(&queue, true)?;
-                let tag = self.tag(Pending::Get { channel: ch, driver: driver.clone() });
-                let consumer = io.wake().consumer(tag).named(format!("{}: amqp basic.get of {}", self.shared.instance, self.peer));
-                let options = SubscribeOptions { credit: 1, lease: Duration::from_secs(self.shared.config.lease_secs.max(1)) };
-                let sub = driver
-                    .subscribe(&path, consumer, options)
-                    .map_err(|f| soft(code::PRECONDITION_FAILED, format!("PRECONDITION_FAILED - basic.get from queue {queue:?}: {f}")))?;
+                let tag = self.tag(Pending::Get {
+                    channel: ch,
+                    driver: driver.clone(),
+                });
+                let consumer = io.wake().consumer(tag).named(format!(
+                    "{}: amqp basic.get of {}",
+                    self.shared.instance, self.peer
+                ));
+                let options = SubscribeOptions {
+                    credit: 1,
+                    lease: Duration::from_secs(self.shared.config.lease_secs.max(1)),
+                };
+                let sub = driver.subscribe(&path, consumer, options).map_err(|f| {
+                    soft(
+                        code::PRECONDITION_FAILED,
+                        format!("PRECONDITION_FAILED - basic.get from queue {queue:?}: {f}"),
+                    )
+                })?;
                 let until = io.now() + GET_GRACE;
-                self.channel(ch)?.get = Some(Getting { tag, sub: Some(sub), until, no_ack });
+                self.channel(ch)?.get = Some(Getting {
+                    tag,
+                    sub: Some(sub),
+                    until,
+                    no_ack,
+                });
             }
-            Method::BasicAck { delivery_tag, multiple } => self.settle(ch, delivery_tag, multiple, Settle::Ack)?,
-            Method::BasicNack { delivery_tag, multiple, requeue } => {
-                self.settle(ch, delivery_tag, multiple, if requeue { Settle::Requeue } else { Settle::Discard })?
-            }
-            Method::BasicReject { delivery_tag, requeue } => {
-                self.settle(ch, delivery_tag, false, if requeue { Settle::Requeue } else { Settle::Discard })?
-            }
+            Method::BasicAck {
+                delivery_tag,
+                multiple,
+            } => self.settle(ch, delivery_tag, multiple, Settle::Ack)?,
+            Method::BasicNack {
+                delivery_tag,
+                multiple,
+                requeue,
+            } => self.settle(
+                ch,
+                delivery_tag,
+                multiple,
+                if requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                },
+            )?,
+            Method::BasicReject {
+                delivery_tag,
+                requeue,
+            } => self.settle(
+                ch,
+                delivery_tag,
+                false,
+                if requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                },
+            )?,
             Method::BasicRecover { .. } | Method::BasicRecoverAsync { .. } => {
                 self.settle(ch, 0, true, Settle::Requeue)?;
                 if matches!(m, Method::BasicRecover { .. }) {
                     self.send(io, ch, &Method::BasicRecoverOk);
                 }
             }
-            m => return Err(hard(code::COMMAND_INVALID, format!("COMMAND_INVALID - {}", m.name()))),
+            m => {
+                return Err(hard(
+                    code::COMMAND_INVALID,
+                    format!("COMMAND_INVALID - {}", m.name()),
+                ));
+            }
         }
         Ok(())
     }
@@ -118,7 +213,11 @@ impl Core {
     fn settle(&mut self, ch: u16, tag: u64, multiple: bool, how: Settle) -> Result<(), Refusal> {
         let c = self.channel(ch)?;
         let settled: Vec<Unacked> = if multiple {
-            let keys: Vec<u64> = c.unacked.range(..=if tag == 0 { u64::MAX } else { tag }).map(|(k, _)| *k).collect();
+            let keys: Vec<u64> = c
+                .unacked
+                .range(..=if tag == 0 { u64::MAX } else { tag })
+                .map(|(k, _)| *k)
+                .collect();
             keys.iter().filter_map(|k| c.unacked.remove(k)).collect()
         } else {
             match c.unacked.remove(&tag) {
@@ -127,20 +226,30 @@ impl Core {
             }
         };
         if settled.is_empty() && (tag != 0 || !multiple) {
-            return Err(soft(code::PRECONDITION_FAILED, format!("PRECONDITION_FAILED - unknown delivery tag {tag}")));
+            return Err(soft(
+                code::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
+            ));
         }
-        for u in &settled {
-            if let Some(consumer) = u.consumer.as_ref().and_then(|t| c.consumers.get(t)) {
-                consumer.sub.credit(1);
-            }
-        }
+        let mut credit: Vec<Arc<str>> = Vec::new();
         for u in settled {
             match how {
                 Settle::Requeue => {
                     self.shared.mark_requeued(u.id);
                     let _ = u.driver.release(&u.path, u.id);
                 }
-                Settle::Ack | Settle::Discard => u.driver.ack(&u.path, u.id, Completion::new(|_| {})),
+                Settle::Ack | Settle::Discard => {
+                    u.driver.ack(&u.path, u.id, Completion::new(|_| {}))
+                }
+            }
+            credit.extend(u.consumer);
+        }
+        // Credit after the release, so a requeued message goes first.
+        if let Some(c) = self.channels.get(&ch) {
+            for t in credit {
+                if let Some(consumer) = c.consumers.get(&t) {
+                    consumer.sub.credit(1);
+                }
             }
         }
         Ok(())
@@ -161,7 +270,10 @@ impl Core {
 
     /// The earliest `basic.get` deadline.
     pub(crate) fn get_deadline(&self) -> Option<Instant> {
-        self.channels.values().filter_map(|c| c.get.as_ref().map(|g| g.until)).min()
+        self.channels
+            .values()
+            .filter_map(|c| c.get.as_ref().map(|g| g.until))
+            .min()
     }
 
     /// `basic.get`s whose grace ran out: `get-empty`.
@@ -193,22 +305,38 @@ impl Core {
         let tag = note.tag;
         match self.pending.get(&tag) {
             Some(Pending::Publish(_)) => {
-                let Some(Pending::Publish(p)) = self.pending.remove(&tag) else { return };
+                let Some(Pending::Publish(p)) = self.pending.remove(&tag) else {
+                    return;
+                };
                 if let Ok(outcome) = note.take::<Result<Receipt, Failure>>() {
                     self.published(io, *p, outcome);
                 }
             }
-            Some(Pending::Consumer { channel, tag: ctag, driver }) => {
+            Some(Pending::Consumer {
+                channel,
+                tag: ctag,
+                driver,
+            }) => {
                 let (ch, ctag, driver) = (*channel, ctag.clone(), driver.clone());
                 match note.take::<Delivery>() {
                     Ok(Delivery::Message(m)) => self.deliver(io, ch, Some(ctag), driver, m, false),
                     Ok(Delivery::Closed(why)) => {
                         self.pending.remove(&tag);
-                        let had = self.channels.get_mut(&ch).and_then(|c| c.consumers.remove(&ctag));
+                        let had = self
+                            .channels
+                            .get_mut(&ch)
+                            .and_then(|c| c.consumers.remove(&ctag));
                         if let Some(gone) = had {
                             drop(gone);
                             tracing::info!(instance = %self.shared.instance, consumer = %ctag, "consumer cancelled by the driver: {why}");
-                            self.send(io, ch, &Method::BasicCancel { consumer_tag: ctag.to_string(), no_wait: true });
+                            self.send(
+                                io,
+                                ch,
+                                &Method::BasicCancel {
+                                    consumer_tag: ctag.to_string(),
+                                    no_wait: true,
+                                },
+                            );
                         }
                     }
                     Err(_) => {}
@@ -217,7 +345,10 @@ impl Core {
             Some(Pending::Get { channel, driver }) => {
                 let (ch, driver) = (*channel, driver.clone());
                 self.pending.remove(&tag);
-                let get = self.channels.get_mut(&ch).and_then(|c| c.get.take_if(|g| g.tag == tag));
+                let get = self
+                    .channels
+                    .get_mut(&ch)
+                    .and_then(|c| c.get.take_if(|g| g.tag == tag));
                 match (note.take::<Delivery>(), get) {
                     (Ok(Delivery::Message(m)), Some(g)) => {
                         drop(g.sub);
@@ -251,10 +382,21 @@ impl Core {
     /// A topic message for a bound queue: published to the queue, with
     /// the exchange and routing key it came by.
     fn forward(&self, queue: &Arc<str>, m: Message) {
-        let topic = m.destination.strip_prefix(self.shared.config.topic_root.as_str()).unwrap_or(&m.destination);
-        let mut headers: Vec<_> = m.headers.iter().filter(|(k, _)| !k.starts_with("amqp-exchange") && !k.starts_with("amqp-routing-key")).cloned().collect();
+        let topic = m
+            .destination
+            .strip_prefix(self.shared.config.topic_root.as_str())
+            .unwrap_or(&m.destination);
+        let mut headers: Vec<_> = m
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("amqp-exchange") && !k.starts_with("amqp-routing-key"))
+            .cloned()
+            .collect();
         headers.push((format!("{PROPERTY}exchange").into(), "amq.topic".into()));
-        headers.push((format!("{PROPERTY}routing-key").into(), topic.replace('/', ".").into()));
+        headers.push((
+            format!("{PROPERTY}routing-key").into(),
+            topic.replace('/', ".").into(),
+        ));
         let message = Message {
             id: MessageId::next(),
             destination: queue.clone(),
@@ -262,12 +404,19 @@ impl Core {
             delivery_count: 0,
             ..m
         };
-        self.shared.dispatcher.publish(message, Completion::new(|_| {}));
+        self.shared
+            .dispatcher
+            .publish(message, Completion::new(|_| {}));
     }
 
     /// The exchange and routing key a message is delivered with.
     fn origin(&self, m: &Message) -> (String, String) {
-        let header = |name: &str| m.headers.iter().find(|(k, _)| k.strip_prefix(PROPERTY) == Some(name)).map(|(_, v)| v.to_string());
+        let header = |name: &str| {
+            m.headers
+                .iter()
+                .find(|(k, _)| k.strip_prefix(PROPERTY) == Some(name))
+                .map(|(_, v)| v.to_string())
+        };
         if let (Some(e), Some(k)) = (header("exchange"), header("routing-key")) {
             return (e, k);
         }
@@ -282,7 +431,15 @@ impl Core {
     }
 
     /// Sends a message to a consumer (`ctag`) or as a `get-ok`.
-    fn deliver(&mut self, io: &mut Io<'_>, ch: u16, ctag: Option<Arc<str>>, driver: DriverHandle, m: Message, get_no_ack: bool) {
+    fn deliver(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: u16,
+        ctag: Option<Arc<str>>,
+        driver: DriverHandle,
+        m: Message,
+        get_no_ack: bool,
+    ) {
         let live = self.channels.get(&ch).filter(|c| match &ctag {
             Some(t) => c.consumers.contains_key(t),
             None => true,
@@ -293,8 +450,14 @@ impl Core {
         }
         let redelivered = m.delivery_count > 1 || self.shared.was_requeued(m.id);
         let (exchange, routing_key) = self.origin(&m);
-        let header = ContentHeader { class: 60, body_size: m.body.len() as u64, properties: message_properties(&m) };
-        let Some(c) = self.channels.get_mut(&ch) else { return };
+        let header = ContentHeader {
+            class: 60,
+            body_size: m.body.len() as u64,
+            properties: message_properties(&m),
+        };
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return;
+        };
         let no_ack = match &ctag {
             Some(t) => c.consumers.get(t).is_some_and(|c| c.no_ack),
             None => get_no_ack,
@@ -309,12 +472,32 @@ impl Core {
             c.next_delivery
         } else {
             c.next_delivery += 1;
-            c.unacked.insert(c.next_delivery, Unacked { consumer: ctag.clone(), driver, path, id: m.id });
+            c.unacked.insert(
+                c.next_delivery,
+                Unacked {
+                    consumer: ctag.clone(),
+                    driver,
+                    path,
+                    id: m.id,
+                },
+            );
             c.next_delivery
         };
         let method = match ctag {
-            Some(t) => Method::BasicDeliver { consumer_tag: t.to_string(), delivery_tag, redelivered, exchange, routing_key },
-            None => Method::BasicGetOk { delivery_tag, redelivered, exchange, routing_key, message_count: 0 },
+            Some(t) => Method::BasicDeliver {
+                consumer_tag: t.to_string(),
+                delivery_tag,
+                redelivered,
+                exchange,
+                routing_key,
+            },
+            None => Method::BasicGetOk {
+                delivery_tag,
+                redelivered,
+                exchange,
+                routing_key,
+                message_count: 0,
+            },
         };
         self.send_content(io, ch, &method, &header, &m.body);
     }

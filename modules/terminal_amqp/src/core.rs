@@ -156,7 +156,9 @@ impl Core {
 
     /// Sends a method frame.
     pub(crate) fn send(&self, io: &mut Io<'_>, channel: u16, m: &Method) {
-        wire::put_frame(io.out(), wire::METHOD, channel, |out| methods::encode(out, m));
+        wire::put_frame(io.out(), wire::METHOD, channel, |out| {
+            methods::encode(out, m)
+        });
     }
 
     /// Sends a method with content: header and body frames within
@@ -170,10 +172,14 @@ impl Core {
         body: &[u8],
     ) {
         self.send(io, channel, m);
-        wire::put_frame(io.out(), wire::HEADER, channel, |out| wire::put_header(out, header));
+        wire::put_frame(io.out(), wire::HEADER, channel, |out| {
+            wire::put_header(out, header)
+        });
         let chunk = self.frame_max.saturating_sub(wire::FRAME_OVERHEAD).max(1);
         for part in body.chunks(chunk) {
-            wire::put_frame(io.out(), wire::BODY, channel, |out| out.extend_from_slice(part));
+            wire::put_frame(io.out(), wire::BODY, channel, |out| {
+                out.extend_from_slice(part)
+            });
         }
     }
 
@@ -269,7 +275,9 @@ impl Core {
                 if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
                     return Err(hard(
                         code::ACCESS_REFUSED,
-                        format!("ACCESS_REFUSED - mechanism {mechanism:?} is not supported (PLAIN, AMQPLAIN)"),
+                        format!(
+                            "ACCESS_REFUSED - mechanism {mechanism:?} is not supported (PLAIN, AMQPLAIN)"
+                        ),
                     ));
                 }
                 self.send(
@@ -283,7 +291,14 @@ impl Core {
                 );
                 self.stage = Stage::TuneOk;
             }
-            (Stage::TuneOk, Method::ConnectionTuneOk { channel_max, frame_max, heartbeat }) => {
+            (
+                Stage::TuneOk,
+                Method::ConnectionTuneOk {
+                    channel_max,
+                    frame_max,
+                    heartbeat,
+                },
+            ) => {
                 let config = &self.shared.config;
                 if frame_max > config.frame_max || (frame_max != 0 && frame_max < 4096) {
                     return Err(hard(
@@ -320,7 +335,9 @@ impl Core {
                 if vhost != "/" {
                     return Err(hard(
                         code::NOT_ALLOWED,
-                        format!("NOT_ALLOWED - vhost {vhost:?} not found (this server has \"/\" only)"),
+                        format!(
+                            "NOT_ALLOWED - vhost {vhost:?} not found (this server has \"/\" only)"
+                        ),
                     ));
                 }
                 self.send(io, 0, &Method::ConnectionOpenOk);
@@ -329,13 +346,19 @@ impl Core {
             (Stage::Running, m) => {
                 return Err(hard(
                     code::COMMAND_INVALID,
-                    format!("COMMAND_INVALID - {} is not a method for channel 0", m.name()),
+                    format!(
+                        "COMMAND_INVALID - {} is not a method for channel 0",
+                        m.name()
+                    ),
                 ));
             }
             (stage, m) => {
                 return Err(hard(
                     code::COMMAND_INVALID,
-                    format!("COMMAND_INVALID - {} during the handshake ({stage:?} expected)", m.name()),
+                    format!(
+                        "COMMAND_INVALID - {} during the handshake ({stage:?} expected)",
+                        m.name()
+                    ),
                 ));
             }
         }
@@ -346,14 +369,21 @@ impl Core {
     fn frame(&mut self, io: &mut Io<'_>, f: wire::Frame<'_>) {
         if f.kind == wire::HEARTBEAT {
             if f.channel != 0 {
-                self.fail(io, code::FRAME_ERROR, "FRAME_ERROR - a heartbeat frame on a channel other than 0", (0, 0));
+                self.fail(
+                    io,
+                    code::FRAME_ERROR,
+                    "FRAME_ERROR - a heartbeat frame on a channel other than 0",
+                    (0, 0),
+                );
             }
             return;
         }
         if self.closing != Closing::No {
             // After connection.close only close and close-ok count.
             if f.kind == wire::METHOD && f.channel == 0 {
-                if let Ok(m @ (Method::ConnectionClose { .. } | Method::ConnectionCloseOk)) = methods::decode(f.payload) {
+                if let Ok(m @ (Method::ConnectionClose { .. } | Method::ConnectionCloseOk)) =
+                    methods::decode(f.payload)
+                {
                     if matches!(m, Method::ConnectionClose { .. }) {
                         self.send(io, 0, &Method::ConnectionCloseOk);
                     }
@@ -364,7 +394,15 @@ impl Core {
         }
         if f.kind != wire::METHOD {
             if self.stage != Stage::Running || f.channel == 0 {
-                return self.fail(io, code::UNEXPECTED_FRAME, &format!("UNEXPECTED_FRAME - a content frame on channel {}", f.channel), (0, 0));
+                return self.fail(
+                    io,
+                    code::UNEXPECTED_FRAME,
+                    &format!(
+                        "UNEXPECTED_FRAME - a content frame on channel {}",
+                        f.channel
+                    ),
+                    (0, 0),
+                );
             }
             return self.content(io, f);
         }
@@ -372,21 +410,34 @@ impl Core {
             Ok(m) => m,
             Err(e) => {
                 let (c, me) = match f.payload {
-                    [a, b, c, d, ..] => (u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d])),
+                    [a, b, c, d, ..] => {
+                        (u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d]))
+                    }
                     _ => (0, 0),
                 };
-                return self.fail(io, code::SYNTAX_ERROR, &format!("SYNTAX_ERROR - {e}"), (c, me));
+                return self.fail(
+                    io,
+                    code::SYNTAX_ERROR,
+                    &format!("SYNTAX_ERROR - {e}"),
+                    (c, me),
+                );
             }
         };
         let id = m.id();
         let result = if f.channel == 0 {
             self.connection_method(io, m)
         } else if self.stage != Stage::Running {
-            Err(hard(code::CHANNEL_ERROR, format!("CHANNEL_ERROR - {} before connection.open", m.name())))
+            Err(hard(
+                code::CHANNEL_ERROR,
+                format!("CHANNEL_ERROR - {} before connection.open", m.name()),
+            ))
         } else if f.channel > self.channel_max {
             Err(hard(
                 code::CHANNEL_ERROR,
-                format!("CHANNEL_ERROR - channel {} is over channel_max {}", f.channel, self.channel_max),
+                format!(
+                    "CHANNEL_ERROR - channel {} is over channel_max {}",
+                    f.channel, self.channel_max
+                ),
             ))
         } else {
             self.channel_method(io, f.channel, m)
@@ -425,7 +476,11 @@ impl Protocol for Core {
             self.start(io);
         }
         while self.closing != Closing::Done {
-            let max = if self.stage == Stage::Running { self.frame_max } else { self.shared.config.frame_max as usize };
+            let max = if self.stage == Stage::Running {
+                self.frame_max
+            } else {
+                self.shared.config.frame_max as usize
+            };
             match wire::frame(&input[used..], max) {
                 Ok(Framed::Frame(f, n)) => {
                     used += n;
@@ -436,7 +491,12 @@ impl Protocol for Core {
                     if self.is_closing() {
                         self.drop_connection(&e.0);
                     } else {
-                        self.fail(io, code::FRAME_ERROR, &format!("FRAME_ERROR - {}", e.0), (0, 0));
+                        self.fail(
+                            io,
+                            code::FRAME_ERROR,
+                            &format!("FRAME_ERROR - {}", e.0),
+                            (0, 0),
+                        );
                         // Nothing after a bad frame can be read.
                         self.closing = Closing::Done;
                     }
@@ -458,7 +518,8 @@ impl Protocol for Core {
     }
 
     fn intake(&self, _: &Reading) -> Intake {
-        if self.closing == Closing::Done || self.publishing.load(Ordering::Relaxed) > MAX_PUBLISHING {
+        if self.closing == Closing::Done || self.publishing.load(Ordering::Relaxed) > MAX_PUBLISHING
+        {
             return Intake::Wait;
         }
         Intake::Read(READ_CHUNK)
@@ -518,7 +579,12 @@ impl Protocol for Core {
 
     fn shutdown(&mut self, io: &mut Io<'_>) {
         if self.stage == Stage::Running {
-            self.fail(io, 320, "CONNECTION_FORCED - the server is stopping", (0, 0));
+            self.fail(
+                io,
+                320,
+                "CONNECTION_FORCED - the server is stopping",
+                (0, 0),
+            );
         } else {
             self.drop_connection("the server is stopping");
         }

@@ -188,7 +188,9 @@ impl Config {
             ("topic_root", &mut self.topic_root),
         ] {
             if !root.starts_with('/') {
-                return Err(format!("instance {instance:?}: {field} must start with '/'"));
+                return Err(format!(
+                    "instance {instance:?}: {field} must start with '/'"
+                ));
             }
             if !root.ends_with('/') {
                 root.push('/');
@@ -200,7 +202,9 @@ impl Config {
             ));
         }
         if self.channel_max == 0 {
-            return Err(format!("instance {instance:?}: channel_max must be at least 1"));
+            return Err(format!(
+                "instance {instance:?}: channel_max must be at least 1"
+            ));
         }
         Ok(self)
     }

@@ -17,59 +17,205 @@ use crate::wire::{
 #[derive(Clone, Debug, PartialEq)]
 #[allow(missing_docs)]
 pub(crate) enum Method {
-    ConnectionStart { server_properties: Table, mechanisms: Bytes, locales: Bytes },
-    ConnectionStartOk { client_properties: Table, mechanism: String, response: Bytes, locale: String },
-    ConnectionTune { channel_max: u16, frame_max: u32, heartbeat: u16 },
-    ConnectionTuneOk { channel_max: u16, frame_max: u32, heartbeat: u16 },
-    ConnectionOpen { vhost: String },
+    ConnectionStart {
+        server_properties: Table,
+        mechanisms: Bytes,
+        locales: Bytes,
+    },
+    ConnectionStartOk {
+        client_properties: Table,
+        mechanism: String,
+        response: Bytes,
+        locale: String,
+    },
+    ConnectionTune {
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    },
+    ConnectionTuneOk {
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    },
+    ConnectionOpen {
+        vhost: String,
+    },
     ConnectionOpenOk,
-    ConnectionClose { code: u16, text: String, class: u16, method: u16 },
+    ConnectionClose {
+        code: u16,
+        text: String,
+        class: u16,
+        method: u16,
+    },
     ConnectionCloseOk,
-    ConnectionBlocked { reason: String },
+    ConnectionBlocked {
+        reason: String,
+    },
     ConnectionUnblocked,
     ChannelOpen,
     ChannelOpenOk,
-    ChannelFlow { active: bool },
-    ChannelFlowOk { active: bool },
-    ChannelClose { code: u16, text: String, class: u16, method: u16 },
+    ChannelFlow {
+        active: bool,
+    },
+    ChannelFlowOk {
+        active: bool,
+    },
+    ChannelClose {
+        code: u16,
+        text: String,
+        class: u16,
+        method: u16,
+    },
     ChannelCloseOk,
-    ExchangeDeclare { exchange: String, kind: String, passive: bool, durable: bool, auto_delete: bool, internal: bool, no_wait: bool, arguments: Table },
+    ExchangeDeclare {
+        exchange: String,
+        kind: String,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        no_wait: bool,
+        arguments: Table,
+    },
     ExchangeDeclareOk,
-    ExchangeDelete { exchange: String, if_unused: bool, no_wait: bool },
+    ExchangeDelete {
+        exchange: String,
+        if_unused: bool,
+        no_wait: bool,
+    },
     ExchangeDeleteOk,
-    QueueDeclare { queue: String, passive: bool, durable: bool, exclusive: bool, auto_delete: bool, no_wait: bool, arguments: Table },
-    QueueDeclareOk { queue: String, message_count: u32, consumer_count: u32 },
-    QueueBind { queue: String, exchange: String, routing_key: String, no_wait: bool, arguments: Table },
+    QueueDeclare {
+        queue: String,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        no_wait: bool,
+        arguments: Table,
+    },
+    QueueDeclareOk {
+        queue: String,
+        message_count: u32,
+        consumer_count: u32,
+    },
+    QueueBind {
+        queue: String,
+        exchange: String,
+        routing_key: String,
+        no_wait: bool,
+        arguments: Table,
+    },
     QueueBindOk,
-    QueueUnbind { queue: String, exchange: String, routing_key: String, arguments: Table },
+    QueueUnbind {
+        queue: String,
+        exchange: String,
+        routing_key: String,
+        arguments: Table,
+    },
     QueueUnbindOk,
-    QueuePurge { queue: String, no_wait: bool },
-    QueuePurgeOk { message_count: u32 },
-    QueueDelete { queue: String, if_unused: bool, if_empty: bool, no_wait: bool },
-    QueueDeleteOk { message_count: u32 },
-    BasicQos { prefetch_size: u32, prefetch_count: u16, global: bool },
+    QueuePurge {
+        queue: String,
+        no_wait: bool,
+    },
+    QueuePurgeOk {
+        message_count: u32,
+    },
+    QueueDelete {
+        queue: String,
+        if_unused: bool,
+        if_empty: bool,
+        no_wait: bool,
+    },
+    QueueDeleteOk {
+        message_count: u32,
+    },
+    BasicQos {
+        prefetch_size: u32,
+        prefetch_count: u16,
+        global: bool,
+    },
     BasicQosOk,
-    BasicConsume { queue: String, consumer_tag: String, no_local: bool, no_ack: bool, exclusive: bool, no_wait: bool, arguments: Table },
-    BasicConsumeOk { consumer_tag: String },
-    BasicCancel { consumer_tag: String, no_wait: bool },
-    BasicCancelOk { consumer_tag: String },
-    BasicPublish { exchange: String, routing_key: String, mandatory: bool, immediate: bool },
-    BasicReturn { code: u16, text: String, exchange: String, routing_key: String },
-    BasicDeliver { consumer_tag: String, delivery_tag: u64, redelivered: bool, exchange: String, routing_key: String },
-    BasicGet { queue: String, no_ack: bool },
-    BasicGetOk { delivery_tag: u64, redelivered: bool, exchange: String, routing_key: String, message_count: u32 },
+    BasicConsume {
+        queue: String,
+        consumer_tag: String,
+        no_local: bool,
+        no_ack: bool,
+        exclusive: bool,
+        no_wait: bool,
+        arguments: Table,
+    },
+    BasicConsumeOk {
+        consumer_tag: String,
+    },
+    BasicCancel {
+        consumer_tag: String,
+        no_wait: bool,
+    },
+    BasicCancelOk {
+        consumer_tag: String,
+    },
+    BasicPublish {
+        exchange: String,
+        routing_key: String,
+        mandatory: bool,
+        immediate: bool,
+    },
+    BasicReturn {
+        code: u16,
+        text: String,
+        exchange: String,
+        routing_key: String,
+    },
+    BasicDeliver {
+        consumer_tag: String,
+        delivery_tag: u64,
+        redelivered: bool,
+        exchange: String,
+        routing_key: String,
+    },
+    BasicGet {
+        queue: String,
+        no_ack: bool,
+    },
+    BasicGetOk {
+        delivery_tag: u64,
+        redelivered: bool,
+        exchange: String,
+        routing_key: String,
+        message_count: u32,
+    },
     BasicGetEmpty,
-    BasicAck { delivery_tag: u64, multiple: bool },
-    BasicReject { delivery_tag: u64, requeue: bool },
-    BasicRecoverAsync { requeue: bool },
-    BasicRecover { requeue: bool },
+    BasicAck {
+        delivery_tag: u64,
+        multiple: bool,
+    },
+    BasicReject {
+        delivery_tag: u64,
+        requeue: bool,
+    },
+    BasicRecoverAsync {
+        requeue: bool,
+    },
+    BasicRecover {
+        requeue: bool,
+    },
     BasicRecoverOk,
-    BasicNack { delivery_tag: u64, multiple: bool, requeue: bool },
-    ConfirmSelect { no_wait: bool },
+    BasicNack {
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
+    ConfirmSelect {
+        no_wait: bool,
+    },
     ConfirmSelectOk,
     /// A method this server does not implement (tx, exchange.bind,
     /// connection.secure ...): answered with `540 NOT_IMPLEMENTED`.
-    Other { class: u16, method: u16 },
+    Other {
+        class: u16,
+        method: u16,
+    },
 }
 
 impl Method {
@@ -225,9 +371,17 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Method> {
             let frame_max = r.u32("frame-max")?;
             let heartbeat = r.u16("heartbeat")?;
             if method == 30 {
-                ConnectionTune { channel_max, frame_max, heartbeat }
+                ConnectionTune {
+                    channel_max,
+                    frame_max,
+                    heartbeat,
+                }
             } else {
-                ConnectionTuneOk { channel_max, frame_max, heartbeat }
+                ConnectionTuneOk {
+                    channel_max,
+                    frame_max,
+                    heartbeat,
+                }
             }
         }
         (10, 40) => {
@@ -246,13 +400,25 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Method> {
             let c = r.u16("class-id")?;
             let m = r.u16("method-id")?;
             if class == 10 {
-                ConnectionClose { code, text, class: c, method: m }
+                ConnectionClose {
+                    code,
+                    text,
+                    class: c,
+                    method: m,
+                }
             } else {
-                ChannelClose { code, text, class: c, method: m }
+                ChannelClose {
+                    code,
+                    text,
+                    class: c,
+                    method: m,
+                }
             }
         }
         (10, 51) => ConnectionCloseOk,
-        (10, 60) => ConnectionBlocked { reason: r.shortstr("reason")? },
+        (10, 60) => ConnectionBlocked {
+            reason: r.shortstr("reason")?,
+        },
         (10, 61) => ConnectionUnblocked,
         (20, 10) => {
             let _oob = r.shortstr("out-of-band")?;
@@ -262,29 +428,56 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Method> {
             let _id = r.longstr("channel-id")?;
             ChannelOpenOk
         }
-        (20, 20) => ChannelFlow { active: r.bits::<1>("active")?[0] },
-        (20, 21) => ChannelFlowOk { active: r.bits::<1>("active")?[0] },
+        (20, 20) => ChannelFlow {
+            active: r.bits::<1>("active")?[0],
+        },
+        (20, 21) => ChannelFlowOk {
+            active: r.bits::<1>("active")?[0],
+        },
         (20, 41) => ChannelCloseOk,
         (40, 10) => {
             let _ticket = r.u16("reserved-1")?;
             let exchange = r.shortstr("exchange")?;
             let kind = r.shortstr("type")?;
-            let [passive, durable, auto_delete, internal, no_wait] = r.bits("exchange.declare bits")?;
-            ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments: r.table("arguments")? }
+            let [passive, durable, auto_delete, internal, no_wait] =
+                r.bits("exchange.declare bits")?;
+            ExchangeDeclare {
+                exchange,
+                kind,
+                passive,
+                durable,
+                auto_delete,
+                internal,
+                no_wait,
+                arguments: r.table("arguments")?,
+            }
         }
         (40, 11) => ExchangeDeclareOk,
         (40, 20) => {
             let _ticket = r.u16("reserved-1")?;
             let exchange = r.shortstr("exchange")?;
             let [if_unused, no_wait] = r.bits("exchange.delete bits")?;
-            ExchangeDelete { exchange, if_unused, no_wait }
+            ExchangeDelete {
+                exchange,
+                if_unused,
+                no_wait,
+            }
         }
         (40, 21) => ExchangeDeleteOk,
         (50, 10) => {
             let _ticket = r.u16("reserved-1")?;
             let queue = r.shortstr("queue")?;
-            let [passive, durable, exclusive, auto_delete, no_wait] = r.bits("queue.declare bits")?;
-            QueueDeclare { queue, passive, durable, exclusive, auto_delete, no_wait, arguments: r.table("arguments")? }
+            let [passive, durable, exclusive, auto_delete, no_wait] =
+                r.bits("queue.declare bits")?;
+            QueueDeclare {
+                queue,
+                passive,
+                durable,
+                exclusive,
+                auto_delete,
+                no_wait,
+                arguments: r.table("arguments")?,
+            }
         }
         (50, 11) => QueueDeclareOk {
             queue: r.shortstr("queue")?,
@@ -297,7 +490,13 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Method> {
             let exchange = r.shortstr("exchange")?;
             let routing_key = r.shortstr("routing-key")?;
             let [no_wait] = r.bits("no-wait")?;
-            QueueBind { queue, exchange, routing_key, no_wait, arguments: r.table("arguments")? }
+            QueueBind {
+                queue,
+                exchange,
+                routing_key,
+                no_wait,
+                arguments: r.table("arguments")?,
+            }
         }
         (50, 21) => QueueBindOk,
         (50, 30) => {
@@ -306,14 +505,23 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Method> {
             let [no_wait] = r.bits("no-wait")?;
             QueuePurge { queue, no_wait }
         }
-        (50, 31) => QueuePurgeOk { message_count: r.u32("message-count")? },
+        (50, 31) => QueuePurgeOk {
+            message_count: r.u32("message-count")?,
+        },
         (50, 40) => {
             let _ticket = r.u16("reserved-1")?;
             let queue = r.shortstr("queue")?;
             let [if_unused, if_empty, no_wait] = r.bits("queue.delete bits")?;
-            QueueDelete { queue, if_unused, if_empty, no_wait }
+            QueueDelete {
+                queue,
+                if_unused,
+                if_empty,
+                no_wait,
+            }
         }
-        (50, 41) => QueueDeleteOk { message_count: r.u32("message-count")? },
+        (50, 41) => QueueDeleteOk {
+            message_count: r.u32("message-count")?,
+        },
         (50, 50) => {
             let _ticket = r.u16("reserved-1")?;
             QueueUnbind {
@@ -335,20 +543,37 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Method> {
             let queue = r.shortstr("queue")?;
             let consumer_tag = r.shortstr("consumer-tag")?;
             let [no_local, no_ack, exclusive, no_wait] = r.bits("basic.consume bits")?;
-            BasicConsume { queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments: r.table("arguments")? }
+            BasicConsume {
+                queue,
+                consumer_tag,
+                no_local,
+                no_ack,
+                exclusive,
+                no_wait,
+                arguments: r.table("arguments")?,
+            }
         }
-        (60, 21) => BasicConsumeOk { consumer_tag: r.shortstr("consumer-tag")? },
+        (60, 21) => BasicConsumeOk {
+            consumer_tag: r.shortstr("consumer-tag")?,
+        },
         (60, 30) => BasicCancel {
             consumer_tag: r.shortstr("consumer-tag")?,
             no_wait: r.bits::<1>("no-wait")?[0],
         },
-        (60, 31) => BasicCancelOk { consumer_tag: r.shortstr("consumer-tag")? },
+        (60, 31) => BasicCancelOk {
+            consumer_tag: r.shortstr("consumer-tag")?,
+        },
         (60, 40) => {
             let _ticket = r.u16("reserved-1")?;
             let exchange = r.shortstr("exchange")?;
             let routing_key = r.shortstr("routing-key")?;
             let [mandatory, immediate] = r.bits("basic.publish bits")?;
-            BasicPublish { exchange, routing_key, mandatory, immediate }
+            BasicPublish {
+                exchange,
+                routing_key,
+                mandatory,
+                immediate,
+            }
         }
         (60, 50) => BasicReturn {
             code: r.u16("reply-code")?,
@@ -365,7 +590,10 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Method> {
         },
         (60, 70) => {
             let _ticket = r.u16("reserved-1")?;
-            BasicGet { queue: r.shortstr("queue")?, no_ack: r.bits::<1>("no-ack")?[0] }
+            BasicGet {
+                queue: r.shortstr("queue")?,
+                no_ack: r.bits::<1>("no-ack")?[0],
+            }
         }
         (60, 71) => BasicGetOk {
             delivery_tag: r.u64("delivery-tag")?,
@@ -378,17 +606,33 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Method> {
             let _cluster = r.shortstr("reserved-1")?;
             BasicGetEmpty
         }
-        (60, 80) => BasicAck { delivery_tag: r.u64("delivery-tag")?, multiple: r.bits::<1>("multiple")?[0] },
-        (60, 90) => BasicReject { delivery_tag: r.u64("delivery-tag")?, requeue: r.bits::<1>("requeue")?[0] },
-        (60, 100) => BasicRecoverAsync { requeue: r.bits::<1>("requeue")?[0] },
-        (60, 110) => BasicRecover { requeue: r.bits::<1>("requeue")?[0] },
+        (60, 80) => BasicAck {
+            delivery_tag: r.u64("delivery-tag")?,
+            multiple: r.bits::<1>("multiple")?[0],
+        },
+        (60, 90) => BasicReject {
+            delivery_tag: r.u64("delivery-tag")?,
+            requeue: r.bits::<1>("requeue")?[0],
+        },
+        (60, 100) => BasicRecoverAsync {
+            requeue: r.bits::<1>("requeue")?[0],
+        },
+        (60, 110) => BasicRecover {
+            requeue: r.bits::<1>("requeue")?[0],
+        },
         (60, 111) => BasicRecoverOk,
         (60, 120) => {
             let delivery_tag = r.u64("delivery-tag")?;
             let [multiple, requeue] = r.bits("basic.nack bits")?;
-            BasicNack { delivery_tag, multiple, requeue }
+            BasicNack {
+                delivery_tag,
+                multiple,
+                requeue,
+            }
         }
-        (85, 10) => ConfirmSelect { no_wait: r.bits::<1>("no-wait")?[0] },
+        (85, 10) => ConfirmSelect {
+            no_wait: r.bits::<1>("no-wait")?[0],
+        },
         (85, 11) => ConfirmSelectOk,
         (class, method) => {
             r.rest();
@@ -412,20 +656,37 @@ pub(crate) fn encode(out: &mut Vec<u8>, m: &Method) {
     put_u16(out, class);
     put_u16(out, method);
     match m {
-        ConnectionStart { server_properties, mechanisms, locales } => {
+        ConnectionStart {
+            server_properties,
+            mechanisms,
+            locales,
+        } => {
             out.extend_from_slice(&[0, 9]);
             put_table(out, server_properties);
             put_longstr(out, mechanisms);
             put_longstr(out, locales);
         }
-        ConnectionStartOk { client_properties, mechanism, response, locale } => {
+        ConnectionStartOk {
+            client_properties,
+            mechanism,
+            response,
+            locale,
+        } => {
             put_table(out, client_properties);
             put_shortstr(out, mechanism);
             put_longstr(out, response);
             put_shortstr(out, locale);
         }
-        ConnectionTune { channel_max, frame_max, heartbeat }
-        | ConnectionTuneOk { channel_max, frame_max, heartbeat } => {
+        ConnectionTune {
+            channel_max,
+            frame_max,
+            heartbeat,
+        }
+        | ConnectionTuneOk {
+            channel_max,
+            frame_max,
+            heartbeat,
+        } => {
             put_u16(out, *channel_max);
             put_u32(out, *frame_max);
             put_u16(out, *heartbeat);
@@ -436,7 +697,18 @@ pub(crate) fn encode(out: &mut Vec<u8>, m: &Method) {
             put_bits(out, &[false]);
         }
         ConnectionOpenOk => put_shortstr(out, ""),
-        ConnectionClose { code, text, class, method } | ChannelClose { code, text, class, method } => {
+        ConnectionClose {
+            code,
+            text,
+            class,
+            method,
+        }
+        | ChannelClose {
+            code,
+            text,
+            class,
+            method,
+        } => {
             put_u16(out, *code);
             put_shortstr(out, text);
             put_u16(out, *class);
@@ -446,30 +718,67 @@ pub(crate) fn encode(out: &mut Vec<u8>, m: &Method) {
         ChannelOpen => put_shortstr(out, ""),
         ChannelOpenOk => put_longstr(out, b""),
         ChannelFlow { active } | ChannelFlowOk { active } => put_bits(out, &[*active]),
-        ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments } => {
+        ExchangeDeclare {
+            exchange,
+            kind,
+            passive,
+            durable,
+            auto_delete,
+            internal,
+            no_wait,
+            arguments,
+        } => {
             put_u16(out, 0);
             put_shortstr(out, exchange);
             put_shortstr(out, kind);
-            put_bits(out, &[*passive, *durable, *auto_delete, *internal, *no_wait]);
+            put_bits(
+                out,
+                &[*passive, *durable, *auto_delete, *internal, *no_wait],
+            );
             put_table(out, arguments);
         }
-        ExchangeDelete { exchange, if_unused, no_wait } => {
+        ExchangeDelete {
+            exchange,
+            if_unused,
+            no_wait,
+        } => {
             put_u16(out, 0);
             put_shortstr(out, exchange);
             put_bits(out, &[*if_unused, *no_wait]);
         }
-        QueueDeclare { queue, passive, durable, exclusive, auto_delete, no_wait, arguments } => {
+        QueueDeclare {
+            queue,
+            passive,
+            durable,
+            exclusive,
+            auto_delete,
+            no_wait,
+            arguments,
+        } => {
             put_u16(out, 0);
             put_shortstr(out, queue);
-            put_bits(out, &[*passive, *durable, *exclusive, *auto_delete, *no_wait]);
+            put_bits(
+                out,
+                &[*passive, *durable, *exclusive, *auto_delete, *no_wait],
+            );
             put_table(out, arguments);
         }
-        QueueDeclareOk { queue, message_count, consumer_count } => {
+        QueueDeclareOk {
+            queue,
+            message_count,
+            consumer_count,
+        } => {
             put_shortstr(out, queue);
             put_u32(out, *message_count);
             put_u32(out, *consumer_count);
         }
-        QueueBind { queue, exchange, routing_key, no_wait, arguments } => {
+        QueueBind {
+            queue,
+            exchange,
+            routing_key,
+            no_wait,
+            arguments,
+        } => {
             put_u16(out, 0);
             put_shortstr(out, queue);
             put_shortstr(out, exchange);
@@ -477,7 +786,12 @@ pub(crate) fn encode(out: &mut Vec<u8>, m: &Method) {
             put_bits(out, &[*no_wait]);
             put_table(out, arguments);
         }
-        QueueUnbind { queue, exchange, routing_key, arguments } => {
+        QueueUnbind {
+            queue,
+            exchange,
+            routing_key,
+            arguments,
+        } => {
             put_u16(out, 0);
             put_shortstr(out, queue);
             put_shortstr(out, exchange);
@@ -489,42 +803,82 @@ pub(crate) fn encode(out: &mut Vec<u8>, m: &Method) {
             put_shortstr(out, queue);
             put_bits(out, &[*no_wait]);
         }
-        QueuePurgeOk { message_count } | QueueDeleteOk { message_count } => put_u32(out, *message_count),
-        QueueDelete { queue, if_unused, if_empty, no_wait } => {
+        QueuePurgeOk { message_count } | QueueDeleteOk { message_count } => {
+            put_u32(out, *message_count)
+        }
+        QueueDelete {
+            queue,
+            if_unused,
+            if_empty,
+            no_wait,
+        } => {
             put_u16(out, 0);
             put_shortstr(out, queue);
             put_bits(out, &[*if_unused, *if_empty, *no_wait]);
         }
-        BasicQos { prefetch_size, prefetch_count, global } => {
+        BasicQos {
+            prefetch_size,
+            prefetch_count,
+            global,
+        } => {
             put_u32(out, *prefetch_size);
             put_u16(out, *prefetch_count);
             put_bits(out, &[*global]);
         }
-        BasicConsume { queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments } => {
+        BasicConsume {
+            queue,
+            consumer_tag,
+            no_local,
+            no_ack,
+            exclusive,
+            no_wait,
+            arguments,
+        } => {
             put_u16(out, 0);
             put_shortstr(out, queue);
             put_shortstr(out, consumer_tag);
             put_bits(out, &[*no_local, *no_ack, *exclusive, *no_wait]);
             put_table(out, arguments);
         }
-        BasicConsumeOk { consumer_tag } | BasicCancelOk { consumer_tag } => put_shortstr(out, consumer_tag),
-        BasicCancel { consumer_tag, no_wait } => {
+        BasicConsumeOk { consumer_tag } | BasicCancelOk { consumer_tag } => {
+            put_shortstr(out, consumer_tag)
+        }
+        BasicCancel {
+            consumer_tag,
+            no_wait,
+        } => {
             put_shortstr(out, consumer_tag);
             put_bits(out, &[*no_wait]);
         }
-        BasicPublish { exchange, routing_key, mandatory, immediate } => {
+        BasicPublish {
+            exchange,
+            routing_key,
+            mandatory,
+            immediate,
+        } => {
             put_u16(out, 0);
             put_shortstr(out, exchange);
             put_shortstr(out, routing_key);
             put_bits(out, &[*mandatory, *immediate]);
         }
-        BasicReturn { code, text, exchange, routing_key } => {
+        BasicReturn {
+            code,
+            text,
+            exchange,
+            routing_key,
+        } => {
             put_u16(out, *code);
             put_shortstr(out, text);
             put_shortstr(out, exchange);
             put_shortstr(out, routing_key);
         }
-        BasicDeliver { consumer_tag, delivery_tag, redelivered, exchange, routing_key } => {
+        BasicDeliver {
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+        } => {
             put_shortstr(out, consumer_tag);
             put_u64(out, *delivery_tag);
             put_bits(out, &[*redelivered]);
@@ -536,7 +890,13 @@ pub(crate) fn encode(out: &mut Vec<u8>, m: &Method) {
             put_shortstr(out, queue);
             put_bits(out, &[*no_ack]);
         }
-        BasicGetOk { delivery_tag, redelivered, exchange, routing_key, message_count } => {
+        BasicGetOk {
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+            message_count,
+        } => {
             put_u64(out, *delivery_tag);
             put_bits(out, &[*redelivered]);
             put_shortstr(out, exchange);
@@ -544,22 +904,40 @@ pub(crate) fn encode(out: &mut Vec<u8>, m: &Method) {
             put_u32(out, *message_count);
         }
         BasicGetEmpty => put_shortstr(out, ""),
-        BasicAck { delivery_tag, multiple } => {
+        BasicAck {
+            delivery_tag,
+            multiple,
+        } => {
             put_u64(out, *delivery_tag);
             put_bits(out, &[*multiple]);
         }
-        BasicReject { delivery_tag, requeue } => {
+        BasicReject {
+            delivery_tag,
+            requeue,
+        } => {
             put_u64(out, *delivery_tag);
             put_bits(out, &[*requeue]);
         }
         BasicRecoverAsync { requeue } | BasicRecover { requeue } => put_bits(out, &[*requeue]),
-        BasicNack { delivery_tag, multiple, requeue } => {
+        BasicNack {
+            delivery_tag,
+            multiple,
+            requeue,
+        } => {
             put_u64(out, *delivery_tag);
             put_bits(out, &[*multiple, *requeue]);
         }
         ConfirmSelect { no_wait } => put_bits(out, &[*no_wait]),
-        ConnectionCloseOk | ConnectionUnblocked | ChannelCloseOk
-        | ExchangeDeclareOk | ExchangeDeleteOk | QueueBindOk | QueueUnbindOk | BasicQosOk
-        | BasicRecoverOk | ConfirmSelectOk | Other { .. } => {}
+        ConnectionCloseOk
+        | ConnectionUnblocked
+        | ChannelCloseOk
+        | ExchangeDeclareOk
+        | ExchangeDeleteOk
+        | QueueBindOk
+        | QueueUnbindOk
+        | BasicQosOk
+        | BasicRecoverOk
+        | ConfirmSelectOk
+        | Other { .. } => {}
     }
 }

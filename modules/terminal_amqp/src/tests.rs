@@ -1,0 +1,954 @@
+//! The codec's round trips (every method, bits included) and the AMQP core
+//! without sockets ([`bindery_classes::connection::testing::Pipe`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bindery_classes::connection::Flow;
+use bindery_classes::connection::testing::{Pipe, Routes};
+use bindery_classes::driver::DriverHandle;
+use bindery_classes::metrics::Scope;
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use crate::core::Core;
+use crate::methods::{self, Method};
+use crate::wire::{self, ContentHeader, Framed, Properties, Value};
+use crate::{Config, Shared, Stats};
+
+const SETTLE: Duration = Duration::from_secs(2);
+
+fn every_method() -> Vec<Method> {
+    use Method::*;
+    let s = |v: &str| v.to_owned();
+    let table = vec![
+        (s("a"), Value::Str(Bytes::from_static(b"x"))),
+        (s("n"), Value::I64(-3)),
+        (s("t"), Value::Table(vec![(s("b"), Value::Bool(true))])),
+        (
+            s("arr"),
+            Value::Array(vec![Value::U8(1), Value::Void, Value::F64(1.5)]),
+        ),
+    ];
+    let mut all = vec![
+        ConnectionStart {
+            server_properties: table.clone(),
+            mechanisms: Bytes::from_static(b"PLAIN"),
+            locales: Bytes::from_static(b"en_US"),
+        },
+        ConnectionStartOk {
+            client_properties: table.clone(),
+            mechanism: s("PLAIN"),
+            response: Bytes::from_static(b"\0guest\0guest"),
+            locale: s("en_US"),
+        },
+        ConnectionTune {
+            channel_max: 7,
+            frame_max: 4096,
+            heartbeat: 3,
+        },
+        ConnectionTuneOk {
+            channel_max: 8,
+            frame_max: 8192,
+            heartbeat: 0,
+        },
+        ConnectionOpen { vhost: s("/") },
+        ConnectionOpenOk,
+        ConnectionClose {
+            code: 320,
+            text: s("bye"),
+            class: 60,
+            method: 40,
+        },
+        ConnectionCloseOk,
+        ConnectionBlocked {
+            reason: s("low memory"),
+        },
+        ConnectionUnblocked,
+        ChannelOpen,
+        ChannelOpenOk,
+        ChannelCloseOk,
+        ChannelClose {
+            code: 404,
+            text: s("NOT_FOUND"),
+            class: 50,
+            method: 10,
+        },
+        ExchangeDeclareOk,
+        ExchangeDeleteOk,
+        QueueDeclareOk {
+            queue: s("q"),
+            message_count: 4,
+            consumer_count: 2,
+        },
+        QueueBindOk,
+        QueueUnbind {
+            queue: s("q"),
+            exchange: s("amq.topic"),
+            routing_key: s("a.*"),
+            arguments: table.clone(),
+        },
+        QueueUnbindOk,
+        QueuePurgeOk { message_count: 9 },
+        QueueDeleteOk { message_count: 1 },
+        BasicQosOk,
+        BasicConsumeOk {
+            consumer_tag: s("c"),
+        },
+        BasicCancelOk {
+            consumer_tag: s("c"),
+        },
+        BasicReturn {
+            code: 312,
+            text: s("NO_ROUTE"),
+            exchange: s(""),
+            routing_key: s("k"),
+        },
+        BasicGetEmpty,
+        BasicRecoverOk,
+        ConfirmSelectOk,
+        Other {
+            class: 90,
+            method: 10,
+        },
+    ];
+    // Every combination of every bit field.
+    for b in 0..32u8 {
+        let bit = |i: u8| b & (1 << i) != 0;
+        all.extend([
+            ChannelFlow { active: bit(0) },
+            ChannelFlowOk { active: bit(1) },
+            ExchangeDeclare {
+                exchange: s("x"),
+                kind: s("topic"),
+                passive: bit(0),
+                durable: bit(1),
+                auto_delete: bit(2),
+                internal: bit(3),
+                no_wait: bit(4),
+                arguments: table.clone(),
+            },
+            ExchangeDelete {
+                exchange: s("x"),
+                if_unused: bit(0),
+                no_wait: bit(1),
+            },
+            QueueDeclare {
+                queue: s("q"),
+                passive: bit(0),
+                durable: bit(1),
+                exclusive: bit(2),
+                auto_delete: bit(3),
+                no_wait: bit(4),
+                arguments: Vec::new(),
+            },
+            QueueBind {
+                queue: s("q"),
+                exchange: s("amq.topic"),
+                routing_key: s("a.#"),
+                no_wait: bit(0),
+                arguments: Vec::new(),
+            },
+            QueuePurge {
+                queue: s("q"),
+                no_wait: bit(2),
+            },
+            QueueDelete {
+                queue: s("q"),
+                if_unused: bit(0),
+                if_empty: bit(1),
+                no_wait: bit(2),
+            },
+            BasicQos {
+                prefetch_size: 0,
+                prefetch_count: 10,
+                global: bit(3),
+            },
+            BasicConsume {
+                queue: s("q"),
+                consumer_tag: s("t"),
+                no_local: bit(0),
+                no_ack: bit(1),
+                exclusive: bit(2),
+                no_wait: bit(3),
+                arguments: Vec::new(),
+            },
+            BasicCancel {
+                consumer_tag: s("t"),
+                no_wait: bit(4),
+            },
+            BasicPublish {
+                exchange: s(""),
+                routing_key: s("q"),
+                mandatory: bit(0),
+                immediate: bit(1),
+            },
+            BasicDeliver {
+                consumer_tag: s("t"),
+                delivery_tag: u64::MAX - u64::from(b),
+                redelivered: bit(0),
+                exchange: s("e"),
+                routing_key: s("k"),
+            },
+            BasicGet {
+                queue: s("q"),
+                no_ack: bit(1),
+            },
+            BasicGetOk {
+                delivery_tag: 7,
+                redelivered: bit(2),
+                exchange: s(""),
+                routing_key: s("q"),
+                message_count: 3,
+            },
+            BasicAck {
+                delivery_tag: 5,
+                multiple: bit(0),
+            },
+            BasicReject {
+                delivery_tag: 5,
+                requeue: bit(1),
+            },
+            BasicRecoverAsync { requeue: bit(2) },
+            BasicRecover { requeue: bit(3) },
+            BasicNack {
+                delivery_tag: 6,
+                multiple: bit(0),
+                requeue: bit(1),
+            },
+            ConfirmSelect { no_wait: bit(4) },
+        ]);
+    }
+    all
+}
+
+#[test]
+fn every_method_round_trips_with_every_bit_combination() {
+    for m in every_method() {
+        let mut out = Vec::new();
+        methods::encode(&mut out, &m);
+        assert_eq!(
+            methods::decode(&out).as_ref(),
+            Ok(&m),
+            "{m:?} as {out:02x?}"
+        );
+        assert!(!m.name().is_empty());
+    }
+}
+
+#[test]
+fn packed_bits_are_low_bit_first() {
+    let mut out = Vec::new();
+    methods::encode(
+        &mut out,
+        &Method::QueueDeclare {
+            queue: "q".into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: true,
+            no_wait: false,
+            arguments: Vec::new(),
+        },
+    );
+    // class, method, ticket, "q", bits: durable (bit 1) and auto-delete (bit 3).
+    assert_eq!(out[..9], [0, 50, 0, 10, 0, 0, 1, b'q', 0b1010]);
+}
+
+#[test]
+fn properties_round_trip_all_and_none() {
+    let full = Properties {
+        content_type: Some("text/plain".into()),
+        content_encoding: Some("gzip".into()),
+        headers: Some(vec![("h".into(), Value::Str(Bytes::from_static(b"v")))]),
+        delivery_mode: Some(2),
+        priority: Some(5),
+        correlation_id: Some("c".into()),
+        reply_to: Some("r".into()),
+        expiration: Some("60000".into()),
+        message_id: Some("m".into()),
+        timestamp: Some(1_700_000_000),
+        kind: Some("t".into()),
+        user_id: Some("guest".into()),
+        app_id: Some("a".into()),
+        cluster_id: Some("x".into()),
+    };
+    for p in [full, Properties::default()] {
+        let h = ContentHeader {
+            class: 60,
+            body_size: 12,
+            properties: p,
+        };
+        let mut out = Vec::new();
+        wire::put_header(&mut out, &h);
+        assert_eq!(wire::header(&out), Ok(h));
+    }
+}
+
+#[test]
+fn truncated_methods_name_the_field_and_offset() {
+    let mut out = Vec::new();
+    methods::encode(
+        &mut out,
+        &Method::QueueDeclare {
+            queue: "orders".into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            no_wait: false,
+            arguments: Vec::new(),
+        },
+    );
+    let err = methods::decode(&out[..8]).unwrap_err();
+    assert!(err.contains("queue") && err.contains("offset 7"), "{err}");
+}
+
+// ---- the core, through a pipe ----
+
+fn shared() -> Arc<Shared> {
+    let queues: DriverHandle = Arc::new(driver_memqueue::MemQueue::new(Default::default()));
+    let topics: DriverHandle = Arc::new(driver_topic::TopicDriver::new(Default::default()));
+    Arc::new(Shared::new(
+        "amqp",
+        Config::default(),
+        Arc::new(Routes(vec![
+            ("/queues/".into(), queues),
+            ("/topics/".into(), topics),
+        ])),
+        Arc::new(Stats::new(&Scope::detached("amqp"))),
+    ))
+}
+
+fn pipe(shared: &Arc<Shared>) -> Pipe<Core> {
+    let shared = shared.clone();
+    Pipe::new(|_| Core::new(shared, "test".into(), Instant::now()))
+}
+
+/// A frame the test reads back.
+#[derive(Debug, PartialEq)]
+enum In {
+    M(u16, Method),
+    H(u16, ContentHeader),
+    B(u16, Vec<u8>),
+    Beat,
+}
+
+fn frames(mut out: &[u8]) -> Vec<In> {
+    let mut all = Vec::new();
+    if out.starts_with(b"AMQP") {
+        out = &out[8..];
+    }
+    while let Ok(Framed::Frame(f, n)) = wire::frame(out, 1 << 20) {
+        all.push(match f.kind {
+            wire::METHOD => In::M(f.channel, methods::decode(f.payload).unwrap()),
+            wire::HEADER => In::H(f.channel, wire::header(f.payload).unwrap()),
+            wire::BODY => In::B(f.channel, f.payload.to_vec()),
+            _ => In::Beat,
+        });
+        out = &out[n..];
+    }
+    assert!(out.is_empty(), "trailing bytes {out:02x?}");
+    all
+}
+
+fn method(ch: u16, m: &Method) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::put_frame(&mut out, wire::METHOD, ch, |o| methods::encode(o, m));
+    out
+}
+
+fn publish(ch: u16, exchange: &str, key: &str, body: &[u8], mandatory: bool) -> Vec<u8> {
+    let mut out = method(
+        ch,
+        &Method::BasicPublish {
+            exchange: exchange.into(),
+            routing_key: key.into(),
+            mandatory,
+            immediate: false,
+        },
+    );
+    let h = ContentHeader {
+        class: 60,
+        body_size: body.len() as u64,
+        properties: Properties {
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        },
+    };
+    wire::put_frame(&mut out, wire::HEADER, ch, |o| wire::put_header(o, &h));
+    wire::put_frame(&mut out, wire::BODY, ch, |o| o.extend_from_slice(body));
+    out
+}
+
+/// A connection through open, with channel 1 open.
+fn open(shared: &Arc<Shared>) -> Pipe<Core> {
+    let mut p = pipe(shared);
+    let mut input = wire::PROTOCOL_HEADER.to_vec();
+    input.extend(method(
+        0,
+        &Method::ConnectionStartOk {
+            client_properties: Vec::new(),
+            mechanism: "PLAIN".into(),
+            response: Bytes::from_static(b"\0u\0p"),
+            locale: "en_US".into(),
+        },
+    ));
+    input.extend(method(
+        0,
+        &Method::ConnectionTuneOk {
+            channel_max: 16,
+            frame_max: 4096,
+            heartbeat: 10,
+        },
+    ));
+    input.extend(method(0, &Method::ConnectionOpen { vhost: "/".into() }));
+    input.extend(method(1, &Method::ChannelOpen));
+    p.send(&input);
+    let out = frames(&p.output());
+    assert!(
+        matches!(out[0], In::M(0, Method::ConnectionStart { .. })),
+        "{out:?}"
+    );
+    assert_eq!(
+        out[1],
+        In::M(
+            0,
+            Method::ConnectionTune {
+                channel_max: 2047,
+                frame_max: 128 * 1024,
+                heartbeat: 60
+            }
+        )
+    );
+    assert_eq!(
+        out[2..],
+        [
+            In::M(0, Method::ConnectionOpenOk),
+            In::M(1, Method::ChannelOpenOk)
+        ]
+    );
+    p
+}
+
+fn declare(q: &str) -> Method {
+    Method::QueueDeclare {
+        queue: q.into(),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        no_wait: false,
+        arguments: Vec::new(),
+    }
+}
+
+#[test]
+fn publish_with_confirm_then_get_and_ack() {
+    let shared = shared();
+    let mut p = open(&shared);
+    p.send(&method(1, &declare("orders")));
+    p.send(&method(1, &Method::ConfirmSelect { no_wait: false }));
+    p.send(&publish(1, "", "orders", b"hello", false));
+    p.settle(SETTLE);
+    assert_eq!(
+        frames(&p.output()),
+        [
+            In::M(
+                1,
+                Method::QueueDeclareOk {
+                    queue: "orders".into(),
+                    message_count: 0,
+                    consumer_count: 0
+                }
+            ),
+            In::M(1, Method::ConfirmSelectOk),
+            In::M(
+                1,
+                Method::BasicAck {
+                    delivery_tag: 1,
+                    multiple: false
+                }
+            ),
+        ]
+    );
+    p.send(&method(
+        1,
+        &Method::QueueDeclare {
+            queue: "orders".into(),
+            passive: true,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            no_wait: false,
+            arguments: Vec::new(),
+        },
+    ));
+    p.send(&method(
+        1,
+        &Method::BasicGet {
+            queue: "orders".into(),
+            no_ack: false,
+        },
+    ));
+    p.settle(SETTLE);
+    let out = frames(&p.output());
+    assert_eq!(
+        out[0],
+        In::M(
+            1,
+            Method::QueueDeclareOk {
+                queue: "orders".into(),
+                message_count: 1,
+                consumer_count: 0
+            }
+        )
+    );
+    assert_eq!(
+        out[1],
+        In::M(
+            1,
+            Method::BasicGetOk {
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "".into(),
+                routing_key: "orders".into(),
+                message_count: 0
+            }
+        )
+    );
+    match &out[2] {
+        In::H(1, h) => assert_eq!(
+            (h.body_size, h.properties.content_type.as_deref()),
+            (5, Some("text/plain"))
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out[3], In::B(1, b"hello".to_vec()));
+    p.send(&method(
+        1,
+        &Method::BasicAck {
+            delivery_tag: 1,
+            multiple: false,
+        },
+    ));
+    p.send(&method(
+        1,
+        &Method::BasicGet {
+            queue: "orders".into(),
+            no_ack: false,
+        },
+    ));
+    p.settle(Duration::from_millis(50))
+        .advance(Duration::from_millis(50));
+    assert_eq!(frames(&p.output()), [In::M(1, Method::BasicGetEmpty)]);
+}
+
+#[test]
+fn prefetch_bounds_deliveries_and_nack_requeue_redelivers() {
+    let shared = shared();
+    let mut p = open(&shared);
+    for i in 0..3 {
+        p.send(&publish(1, "", "work", format!("m{i}").as_bytes(), false));
+    }
+    p.send(&method(
+        1,
+        &Method::BasicQos {
+            prefetch_size: 0,
+            prefetch_count: 2,
+            global: false,
+        },
+    ));
+    p.send(&method(
+        1,
+        &Method::BasicConsume {
+            queue: "work".into(),
+            consumer_tag: "c1".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            no_wait: false,
+            arguments: Vec::new(),
+        },
+    ));
+    p.settle(SETTLE);
+    let delivered = |out: &[In]| -> Vec<(u64, bool)> {
+        out.iter()
+            .filter_map(|f| match f {
+                In::M(
+                    1,
+                    Method::BasicDeliver {
+                        delivery_tag,
+                        redelivered,
+                        ..
+                    },
+                ) => Some((*delivery_tag, *redelivered)),
+                _ => None,
+            })
+            .collect()
+    };
+    let out = frames(&p.output());
+    assert_eq!(
+        out[..2],
+        [
+            In::M(1, Method::BasicQosOk),
+            In::M(
+                1,
+                Method::BasicConsumeOk {
+                    consumer_tag: "c1".into()
+                }
+            )
+        ]
+    );
+    assert_eq!(delivered(&out), [(1, false), (2, false)], "prefetch 2");
+    // Nack 1 with requeue: it comes back, redelivered, after m2's turn.
+    p.send(&method(
+        1,
+        &Method::BasicNack {
+            delivery_tag: 1,
+            multiple: false,
+            requeue: true,
+        },
+    ));
+    p.settle(SETTLE);
+    assert_eq!(delivered(&frames(&p.output())), [(3, true)]);
+    p.send(&method(
+        1,
+        &Method::BasicAck {
+            delivery_tag: 3,
+            multiple: true,
+        },
+    ));
+    p.settle(SETTLE);
+    assert_eq!(
+        delivered(&frames(&p.output())),
+        [(4, false)],
+        "the third message"
+    );
+    // An unknown tag is a channel error naming it.
+    p.send(&method(
+        1,
+        &Method::BasicAck {
+            delivery_tag: 99,
+            multiple: false,
+        },
+    ));
+    match &frames(&p.output())[..] {
+        [
+            In::M(
+                1,
+                Method::ChannelClose {
+                    code: 406,
+                    text,
+                    class: 60,
+                    method: 80,
+                },
+            ),
+        ] => assert!(text.contains("99"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_closed_channel_gives_its_messages_back_redelivered() {
+    let shared = shared();
+    let mut a = open(&shared);
+    a.send(&publish(1, "", "jobs", b"j", false));
+    a.send(&method(
+        1,
+        &Method::BasicConsume {
+            queue: "jobs".into(),
+            consumer_tag: "".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            no_wait: false,
+            arguments: Vec::new(),
+        },
+    ));
+    a.settle(SETTLE);
+    assert!(
+        frames(&a.output())
+            .iter()
+            .any(|f| matches!(f, In::M(1, Method::BasicDeliver { .. })))
+    );
+    a.send(&method(
+        1,
+        &Method::ChannelClose {
+            code: 200,
+            text: "bye".into(),
+            class: 0,
+            method: 0,
+        },
+    ));
+    assert_eq!(frames(&a.output()), [In::M(1, Method::ChannelCloseOk)]);
+    let mut b = open(&shared);
+    b.send(&method(
+        1,
+        &Method::BasicGet {
+            queue: "jobs".into(),
+            no_ack: true,
+        },
+    ));
+    b.settle(SETTLE);
+    let out = frames(&b.output());
+    assert!(
+        matches!(
+            out[0],
+            In::M(
+                1,
+                Method::BasicGetOk {
+                    redelivered: true,
+                    ..
+                }
+            )
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn passive_declare_of_a_missing_queue_closes_the_channel_naming_it() {
+    let shared = shared();
+    let mut p = open(&shared);
+    p.send(&method(
+        1,
+        &Method::QueueDeclare {
+            queue: "nope".into(),
+            passive: true,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            no_wait: false,
+            arguments: Vec::new(),
+        },
+    ));
+    match &frames(&p.output())[..] {
+        [
+            In::M(
+                1,
+                Method::ChannelClose {
+                    code: 404,
+                    text,
+                    class: 50,
+                    method: 10,
+                },
+            ),
+        ] => assert!(text.contains("\"nope\""), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    // Ignored until close-ok; then the channel can be opened again.
+    p.send(&method(1, &declare("x")));
+    p.send(&method(1, &Method::ChannelCloseOk));
+    p.send(&method(1, &Method::ChannelOpen));
+    assert_eq!(frames(&p.output()), [In::M(1, Method::ChannelOpenOk)]);
+    assert_eq!(p.flow(), Flow::Open);
+}
+
+#[test]
+fn topic_exchange_bound_queue_and_mandatory_return() {
+    let shared = shared();
+    let mut p = open(&shared);
+    p.send(&method(1, &declare("")));
+    let out = frames(&p.output());
+    let In::M(1, Method::QueueDeclareOk { queue, .. }) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(queue.starts_with("amq.gen-"));
+    let queue = queue.clone();
+    p.send(&method(
+        1,
+        &Method::QueueBind {
+            queue: queue.clone(),
+            exchange: "amq.topic".into(),
+            routing_key: "sensors.*.temp".into(),
+            no_wait: false,
+            arguments: Vec::new(),
+        },
+    ));
+    assert_eq!(frames(&p.output()), [In::M(1, Method::QueueBindOk)]);
+    // No subscriber for this key: mandatory comes back.
+    p.send(&publish(1, "amq.topic", "nobody.here", b"x", true));
+    p.settle(SETTLE);
+    let out = frames(&p.output());
+    assert!(
+        matches!(&out[0], In::M(1, Method::BasicReturn { code: 312, .. })),
+        "{out:?}"
+    );
+    p.send(&publish(1, "amq.topic", "sensors.t1.temp", b"21", true));
+    p.settle(SETTLE);
+    assert!(frames(&p.output()).is_empty(), "routed: no return");
+    p.send(&method(
+        1,
+        &Method::BasicGet {
+            queue,
+            no_ack: true,
+        },
+    ));
+    p.settle(SETTLE);
+    let out = frames(&p.output());
+    assert_eq!(
+        out[0],
+        In::M(
+            1,
+            Method::BasicGetOk {
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "amq.topic".into(),
+                routing_key: "sensors.t1.temp".into(),
+                message_count: 0
+            }
+        )
+    );
+    assert_eq!(out[2], In::B(1, b"21".to_vec()));
+    // '#' before the last word is refused, naming the key.
+    p.send(&method(
+        1,
+        &Method::QueueBind {
+            queue: "q".into(),
+            exchange: "amq.topic".into(),
+            routing_key: "a.#.b".into(),
+            no_wait: false,
+            arguments: Vec::new(),
+        },
+    ));
+    match &frames(&p.output())[..] {
+        [
+            In::M(
+                1,
+                Method::ChannelClose {
+                    code: 540, text, ..
+                },
+            ),
+        ] => assert!(text.contains("a.#.b"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn large_bodies_go_out_in_frame_max_pieces() {
+    let shared = shared();
+    let mut p = open(&shared);
+    let body = vec![7u8; 10_000];
+    // Sent in pieces of the negotiated 4096 as well.
+    let mut input = method(
+        1,
+        &Method::BasicPublish {
+            exchange: "".into(),
+            routing_key: "big".into(),
+            mandatory: false,
+            immediate: false,
+        },
+    );
+    let h = ContentHeader {
+        class: 60,
+        body_size: body.len() as u64,
+        properties: Properties::default(),
+    };
+    wire::put_frame(&mut input, wire::HEADER, 1, |o| wire::put_header(o, &h));
+    for part in body.chunks(4088) {
+        wire::put_frame(&mut input, wire::BODY, 1, |o| o.extend_from_slice(part));
+    }
+    p.send(&input);
+    p.send(&method(
+        1,
+        &Method::BasicGet {
+            queue: "big".into(),
+            no_ack: true,
+        },
+    ));
+    p.settle(SETTLE);
+    let out = frames(&p.output());
+    let bodies: Vec<usize> = out
+        .iter()
+        .filter_map(|f| match f {
+            In::B(_, b) => Some(b.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, [4088, 4088, 1824]);
+}
+
+#[test]
+fn a_frame_over_frame_max_closes_the_connection_with_501() {
+    let shared = shared();
+    let mut p = open(&shared);
+    let mut big = Vec::new();
+    wire::put_frame(&mut big, wire::BODY, 1, |o| o.extend_from_slice(&[0; 5000]));
+    p.send(&big);
+    match &frames(&p.output())[..] {
+        [
+            In::M(
+                0,
+                Method::ConnectionClose {
+                    code: 501, text, ..
+                },
+            ),
+        ] => assert!(text.contains("frame_max 4096"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.flow(), Flow::CloseWhenFlushed);
+}
+
+#[test]
+fn a_bad_protocol_header_gets_ours_and_a_close() {
+    let mut p = pipe(&shared());
+    p.send(b"AMQP\x01\x01\x00\x0a");
+    assert_eq!(p.output(), wire::PROTOCOL_HEADER);
+    assert_eq!(p.flow(), Flow::CloseWhenFlushed);
+}
+
+#[test]
+fn heartbeats_are_sent_and_a_silent_peer_is_dropped() {
+    let mut p = open(&shared());
+    p.advance(Duration::from_secs(5));
+    assert_eq!(frames(&p.output()), [In::Beat]);
+    p.advance(Duration::from_secs(16));
+    assert_eq!(p.flow(), Flow::CloseWhenFlushed);
+}
+
+#[test]
+fn connection_close_handshake() {
+    let mut p = open(&shared());
+    p.send(&method(
+        0,
+        &Method::ConnectionClose {
+            code: 200,
+            text: "ok".into(),
+            class: 0,
+            method: 0,
+        },
+    ));
+    assert_eq!(frames(&p.output()), [In::M(0, Method::ConnectionCloseOk)]);
+    assert_eq!(p.flow(), Flow::CloseWhenFlushed);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// However the bytes are cut into reads, the answers are the same.
+    #[test]
+    fn answers_do_not_depend_on_how_input_is_split(cuts in proptest::collection::vec(1usize..40, 1..12)) {
+        let mut input = wire::PROTOCOL_HEADER.to_vec();
+        input.extend(method(0, &Method::ConnectionStartOk { client_properties: Vec::new(), mechanism: "PLAIN".into(), response: Bytes::new(), locale: "en_US".into() }));
+        input.extend(method(0, &Method::ConnectionTuneOk { channel_max: 0, frame_max: 0, heartbeat: 0 }));
+        input.extend(method(0, &Method::ConnectionOpen { vhost: "/".into() }));
+        input.extend(method(3, &Method::ChannelOpen));
+        input.extend(method(3, &declare("split")));
+        let mut p = pipe(&shared());
+        p.send_in_pieces(&input, &cuts);
+        let out = frames(&p.output());
+        prop_assert_eq!(out.len(), 5);
+        prop_assert_eq!(&out[4], &In::M(3, Method::QueueDeclareOk { queue: "split".into(), message_count: 0, consumer_count: 0 }));
+    }
+
+    /// After the handshake, whatever arrives is handled or refused by
+    /// closing; never a panic.
+    #[test]
+    fn arbitrary_bytes_after_open_never_panic(junk in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let mut p = open(&shared());
+        p.send(&junk);
+        let _ = p.output();
+        let _ = p.flow();
+    }
+}

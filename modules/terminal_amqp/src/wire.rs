@@ -83,7 +83,12 @@ pub(crate) fn frame(input: &[u8], frame_max: usize) -> std::result::Result<Frame
 }
 
 /// Appends a frame whose payload `fill` writes.
-pub(crate) fn put_frame(out: &mut Vec<u8>, kind: u8, channel: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn put_frame(
+    out: &mut Vec<u8>,
+    kind: u8,
+    channel: u16,
+    fill: impl FnOnce(&mut Vec<u8>),
+) {
     out.push(kind);
     out.extend_from_slice(&channel.to_be_bytes());
     let at = out.len();
@@ -268,7 +273,11 @@ impl<'a> Reader<'a> {
                 }
                 Value::Array(a)
             }
-            t => return Err(format!("field {what:?}: unknown value type 0x{t:02x} at offset {at}")),
+            t => {
+                return Err(format!(
+                    "field {what:?}: unknown value type 0x{t:02x} at offset {at}"
+                ));
+            }
         })
     }
 }
@@ -284,7 +293,11 @@ pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
 }
 /// Packed bits, bit 0 first.
 pub(crate) fn put_bits(out: &mut Vec<u8>, bits: &[bool]) {
-    out.push(bits.iter().enumerate().fold(0, |b, (i, &on)| b | (u8::from(on) << i)));
+    out.push(
+        bits.iter()
+            .enumerate()
+            .fold(0, |b, (i, &on)| b | (u8::from(on) << i)),
+    );
 }
 /// A short string; longer than 255 bytes is cut at a character boundary
 /// (what the server writes is its own and short).
@@ -428,7 +441,11 @@ pub(crate) fn header(payload: &[u8]) -> Result<ContentHeader> {
     }
     let mut p = Properties::default();
     let s = |r: &mut Reader<'_>, bit: u16, what: &str| -> Result<Option<String>> {
-        if flag!(flags, bit) { r.shortstr(what).map(Some) } else { Ok(None) }
+        if flag!(flags, bit) {
+            r.shortstr(what).map(Some)
+        } else {
+            Ok(None)
+        }
     };
     p.content_type = s(&mut r, 15, "content-type")?;
     p.content_encoding = s(&mut r, 14, "content-encoding")?;
@@ -453,7 +470,11 @@ pub(crate) fn header(payload: &[u8]) -> Result<ContentHeader> {
     p.app_id = s(&mut r, 3, "app-id")?;
     p.cluster_id = s(&mut r, 2, "cluster-id")?;
     if !r.done() {
-        return Err(format!("content header: {} bytes left over at offset {}", payload.len() - r.at(), r.at()));
+        return Err(format!(
+            "content header: {} bytes left over at offset {}",
+            payload.len() - r.at(),
+            r.at()
+        ));
     }
     Ok(ContentHeader {
         class,
