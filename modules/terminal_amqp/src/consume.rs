@@ -11,9 +11,10 @@ use bindery_classes::connection::Io;
 use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
 use bindery_classes::{Delivery, Message, MessageId};
 
-use crate::channel::{Consuming, Getting, PROPERTY, Pending, Unacked, message_properties};
+use crate::channel::{Consuming, Getting, Pending, Unacked};
 use crate::core::{Core, Refusal, code, hard, soft};
 use crate::methods::Method;
+use crate::publish::{PROPERTY, message_properties};
 use crate::wire::ContentHeader;
 
 /// Unsent output past which consumers without acknowledgements get no

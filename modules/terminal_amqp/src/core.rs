@@ -3,9 +3,10 @@
 //!
 //! This file is the connection's life: the protocol header, negotiation
 //! (start, tune, open), heartbeats, frame dispatch to channels, and the
-//! close handshakes. What channels do is in [`crate::channel`] (channels,
-//! exchanges, queues, publishing) and [`crate::consume`] (consumers,
-//! `basic.get`, acknowledgements).
+//! close handshakes. What channels do is in [`crate::channel`],
+//! [`crate::queues`] (exchanges, queues, bindings), [`crate::publish`] and
+//! [`crate::consume`] (consumers, `basic.get`, acknowledgements). Longer than most files: the handshake's
+//! and the close handshakes' states and their reply codes belong together.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //! lapin, RabbitMQ's client libraries), on the same queues and topics as
 //! HTTP and MQTT.
 //!
-//! The protocol core (modules `core`, `channel`, `consume`) runs on the
+//! The protocol core (modules `core`, `channel`, `queues`, `publish`,
+//! `consume`) runs on the
 //! shared connection driver ([`bindery_classes::connection`]); publishes go
 //! through the dispatcher like every other terminal's, consumers are driver
 //! subscriptions with credit.
@@ -80,9 +81,13 @@
 //! round-trip tested, bits included.
 
 mod channel;
+#[cfg(test)]
+mod codec_tests;
 mod consume;
 mod core;
 mod methods;
+mod publish;
+mod queues;
 #[cfg(test)]
 mod tests;
 mod wire;

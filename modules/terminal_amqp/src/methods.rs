@@ -5,6 +5,9 @@
 //!
 //! Reserved fields (tickets, `out-of-band`, `known-hosts`, `cluster-id`)
 //! are read and skipped, and written as zero or empty.
+//!
+//! Long: it is the table of the protocol's methods, each one's fields in
+//! order, once for decoding and once for encoding, side by side.
 
 use bytes::Bytes;
 

@@ -2,6 +2,9 @@
 //! strings, field tables, and the basic class's content header
 //! (properties). Methods are in [`crate::methods`].
 //!
+//! Longer than most files: the spec's field types, each one's reader and
+//! writer together.
+//!
 //! Decoding never panics: every read is bounds-checked and an error names
 //! the field and the byte offset in the frame payload.
 
