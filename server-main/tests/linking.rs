@@ -82,6 +82,7 @@ fn the_server_binary_lists_its_modules_without_starting() {
             "parser.json",
             "parser.octets",
             "parser.text",
+            "route.exec",
             "terminal.amqp",
             "terminal.http",
             "terminal.manage",
