@@ -339,3 +339,41 @@ fn malformed_frames_close_that_connection_only() {
         publish(&ch, "", "lapin-after", b"fine").await;
     });
 }
+
+#[test]
+fn a_durable_queue_root_keeps_confirmed_messages_across_a_crash() {
+    let dir = common::TempDir::new();
+    // A second AMQP instance whose queues are the file queue's.
+    let text = config(
+        "[instances.amqp_durable]\nmodule = \"terminal.amqp\"\nbind = [\"127.0.0.8:0\"]\n\
+         config = { queue_root = \"/durable/\" }\n",
+    );
+    let server = Server::start_at(&dir.0, &text, &["--threads", "2"]);
+    let addr = server.bound("127.0.0.8:0");
+    run(async {
+        let conn = connect(addr).await;
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for i in 0..5 {
+            publish(&ch, "", "kept", format!("k{i}").as_bytes()).await;
+        }
+    });
+    // Confirmed means on disk: a crash loses none of them.
+    server.kill9();
+    let server = Server::start_at(&dir.0, &text, &["--threads", "2"]);
+    let addr = server.bound("127.0.0.8:0");
+    run(async {
+        let conn = connect(addr).await;
+        let ch = conn.create_channel().await.unwrap();
+        for i in 0..5 {
+            let got = ch
+                .basic_get("kept".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .expect("a kept message");
+            assert_eq!(got.delivery.data, format!("k{i}").as_bytes());
+        }
+    });
+}
