@@ -666,3 +666,175 @@ proptest! {
         let _ = p.flow();
     }
 }
+
+#[test]
+fn an_exclusive_queue_is_locked_to_its_connection_and_freed_with_it() {
+    let shared = shared();
+    let mut owner = open(&shared);
+    owner.send(&method(
+        1,
+        &Method::QueueDeclare {
+            queue: "mine".into(),
+            passive: false,
+            durable: false,
+            exclusive: true,
+            auto_delete: false,
+            no_wait: true,
+            arguments: Vec::new(),
+        },
+    ));
+    let mut other = open(&shared);
+    other.send(&method(
+        1,
+        &Method::BasicGet {
+            queue: "mine".into(),
+            no_ack: true,
+        },
+    ));
+    match &frames(&other.output())[..] {
+        [
+            In::M(
+                1,
+                Method::ChannelClose {
+                    code: 405,
+                    text,
+                    class: 60,
+                    method: 70,
+                },
+            ),
+        ] => {
+            assert!(text.contains("\"mine\""), "{text}")
+        }
+        other => panic!("{other:?}"),
+    }
+    owner.send(&method(
+        0,
+        &Method::ConnectionClose {
+            code: 200,
+            text: "".into(),
+            class: 0,
+            method: 0,
+        },
+    ));
+    assert_eq!(owner.flow(), Flow::CloseWhenFlushed);
+    other.send(&method(1, &Method::ChannelCloseOk));
+    other.send(&method(1, &Method::ChannelOpen));
+    other.send(&method(1, &declare("mine")));
+    let out = frames(&other.output());
+    assert!(
+        matches!(&out[1], In::M(1, Method::QueueDeclareOk { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn unsupported_and_misplaced_methods_get_the_spec_codes() {
+    let shared = shared();
+    // tx: 540, a connection exception.
+    let mut p = open(&shared);
+    p.send(&method(
+        1,
+        &Method::Other {
+            class: 90,
+            method: 10,
+        },
+    ));
+    match &frames(&p.output())[..] {
+        [
+            In::M(
+                0,
+                Method::ConnectionClose {
+                    code: 540,
+                    text,
+                    class: 90,
+                    method: 10,
+                },
+            ),
+        ] => {
+            assert!(text.contains("tx"), "{text}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // After close, only close-ok counts; then the connection ends.
+    p.send(&method(1, &declare("ignored")));
+    assert!(p.output().is_empty());
+    p.send(&method(0, &Method::ConnectionCloseOk));
+    assert_eq!(p.flow(), Flow::CloseWhenFlushed);
+    // A method on a channel that is not open: 504.
+    let mut p = open(&shared);
+    p.send(&method(9, &declare("q")));
+    assert!(matches!(
+        &frames(&p.output())[..],
+        [In::M(0, Method::ConnectionClose { code: 504, .. })]
+    ));
+    // A channel over channel_max (16 here): 504 naming both.
+    let mut p = open(&shared);
+    p.send(&method(17, &Method::ChannelOpen));
+    match &frames(&p.output())[..] {
+        [
+            In::M(
+                0,
+                Method::ConnectionClose {
+                    code: 504, text, ..
+                },
+            ),
+        ] => {
+            assert!(text.contains("17") && text.contains("16"), "{text}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Publishing to an exchange that does not exist: 404, the channel only.
+    let mut p = open(&shared);
+    p.send(&publish(1, "nowhere", "k", b"x", false));
+    match &frames(&p.output())[..] {
+        [
+            In::M(
+                1,
+                Method::ChannelClose {
+                    code: 404, text, ..
+                },
+            ),
+        ] => {
+            assert!(text.contains("\"nowhere\""), "{text}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.flow(), Flow::Open);
+    // A server-initiated close not answered in time ends the connection.
+    let mut p = open(&shared);
+    p.send(&method(
+        1,
+        &Method::ConnectionTuneOk {
+            channel_max: 0,
+            frame_max: 0,
+            heartbeat: 0,
+        },
+    ));
+    assert!(matches!(
+        &frames(&p.output())[..],
+        [In::M(0, Method::ConnectionClose { code: 503, .. })]
+    ));
+    p.advance(Duration::from_secs(3));
+    assert_eq!(p.flow(), Flow::CloseWhenFlushed);
+}
+
+#[test]
+fn the_configuration_is_checked_naming_the_field() {
+    let bad = Config {
+        queue_root: "queues".into(),
+        ..Config::default()
+    };
+    assert!(bad.checked("amqp").unwrap_err().contains("queue_root"));
+    let bad = Config {
+        frame_max: 100,
+        ..Config::default()
+    };
+    assert!(bad.checked("amqp").unwrap_err().contains("frame_max"));
+    let good = Config {
+        topic_root: "/t".into(),
+        ..Config::default()
+    }
+    .checked("amqp")
+    .unwrap();
+    assert_eq!(good.topic_root, "/t/");
+}
