@@ -48,6 +48,12 @@ const READ_CHUNK: usize = 64 * 1024;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The note tag that says publishes completed and reading may go on.
 pub(crate) const RESUME: u64 = 0;
+/// The note tag of a [`bindery::Failure`] saying a destination is full:
+/// the publisher is paused (and told `connection.blocked`).
+pub(crate) const FULL: u64 = u64::MAX;
+/// How long a publisher is paused after a full destination, when the
+/// driver gave no retry hint.
+const FULL_PAUSE: Duration = Duration::from_millis(100);
 
 /// Why a method was refused: a channel or a connection exception.
 #[derive(Debug)]
@@ -116,6 +122,10 @@ pub(crate) struct Core {
     pub(crate) bindings: Vec<Binding>,
     /// Publishes handed to the dispatcher and not completed.
     pub(crate) publishing: Arc<AtomicUsize>,
+    /// The client takes `connection.blocked` and `unblocked`.
+    blocked_capable: bool,
+    /// Reading paused until then: a destination was full.
+    blocked_until: Option<Instant>,
     /// Tags of `basic.get`s answered empty (see [`crate::consume`]).
     pub(crate) retired_gets: std::collections::VecDeque<u64>,
     unused: usize,
@@ -143,6 +153,8 @@ impl Core {
             bindings: Vec::new(),
             publishing: Arc::new(AtomicUsize::new(0)),
             retired_gets: Default::default(),
+            blocked_capable: false,
+            blocked_until: None,
             unused: 0,
         }
     }
@@ -235,6 +247,27 @@ impl Core {
             .retain(|_, d| d.owner != Some(self.id));
     }
 
+    /// A destination was full: pause reading this publisher for the
+    /// driver's retry hint, telling a client that takes it
+    /// `connection.blocked` (and `unblocked` when the pause ends).
+    pub(crate) fn slow_down(&mut self, io: &mut Io<'_>, f: &bindery::Failure) {
+        let pause = f
+            .retry_after
+            .unwrap_or(FULL_PAUSE)
+            .clamp(Duration::from_millis(10), Duration::from_secs(5));
+        if self.blocked_until.is_none() && self.blocked_capable {
+            self.send(
+                io,
+                0,
+                &Method::ConnectionBlocked {
+                    reason: f.reason.to_string(),
+                },
+            );
+        }
+        let until = io.now() + pause;
+        self.blocked_until = Some(self.blocked_until.map_or(until, |u| u.max(until)));
+    }
+
     fn start(&self, io: &mut Io<'_>) {
         let capabilities: Table = [
             "publisher_confirms",
@@ -242,6 +275,7 @@ impl Core {
             "consumer_cancel_notify",
             "per_consumer_qos",
             "authentication_failure_close",
+            "connection.blocked",
         ]
         .iter()
         .map(|c| (c.to_string(), Value::Bool(true)))
@@ -272,7 +306,18 @@ impl Core {
                 self.closing = Closing::Done;
             }
             (_, Method::ConnectionCloseOk) => self.closing = Closing::Done,
-            (Stage::StartOk, Method::ConnectionStartOk { mechanism, .. }) => {
+            (
+                Stage::StartOk,
+                Method::ConnectionStartOk {
+                    mechanism,
+                    client_properties,
+                    ..
+                },
+            ) => {
+                self.blocked_capable = client_properties.iter().any(|(k, v)| {
+                    k == "capabilities"
+                        && matches!(v, Value::Table(t) if t.iter().any(|(k, v)| k == "connection.blocked" && *v == Value::Bool(true)))
+                });
                 if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
                     return Err(hard(
                         code::ACCESS_REFUSED,
@@ -515,13 +560,22 @@ impl Protocol for Core {
         if note.tag == RESUME || self.closing == Closing::Done {
             return;
         }
+        if note.tag == FULL {
+            if let Ok(f) = note.take::<bindery::Failure>() {
+                self.slow_down(io, &f);
+            }
+            return;
+        }
         self.noted(io, note);
     }
 
-    fn intake(&self, _: &Reading) -> Intake {
+    fn intake(&self, reading: &Reading) -> Intake {
         if self.closing == Closing::Done || self.publishing.load(Ordering::Relaxed) > MAX_PUBLISHING
         {
             return Intake::Wait;
+        }
+        if let Some(until) = self.blocked_until.filter(|u| *u > reading.now) {
+            return Intake::PauseUntil(until);
         }
         Intake::Read(READ_CHUNK)
     }
@@ -542,10 +596,10 @@ impl Protocol for Core {
                     let dead = self.last_seen + h * 2;
                     self.next_beat.map_or(dead, |b| b.min(dead))
                 });
-                match (beat, self.get_deadline()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                [beat, self.get_deadline(), self.blocked_until]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
         }
     }
@@ -560,6 +614,12 @@ impl Protocol for Core {
             }
             Closing::No => {
                 self.expire_gets(io);
+                if self.blocked_until.is_some_and(|u| now >= u) {
+                    self.blocked_until = None;
+                    if self.blocked_capable {
+                        self.send(io, 0, &Method::ConnectionUnblocked);
+                    }
+                }
                 let Some(h) = self.heartbeat else { return };
                 if now >= self.last_seen + h * 2 {
                     self.shared.stats.closed_for_errors.inc();

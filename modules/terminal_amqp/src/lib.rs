@@ -40,7 +40,11 @@
 //! `503 COMMAND_INVALID`, `504 CHANNEL_ERROR`, `505 UNEXPECTED_FRAME`,
 //! `530 NOT_ALLOWED`, `540 NOT_IMPLEMENTED`) and texts naming the queue,
 //! exchange, field or byte offset; heartbeats both ways; the exchange,
-//! queue, basic and confirm methods above.
+//! queue, basic and confirm methods above. A publish a destination refuses
+//! as full pauses that connection's reading for the driver's retry hint
+//! (100 ms without one), with `connection.blocked` and `unblocked` to a
+//! client that takes them; more than 4096 publishes waiting for their
+//! driver pause reading until some complete.
 //!
 //! Not supported: `tx` (540); `direct`, `fanout` and `headers` exchanges
 //! other than the default one (540), `exchange.bind`; `#` anywhere but as a
@@ -52,7 +56,7 @@
 //! connection that made them (they are not kept across restarts);
 //! dead-lettering, TTLs, priorities and queue arguments (accepted,
 //! ignored); `no_local`; `basic.get`'s `message-count` is 0; per-channel
-//! (`global`) qos counts per consumer; `connection.blocked` is not sent.
+//! (`global`) qos counts per consumer.
 //! Header table values reach other protocols as text and come back as
 //! long strings.
 //!

@@ -206,9 +206,16 @@ impl Core {
         } else {
             let wake = io.wake().clone();
             let publishing = self.publishing.clone();
-            Completion::new(move |_: Result<Receipt, Failure>| {
-                if publishing.fetch_sub(1, Ordering::Relaxed) == crate::core::MAX_PUBLISHING + 1 {
-                    wake.note(bindery::Note::new(crate::core::RESUME, ()));
+            Completion::new(move |r: Result<Receipt, Failure>| {
+                let was = publishing.fetch_sub(1, Ordering::Relaxed);
+                match r {
+                    Err(f) if f.kind == FailureKind::Full => {
+                        wake.note(bindery::Note::new(crate::core::FULL, f))
+                    }
+                    _ if was == crate::core::MAX_PUBLISHING + 1 => {
+                        wake.note(bindery::Note::new(crate::core::RESUME, ()))
+                    }
+                    _ => {}
                 }
             })
         };
@@ -238,6 +245,11 @@ impl Core {
                 routing_key: p.routing_key,
             };
             self.send_content(io, p.channel, &m, &p.header, &p.body);
+        }
+        if let Err(f) = &outcome {
+            if f.kind == FailureKind::Full {
+                self.slow_down(io, f);
+            }
         }
         let Some(seq) = p.confirm else { return };
         let m = match outcome {

@@ -15,13 +15,17 @@ use proptest::prelude::*;
 
 use crate::core::Core;
 use crate::methods::{self, Method};
-use crate::wire::{self, ContentHeader, Framed, Properties};
+use crate::wire::{self, ContentHeader, Framed, Properties, Value};
 use crate::{Config, Shared, Stats};
 
 const SETTLE: Duration = Duration::from_secs(2);
 
 fn shared() -> Arc<Shared> {
-    let queues: DriverHandle = Arc::new(driver_memqueue::MemQueue::new(Default::default()));
+    shared_with(Default::default())
+}
+
+fn shared_with(queue: driver_memqueue::Config) -> Arc<Shared> {
+    let queues: DriverHandle = Arc::new(driver_memqueue::MemQueue::new(queue));
     let topics: DriverHandle = Arc::new(driver_topic::TopicDriver::new(Default::default()));
     Arc::new(Shared::new(
         "amqp",
@@ -102,7 +106,10 @@ fn open(shared: &Arc<Shared>) -> Pipe<Core> {
     input.extend(method(
         0,
         &Method::ConnectionStartOk {
-            client_properties: Vec::new(),
+            client_properties: vec![(
+                "capabilities".into(),
+                Value::Table(vec![("connection.blocked".into(), Value::Bool(true))]),
+            )],
             mechanism: "PLAIN".into(),
             response: Bytes::from_static(b"\0u\0p"),
             locale: "en_US".into(),
@@ -837,4 +844,44 @@ fn the_configuration_is_checked_naming_the_field() {
     .checked("amqp")
     .unwrap();
     assert_eq!(good.topic_root, "/t/");
+}
+
+#[test]
+fn a_full_queue_blocks_the_publisher_for_a_while_and_nacks_confirms() {
+    let shared = shared_with(driver_memqueue::Config {
+        max_depth: 1,
+        ..Default::default()
+    });
+    let mut p = open(&shared);
+    p.send(&publish(1, "", "small", b"1", false));
+    p.send(&publish(1, "", "small", b"2", false));
+    p.settle(SETTLE);
+    match &frames(&p.output())[..] {
+        [In::M(0, Method::ConnectionBlocked { reason })] => {
+            assert!(reason.contains("small"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    p.advance(Duration::from_secs(6));
+    let out = frames(&p.output());
+    assert!(
+        out.contains(&In::M(0, Method::ConnectionUnblocked)),
+        "{out:?}"
+    );
+    p.send(&method(1, &Method::ConfirmSelect { no_wait: true }));
+    p.send(&publish(1, "", "small", b"3", false));
+    p.settle(SETTLE);
+    let out = frames(&p.output());
+    assert_eq!(
+        out[1],
+        In::M(
+            1,
+            Method::BasicNack {
+                delivery_tag: 1,
+                multiple: false,
+                requeue: false
+            }
+        ),
+        "{out:?}"
+    );
 }
