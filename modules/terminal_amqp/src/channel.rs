@@ -46,8 +46,11 @@ pub(crate) struct Incoming {
     pub(crate) exchange: String,
     pub(crate) routing_key: String,
     pub(crate) mandatory: bool,
-    /// The destination; `None`: nothing can route this key.
-    pub(crate) path: Option<String>,
+    /// The destinations; none: nothing routes this key.
+    pub(crate) paths: Vec<String>,
+    /// Whether the exchange and routing key go with the message as
+    /// headers (an exchange other than the default one).
+    pub(crate) via: bool,
     pub(crate) topic: bool,
     pub(crate) header: Option<ContentHeader>,
     pub(crate) body: Vec<u8>,
@@ -153,7 +156,8 @@ impl Core {
         // Cancel first, so the released messages do not come back here.
         c.consumers.clear();
         c.get = None;
-        for (_, u) in std::mem::take(&mut c.unacked) {
+        // Last first: each goes back to the front of its queue.
+        for (_, u) in std::mem::take(&mut c.unacked).into_iter().rev() {
             self.shared.mark_requeued(u.id);
             let _ = u.driver.release(&u.path, u.id);
         }
@@ -250,6 +254,7 @@ impl Core {
                     ));
                 }
                 self.shared.exchanges.lock().remove(&exchange);
+                self.shared.routes.lock().remove(&exchange);
                 if !no_wait {
                     self.send(io, ch, &Method::ExchangeDeleteOk);
                 }
@@ -284,6 +289,9 @@ impl Core {
                 self.bindings.retain(|b| {
                     !(b.queue == queue && b.exchange == exchange && b.key == routing_key)
                 });
+                if let Some(bound) = self.shared.routes.lock().get_mut(&exchange) {
+                    bound.retain(|(k, q)| !(*q == queue && *k == routing_key));
+                }
                 self.send(io, ch, &Method::QueueUnbindOk);
                 Ok(())
             }
@@ -297,6 +305,7 @@ impl Core {
                 let (driver, path) = self.queue(&queue, false)?;
                 let depth = stats(&driver, &path).0;
                 self.shared.queues.lock().remove(&queue);
+                self.shared.unroute(&queue);
                 self.bindings.retain(|b| b.queue != queue);
                 if !no_wait {
                     self.send(

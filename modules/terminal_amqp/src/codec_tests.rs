@@ -54,6 +54,11 @@ fn every_method() -> Vec<Method> {
             reason: s("low memory"),
         },
         ConnectionUnblocked,
+        ConnectionUpdateSecret {
+            new_secret: Bytes::from_static(b"token"),
+            reason: s("rotation"),
+        },
+        ConnectionUpdateSecretOk,
         ChannelOpen,
         ChannelOpenOk,
         ChannelCloseOk,

@@ -67,6 +67,7 @@ impl Core {
                 ..
             } => {
                 let (driver, path) = self.queue(&queue, true)?;
+                self.require_known(&queue, &driver, &path)?;
                 let id = self.id;
                 let c = self.channel(ch)?;
                 let tag: Arc<str> = if consumer_tag.is_empty() {
@@ -136,6 +137,7 @@ impl Core {
             }
             Method::BasicGet { queue, no_ack } => {
                 let (driver, path) = self.queue(&queue, true)?;
+                self.require_known(&queue, &driver, &path)?;
                 let tag = self.tag(Pending::Get {
                     channel: ch,
                     driver: driver.clone(),
@@ -233,6 +235,13 @@ impl Core {
             ));
         }
         let mut credit: Vec<Arc<str>> = Vec::new();
+        // Requeued last first: each goes back to the front, so they end in
+        // the order they were delivered.
+        let settled: Vec<Unacked> = if how == Settle::Requeue {
+            settled.into_iter().rev().collect()
+        } else {
+            settled
+        };
         for u in settled {
             match how {
                 Settle::Requeue => {

@@ -241,10 +241,19 @@ impl Core {
         }
         self.bindings.clear();
         self.pending.clear();
-        self.shared
-            .queues
-            .lock()
-            .retain(|_, d| d.owner != Some(self.id));
+        let mine: Vec<String> = {
+            let mut queues = self.shared.queues.lock();
+            let mine = queues
+                .iter()
+                .filter(|(_, d)| d.owner == Some(self.id))
+                .map(|(q, _)| q.clone())
+                .collect();
+            queues.retain(|_, d| d.owner != Some(self.id));
+            mine
+        };
+        for q in mine {
+            self.shared.unroute(&q);
+        }
     }
 
     /// A destination was full: pause reading this publisher for the
@@ -388,6 +397,11 @@ impl Core {
                 }
                 self.send(io, 0, &Method::ConnectionOpenOk);
                 self.stage = Stage::Running;
+            }
+            // Credentials are not checked yet (an auth class will): a new
+            // secret is as good as the old.
+            (Stage::Running, Method::ConnectionUpdateSecret { .. }) => {
+                self.send(io, 0, &Method::ConnectionUpdateSecretOk);
             }
             (Stage::Running, m) => {
                 return Err(hard(

@@ -19,6 +19,7 @@
 //! | `amq.topic` and declared `topic` exchanges, key `a.b.c` | the topic path `<topic_root>a/b/c` (`/topics/a/b/c`): MQTT's `a/b/c` and HTTP SSE on `/topics/a/b/c` |
 //! | binding key `a.*.c`, `a.#` | topic filter `a/+/c`, `a/#` |
 //! | `queue.bind Q amq.topic K` | a subscription to the topic filter that feeds `/queues/Q`, as long as the binding connection lives |
+//! | `amq.direct`, `amq.fanout` and declared `direct`/`fanout` exchanges | routed by this terminal through its own bindings table (`queue.bind`): one message per bound queue path, confirmed once every queue has it; the exchange and routing key travel as `amqp-exchange`/`amqp-routing-key` headers |
 //! | `basic.publish` properties | `content-type` → the message's content type (the parser lookup); the others and the `headers` table → message headers (`amqp-message-id`, `amqp-delivery-mode`, `amqp-correlation-id`, `amqp-reply-to`, … ; table values as text) |
 //! | `basic.consume` with `basic.qos` prefetch N | a subscription with credit N (credit back per ack); prefetch 0: `max_unacked` |
 //! | `basic.get` | a subscription with credit 1, cancelled after one message or none |
@@ -46,14 +47,16 @@
 //! client that takes them; more than 4096 publishes waiting for their
 //! driver pause reading until some complete.
 //!
-//! Not supported: `tx` (540); `direct`, `fanout` and `headers` exchanges
-//! other than the default one (540), `exchange.bind`; `#` anywhere but as a
-//! binding key's last word (540); `immediate` (540, as RabbitMQ);
+//! Not supported: `tx` (540); `headers` exchanges (540), `exchange.bind`;
+//! `#` anywhere but as a binding key's last word (540); `immediate` (540,
+//! as RabbitMQ);
 //! `queue.purge` (540: the driver contract has no purge); `queue.delete`
 //! forgets the declaration and its bindings but cannot remove messages
 //! (the driver contract has no delete) and answers with the depth it saw;
-//! `auto_delete` likewise only forgets; bindings live as long as the
-//! connection that made them (they are not kept across restarts);
+//! `auto_delete` likewise only forgets; topic bindings live as long as the
+//! connection that made them, direct and fanout bindings until unbound, the
+//! queue deleted or its exclusive owner gone; no binding or declared
+//! exchange survives a restart (exchanges are never durable);
 //! dead-lettering, TTLs, priorities and queue arguments (accepted,
 //! ignored); `no_local`; `basic.get`'s `message-count` is 0; per-channel
 //! (`global`) qos counts per consumer.
@@ -242,6 +245,29 @@ impl Stats {
     }
 }
 
+/// An exchange's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Routing keys are topic paths.
+    Topic,
+    /// To the queues bound with the routing key.
+    Direct,
+    /// To every queue bound.
+    Fanout,
+}
+
+impl Kind {
+    /// The type named in `exchange.declare`.
+    pub(crate) fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "topic" => Some(Kind::Topic),
+            "direct" => Some(Kind::Direct),
+            "fanout" => Some(Kind::Fanout),
+            _ => None,
+        }
+    }
+}
+
 /// A declared queue: who may use it.
 #[derive(Clone, Debug)]
 pub(crate) struct Declared {
@@ -257,8 +283,11 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     /// Queues declared, by name.
     pub(crate) queues: Mutex<HashMap<String, Declared>>,
-    /// Topic exchanges declared (besides `amq.topic`).
-    pub(crate) exchanges: Mutex<HashSet<String>>,
+    /// Exchanges by name: `amq.topic`, `amq.direct`, `amq.fanout` and
+    /// those declared.
+    pub(crate) exchanges: Mutex<HashMap<String, Kind>>,
+    /// Direct and fanout bindings: exchange → (binding key, queue name).
+    pub(crate) routes: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Messages this terminal gave back to their queue (nack, reject,
     /// recover, a channel closed): delivered again, they are `redelivered`
     /// (a release does not count a delivery). Bounded: cleared past 100,000.
@@ -280,7 +309,17 @@ impl Shared {
             dispatcher,
             stats,
             queues: Mutex::new(HashMap::new()),
-            exchanges: Mutex::new(HashSet::new()),
+            exchanges: Mutex::new(
+                [
+                    ("amq.topic", Kind::Topic),
+                    ("amq.direct", Kind::Direct),
+                    ("amq.fanout", Kind::Fanout),
+                ]
+                .into_iter()
+                .map(|(n, k)| (n.to_owned(), k))
+                .collect(),
+            ),
+            routes: Mutex::new(HashMap::new()),
             requeued: Mutex::new(HashSet::new()),
             next_connection: AtomicU64::new(1),
         }
@@ -296,8 +335,32 @@ impl Shared {
     }
 
     /// Whether `exchange` is a topic exchange.
-    pub(crate) fn is_topic_exchange(&self, exchange: &str) -> bool {
-        exchange == "amq.topic" || self.exchanges.lock().contains(exchange)
+    /// The type of exchange `name`, if it exists.
+    pub(crate) fn exchange(&self, name: &str) -> Option<Kind> {
+        self.exchanges.lock().get(name).copied()
+    }
+
+    /// The queues a direct or fanout exchange routes `key` to.
+    pub(crate) fn routed(&self, exchange: &str, kind: Kind, key: &str) -> Vec<String> {
+        let routes = self.routes.lock();
+        let mut queues: Vec<String> = routes
+            .get(exchange)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| kind == Kind::Fanout || k == key)
+            .map(|(_, q)| q.clone())
+            .collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    }
+
+    /// Forgets the bindings of `queue` (deleted, or its exclusive owner
+    /// gone).
+    pub(crate) fn unroute(&self, queue: &str) {
+        for bound in self.routes.lock().values_mut() {
+            bound.retain(|(_, q)| q != queue);
+        }
     }
 
     pub(crate) fn mark_requeued(&self, id: MessageId) {

@@ -56,6 +56,11 @@ pub(crate) enum Method {
         reason: String,
     },
     ConnectionUnblocked,
+    ConnectionUpdateSecret {
+        new_secret: Bytes,
+        reason: String,
+    },
+    ConnectionUpdateSecretOk,
     ChannelOpen,
     ChannelOpenOk,
     ChannelFlow {
@@ -236,6 +241,8 @@ impl Method {
             ConnectionCloseOk => (10, 51),
             ConnectionBlocked { .. } => (10, 60),
             ConnectionUnblocked => (10, 61),
+            ConnectionUpdateSecret { .. } => (10, 70),
+            ConnectionUpdateSecretOk => (10, 71),
             ChannelOpen => (20, 10),
             ChannelOpenOk => (20, 11),
             ChannelFlow { .. } => (20, 20),
@@ -294,6 +301,8 @@ impl Method {
             (10, 51) => "connection.close-ok",
             (10, 60) => "connection.blocked",
             (10, 61) => "connection.unblocked",
+            (10, 70) => "connection.update-secret",
+            (10, 71) => "connection.update-secret-ok",
             (20, 10) => "channel.open",
             (20, 11) => "channel.open-ok",
             (20, 20) => "channel.flow",
@@ -423,6 +432,11 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Method> {
             reason: r.shortstr("reason")?,
         },
         (10, 61) => ConnectionUnblocked,
+        (10, 70) => ConnectionUpdateSecret {
+            new_secret: r.longstr("new-secret")?,
+            reason: r.shortstr("reason")?,
+        },
+        (10, 71) => ConnectionUpdateSecretOk,
         (20, 10) => {
             let _oob = r.shortstr("out-of-band")?;
             ChannelOpen
@@ -718,6 +732,10 @@ pub(crate) fn encode(out: &mut Vec<u8>, m: &Method) {
             put_u16(out, *method);
         }
         ConnectionBlocked { reason } => put_shortstr(out, reason),
+        ConnectionUpdateSecret { new_secret, reason } => {
+            put_longstr(out, new_secret);
+            put_shortstr(out, reason);
+        }
         ChannelOpen => put_shortstr(out, ""),
         ChannelOpenOk => put_longstr(out, b""),
         ChannelFlow { active } | ChannelFlowOk { active } => put_bits(out, &[*active]),
@@ -932,6 +950,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, m: &Method) {
         }
         ConfirmSelect { no_wait } => put_bits(out, &[*no_wait]),
         ConnectionCloseOk
+        | ConnectionUpdateSecretOk
         | ConnectionUnblocked
         | ChannelCloseOk
         | ExchangeDeclareOk

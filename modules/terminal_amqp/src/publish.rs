@@ -15,7 +15,10 @@ use crate::core::{Core, Refusal, code, hard, soft};
 use crate::methods::Method;
 use crate::wire::{self, Frame, Properties};
 
+use crate::Kind;
 use crate::channel::{Incoming, Pending, Published, queue_name};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 /// Whether a routing key names a topic (no wildcard, no `/`, no empty word).
 fn topic_key(key: &str) -> bool {
@@ -41,31 +44,46 @@ impl Core {
                 "NOT_IMPLEMENTED - immediate=true",
             ));
         }
-        let (path, topic) = if exchange.is_empty() {
-            (
-                queue_name(&routing_key).then(|| self.shared.queue_path(&routing_key)),
-                false,
-            )
-        } else if self.shared.is_topic_exchange(&exchange) {
-            let path = topic_key(&routing_key).then(|| {
-                format!(
-                    "{}{}",
-                    self.shared.config.topic_root,
-                    routing_key.replace('.', "/")
-                )
-            });
-            (path, true)
+        let kind = if exchange.is_empty() {
+            None
         } else {
-            return Err(soft(
-                code::NOT_FOUND,
-                format!("NOT_FOUND - no exchange {exchange:?} in vhost \"/\""),
-            ));
+            Some(self.shared.exchange(&exchange).ok_or_else(|| {
+                soft(
+                    code::NOT_FOUND,
+                    format!("NOT_FOUND - no exchange {exchange:?} in vhost \"/\""),
+                )
+            })?)
         };
+        let paths: Vec<String> = match kind {
+            None => queue_name(&routing_key)
+                .then(|| self.shared.queue_path(&routing_key))
+                .into_iter()
+                .collect(),
+            Some(Kind::Topic) => topic_key(&routing_key)
+                .then(|| {
+                    format!(
+                        "{}{}",
+                        self.shared.config.topic_root,
+                        routing_key.replace('.', "/")
+                    )
+                })
+                .into_iter()
+                .collect(),
+            Some(k) => self
+                .shared
+                .routed(&exchange, k, &routing_key)
+                .iter()
+                .map(|q| self.shared.queue_path(q))
+                .collect(),
+        };
+        let topic = kind == Some(Kind::Topic);
+        let via = matches!(kind, Some(Kind::Direct | Kind::Fanout));
         self.channel(ch)?.incoming = Some(Incoming {
             exchange,
             routing_key,
             mandatory,
-            path,
+            paths,
+            via,
             topic,
             header: None,
             body: Vec::new(),
@@ -175,13 +193,24 @@ impl Core {
             header,
             body: body.clone(),
         };
-        let Some(path) = inc.path else {
+        if inc.paths.is_empty() {
             let nowhere = Failure::new(FailureKind::NotFound, "no route");
             return self.published(io, published, Err(nowhere));
-        };
+        }
+        let mut headers = properties_to_headers(&published.header.properties);
+        if inc.via {
+            headers.push((
+                format!("{PROPERTY}exchange").into(),
+                published.exchange.as_str().into(),
+            ));
+            headers.push((
+                format!("{PROPERTY}routing-key").into(),
+                published.routing_key.as_str().into(),
+            ));
+        }
         let message = Message {
             id: MessageId::next(),
-            destination: path.into(),
+            destination: inc.paths[0].as_str().into(),
             content_type: published
                 .header
                 .properties
@@ -189,7 +218,7 @@ impl Core {
                 .as_deref()
                 .unwrap_or("application/octet-stream")
                 .into(),
-            headers: properties_to_headers(&published.header.properties).into(),
+            headers: headers.into(),
             body,
             timestamp: SystemTime::now(),
             delivery_count: 0,
@@ -219,7 +248,19 @@ impl Core {
                 }
             })
         };
-        self.shared.dispatcher.publish(message, done);
+        if inc.paths.len() == 1 {
+            return self.shared.dispatcher.publish(message, done);
+        }
+        // One message per bound queue, confirmed once all are kept.
+        let dones = fan_in(inc.paths.len(), done);
+        for (path, done) in inc.paths.iter().zip(dones) {
+            let copy = Message {
+                id: MessageId::next(),
+                destination: path.as_str().into(),
+                ..message.clone()
+            };
+            self.shared.dispatcher.publish(copy, done);
+        }
     }
 
     /// A publish's outcome: `basic.return` when mandatory and unrouted,
@@ -268,6 +309,44 @@ impl Core {
         };
         self.send(io, p.channel, &m);
     }
+}
+
+/// `n` completions that complete `done` once all have: with the first
+/// failure, or the last receipt.
+fn fan_in(n: usize, done: Completion<Receipt>) -> Vec<Completion<Receipt>> {
+    /// Completions still to come, the first failure, the last receipt,
+    /// and what to complete.
+    type Joined = (
+        usize,
+        Option<Failure>,
+        Option<Receipt>,
+        Option<Completion<Receipt>>,
+    );
+    let joined: Arc<Mutex<Joined>> = Arc::new(Mutex::new((n, None, None, Some(done))));
+    (0..n)
+        .map(|_| {
+            let joined = joined.clone();
+            Completion::new(move |r: Result<Receipt, Failure>| {
+                let mut j = joined.lock();
+                j.0 -= 1;
+                match r {
+                    Err(f) if j.1.is_none() => j.1 = Some(f),
+                    Err(_) => {}
+                    Ok(receipt) => j.2 = Some(receipt),
+                }
+                if j.0 > 0 {
+                    return;
+                }
+                let (failure, receipt, done) = (j.1.take(), j.2.take(), j.3.take());
+                drop(j);
+                match (done, failure, receipt) {
+                    (Some(done), Some(f), _) => done.fail(f),
+                    (Some(done), None, Some(r)) => done.succeed(r),
+                    _ => {}
+                }
+            })
+        })
+        .collect()
 }
 
 /// The prefix of the headers that carry AMQP properties.

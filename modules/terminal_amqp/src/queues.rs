@@ -9,9 +9,9 @@ use bindery_classes::MessageId;
 use bindery_classes::connection::Io;
 use bindery_classes::driver::{DriverHandle, SubscribeOptions};
 
-use crate::Declared;
 use crate::core::{Core, Refusal, code, hard, soft};
 use crate::methods::Method;
+use crate::{Declared, Kind};
 
 use crate::channel::{Binding, Pending, queue_name};
 
@@ -59,33 +59,49 @@ impl Core {
         passive: bool,
         no_wait: bool,
     ) -> Result<(), Refusal> {
-        let exists = self.shared.is_topic_exchange(&exchange);
+        let exists = self.shared.exchange(&exchange);
         if passive {
-            if !exists {
+            if exists.is_none() {
                 return Err(soft(
                     code::NOT_FOUND,
                     format!("NOT_FOUND - no exchange {exchange:?} in vhost \"/\""),
                 ));
             }
-        } else if kind != "topic" {
-            return Err(hard(
-                code::NOT_IMPLEMENTED,
-                format!(
-                    "NOT_IMPLEMENTED - exchange {exchange:?}: type {kind:?} is not supported (topic only)"
-                ),
-            ));
-        } else if exchange.starts_with("amq.") && !exists {
-            return Err(soft(
-                code::ACCESS_REFUSED,
-                format!("ACCESS_REFUSED - exchange name {exchange:?} is reserved"),
-            ));
-        } else if exchange.is_empty() {
-            return Err(soft(
-                code::ACCESS_REFUSED,
-                "ACCESS_REFUSED - the default exchange cannot be declared",
-            ));
         } else {
-            self.shared.exchanges.lock().insert(exchange);
+            let Some(want) = Kind::parse(&kind) else {
+                return Err(hard(
+                    code::NOT_IMPLEMENTED,
+                    format!(
+                        "NOT_IMPLEMENTED - exchange {exchange:?}: type {kind:?} is not supported (topic, direct, fanout)"
+                    ),
+                ));
+            };
+            match exists {
+                Some(k) if k != want => {
+                    return Err(soft(
+                        code::PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - inequivalent arg 'type' for exchange {exchange:?} in vhost \"/\": received {kind:?}"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None if exchange.starts_with("amq.") => {
+                    return Err(soft(
+                        code::ACCESS_REFUSED,
+                        format!("ACCESS_REFUSED - exchange name {exchange:?} is reserved"),
+                    ));
+                }
+                None if exchange.is_empty() => {
+                    return Err(soft(
+                        code::ACCESS_REFUSED,
+                        "ACCESS_REFUSED - the default exchange cannot be declared",
+                    ));
+                }
+                None => {
+                    self.shared.exchanges.lock().insert(exchange, want);
+                }
+            }
         }
         if !no_wait {
             self.send(io, ch, &Method::ExchangeDeclareOk);
@@ -129,6 +145,26 @@ impl Core {
             ));
         }
         Ok((driver, path))
+    }
+
+    /// Refuses with 404 a queue neither declared nor known to its driver
+    /// (`basic.consume` and `basic.get`, as RabbitMQ does; a publish to the
+    /// default exchange makes the queue).
+    pub(crate) fn require_known(
+        &self,
+        name: &str,
+        driver: &DriverHandle,
+        path: &str,
+    ) -> Result<(), Refusal> {
+        if self.shared.queues.lock().contains_key(name)
+            || driver.stats().iter().any(|s| *s.destination == *path)
+        {
+            return Ok(());
+        }
+        Err(soft(
+            code::NOT_FOUND,
+            format!("NOT_FOUND - no queue {name:?} in vhost \"/\""),
+        ))
     }
 
     pub(crate) fn queue_declare(
@@ -201,15 +237,21 @@ impl Core {
                 ),
             ));
         }
-        if !self.shared.is_topic_exchange(&exchange) {
-            return Err(soft(
+        let kind = self.shared.exchange(&exchange).ok_or_else(|| {
+            soft(
                 code::NOT_FOUND,
-                format!(
-                    "NOT_FOUND - no exchange {exchange:?} in vhost \"/\" (topic exchanges only)"
-                ),
-            ));
-        }
+                format!("NOT_FOUND - no exchange {exchange:?} in vhost \"/\""),
+            )
+        })?;
         let (_, path) = self.queue(&queue, true)?;
+        if kind != Kind::Topic {
+            let mut routes = self.shared.routes.lock();
+            let bound = routes.entry(exchange).or_default();
+            if !bound.iter().any(|(k, q)| *k == key && *q == queue) {
+                bound.push((key, queue));
+            }
+            return Ok(());
+        }
         let Some(filter) = filter(&key) else {
             return Err(soft(
                 code::NOT_IMPLEMENTED,

@@ -885,3 +885,110 @@ fn a_full_queue_blocks_the_publisher_for_a_while_and_nacks_confirms() {
         "{out:?}"
     );
 }
+
+#[test]
+fn direct_and_fanout_exchanges_route_through_their_bindings() {
+    let shared = shared();
+    let mut p = open(&shared);
+    let bind = |q: &str, x: &str, k: &str| {
+        method(
+            1,
+            &Method::QueueBind {
+                queue: q.into(),
+                exchange: x.into(),
+                routing_key: k.into(),
+                no_wait: true,
+                arguments: Vec::new(),
+            },
+        )
+    };
+    p.send(&method(
+        1,
+        &Method::ExchangeDeclare {
+            exchange: "fan".into(),
+            kind: "fanout".into(),
+            passive: false,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            no_wait: false,
+            arguments: Vec::new(),
+        },
+    ));
+    for q in ["d1", "d2", "f1", "f2"] {
+        p.send(&method(1, &declare(q)));
+    }
+    p.send(&bind("d1", "amq.direct", "red"));
+    p.send(&bind("d2", "amq.direct", "blue"));
+    p.send(&bind("f1", "fan", "ignored"));
+    p.send(&bind("f2", "fan", ""));
+    p.send(&method(1, &Method::ConfirmSelect { no_wait: true }));
+    p.send(&publish(1, "amq.direct", "red", b"r", true));
+    p.send(&publish(1, "fan", "any", b"f", true));
+    p.send(&publish(1, "amq.direct", "green", b"g", true));
+    p.settle(SETTLE);
+    let out = frames(&p.output());
+    let acks = out
+        .iter()
+        .filter(|f| matches!(f, In::M(1, Method::BasicAck { .. })))
+        .count();
+    assert_eq!(acks, 3, "{out:?}");
+    assert!(
+        out.iter().any(|f| matches!(f, In::M(1, Method::BasicReturn { routing_key, .. }) if routing_key == "green")),
+        "{out:?}"
+    );
+    for (q, body, exchange) in [
+        ("d1", "r", "amq.direct"),
+        ("f1", "f", "fan"),
+        ("f2", "f", "fan"),
+    ] {
+        p.send(&method(
+            1,
+            &Method::BasicGet {
+                queue: q.into(),
+                no_ack: true,
+            },
+        ));
+        p.settle(SETTLE);
+        let out = frames(&p.output());
+        match &out[..] {
+            [
+                In::M(1, Method::BasicGetOk { exchange: e, .. }),
+                _,
+                In::B(1, b),
+            ] => {
+                assert_eq!((e.as_str(), &b[..]), (exchange, body.as_bytes()), "{q}")
+            }
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+    p.send(&method(
+        1,
+        &Method::BasicGet {
+            queue: "d2".into(),
+            no_ack: true,
+        },
+    ));
+    p.settle(Duration::from_millis(50))
+        .advance(Duration::from_millis(50));
+    assert_eq!(frames(&p.output()), [In::M(1, Method::BasicGetEmpty)]);
+    // A queue nobody declared or published to: 404 naming it.
+    p.send(&method(
+        1,
+        &Method::BasicGet {
+            queue: "never".into(),
+            no_ack: true,
+        },
+    ));
+    match &frames(&p.output())[..] {
+        [
+            In::M(
+                1,
+                Method::ChannelClose {
+                    code: 404, text, ..
+                },
+            ),
+        ] => assert!(text.contains("\"never\""), "{text}"),
+        other => panic!("{other:?}"),
+    }
+}
