@@ -27,6 +27,8 @@ pub(crate) struct Unacked {
 
 /// A consumer on a channel.
 pub(crate) struct Consuming {
+    /// The queue's path.
+    pub(crate) path: Arc<str>,
     pub(crate) sub: Subscription,
     pub(crate) no_ack: bool,
     /// Credit earned (messages written, for `no_ack`) and not yet given.
@@ -307,6 +309,28 @@ impl Core {
                 self.shared.queues.lock().remove(&queue);
                 self.shared.unroute(&queue);
                 self.bindings.retain(|b| b.queue != queue);
+                // This connection's consumers of the queue are cancelled,
+                // and told so.
+                for (c, chan) in self.channels.iter_mut() {
+                    let gone: Vec<Arc<str>> = chan
+                        .consumers
+                        .iter()
+                        .filter(|(_, c)| c.path == path)
+                        .map(|(t, _)| t.clone())
+                        .collect();
+                    for tag in gone {
+                        chan.consumers.remove(&tag);
+                        crate::wire::put_frame(io.out(), crate::wire::METHOD, *c, |out| {
+                            crate::methods::encode(
+                                out,
+                                &Method::BasicCancel {
+                                    consumer_tag: tag.to_string(),
+                                    no_wait: true,
+                                },
+                            )
+                        });
+                    }
+                }
                 if !no_wait {
                     self.send(
                         io,

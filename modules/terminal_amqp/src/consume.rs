@@ -119,6 +119,7 @@ impl Core {
                 self.channel(ch)?.consumers.insert(
                     tag,
                     Consuming {
+                        path,
                         sub,
                         no_ack,
                         owed: 0,
@@ -235,13 +236,17 @@ impl Core {
             ));
         }
         let mut credit: Vec<Arc<str>> = Vec::new();
-        // Requeued last first: each goes back to the front, so they end in
-        // the order they were delivered.
-        let settled: Vec<Unacked> = if how == Settle::Requeue {
-            settled.into_iter().rev().collect()
-        } else {
-            settled
-        };
+        // Each requeued message goes back to the front of its queue. With
+        // no consumer of that queue here they wait: last first keeps their
+        // order. With one (that may have credit) each is delivered at once:
+        // first first.
+        let consumed = |u: &Unacked| c.consumers.values().any(|k| k.path == u.path);
+        let settled: Vec<Unacked> =
+            if how == Settle::Requeue && !settled.first().is_some_and(consumed) {
+                settled.into_iter().rev().collect()
+            } else {
+                settled
+            };
         for u in settled {
             match how {
                 Settle::Requeue => {

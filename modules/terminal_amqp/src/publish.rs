@@ -405,7 +405,7 @@ pub(crate) fn message_properties(m: &Message) -> Properties {
             Some("user-id") => p.user_id = Some(v),
             Some("app-id") => p.app_id = Some(v),
             Some("cluster-id") => p.cluster_id = Some(v),
-            Some("routing-key") => {}
+            Some("routing-key" | "exchange") => {}
             _ => table.push((k.to_string(), wire::Value::Str(Bytes::from(v)))),
         }
     }

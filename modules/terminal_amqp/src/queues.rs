@@ -69,12 +69,23 @@ impl Core {
             }
         } else {
             let Some(want) = Kind::parse(&kind) else {
-                return Err(hard(
-                    code::NOT_IMPLEMENTED,
-                    format!(
-                        "NOT_IMPLEMENTED - exchange {exchange:?}: type {kind:?} is not supported (topic, direct, fanout)"
-                    ),
-                ));
+                // `headers` is a type this server does not implement; any
+                // other is no type at all (406, as RabbitMQ answers).
+                return Err(if kind == "headers" {
+                    hard(
+                        code::NOT_IMPLEMENTED,
+                        format!(
+                            "NOT_IMPLEMENTED - exchange {exchange:?}: headers exchanges are not supported"
+                        ),
+                    )
+                } else {
+                    soft(
+                        code::PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - exchange {exchange:?}: invalid type {kind:?} (topic, direct, fanout)"
+                        ),
+                    )
+                });
             };
             match exists {
                 Some(k) if k != want => {
