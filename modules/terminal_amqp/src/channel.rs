@@ -158,6 +158,12 @@ impl Core {
         // Cancel first, so the released messages do not come back here.
         c.consumers.clear();
         c.get = None;
+        // Deliveries already on their way find no tag and go back to their
+        // queues (see `Core::noted`).
+        self.pending.retain(|_, p| {
+            !matches!(p, Pending::Consumer { channel, .. } | Pending::Get { channel, .. }
+                if *channel == ch)
+        });
         // Last first: each goes back to the front of its queue.
         for (_, u) in std::mem::take(&mut c.unacked).into_iter().rev() {
             self.shared.mark_requeued(u.id);

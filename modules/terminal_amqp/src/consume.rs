@@ -132,6 +132,12 @@ impl Core {
             } => {
                 let gone = self.channel(ch)?.consumers.remove(consumer_tag.as_str());
                 drop(gone);
+                // A delivery already on its way finds no tag and goes back
+                // to its queue (see `noted`).
+                self.pending.retain(|_, p| {
+                    !matches!(p, Pending::Consumer { channel, tag, .. }
+                        if *channel == ch && **tag == *consumer_tag)
+                });
                 if !no_wait {
                     self.send(io, ch, &Method::BasicCancelOk { consumer_tag });
                 }
