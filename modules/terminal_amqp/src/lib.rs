@@ -3,17 +3,17 @@
 //! HTTP and MQTT.
 //!
 //! The protocol core (modules `core`, `channel`, `queues`, `publish`,
-//! `consume`) runs on the
-//! shared connection driver ([`bindery_classes::connection`]); publishes go
-//! through the dispatcher like every other terminal's, consumers are driver
-//! subscriptions with credit.
+//! `consume`) runs on the shared connection driver
+//! ([`bindery_classes::connection`]); publishes go through the dispatcher
+//! like every other terminal's, consumers are driver subscriptions with
+//! credit.
 //!
 //! # AMQP onto Bindery
 //!
 //! | AMQP | Bindery |
 //! |---|---|
 //! | default exchange `""`, routing key `K` | the queue path `<queue_root>K` (`/queues/K`) |
-//! | `queue.declare Q` | checks a queue driver serves `/queues/Q`; counts from the driver's stats |
+//! | `queue.declare Q` | checks a queue driver serves `/queues/Q`; counts from the driver's stats; `basic.consume`/`get` of a queue neither declared nor known to the driver is 404 |
 //! | `queue.declare ""` | a server-named queue `amq.gen-…` under the queue root |
 //! | `exclusive` | only the declaring connection may use it; forgotten when it closes |
 //! | `amq.topic` and declared `topic` exchanges, key `a.b.c` | the topic path `<topic_root>a/b/c` (`/topics/a/b/c`): MQTT's `a/b/c` and HTTP SSE on `/topics/a/b/c` |
@@ -34,7 +34,8 @@
 //! Supported: protocol header and version check; `connection.start` with
 //! SASL `PLAIN` and `AMQPLAIN` accepting any user (an auth class will plug
 //! in); `tune` with `channel_max`, `frame_max` and `heartbeat` honoured both
-//! ways; the virtual host `/`; many channels; `channel.flow` (answered);
+//! ways; the virtual host `/`; many channels; `channel.flow` (answered,
+//! deliveries go on: prefetch is the flow control);
 //! connection and channel close handshakes both ways with the spec's reply
 //! codes (`404 NOT_FOUND`, `403 ACCESS_REFUSED`, `405 RESOURCE_LOCKED`,
 //! `406 PRECONDITION_FAILED`, `501 FRAME_ERROR`, `502 SYNTAX_ERROR`,
@@ -49,11 +50,13 @@
 //!
 //! Not supported: `tx` (540); `headers` exchanges (540), `exchange.bind`;
 //! `#` anywhere but as a binding key's last word (540); `immediate` (540,
-//! as RabbitMQ);
-//! `queue.purge` (540: the driver contract has no purge); `queue.delete`
-//! forgets the declaration and its bindings but cannot remove messages
-//! (the driver contract has no delete) and answers with the depth it saw;
-//! `auto_delete` likewise only forgets; topic bindings live as long as the
+//! as RabbitMQ); `queue.purge` (540: the driver contract has no purge);
+//! `queue.delete` forgets the declaration and its bindings and cancels this
+//! connection's consumers of it, but cannot remove messages (the driver
+//! contract has no delete) and answers with the depth it saw; so a
+//! server-named or exclusive queue stays in its driver after its connection
+//! ends (and counts against the memory queue's `max_queues`);
+//! `auto_delete` is accepted and ignored; topic bindings live as long as the
 //! connection that made them, direct and fanout bindings until unbound, the
 //! queue deleted or its exclusive owner gone; no binding or declared
 //! exchange survives a restart (exchanges are never durable);
