@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::methods::{self, Method};
 use crate::wire::{self, ContentHeader, Properties, Value};
 
-fn every_method() -> Vec<Method> {
+pub(crate) fn every_method() -> Vec<Method> {
     use Method::*;
     let s = |v: &str| v.to_owned();
     let table = vec![

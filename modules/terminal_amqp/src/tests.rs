@@ -663,6 +663,27 @@ proptest! {
         prop_assert_eq!(&out[4], &In::M(3, Method::QueueDeclareOk { queue: "split".into(), message_count: 0, consumer_count: 0 }));
     }
 
+    /// Any sequence of well-formed methods (and publishes) on any
+    /// channels is answered or refused; never a panic.
+    #[test]
+    fn any_sequence_of_methods_never_panics(
+        steps in proptest::collection::vec((0usize..2000, 0u16..4, any::<bool>()), 1..40)
+    ) {
+        let all = crate::codec_tests::every_method();
+        let mut p = open(&shared());
+        for (i, ch, content) in steps {
+            let m = &all[i % all.len()];
+            p.send(&method(ch, m));
+            if content {
+                p.send(&publish(ch, "", "fuzz", b"x", true));
+            }
+        }
+        p.settle(Duration::from_millis(5));
+        p.advance(Duration::from_secs(3));
+        let _ = p.output();
+        let _ = p.flow();
+    }
+
     /// After the handshake, whatever arrives is handled or refused by
     /// closing; never a panic.
     #[test]
