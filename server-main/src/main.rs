@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
     let linked = bindery::modules![
         terminal_http,
         terminal_mqtt,
+        terminal_amqp,
         terminal_manage,
         route_exec,
         worker_exec,

@@ -106,6 +106,7 @@ fn main() -> std::process::ExitCode {
     static LISTED: &[&ModuleDescriptor] = &[
         &terminal_http::MODULE,
         &terminal_mqtt::MODULE,
+        &terminal_amqp::MODULE,
         &terminal_manage::MODULE,
         &dispatcher_fast::MODULE,
         &driver_memqueue::MODULE,

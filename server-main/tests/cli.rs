@@ -33,7 +33,7 @@ fn the_embedded_default_configuration_checks() {
     let (code, out, err) = bindery(&["--check-config"], None);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("<embedded default>: configuration OK (10 instances)"),
+        out.contains("<embedded default>: configuration OK (11 instances)"),
         "{out}"
     );
 }
@@ -112,7 +112,7 @@ fn log_lines_to_a_file_carry_no_colour_codes() {
 
 const LINKED: &str = "auth.allow, auth.file, dispatcher.fast, driver.filequeue, driver.memqueue, driver.redisqueue, \
                       driver.redistopic, driver.topic, parser.json, parser.octets, parser.text, route.exec, \
-                      terminal.http, terminal.manage, terminal.mqtt, worker.exec";
+                      terminal.amqp, terminal.http, terminal.manage, terminal.mqtt, worker.exec";
 
 #[test]
 fn mistakes_are_said_once_with_the_closest_name_suggested() {

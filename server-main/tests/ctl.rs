@@ -193,7 +193,7 @@ fn the_api_is_served_on_a_unix_socket_too() {
         String::from_utf8_lossy(&out.stderr)
     );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 10);
+    assert_eq!(list.as_array().unwrap().len(), 11);
     let out = Command::new(env!("CARGO_BIN_EXE_bindery"))
         .args(["ctl", "--unix-socket"])
         .arg(&socket)

@@ -11,6 +11,7 @@ fn every_listed_module_crate_is_registered() {
     let linked = bindery::modules![
         terminal_http,
         terminal_mqtt,
+        terminal_amqp,
         terminal_manage,
         dispatcher_fast,
         driver_memqueue,
@@ -40,6 +41,7 @@ fn every_listed_module_crate_is_registered() {
         ("parser.octets", "parser_octets"),
         ("parser.text", "parser_text"),
         ("route.exec", "route_exec"),
+        ("terminal.amqp", "terminal_amqp"),
         ("terminal.http", "terminal_http"),
         ("terminal.manage", "terminal_manage"),
         ("terminal.mqtt", "terminal_mqtt"),
@@ -91,6 +93,7 @@ fn the_server_binary_lists_its_modules_without_starting() {
             "parser.octets",
             "parser.text",
             "route.exec",
+            "terminal.amqp",
             "terminal.http",
             "terminal.manage",
             "terminal.mqtt",

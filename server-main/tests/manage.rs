@@ -380,7 +380,7 @@ fn bad_requests_get_errors_that_say_what_is_wrong() {
             .as_array()
             .unwrap()
             .len(),
-        10
+        11
     );
     assert!(s.healthy());
 }
@@ -509,7 +509,7 @@ fn the_configuration_is_read_and_replaced_as_a_difference() {
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("configuration OK (10 instances)"),
+        String::from_utf8_lossy(&out.stdout).contains("configuration OK (11 instances)"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

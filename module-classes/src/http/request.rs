@@ -44,7 +44,11 @@ pub struct Request {
 }
 
 /// What the buffer holds.
+///
+/// `Done` carries the request by value: it is matched at once, once per
+/// request, and boxing it would cost an allocation per request.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     /// Not a whole request yet. `expect_continue`: the head is complete and
     /// the client waits for `100 Continue` before it sends the body.

@@ -1,4 +1,5 @@
-//! `bindery-bench`: load for MQTT 3.1.1 brokers — Bindery or any other.
+//! `bindery-bench`: load for MQTT 3.1.1 and AMQP 0-9-1 brokers — Bindery
+//! or any other.
 //!
 //! Scenarios, each bounded in messages and in time:
 //! - `throughput`: one publisher, one subscriber (1 -> 1);
@@ -13,6 +14,10 @@
 //!   publish at a time (`--rounds`), with percentiles. Against a topic root
 //!   mapped to a queue, this is a driver's publish+confirm path (see
 //!   `scripts/bench-isolation`). Not part of `all`.
+//! - `amqp`: AMQP 0-9-1 over one queue (`--broker` is then the AMQP
+//!   address): 1 -> 1 with a consumer prefetching `--prefetch`, without and
+//!   with publisher confirms (`--window` unconfirmed), then ping-pong
+//!   latency (`--rounds`). Not part of `all`.
 //!
 //! ```sh
 //! bindery-bench --broker 127.0.0.1:1883 all --json out.json --svg out.svg
@@ -25,6 +30,8 @@
 //! Longer than most files here: every load scenario over the same clients
 //! and timing; each scenario is a short function.
 
+mod amqp;
+mod amqp_load;
 mod mqtt;
 
 use std::net::SocketAddr;
@@ -45,7 +52,7 @@ use mqtt::{Conn, Incoming};
     version,
     about = "MQTT load: throughput, fan-out, fan-in, latency"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// The broker's MQTT address.
     #[arg(long, global = true, default_value = "127.0.0.1:1883")]
     broker: SocketAddr,
@@ -70,6 +77,9 @@ struct Cli {
     /// Publishes in flight at once (confirm).
     #[arg(long, global = true, default_value_t = 1000)]
     window: u64,
+    /// Unacknowledged deliveries per AMQP consumer (`basic.qos`).
+    #[arg(long, global = true, default_value_t = 100)]
+    prefetch: u16,
     /// Seconds a run may take at most.
     #[arg(long, global = true, default_value_t = 60)]
     timeout: u64,
@@ -97,12 +107,15 @@ enum Scenario {
     Latency,
     /// Publish+confirm (QoS 1) rate and PUBACK latency, no subscriber.
     Confirm,
-    /// All five.
+    /// AMQP 0-9-1: 1 -> 1 over a queue without and with confirms, then
+    /// latency.
+    Amqp,
+    /// All five MQTT scenarios.
     All,
 }
 
 #[derive(Serialize, Debug, Default)]
-struct Outcome {
+pub(crate) struct Outcome {
     broker: String,
     scenario: String,
     qos: u8,
@@ -521,20 +534,37 @@ fn main() -> anyhow::Result<()> {
         s => vec![s],
     };
     let mut results = Vec::new();
+    let mut outcomes = Vec::new();
     for s in scenarios {
-        let r = match s {
+        if let Scenario::Amqp = s {
+            outcomes.push(amqp_load::flow(&cli, false)?);
+            outcomes.push(amqp_load::flow(&cli, true)?);
+            outcomes.push(amqp_load::latency(&cli)?);
+            continue;
+        }
+        outcomes.push(match s {
             Scenario::Throughput => flow(&cli, "throughput", 1, 1, 0)?,
             Scenario::Fanout => flow(&cli, "fanout", 1, cli.clients, 0)?,
             Scenario::Fanin => flow(&cli, "fanin", cli.clients, 1, 0)?,
             Scenario::Stalled => flow(&cli, "stalled", 1, cli.clients, 1)?,
             Scenario::Latency => latency(&cli)?,
             Scenario::Confirm => confirm(&cli)?,
-            Scenario::All => unreachable!("expanded above"),
-        };
+            Scenario::Amqp | Scenario::All => unreachable!("expanded above"),
+        });
+    }
+    for r in outcomes {
         match (r.p50_us, r.p99_us) {
             (Some(p50), Some(p99)) if r.scenario == "confirm" => println!(
                 "{:<10} {:<10} qos 1 {:>6} B  {:>10.0} confirms/s  ({} of {} in {:.2} s)  one at a time: p50 {p50} us  p99 {p99} us",
                 r.broker, r.scenario, r.size, r.rate, r.received, r.published, r.seconds
+            ),
+            (Some(p50), Some(p99)) if r.scenario == "amqp-latency" => println!(
+                "{:<10} {:<12} {:>6} B  {:>10.0} round trips/s  p50 {p50} us  p99 {p99} us  max {} us",
+                r.broker,
+                r.scenario,
+                r.size,
+                r.rate,
+                r.max_us.unwrap_or(0)
             ),
             (Some(p50), Some(p99)) => println!(
                 "{:<10} {:<10} qos {} {:>6} B  {:>10.0} round trips/s  p50 {p50} us  p99 {p99} us  max {} us  lost {}",

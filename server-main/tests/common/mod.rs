@@ -18,7 +18,8 @@ pub fn config(extra: &str) -> String {
         // Another loopback address: two terminals on "127.0.0.1:0" would be
         // one key in the terminal table.
         .replace("127.0.0.1:1883", "127.0.0.2:0")
-        .replace("127.0.0.1:8081", "127.0.0.3:0");
+        .replace("127.0.0.1:8081", "127.0.0.3:0")
+        .replace("127.0.0.1:5672", "127.0.0.7:0");
     format!("{base}\n{extra}")
 }
 

@@ -1,0 +1,387 @@
+//! Channels: open, close (both ways), and the dispatch of a channel's
+//! methods. Part of the protocol core ([`crate::core`]); exchanges, queues
+//! and bindings are in [`crate::queues`], publishing in [`crate::publish`],
+//! consuming in [`crate::consume`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bindery_classes::connection::Io;
+use bindery_classes::driver::DriverHandle;
+use bindery_classes::{MessageId, Subscription};
+use bytes::Bytes;
+
+use crate::core::{Core, Refusal, code, hard, soft};
+use crate::methods::Method;
+use crate::queues::stats;
+use crate::wire::ContentHeader;
+
+/// A message taken from a queue and not yet settled.
+pub(crate) struct Unacked {
+    /// The consumer it went to (`None`: `basic.get`).
+    pub(crate) consumer: Option<Arc<str>>,
+    pub(crate) driver: DriverHandle,
+    pub(crate) path: Arc<str>,
+    pub(crate) id: MessageId,
+}
+
+/// A consumer on a channel.
+pub(crate) struct Consuming {
+    /// The queue's path.
+    pub(crate) path: Arc<str>,
+    pub(crate) sub: Subscription,
+    pub(crate) no_ack: bool,
+    /// Credit earned (messages written, for `no_ack`) and not yet given.
+    pub(crate) owed: u32,
+}
+
+/// A `basic.get` waiting for its message.
+pub(crate) struct Getting {
+    pub(crate) tag: u64,
+    pub(crate) sub: Option<Subscription>,
+    pub(crate) until: std::time::Instant,
+    pub(crate) no_ack: bool,
+}
+
+/// A `basic.publish` whose content is arriving.
+pub(crate) struct Incoming {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) mandatory: bool,
+    /// The destinations; none: nothing routes this key.
+    pub(crate) paths: Vec<String>,
+    /// Whether the exchange and routing key go with the message as
+    /// headers (an exchange other than the default one).
+    pub(crate) via: bool,
+    pub(crate) topic: bool,
+    pub(crate) header: Option<ContentHeader>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// One channel's state.
+#[derive(Default)]
+pub(crate) struct Channel {
+    /// The server sent `channel.close` and waits for `close-ok`.
+    pub(crate) closing: bool,
+    pub(crate) incoming: Option<Incoming>,
+    pub(crate) confirm: bool,
+    pub(crate) published: u64,
+    pub(crate) prefetch: u16,
+    pub(crate) next_delivery: u64,
+    pub(crate) unacked: BTreeMap<u64, Unacked>,
+    pub(crate) consumers: HashMap<Arc<str>, Consuming>,
+    pub(crate) get: Option<Getting>,
+    pub(crate) next_consumer: u32,
+}
+
+/// What a note tag stands for.
+pub(crate) enum Pending {
+    /// A publish's outcome, for a confirm or a `basic.return`.
+    Publish(Box<Published>),
+    /// Deliveries to a consumer.
+    Consumer {
+        channel: u16,
+        tag: Arc<str>,
+        driver: DriverHandle,
+    },
+    /// The delivery of a `basic.get`.
+    Get { channel: u16, driver: DriverHandle },
+    /// Topic messages for a queue (`queue.bind`).
+    Bridge { queue: Arc<str> },
+}
+
+/// A publish waiting for its driver.
+pub(crate) struct Published {
+    pub(crate) channel: u16,
+    pub(crate) confirm: Option<u64>,
+    pub(crate) mandatory: bool,
+    pub(crate) topic: bool,
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) header: ContentHeader,
+    pub(crate) body: Bytes,
+}
+
+/// A topic subscription feeding a queue.
+pub(crate) struct Binding {
+    pub(crate) queue: String,
+    pub(crate) exchange: String,
+    pub(crate) key: String,
+    pub(crate) sub: Subscription,
+}
+
+/// Whether `name` can be a queue: a path segment of its own.
+pub(crate) fn queue_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && !name.contains('/') && name != "." && name != ".."
+}
+
+impl Core {
+    /// A channel exception: `channel.close`, the channel's resources
+    /// released; frames other than close and close-ok are ignored until
+    /// the client's `close-ok`.
+    pub(crate) fn channel_fail(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: u16,
+        code: u16,
+        text: &str,
+        on: (u16, u16),
+    ) {
+        self.shared.stats.channel_errors.inc();
+        tracing::debug!(instance = %self.shared.instance, peer = %self.peer, channel = ch, code, "closing the channel: {text}");
+        self.send(
+            io,
+            ch,
+            &Method::ChannelClose {
+                code,
+                text: text.to_owned(),
+                class: on.0,
+                method: on.1,
+            },
+        );
+        self.teardown(ch);
+        self.channels.insert(
+            ch,
+            Channel {
+                closing: true,
+                ..Channel::default()
+            },
+        );
+    }
+
+    /// Releases what a channel holds: consumers cancelled, unacked
+    /// messages back to their queues.
+    pub(crate) fn teardown(&mut self, ch: u16) {
+        let Some(mut c) = self.channels.remove(&ch) else {
+            return;
+        };
+        // Cancel first, so the released messages do not come back here.
+        c.consumers.clear();
+        c.get = None;
+        // Deliveries already on their way find no tag and go back to their
+        // queues (see `Core::noted`).
+        self.pending.retain(|_, p| {
+            !matches!(p, Pending::Consumer { channel, .. } | Pending::Get { channel, .. }
+                if *channel == ch)
+        });
+        // Last first: each goes back to the front of its queue.
+        for (_, u) in std::mem::take(&mut c.unacked).into_iter().rev() {
+            self.shared.mark_requeued(u.id);
+            let _ = u.driver.release(&u.path, u.id);
+        }
+    }
+
+    pub(crate) fn channel(&mut self, ch: u16) -> Result<&mut Channel, Refusal> {
+        self.channels.get_mut(&ch).ok_or_else(|| {
+            hard(
+                code::CHANNEL_ERROR,
+                format!("CHANNEL_ERROR - channel {ch} is not open"),
+            )
+        })
+    }
+
+    /// A method on channel `ch`.
+    pub(crate) fn channel_method(
+        &mut self,
+        io: &mut Io<'_>,
+        ch: u16,
+        m: Method,
+    ) -> Result<(), Refusal> {
+        match self.channels.get(&ch) {
+            None => {
+                return match m {
+                    Method::ChannelOpen => {
+                        self.channels.insert(ch, Channel::default());
+                        self.send(io, ch, &Method::ChannelOpenOk);
+                        Ok(())
+                    }
+                    // A close-ok for a channel torn down already.
+                    Method::ChannelCloseOk => Ok(()),
+                    m => Err(hard(
+                        code::CHANNEL_ERROR,
+                        format!(
+                            "CHANNEL_ERROR - {} on channel {ch}, which is not open",
+                            m.name()
+                        ),
+                    )),
+                };
+            }
+            Some(c) if c.closing => {
+                match m {
+                    Method::ChannelCloseOk => {
+                        self.channels.remove(&ch);
+                    }
+                    Method::ChannelClose { .. } => {
+                        self.send(io, ch, &Method::ChannelCloseOk);
+                        self.channels.remove(&ch);
+                    }
+                    _ => {}
+                }
+                return Ok(());
+            }
+            Some(c) if c.incoming.is_some() => {
+                return Err(hard(
+                    code::UNEXPECTED_FRAME,
+                    format!(
+                        "UNEXPECTED_FRAME - {} on channel {ch} while content was expected",
+                        m.name()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        match m {
+            Method::ChannelOpen => Err(hard(
+                code::CHANNEL_ERROR,
+                format!("CHANNEL_ERROR - channel {ch} is open already"),
+            )),
+            Method::ChannelClose { .. } => {
+                self.teardown(ch);
+                self.send(io, ch, &Method::ChannelCloseOk);
+                Ok(())
+            }
+            Method::ChannelCloseOk => Ok(()),
+            Method::ChannelFlow { active } => {
+                self.send(io, ch, &Method::ChannelFlowOk { active });
+                Ok(())
+            }
+            Method::ExchangeDeclare {
+                exchange,
+                kind,
+                passive,
+                no_wait,
+                ..
+            } => self.exchange_declare(io, ch, exchange, kind, passive, no_wait),
+            Method::ExchangeDelete {
+                exchange, no_wait, ..
+            } => {
+                if exchange.starts_with("amq.") || exchange.is_empty() {
+                    return Err(soft(
+                        code::ACCESS_REFUSED,
+                        format!("ACCESS_REFUSED - exchange {exchange:?} cannot be deleted"),
+                    ));
+                }
+                self.shared.exchanges.lock().remove(&exchange);
+                self.shared.routes.lock().remove(&exchange);
+                if !no_wait {
+                    self.send(io, ch, &Method::ExchangeDeleteOk);
+                }
+                Ok(())
+            }
+            Method::QueueDeclare {
+                queue,
+                passive,
+                exclusive,
+                no_wait,
+                ..
+            } => self.queue_declare(io, ch, queue, passive, exclusive, no_wait),
+            Method::QueueBind {
+                queue,
+                exchange,
+                routing_key,
+                no_wait,
+                ..
+            } => {
+                self.queue_bind(io, ch, queue, exchange, routing_key)?;
+                if !no_wait {
+                    self.send(io, ch, &Method::QueueBindOk);
+                }
+                Ok(())
+            }
+            Method::QueueUnbind {
+                queue,
+                exchange,
+                routing_key,
+                ..
+            } => {
+                self.bindings.retain(|b| {
+                    !(b.queue == queue && b.exchange == exchange && b.key == routing_key)
+                });
+                if let Some(bound) = self.shared.routes.lock().get_mut(&exchange) {
+                    bound.retain(|(k, q)| !(*q == queue && *k == routing_key));
+                }
+                self.send(io, ch, &Method::QueueUnbindOk);
+                Ok(())
+            }
+            Method::QueuePurge { queue, .. } => Err(soft(
+                code::NOT_IMPLEMENTED,
+                format!(
+                    "NOT_IMPLEMENTED - queue.purge of {queue:?}: the queue driver has no purge"
+                ),
+            )),
+            Method::QueueDelete { queue, no_wait, .. } => {
+                let (driver, path) = self.queue(&queue, false)?;
+                let depth = stats(&driver, &path).0;
+                self.shared.queues.lock().remove(&queue);
+                self.shared.unroute(&queue);
+                self.bindings.retain(|b| b.queue != queue);
+                // This connection's consumers of the queue are cancelled,
+                // and told so.
+                for (c, chan) in self.channels.iter_mut() {
+                    let gone: Vec<Arc<str>> = chan
+                        .consumers
+                        .iter()
+                        .filter(|(_, c)| c.path == path)
+                        .map(|(t, _)| t.clone())
+                        .collect();
+                    for tag in gone {
+                        chan.consumers.remove(&tag);
+                        crate::wire::put_frame(io.out(), crate::wire::METHOD, *c, |out| {
+                            crate::methods::encode(
+                                out,
+                                &Method::BasicCancel {
+                                    consumer_tag: tag.to_string(),
+                                    no_wait: true,
+                                },
+                            )
+                        });
+                    }
+                }
+                if !no_wait {
+                    self.send(
+                        io,
+                        ch,
+                        &Method::QueueDeleteOk {
+                            message_count: depth,
+                        },
+                    );
+                }
+                Ok(())
+            }
+            Method::BasicPublish {
+                exchange,
+                routing_key,
+                mandatory,
+                immediate,
+            } => self.publish(ch, exchange, routing_key, mandatory, immediate),
+            Method::ConfirmSelect { no_wait } => {
+                self.channel(ch)?.confirm = true;
+                if !no_wait {
+                    self.send(io, ch, &Method::ConfirmSelectOk);
+                }
+                Ok(())
+            }
+            m @ (Method::BasicQos { .. }
+            | Method::BasicConsume { .. }
+            | Method::BasicCancel { .. }
+            | Method::BasicGet { .. }
+            | Method::BasicAck { .. }
+            | Method::BasicNack { .. }
+            | Method::BasicReject { .. }
+            | Method::BasicRecover { .. }
+            | Method::BasicRecoverAsync { .. }) => self.consume_method(io, ch, m),
+            Method::Other { class: 90, .. } => Err(hard(
+                code::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - transactions (tx) are not supported; use publisher confirms",
+            )),
+            m @ Method::Other { .. } => Err(hard(
+                code::NOT_IMPLEMENTED,
+                format!("NOT_IMPLEMENTED - {} is not supported", m.name()),
+            )),
+            m => Err(hard(
+                code::COMMAND_INVALID,
+                format!("COMMAND_INVALID - a client may not send {}", m.name()),
+            )),
+        }
+    }
+}
