@@ -25,6 +25,18 @@ pub(crate) struct Unacked {
     pub(crate) id: MessageId,
 }
 
+impl Unacked {
+    /// Gives it back to the front of its queue, its delivery counted (so
+    /// the next delivery is `redelivered` on any node); a driver that
+    /// cannot count hands it back uncounted and this terminal remembers.
+    pub(crate) fn give_back(&self, shared: &crate::Shared) {
+        if self.driver.retry(&self.path, self.id).is_err() {
+            shared.mark_requeued(self.id);
+            let _ = self.driver.release(&self.path, self.id);
+        }
+    }
+}
+
 /// A consumer on a channel.
 pub(crate) struct Consuming {
     /// The queue's path.
@@ -166,8 +178,7 @@ impl Core {
         });
         // Last first: each goes back to the front of its queue.
         for (_, u) in std::mem::take(&mut c.unacked).into_iter().rev() {
-            self.shared.mark_requeued(u.id);
-            let _ = u.driver.release(&u.path, u.id);
+            u.give_back(&self.shared);
         }
     }
 

@@ -256,8 +256,7 @@ impl Core {
         for u in settled {
             match how {
                 Settle::Requeue => {
-                    self.shared.mark_requeued(u.id);
-                    let _ = u.driver.release(&u.path, u.id);
+                    u.give_back(&self.shared);
                 }
                 Settle::Ack | Settle::Discard => {
                     u.driver.ack(&u.path, u.id, Completion::new(|_| {}))

@@ -24,7 +24,7 @@
 //! | `basic.consume` with `basic.qos` prefetch N | a subscription with credit N (credit back per ack); prefetch 0: `max_unacked` |
 //! | `basic.get` | a subscription with credit 1, cancelled after one message or none |
 //! | `basic.ack` / `nack`/`reject` without requeue | driver ack |
-//! | `nack`/`reject` with requeue, channel or connection closed with unacked messages, `basic.recover` | driver release (delivered again at once, `redelivered` set) |
+//! | `nack`/`reject` with requeue, channel or connection closed with unacked messages, `basic.recover` | driver retry: given back at once with its delivery counted, so it comes back `redelivered` on any node (release, remembered here, where a driver cannot count) |
 //! | `redelivered` | the message's delivery count is over 1, or this terminal requeued it |
 //! | `confirm.select` | `basic.ack` once the driver's completion says the message is kept; `basic.nack` when the driver or parser refuses it |
 //! | `mandatory` | `basic.return 312 NO_ROUTE` when no driver serves the path or a topic had no subscriber |
