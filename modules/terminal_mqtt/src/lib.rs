@@ -60,6 +60,8 @@ mod core;
 mod guard;
 #[cfg(test)]
 mod guard_tests;
+mod persist;
+mod restore;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -111,6 +113,13 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// Time allowed between connecting and sending CONNECT.
     pub connect_timeout_secs: u64,
+    /// Where the terminal keeps its state (retained messages, persistent
+    /// sessions, their queued QoS 1 and 2 messages): a path prefix served
+    /// by a durable queue driver (`"/durable/mqtt/"`); none: in memory.
+    pub persistence: Option<String>,
+    /// A persistent session no client has had for this long ends, with
+    /// its subscriptions and queued messages (0: never).
+    pub session_expiry_secs: u64,
 }
 
 impl Default for Config {
@@ -126,6 +135,8 @@ impl Default for Config {
             max_connections_per_address: 0,
             tls: None,
             connect_timeout_secs: 10,
+            persistence: None,
+            session_expiry_secs: 7 * 86_400,
         }
     }
 }
@@ -140,6 +151,18 @@ fn module_main(
         }
         if !config.topic_root.ends_with('/') {
             config.topic_root.push('/');
+        }
+        if let Some(p) = &mut config.persistence {
+            if !p.starts_with('/') {
+                return Err(format!(
+                    "instance {:?}: persistence must be a path prefix starting with '/'",
+                    cx.name()
+                )
+                .into());
+            }
+            if !p.ends_with('/') {
+                p.push('/');
+            }
         }
         let stats = Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name())));
         let instance = cx.name().to_owned();
@@ -157,9 +180,26 @@ fn module_main(
                     .as_deref()
                     .map(|name| bindery_classes::auth::Bound::require(rt, name))
                     .transpose()?;
+                let store = match &config.persistence {
+                    None => None,
+                    Some(prefix) => {
+                        let driver = bindery_classes::driver::lookup(rt, prefix).ok_or_else(|| {
+                            format!("instance {instance:?}: persistence {prefix:?}: no driver is bound there")
+                        })?;
+                        Some(Arc::new(
+                            persist::Store::new(driver, prefix)
+                                .map_err(|e| format!("instance {instance:?}: {e}"))?,
+                        ))
+                    }
+                };
                 let mut shared = Shared::new(&instance, config, dispatcher, stats);
                 shared.auth = auth;
-                Ok(MqttCores(Arc::new(shared)))
+                shared.store = store;
+                let shared = Arc::new(shared);
+                shared
+                    .load()
+                    .map_err(|e| format!("instance {instance:?}: {e}"))?;
+                Ok(MqttCores(shared))
             }),
         })
     });
@@ -214,6 +254,13 @@ pub(crate) struct Shared {
     pub(crate) qos_headers: [Arc<[bindery_classes::message::Header]>; 3],
     /// `application/octet-stream`, shared likewise.
     pub(crate) octets: Arc<str>,
+    /// The topic root, shared.
+    pub(crate) root: Arc<str>,
+    /// The durable store, with persistence.
+    pub(crate) store: Option<Arc<persist::Store>>,
+    /// Set once the server stops: sessions ending then are not forgotten
+    /// in the store.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -223,8 +270,12 @@ impl Shared {
         dispatcher: DispatcherHandle,
         stats: Arc<Stats>,
     ) -> Shared {
+        let via = config.persistence.is_some();
         Shared {
             instance: instance.to_owned(),
+            root: config.topic_root.as_str().into(),
+            store: None,
+            stopping: Default::default(),
             config,
             dispatcher,
             auth: None,
@@ -232,7 +283,12 @@ impl Shared {
             sessions: session::Sessions::default(),
             retained: Mutex::new(Default::default()),
             qos_headers: [0, 1, 2].map(|q: u8| -> Arc<[bindery_classes::message::Header]> {
-                Arc::new([(traffic::QOS_HEADER.into(), q.to_string().into())])
+                let mut h: Vec<bindery_classes::message::Header> =
+                    vec![(traffic::QOS_HEADER.into(), q.to_string().into())];
+                if via {
+                    h.push((persist::VIA.into(), instance.into()));
+                }
+                h.into()
             }),
             octets: "application/octet-stream".into(),
         }

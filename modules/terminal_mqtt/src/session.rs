@@ -8,7 +8,8 @@
 //! connection is woken by a note when the queue goes from empty to not.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use std::sync::{Arc, Weak};
 
 use bindery::Note;
@@ -83,6 +84,9 @@ pub(crate) struct Queued {
     pub(crate) message: Message,
     pub(crate) filter: Arc<str>,
     pub(crate) retain: bool,
+    /// Taken from the session's durable queue ([`crate::persist`]): acked
+    /// there once the client has it.
+    pub(crate) stored: bool,
 }
 
 /// Where an outgoing QoS 1 or 2 message stands.
@@ -99,6 +103,8 @@ pub(crate) struct Inflight {
     pub(crate) message: Message,
     pub(crate) qos: QoS,
     pub(crate) stage: Stage,
+    /// From the session's durable queue, not yet acked there.
+    pub(crate) stored: bool,
 }
 
 /// A subscription: its granted QoS and the driver's handle.
@@ -121,6 +127,10 @@ pub(crate) struct State {
     pub(crate) ended: Option<String>,
     /// The user who made the session (with auth): only they resume it.
     pub(crate) owner: Option<Arc<str>>,
+    /// The subscription to the session's durable queue, with persistence.
+    pub(crate) store_sub: Option<Subscription>,
+    /// Since when no connection has had the session (for expiry).
+    pub(crate) detached_at: Option<Instant>,
 }
 
 impl State {
@@ -141,7 +151,12 @@ pub(crate) struct Session {
     pub(crate) clean: bool,
     pub(crate) state: Mutex<State>,
     max_queued: usize,
-    dropped: Counter,
+    pub(crate) dropped: Counter,
+    /// The durable queue of this persistent session's QoS 1 and 2
+    /// messages, with persistence ([`crate::persist`]).
+    pub(crate) queue_path: Option<String>,
+    /// Messages stored (or being stored) in that queue and not yet acked.
+    pub(crate) pending: AtomicUsize,
 }
 
 impl Session {
@@ -150,6 +165,7 @@ impl Session {
         clean: bool,
         max_queued: usize,
         dropped: Counter,
+        queue_path: Option<String>,
     ) -> Arc<Session> {
         Arc::new(Session {
             client_id,
@@ -157,20 +173,59 @@ impl Session {
             state: Mutex::new(State::default()),
             max_queued,
             dropped,
+            queue_path: queue_path.filter(|_| !clean),
+            pending: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether a message at `qos` to `topic` goes to this session's
+    /// durable queue: the session has one, and a subscription matching
+    /// `topic` was granted QoS 1 or 2. Returns the QoS it is stored at.
+    pub(crate) fn stores(&self, topic: &str, qos: QoS) -> Option<QoS> {
+        self.queue_path.as_ref()?;
+        if qos == 0 {
+            return None;
+        }
+        let st = self.state.lock();
+        let granted = st
+            .subs
+            .iter()
+            .filter(|(f, _)| bindery_classes::topic::matches(f, topic))
+            .map(|(_, s)| s.qos)
+            .max()?;
+        Some(granted.min(qos)).filter(|&q| q > 0)
     }
 
     /// A consumer that delivers into this session for `filter`, named
     /// after the client for the drivers' log lines.
-    pub(crate) fn consumer(self: &Arc<Session>, filter: Arc<str>, instance: &str) -> Consumer {
+    /// With persistence, a message this instance's MQTT publishers sent
+    /// (header `via`) that the session stores is skipped here: the
+    /// publisher stored it in the session's durable queue already.
+    pub(crate) fn consumer(
+        self: &Arc<Session>,
+        filter: Arc<str>,
+        instance: &str,
+        root: &Arc<str>,
+    ) -> Consumer {
         let weak: Weak<Session> = Arc::downgrade(self);
         let name = format!("{instance}: mqtt client {:?}", self.client_id);
+        let (me, root) = (Arc::<str>::from(instance), root.clone());
         Consumer::new(move |d| match (weak.upgrade(), d) {
-            (Some(s), Delivery::Message(m)) => s.push(Queued {
-                message: m,
-                filter: filter.clone(),
-                retain: false,
-            }),
+            (Some(s), Delivery::Message(m)) => {
+                if s.queue_path.is_some() && crate::persist::header(&m, crate::persist::VIA) == Some(&*me) {
+                    let qos = crate::traffic::message_qos(&m);
+                    let topic = m.destination.strip_prefix(&*root).unwrap_or_default();
+                    if s.stores(topic, qos).is_some() {
+                        return;
+                    }
+                }
+                s.push(Queued {
+                    message: m,
+                    filter: filter.clone(),
+                    retain: false,
+                    stored: false,
+                })
+            }
             (Some(s), Delivery::Closed(why)) => s.end(why),
             (None, _) => {}
         })
@@ -198,7 +253,7 @@ impl Session {
     pub(crate) fn push(&self, q: Queued) {
         let wake = {
             let mut st = self.state.lock();
-            if st.queue.len() >= self.max_queued {
+            if !q.stored && st.queue.len() >= self.max_queued {
                 self.dropped.inc();
                 return;
             }
@@ -219,6 +274,7 @@ impl Session {
 #[derive(Default)]
 pub(crate) struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
+    last_sweep: Mutex<Option<Instant>>,
     next_conn: AtomicU64,
     next_anonymous: AtomicU64,
 }
@@ -238,7 +294,8 @@ impl Sessions {
     }
 
     /// Attaches a connection to `client_id`'s session, taking it over from
-    /// any other connection; returns the session and whether it existed.
+    /// any other connection; returns the session, whether it existed, and
+    /// the persistent session it replaced, if any (to be forgotten).
     pub(crate) fn attach(
         &self,
         client_id: &str,
@@ -246,7 +303,7 @@ impl Sessions {
         owner: Option<Arc<str>>,
         at: (Wake, u64),
         make: impl FnOnce() -> Arc<Session>,
-    ) -> (Arc<Session>, bool) {
+    ) -> (Arc<Session>, bool, Option<Arc<Session>>) {
         let mut map = self.map.lock();
         let existing = map.get(client_id).cloned();
         if let Some(old) = &existing {
@@ -255,35 +312,82 @@ impl Sessions {
                 Tag::TakenOver.send(&wake);
             }
         }
-        let (session, present) = match existing {
+        let (session, present, replaced) = match existing {
             Some(old)
                 if !clean
                     && !old.clean
                     && old.state.lock().ended.is_none()
                     && old.state.lock().owner == owner =>
             {
-                (old, true)
+                (old, true, None)
             }
-            _ => {
+            old => {
                 let s = make();
                 s.state.lock().owner = owner;
                 map.insert(client_id.to_owned(), s.clone());
-                (s, false)
+                (s, false, old.filter(|o| !o.clean))
             }
         };
-        session.state.lock().attached = Some(at);
-        (session, present)
+        {
+            let mut st = session.state.lock();
+            st.attached = Some(at);
+            st.detached_at = None;
+        }
+        (session, present, replaced)
+    }
+
+    /// Puts a session read back from the store in place, detached.
+    pub(crate) fn restore(&self, session: Arc<Session>) {
+        session.state.lock().detached_at = Some(Instant::now());
+        self.map.lock().insert(session.client_id.clone(), session);
+    }
+
+    /// Takes out the sessions nobody has had for `ttl`, at most once a
+    /// second (0: never).
+    pub(crate) fn expired(&self, ttl: u64) -> Vec<Arc<Session>> {
+        let now = Instant::now();
+        {
+            let mut last = self.last_sweep.lock();
+            if ttl == 0 || last.is_some_and(|l| now < l + Duration::from_secs(1)) {
+                return Vec::new();
+            }
+            *last = Some(now);
+        }
+        let ttl = Duration::from_secs(ttl);
+        let mut map = self.map.lock();
+        let gone: Vec<String> = map
+            .iter()
+            .filter(|(_, s)| {
+                let st = s.state.lock();
+                st.attached.is_none() && st.detached_at.is_some_and(|d| now >= d + ttl)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.iter().filter_map(|k| map.remove(k)).collect()
+    }
+
+    /// The sessions with a durable queue (persistence), for a publish to
+    /// find those it must store for.
+    pub(crate) fn persisted(&self) -> Vec<Arc<Session>> {
+        self.map
+            .lock()
+            .values()
+            .filter(|s| s.queue_path.is_some())
+            .cloned()
+            .collect()
     }
 
     /// Detaches connection `epoch`; a clean session ends with it, and so
-    /// does one a driver ended.
-    pub(crate) fn detach(&self, session: &Arc<Session>, epoch: u64) {
+    /// does one a driver ended. Returns whether a persistent session
+    /// ended (to be forgotten in the store).
+    pub(crate) fn detach(&self, session: &Arc<Session>, epoch: u64) -> bool {
         let mut map = self.map.lock();
         let (mine, ended) = {
             let mut st = session.state.lock();
             let mine = st.attached.as_ref().is_some_and(|a| a.1 == epoch);
             if mine {
                 st.attached = None;
+                st.detached_at = Some(Instant::now());
             }
             (mine, st.ended.is_some())
         };
@@ -298,6 +402,8 @@ impl Sessions {
             // Cancelling subscriptions takes driver locks: never under ours.
             let subs = std::mem::take(&mut session.state.lock().subs);
             drop(subs);
+            return !session.clean;
         }
+        false
     }
 }

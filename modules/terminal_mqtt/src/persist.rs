@@ -1,0 +1,387 @@
+//! Persistence (`persistence = "/durable/mqtt/"`): the terminal's state kept
+//! as messages in durable queues of the driver bound at that prefix, found
+//! in the binding table, so no file format lives here and the same state
+//! could live in any durable queue driver.
+//!
+//! - `PREFIX/retained`: one record per retained publish (header
+//!   `mqtt-topic`, the payload as body; an empty body clears).
+//! - `PREFIX/sessions`: one record per change of a persistent session
+//!   (header `mqtt-client`, optional `mqtt-owner`; body: its subscriptions,
+//!   each a QoS byte, a u16 length and the filter; header `mqtt-gone`: the
+//!   session ended).
+//! - `PREFIX/queue/CLIENT` (client id percent-encoded): the QoS 1 and 2
+//!   messages for one persistent session, acked once the client acks them
+//!   (PUBACK, or PUBREC at QoS 2).
+//!
+//! Records are latest-wins: the terminal holds every record leased (one
+//! subscription per records queue, long leases) and acks a record once a
+//! later one for the same topic or client is stored, so the queues hold
+//! about one record per retained topic and per session. At start both
+//! records queues are read to the end before the terminal listens.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bindery::{Completion, Failure, FailureKind};
+use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
+use bindery_classes::message::Header;
+use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
+use parking_lot::Mutex;
+
+/// Leases on stored records and queued messages: they stay with the
+/// terminal until it acks them (a restart gives them back).
+pub(crate) const LEASE: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// How long start waits for a records queue to be read.
+const LOAD_WAIT: Duration = Duration::from_secs(30);
+
+pub(crate) const TOPIC: &str = "mqtt-topic";
+pub(crate) const CLIENT: &str = "mqtt-client";
+pub(crate) const OWNER: &str = "mqtt-owner";
+pub(crate) const GONE: &str = "mqtt-gone";
+/// On messages an MQTT client of this instance published, with
+/// persistence: the instance's name.
+pub(crate) const VIA: &str = "mqtt-via";
+
+/// A header's value.
+pub(crate) fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
+    m.headers
+        .iter()
+        .find(|(k, _)| &**k == name)
+        .map(|(_, v)| &**v)
+}
+
+/// The durable store of one terminal instance.
+pub(crate) struct Store {
+    pub(crate) driver: DriverHandle,
+    pub(crate) prefix: String,
+    /// The live record per retained topic and per client id, with the
+    /// subscriptions that hold them leased.
+    retained: Records,
+    sessions: Records,
+}
+
+/// One records queue: its path, the live record per key, the lease holder.
+struct Records {
+    dest: String,
+    live: Mutex<HashMap<String, MessageId>>,
+    sub: Mutex<Option<Subscription>>,
+}
+
+impl Records {
+    fn new(dest: String) -> Records {
+        Records {
+            dest,
+            live: Mutex::default(),
+            sub: Mutex::default(),
+        }
+    }
+}
+
+impl Store {
+    /// The store at `prefix`, whose driver must keep durable queues.
+    pub(crate) fn new(driver: DriverHandle, prefix: &str) -> Result<Store, String> {
+        let info = driver.info();
+        if !info.queue || !info.durable {
+            return Err(format!(
+                "persistence {prefix:?}: the driver bound there does not keep durable queues"
+            ));
+        }
+        Ok(Store {
+            driver,
+            prefix: prefix.to_owned(),
+            retained: Records::new(format!("{prefix}retained")),
+            sessions: Records::new(format!("{prefix}sessions")),
+        })
+    }
+
+    /// The queue of `client`'s messages.
+    pub(crate) fn queue_path(&self, client: &str) -> String {
+        let mut p = format!("{}queue/", self.prefix);
+        for b in client.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+                p.push(b as char);
+            } else {
+                p.push_str(&format!("%{b:02X}"));
+            }
+        }
+        p
+    }
+
+    /// Every retained record, latest per topic, superseded ones acked.
+    pub(crate) fn load_retained(&self) -> Result<Vec<Message>, String> {
+        self.load(&self.retained, TOPIC)
+    }
+
+    /// Every session record, latest per client, superseded ones acked.
+    pub(crate) fn load_sessions(&self) -> Result<Vec<Message>, String> {
+        self.load(&self.sessions, CLIENT)
+    }
+
+    fn load(&self, records: &Records, key: &str) -> Result<Vec<Message>, String> {
+        let all = read_all(&self.driver, &records.dest, records)?;
+        let mut latest: HashMap<String, Message> = HashMap::new();
+        for m in all {
+            let Some(k) = header(&m, key).map(str::to_owned) else {
+                self.ack(&records.dest, m.id);
+                continue;
+            };
+            match latest.get(&k) {
+                Some(old) if old.id > m.id => self.ack(&records.dest, m.id),
+                _ => {
+                    if let Some(old) = latest.insert(k, m) {
+                        self.ack(&records.dest, old.id);
+                    }
+                }
+            }
+        }
+        let mut live = records.live.lock();
+        for (k, m) in &latest {
+            live.insert(k.clone(), m.id);
+        }
+        Ok(latest.into_values().collect())
+    }
+
+    fn ack(&self, dest: &str, id: MessageId) {
+        self.driver.ack(dest, id, Completion::new(|_| {}));
+    }
+
+    /// Acks `dest`'s message `id` (a queued message the client took).
+    pub(crate) fn ack_queued(&self, dest: &str, id: MessageId) {
+        self.ack(dest, id);
+    }
+
+    /// Stores a record keyed `key` in `records`; `done` completes once it
+    /// is stored, and the record it supersedes is then acked.
+    fn record(
+        self: &Arc<Self>,
+        which: fn(&Store) -> &Records,
+        key: &str,
+        headers: Vec<Header>,
+        body: bytes::Bytes,
+        done: Completion<Receipt>,
+    ) {
+        let records = which(self);
+        let mut m = Message::new(&records.dest, "application/octet-stream", body);
+        m.headers = headers.into();
+        let (me, key, id) = (self.clone(), key.to_owned(), m.id);
+        self.driver.publish(
+            m,
+            Completion::new(move |r: Result<Receipt, Failure>| {
+                if r.is_ok() {
+                    let records = which(&me);
+                    let stale = {
+                        let mut live = records.live.lock();
+                        match live.get(&key) {
+                            Some(&old) if old > id => Some(id),
+                            old => {
+                                let old = old.copied();
+                                live.insert(key, id);
+                                old
+                            }
+                        }
+                    };
+                    if let Some(stale) = stale {
+                        me.ack(&records.dest, stale);
+                    }
+                }
+                done.complete(r);
+            }),
+        );
+    }
+
+    /// Keeps `topic`'s retained message (an empty body clears it).
+    pub(crate) fn retain(self: &Arc<Self>, topic: &str, m: &Message, done: Completion<Receipt>) {
+        let qos = header(m, crate::traffic::QOS_HEADER).unwrap_or("1");
+        let headers = vec![
+            (TOPIC.into(), topic.into()),
+            (crate::traffic::QOS_HEADER.into(), qos.into()),
+        ];
+        self.record(|s| &s.retained, topic, headers, m.body.clone(), done);
+    }
+
+    /// Keeps `client`'s session: its owner and subscriptions, or that it
+    /// is gone (`subs` none).
+    pub(crate) fn session(
+        self: &Arc<Self>,
+        client: &str,
+        owner: Option<&str>,
+        subs: Option<Vec<(Arc<str>, u8)>>,
+    ) {
+        let mut headers: Vec<Header> = vec![(CLIENT.into(), client.into())];
+        if let Some(o) = owner {
+            headers.push((OWNER.into(), o.into()));
+        }
+        let mut body = Vec::new();
+        match subs {
+            None => headers.push((GONE.into(), "1".into())),
+            Some(subs) => {
+                for (filter, qos) in subs {
+                    let f = filter.as_bytes();
+                    let n = f.len().min(usize::from(u16::MAX));
+                    body.push(qos);
+                    body.extend_from_slice(&(n as u16).to_le_bytes());
+                    body.extend_from_slice(&f[..n]);
+                }
+            }
+        }
+        let client_owned = client.to_owned();
+        self.record(
+            |s| &s.sessions,
+            client,
+            headers,
+            body.into(),
+            Completion::new(move |r: Result<Receipt, Failure>| {
+                if let Err(f) = r {
+                    tracing::warn!(client = %client_owned, "session record not stored: {f}");
+                }
+            }),
+        );
+    }
+
+    /// Acks every message in `client`'s queue, on a thread of its own
+    /// (the session is gone).
+    pub(crate) fn purge(self: &Arc<Self>, client: &str) {
+        let (me, dest) = (self.clone(), self.queue_path(client));
+        let spawned = std::thread::Builder::new()
+            .name("bindery-mqtt-purge".into())
+            .spawn(move || {
+                let (consumer, rx) = Consumer::channel();
+                let options = SubscribeOptions {
+                    credit: 1024,
+                    lease: LEASE,
+                };
+                let Ok(sub) = me.driver.subscribe(&dest, consumer, options) else {
+                    return;
+                };
+                while let Ok(Delivery::Message(m)) = rx.recv_timeout(Duration::from_millis(500)) {
+                    me.ack(&dest, m.id);
+                    sub.credit(1);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a thread to empty a session's queue: {e}");
+        }
+    }
+}
+
+/// The subscriptions a session record holds.
+pub(crate) fn decode_subs(body: &[u8]) -> Vec<(String, u8)> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while rest.len() >= 3 {
+        let qos = rest[0].min(2);
+        let n = usize::from(u16::from_le_bytes([rest[1], rest[2]]));
+        let Some(f) = rest.get(3..3 + n) else { break };
+        if let Ok(f) = std::str::from_utf8(f) {
+            out.push((f.to_owned(), qos));
+        }
+        rest = &rest[3 + n..];
+    }
+    out
+}
+
+/// Reads every message waiting in `dest` (as many as the driver's
+/// counters say), keeping them leased to a subscription that `records`
+/// holds from then on, so later records are leased too and can be acked.
+fn read_all(driver: &DriverHandle, dest: &str, records: &Records) -> Result<Vec<Message>, String> {
+    let expected = driver
+        .stats()
+        .into_iter()
+        .find(|s| s.destination == dest)
+        .map_or(0, |s| s.depth + s.leased) as usize;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(Some(tx));
+    let tx = Arc::new(tx);
+    let feed = tx.clone();
+    let consumer = Consumer::new(move |d| {
+        if let (Delivery::Message(m), Some(tx)) = (d, feed.lock().as_ref()) {
+            let _ = tx.send(m);
+        }
+    })
+    .named(format!("mqtt state {dest}"));
+    let options = SubscribeOptions {
+        credit: u32::MAX / 2,
+        lease: LEASE,
+    };
+    let sub = driver
+        .subscribe(dest, consumer, options)
+        .map_err(|f| format!("cannot read {dest}: {f}"))?;
+    let mut got = Vec::new();
+    let until = std::time::Instant::now() + LOAD_WAIT;
+    while got.len() < expected {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(m) => got.push(m),
+            Err(_) => {
+                return Err(format!(
+                    "read {} of the {expected} records in {dest} in {LOAD_WAIT:?}",
+                    got.len()
+                ));
+            }
+        }
+    }
+    got.extend(rx.try_iter());
+    tx.lock().take();
+    *records.sub.lock() = Some(sub);
+    Ok(got)
+}
+
+/// Waits for several outcomes and completes `done` with the main one's
+/// receipt once all succeeded, or with the first failure.
+pub(crate) struct Join {
+    state: Mutex<JoinState>,
+}
+
+struct JoinState {
+    left: usize,
+    receipt: Option<Receipt>,
+    failure: Option<Failure>,
+    done: Option<Completion<Receipt>>,
+}
+
+impl Join {
+    /// A join of `parts` outcomes for `done`.
+    pub(crate) fn new(parts: usize, done: Completion<Receipt>) -> Arc<Join> {
+        Arc::new(Join {
+            state: Mutex::new(JoinState {
+                left: parts,
+                receipt: None,
+                failure: None,
+                done: Some(done),
+            }),
+        })
+    }
+
+    /// One part: `main` carries the receipt; a side part that fails with
+    /// `Full` is `tolerated` (a session's queue at its limit: dropped and
+    /// counted by the caller) rather than failing the whole.
+    pub(crate) fn part(self: &Arc<Self>, main: bool, tolerate_full: bool) -> Completion<Receipt> {
+        let me = self.clone();
+        Completion::new(move |r: Result<Receipt, Failure>| {
+            let mut st = me.state.lock();
+            match r {
+                Ok(receipt) if main => st.receipt = Some(receipt),
+                Ok(_) => {}
+                Err(f) if tolerate_full && f.kind == FailureKind::Full => {}
+                Err(f) => {
+                    st.failure.get_or_insert(f);
+                }
+            }
+            st.left -= 1;
+            if st.left > 0 {
+                return;
+            }
+            let done = st.done.take();
+            let outcome = match (st.failure.take(), st.receipt) {
+                (Some(f), _) => Err(f),
+                (None, Some(r)) => Ok(r),
+                (None, None) => Err(Failure::new(FailureKind::Dropped, "no receipt")),
+            };
+            drop(st);
+            if let Some(done) = done {
+                done.complete(outcome);
+            }
+        })
+    }
+}

@@ -1,0 +1,307 @@
+//! The terminal's side of persistence ([`crate::persist`]): what is
+//! written when, and what start reads back. Without `persistence` these
+//! keep everything in memory as before (most do nothing).
+//!
+//! - Start ([`Shared::load`]): retained messages, then persistent
+//!   sessions (owner, subscriptions made again on the drivers, the durable
+//!   queue subscribed), all before the terminal listens.
+//! - A persistent session made, subscribing or unsubscribing: a session
+//!   record ([`Shared::save_session`]).
+//! - A persistent session replaced by a clean one, ended by a driver, or
+//!   expired ([`Shared::forget`]): a `gone` record, its queue emptied.
+//! - An inbound QoS 1 or 2 publish ([`Shared::store_copies`]): a copy
+//!   in the durable queue of every persistent session it is for; the
+//!   PUBACK or PUBREC waits for them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bindery::{Completion, Failure, FailureKind};
+use bindery_classes::driver::{Receipt, SubscribeOptions};
+use bindery_classes::{Consumer, Delivery, Message, MessageId};
+
+use crate::Shared;
+use crate::codec::QoS;
+use crate::persist::{self, Join};
+use crate::session::{Queued, Session, Sub};
+
+impl Shared {
+    /// A new session for `client_id`, with its durable queue when it is
+    /// persistent and the instance has a store.
+    pub(crate) fn new_session(&self, client_id: String, clean: bool) -> Arc<Session> {
+        let path = self.store.as_ref().map(|s| s.queue_path(&client_id));
+        Session::new(
+            client_id,
+            clean,
+            self.config.max_queued,
+            self.stats.dropped.clone(),
+            path,
+        )
+    }
+
+    /// Subscribes `session` to `filter` on the driver bound there; false
+    /// if the filter is not valid or no driver takes it.
+    pub(crate) fn attach_sub(&self, session: &Arc<Session>, filter: &str, qos: QoS) -> bool {
+        if !bindery_classes::topic::valid_filter(filter) {
+            return false;
+        }
+        let path = self.path(filter);
+        let Ok(driver) = self.dispatcher.driver(&path) else {
+            return false;
+        };
+        let key: Arc<str> = filter.into();
+        let options = SubscribeOptions {
+            credit: self.config.max_queued as u32,
+            lease: Duration::from_secs(60),
+        };
+        // The driver may deliver at once: never call it under the session lock.
+        let consumer = session.consumer(key.clone(), &self.instance, &self.root);
+        let Ok(subscription) = driver.subscribe(&path, consumer, options) else {
+            return false;
+        };
+        let old = session.state.lock().subs.insert(
+            key,
+            Sub {
+                qos,
+                subscription: Arc::new(subscription),
+            },
+        );
+        drop(old);
+        true
+    }
+
+    /// Subscribes a persistent session to its durable queue: what it holds
+    /// comes into the session's queue as the client takes it.
+    pub(crate) fn open_queue(&self, session: &Arc<Session>) {
+        let (Some(store), Some(path)) = (&self.store, &session.queue_path) else {
+            return;
+        };
+        let weak = Arc::downgrade(session);
+        let root = self.root.clone();
+        let consumer = Consumer::new(move |d| {
+            // Closed: the driver stops; the session stays, and so do its
+            // messages.
+            if let (Some(s), Delivery::Message(mut m)) = (weak.upgrade(), d) {
+                if let Some(t) = persist::header(&m, persist::TOPIC) {
+                    m.destination = format!("{root}{t}").into();
+                }
+                s.push(Queued {
+                    message: m,
+                    filter: "".into(),
+                    retain: false,
+                    stored: true,
+                });
+            }
+        })
+        .named(format!(
+            "{}: mqtt client {:?} (stored)",
+            self.instance, session.client_id
+        ));
+        let options = SubscribeOptions {
+            credit: self.config.max_inflight.max(1) as u32,
+            lease: persist::LEASE,
+        };
+        match store.driver.subscribe(path, consumer, options) {
+            Ok(sub) => session.state.lock().store_sub = Some(sub),
+            Err(f) => tracing::warn!(
+                instance = %self.instance,
+                client = %session.client_id,
+                "cannot read the session's stored messages: {f}"
+            ),
+        }
+    }
+
+    /// Settles message `id` of `session`'s durable queue: the client has
+    /// it (or no subscription wants it any more).
+    pub(crate) fn settle(&self, session: &Session, id: MessageId) {
+        if let (Some(store), Some(path)) = (&self.store, &session.queue_path) {
+            let _ = session
+                .pending
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(1))
+                });
+            store.ack_queued(path, id);
+        }
+    }
+
+    /// Writes `session`'s record (persistent sessions, with a store).
+    pub(crate) fn save_session(&self, session: &Session) {
+        let Some(store) = self.store.as_ref().filter(|_| session.queue_path.is_some()) else {
+            return;
+        };
+        let (owner, subs) = {
+            let st = session.state.lock();
+            let subs = st.subs.iter().map(|(f, s)| (f.clone(), s.qos)).collect();
+            (st.owner.clone(), subs)
+        };
+        store.session(&session.client_id, owner.as_deref(), Some(subs));
+    }
+
+    /// A persistent session is over: its subscriptions end and, with a
+    /// store, its record says so and its queue is emptied. Not while the
+    /// server stops (sessions end then only because drivers stop).
+    pub(crate) fn forget(&self, session: &Arc<Session>) {
+        let (subs, store_sub, held) = {
+            let mut st = session.state.lock();
+            let held: Vec<MessageId> = st
+                .queue
+                .iter()
+                .filter(|q| q.stored)
+                .map(|q| q.message.id)
+                .chain(st.inflight.values().filter(|i| i.stored).map(|i| i.message.id))
+                .collect();
+            st.queue.clear();
+            st.inflight.clear();
+            (
+                std::mem::take(&mut st.subs),
+                st.store_sub.take(),
+                held,
+            )
+        };
+        drop(subs);
+        drop(store_sub);
+        let (Some(store), Some(path)) = (&self.store, &session.queue_path) else {
+            return;
+        };
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        for id in held {
+            store.ack_queued(path, id);
+        }
+        store.session(&session.client_id, None, None);
+        store.purge(&session.client_id);
+    }
+
+    /// Ends the sessions past their expiry.
+    pub(crate) fn expire_sessions(&self) {
+        for s in self.sessions.expired(self.config.session_expiry_secs) {
+            tracing::debug!(instance = %self.instance, client = %s.client_id, "session expired");
+            if !s.clean {
+                self.forget(&s);
+            }
+        }
+    }
+
+    /// The persistent sessions (with a store) a publish to `topic` at
+    /// `qos` is stored for, each with the QoS it is stored at.
+    pub(crate) fn store_targets(&self, topic: &str, qos: QoS) -> Vec<(Arc<Session>, QoS)> {
+        if self.store.is_none() || qos == 0 {
+            return Vec::new();
+        }
+        self.sessions
+            .persisted()
+            .into_iter()
+            .filter_map(|s| s.stores(topic, qos).map(|q| (s, q)))
+            .collect()
+    }
+
+    /// Stores a copy of `message` in the durable queue of each of
+    /// `targets`, each a part of `join` (a session at its `max_queued` is
+    /// skipped, counted as dropped).
+    pub(crate) fn store_copies(
+        &self,
+        topic: &str,
+        targets: Vec<(Arc<Session>, QoS)>,
+        message: &Message,
+        join: &Arc<Join>,
+    ) {
+        let Some(store) = &self.store else { return };
+        for (s, q) in &targets {
+            let part = join.part(false, true);
+            let Some(path) = &s.queue_path else {
+                part.fail(Failure::new(FailureKind::Full, "no queue"));
+                continue;
+            };
+            if s.pending.fetch_add(1, Ordering::AcqRel) >= self.config.max_queued {
+                s.pending.fetch_sub(1, Ordering::AcqRel);
+                s.dropped.inc();
+                part.fail(Failure::new(FailureKind::Full, "session queue full"));
+                continue;
+            }
+            let mut copy = message.clone();
+            copy.id = MessageId::next();
+            copy.destination = path.as_str().into();
+            let mut headers = self.qos_headers[usize::from(*q)].to_vec();
+            headers.push((persist::TOPIC.into(), topic.into()));
+            copy.headers = headers.into();
+            let session = s.clone();
+            store.driver.publish(
+                copy,
+                Completion::new(move |r: Result<Receipt, Failure>| {
+                    if let Err(f) = &r {
+                        session.pending.fetch_sub(1, Ordering::AcqRel);
+                        if f.kind == FailureKind::Full {
+                            session.dropped.inc();
+                        }
+                    }
+                    part.complete(r);
+                }),
+            );
+        }
+    }
+
+    /// Reads the store back (start, before listening).
+    pub(crate) fn load(&self) -> Result<(), String> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let retained = store.load_retained()?;
+        {
+            let mut map = self.retained.lock();
+            for m in retained {
+                let Some(topic) = persist::header(&m, persist::TOPIC) else {
+                    continue;
+                };
+                if m.body.is_empty() {
+                    continue;
+                }
+                let qos = crate::traffic::message_qos(&m);
+                let message = self.message(topic, qos, m.body.clone());
+                map.insert(topic.to_owned(), message);
+            }
+        }
+        let depth: HashMap<String, u64> = store
+            .driver
+            .stats()
+            .into_iter()
+            .map(|s| (s.destination, s.depth + s.leased))
+            .collect();
+        let records = store.load_sessions()?;
+        let (mut live, mut gone) = (0, 0);
+        for m in records {
+            let Some(client) = persist::header(&m, persist::CLIENT) else {
+                continue;
+            };
+            if persist::header(&m, persist::GONE).is_some() {
+                store.purge(client);
+                gone += 1;
+                continue;
+            }
+            let session = self.new_session(client.to_owned(), false);
+            session.state.lock().owner = persist::header(&m, persist::OWNER).map(Arc::from);
+            for (filter, qos) in persist::decode_subs(&m.body) {
+                if !self.attach_sub(&session, &filter, qos) {
+                    tracing::warn!(instance = %self.instance, client, %filter, "stored subscription not made again");
+                }
+            }
+            if let Some(path) = &session.queue_path {
+                let n = depth.get(path).copied().unwrap_or(0) as usize;
+                session.pending.store(n, Ordering::Release);
+            }
+            self.open_queue(&session);
+            self.sessions.restore(session);
+            live += 1;
+        }
+        tracing::info!(
+            instance = %self.instance,
+            retained = self.retained.lock().len(),
+            sessions = live,
+            ended = gone,
+            "MQTT state loaded"
+        );
+        Ok(())
+    }
+}
