@@ -143,10 +143,17 @@ impl Core {
                     }
                     None => None,
                 };
-                if let Some(m) = stored {
-                    self.shared.settle(&session, m);
+                match stored {
+                    // PUBREL once the ack is kept: after a crash the
+                    // message is then never sent again.
+                    Some(m) => {
+                        let done = io
+                            .wake()
+                            .completion::<()>(Tag::Settled { packet_id: id }.to_u64());
+                        self.shared.settle_then(&session, m, done);
+                    }
+                    None => self.send(io, &Packet::PubRel(id)),
                 }
-                self.send(io, &Packet::PubRel(id));
             }
             Packet::PubRel(id) => {
                 session.state.lock().incoming_qos2.remove(&id);
@@ -330,6 +337,13 @@ impl Protocol for Core {
                 }
             }
             Some(Tag::Login | Tag::Authorized) => self.answered(io, note),
+            Some(Tag::Settled { packet_id }) => {
+                match note.take::<Result<(), bindery::Failure>>() {
+                    Ok(Ok(())) => self.send(io, &Packet::PubRel(packet_id)),
+                    Ok(Err(f)) => self.close(true, &format!("stored message not acked: {f}")),
+                    Err(_) => {}
+                }
+            }
         }
     }
 

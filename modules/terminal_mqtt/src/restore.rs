@@ -104,7 +104,7 @@ impl Shared {
             lease: persist::LEASE,
         };
         match store.driver.subscribe(path, consumer, options) {
-            Ok(sub) => session.state.lock().store_sub = Some(sub),
+            Ok(sub) => session.state.lock().store_sub = Some(Arc::new(sub)),
             Err(f) => tracing::warn!(
                 instance = %self.instance,
                 client = %session.client_id,
@@ -123,6 +123,21 @@ impl Shared {
                     Some(n.saturating_sub(1))
                 });
             store.ack_queued(path, id);
+        }
+    }
+
+    /// [`Shared::settle`], completing `done` once the ack is kept.
+    pub(crate) fn settle_then(&self, session: &Session, id: MessageId, done: Completion<()>) {
+        match (&self.store, &session.queue_path) {
+            (Some(store), Some(path)) => {
+                let _ = session
+                    .pending
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+                store.driver.ack(path, id, done);
+            }
+            _ => done.succeed(()),
         }
     }
 

@@ -37,10 +37,15 @@ pub(crate) enum Tag {
     Login,
     /// The auth instance's answer to a question of access.
     Authorized,
+    /// A stored QoS 2 message the client PUBREC'd is acked in the store:
+    /// PUBREL may go.
+    Settled { packet_id: u16 },
 }
 
 /// Set in the tags of `Published`: the rest holds QoS and packet id.
 const PUBLISHED: u64 = 1 << 40;
+/// Set in the tags of `Settled`: the rest holds the packet id.
+const SETTLED: u64 = 1 << 41;
 
 impl Tag {
     /// The note tag.
@@ -51,6 +56,7 @@ impl Tag {
             Tag::Ended => 3,
             Tag::Login => 4,
             Tag::Authorized => 5,
+            Tag::Settled { packet_id } => SETTLED | u64::from(packet_id),
             Tag::Published { qos, packet_id } => {
                 PUBLISHED | u64::from(qos) << 16 | u64::from(packet_id)
             }
@@ -65,6 +71,9 @@ impl Tag {
             3 => Some(Tag::Ended),
             4 => Some(Tag::Login),
             5 => Some(Tag::Authorized),
+            t if t & SETTLED != 0 => Some(Tag::Settled {
+                packet_id: (t & 0xffff) as u16,
+            }),
             t if t & PUBLISHED != 0 => Some(Tag::Published {
                 qos: ((t >> 16) & 3) as QoS,
                 packet_id: (t & 0xffff) as u16,
@@ -128,7 +137,7 @@ pub(crate) struct State {
     /// The user who made the session (with auth): only they resume it.
     pub(crate) owner: Option<Arc<str>>,
     /// The subscription to the session's durable queue, with persistence.
-    pub(crate) store_sub: Option<Subscription>,
+    pub(crate) store_sub: Option<Arc<Subscription>>,
     /// Since when no connection has had the session (for expiry).
     pub(crate) detached_at: Option<Instant>,
 }

@@ -315,7 +315,9 @@ impl Core {
             self.shared.settle(&session, id);
         }
         if stored_taken > 0 {
-            if let Some(sub) = &session.state.lock().store_sub {
+            // Not under the session lock: the driver may deliver at once.
+            let sub = session.state.lock().store_sub.clone();
+            if let Some(sub) = sub {
                 sub.credit(stored_taken);
             }
         }
