@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// The default configuration's MQTT `config` line (persistence on).
+pub const MQTT_PERSISTENCE: &str = "config = { persistence = \"/durable/mqtt/\" }";
+
 /// The default configuration on port 0, with `extra` TOML appended.
 pub fn config(extra: &str) -> String {
     let base = bindery_server::DEFAULT_CONFIG
@@ -18,6 +21,14 @@ pub fn config(extra: &str) -> String {
         // one key in the terminal table.
         .replace("127.0.0.1:1883", "127.0.0.2:0")
         .replace("127.0.0.1:8081", "127.0.0.3:0");
+    // A test that configures the MQTT terminal itself says everything
+    // (TOML takes one `config` per instance): without persistence unless
+    // it asks.
+    let base = if extra.contains("[instances.mqtt.config]") {
+        base.replace(MQTT_PERSISTENCE, "")
+    } else {
+        base
+    };
     format!("{base}\n{extra}")
 }
 
