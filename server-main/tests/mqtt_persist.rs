@@ -372,3 +372,65 @@ fn nothing_pubacked_is_lost_to_kill_9() {
     assert!(lost.is_empty(), "{} PUBACKed messages lost: {lost:?}", lost.len());
     assert!(acked.len() <= 1000, "within the session's max_queued");
 }
+
+fn mosquitto(tool: &str, at: SocketAddr, args: &[&str]) -> String {
+    let out = std::process::Command::new(tool)
+        .args(["-h", &at.ip().to_string(), "-p", &at.port().to_string()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} (scripts/install-clients installs it): {e}"));
+    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The issue's own steps with mosquitto's clients: a retained message and
+/// a QoS 1 message queued for `mosquitto_sub -c` survive a graceful
+/// restart.
+#[test]
+fn mosquitto_clients_find_retained_and_queued_messages_after_a_restart() {
+    let dir = TempDir::new();
+    let (s, m) = start(&dir.0);
+    let sub = ["-c", "-q", "1", "-i", "persist1", "-t", "issue/t"];
+    mosquitto("mosquitto_sub", m, &[&sub[..], &["-E"]].concat());
+    mosquitto("mosquitto_pub", m, &["-q", "1", "-t", "issue/t", "-m", "queued"]);
+    mosquitto("mosquitto_pub", m, &["-r", "-q", "1", "-t", "issue/r", "-m", "kept"]);
+    end(s, End::Graceful);
+    let (_s, m) = start(&dir.0);
+    let got = mosquitto("mosquitto_sub", m, &[&sub[..], &["-C", "1", "-W", "20"]].concat());
+    assert_eq!(got.trim(), "queued");
+    let got = mosquitto("mosquitto_sub", m, &["-t", "issue/r", "-C", "1", "-W", "20"]);
+    assert_eq!(got.trim(), "kept");
+}
+
+/// A persistent session no client has had for `session_expiry_secs` ends:
+/// the client finds no session, and a restart does not bring it back.
+#[test]
+fn an_expired_persistent_session_ends_and_stays_ended() {
+    let dir = TempDir::new();
+    let text = config(
+        "[instances.mqtt.config]\npersistence = \"/durable/mqtt/\"\nsession_expiry_secs = 1\n",
+    );
+    let s = Server::start_at(&dir.0, &text, &["--threads", "2"]);
+    let m = s.mqtt.unwrap();
+    let (mut c, _) = Conn::open(m, "short-lived", false);
+    c.subscribe("exp/t", 1);
+    c.disconnect();
+    let (mut p, _) = Conn::open(m, "", true);
+    assert!(p.publish("exp/t", 1, false, 1, "for nobody"));
+    p.disconnect();
+    // Past the expiry (and the once-a-second sweep), a CONNECT sweeps.
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(Conn::open(m, "", true));
+    // Another CONNECT: the first's sweep is over by then (it ran before
+    // that CONNECT's CONNACK).
+    drop(Conn::open(m, "", true));
+    assert!(s.terminate().success());
+    let s = Server::start_at(&dir.0, &text, &["--threads", "2"]);
+    let m = s.mqtt.unwrap();
+    let (mut c, present) = Conn::open(m, "short-lived", false);
+    assert!(!present, "the expired session does not come back");
+    c.subscribe("exp/t", 1);
+    let rest = c.until_marker(m, "exp/t");
+    assert!(rest.is_empty(), "its queued message went with it: {rest:?}");
+}

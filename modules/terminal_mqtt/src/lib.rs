@@ -195,6 +195,7 @@ fn module_main(
                 let mut shared = Shared::new(&instance, config, dispatcher, stats);
                 shared.auth = auth;
                 shared.store = store;
+                shared.runtime = Some(rt.clone());
                 let shared = Arc::new(shared);
                 shared
                     .load()
@@ -261,6 +262,9 @@ pub(crate) struct Shared {
     /// Set once the server stops: sessions ending then are not forgotten
     /// in the store.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
+    /// The runtime, to tell a server stopping (drivers stop before the
+    /// terminal, ending subscriptions) from a session really ending.
+    pub(crate) runtime: Option<Arc<bindery::Runtime>>,
 }
 
 impl Shared {
@@ -276,6 +280,7 @@ impl Shared {
             root: config.topic_root.as_str().into(),
             store: None,
             stopping: Default::default(),
+            runtime: None,
             config,
             dispatcher,
             auth: None,

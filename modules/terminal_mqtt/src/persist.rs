@@ -239,29 +239,36 @@ impl Store {
         );
     }
 
-    /// Acks every message in `client`'s queue, on a thread of its own
-    /// (the session is gone).
-    pub(crate) fn purge(self: &Arc<Self>, client: &str) {
-        let (me, dest) = (self.clone(), self.queue_path(client));
-        let spawned = std::thread::Builder::new()
-            .name("bindery-mqtt-purge".into())
-            .spawn(move || {
-                let (consumer, rx) = Consumer::channel();
-                let options = SubscribeOptions {
-                    credit: 1024,
-                    lease: LEASE,
-                };
-                let Ok(sub) = me.driver.subscribe(&dest, consumer, options) else {
-                    return;
-                };
-                while let Ok(Delivery::Message(m)) = rx.recv_timeout(Duration::from_millis(500)) {
-                    me.ack(&dest, m.id);
-                    sub.credit(1);
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!("cannot start a thread to empty a session's queue: {e}");
+    /// Acks every message waiting in `client`'s queue (the session is
+    /// gone). Takes what the driver hands over at once (a driver that
+    /// delivers later leaves the rest; see docs/mqtt.md), so it never
+    /// competes with a new session of the same client id.
+    pub(crate) fn purge(&self, client: &str) {
+        let dest = self.queue_path(client);
+        let (consumer, rx) = Consumer::channel();
+        let options = SubscribeOptions {
+            credit: u32::MAX / 2,
+            lease: LEASE,
+        };
+        let Ok(sub) = self.driver.subscribe(&dest, consumer, options) else {
+            return;
+        };
+        for d in rx.try_iter() {
+            if let Delivery::Message(m) = d {
+                self.ack(&dest, m.id);
+            }
         }
+        sub.cancel();
+    }
+
+    /// Acks a `gone` session record once its queue is purged.
+    pub(crate) fn drop_record(&self, client: &str, id: MessageId) {
+        let mut live = self.sessions.live.lock();
+        if live.get(client) == Some(&id) {
+            live.remove(client);
+        }
+        drop(live);
+        self.ack(&self.sessions.dest, id);
     }
 }
 

@@ -180,7 +180,9 @@ impl Shared {
         let (Some(store), Some(path)) = (&self.store, &session.queue_path) else {
             return;
         };
-        if self.stopping.load(Ordering::Acquire) {
+        if self.stopping.load(Ordering::Acquire)
+            || self.runtime.as_ref().is_some_and(|r| r.is_stopping())
+        {
             return;
         }
         for id in held {
@@ -292,6 +294,7 @@ impl Shared {
             };
             if persist::header(&m, persist::GONE).is_some() {
                 store.purge(client);
+                store.drop_record(client, m.id);
                 gone += 1;
                 continue;
             }
