@@ -369,7 +369,11 @@ fn nothing_pubacked_is_lost_to_kill_9() {
         .collect();
     let acked = acked.lock().unwrap();
     let lost: Vec<&String> = acked.iter().filter(|a| !got.contains(*a)).collect();
-    assert!(lost.is_empty(), "{} PUBACKed messages lost: {lost:?}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} PUBACKed messages lost: {lost:?}",
+        lost.len()
+    );
     assert!(acked.len() <= 1000, "within the session's max_queued");
 }
 
@@ -393,13 +397,29 @@ fn mosquitto_clients_find_retained_and_queued_messages_after_a_restart() {
     let (s, m) = start(&dir.0);
     let sub = ["-c", "-q", "1", "-i", "persist1", "-t", "issue/t"];
     mosquitto("mosquitto_sub", m, &[&sub[..], &["-E"]].concat());
-    mosquitto("mosquitto_pub", m, &["-q", "1", "-t", "issue/t", "-m", "queued"]);
-    mosquitto("mosquitto_pub", m, &["-r", "-q", "1", "-t", "issue/r", "-m", "kept"]);
+    mosquitto(
+        "mosquitto_pub",
+        m,
+        &["-q", "1", "-t", "issue/t", "-m", "queued"],
+    );
+    mosquitto(
+        "mosquitto_pub",
+        m,
+        &["-r", "-q", "1", "-t", "issue/r", "-m", "kept"],
+    );
     end(s, End::Graceful);
     let (_s, m) = start(&dir.0);
-    let got = mosquitto("mosquitto_sub", m, &[&sub[..], &["-C", "1", "-W", "20"]].concat());
+    let got = mosquitto(
+        "mosquitto_sub",
+        m,
+        &[&sub[..], &["-C", "1", "-W", "20"]].concat(),
+    );
     assert_eq!(got.trim(), "queued");
-    let got = mosquitto("mosquitto_sub", m, &["-t", "issue/r", "-C", "1", "-W", "20"]);
+    let got = mosquitto(
+        "mosquitto_sub",
+        m,
+        &["-t", "issue/r", "-C", "1", "-W", "20"],
+    );
     assert_eq!(got.trim(), "kept");
 }
 

@@ -337,13 +337,11 @@ impl Protocol for Core {
                 }
             }
             Some(Tag::Login | Tag::Authorized) => self.answered(io, note),
-            Some(Tag::Settled { packet_id }) => {
-                match note.take::<Result<(), bindery::Failure>>() {
-                    Ok(Ok(())) => self.send(io, &Packet::PubRel(packet_id)),
-                    Ok(Err(f)) => self.close(true, &format!("stored message not acked: {f}")),
-                    Err(_) => {}
-                }
-            }
+            Some(Tag::Settled { packet_id }) => match note.take::<Result<(), bindery::Failure>>() {
+                Ok(Ok(())) => self.send(io, &Packet::PubRel(packet_id)),
+                Ok(Err(f)) => self.close(true, &format!("stored message not acked: {f}")),
+                Err(_) => {}
+            },
         }
     }
 

@@ -97,15 +97,7 @@ impl Store {
 
     /// The queue of `client`'s messages.
     pub(crate) fn queue_path(&self, client: &str) -> String {
-        let mut p = format!("{}queue/", self.prefix);
-        for b in client.bytes() {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
-                p.push(b as char);
-            } else {
-                p.push_str(&format!("%{b:02X}"));
-            }
-        }
-        p
+        queue_path(&self.prefix, client)
     }
 
     /// Every retained record, latest per topic, superseded ones acked.
@@ -212,19 +204,13 @@ impl Store {
         if let Some(o) = owner {
             headers.push((OWNER.into(), o.into()));
         }
-        let mut body = Vec::new();
-        match subs {
-            None => headers.push((GONE.into(), "1".into())),
-            Some(subs) => {
-                for (filter, qos) in subs {
-                    let f = filter.as_bytes();
-                    let n = f.len().min(usize::from(u16::MAX));
-                    body.push(qos);
-                    body.extend_from_slice(&(n as u16).to_le_bytes());
-                    body.extend_from_slice(&f[..n]);
-                }
+        let body = match subs {
+            None => {
+                headers.push((GONE.into(), "1".into()));
+                Vec::new()
             }
-        }
+            Some(subs) => encode_subs(&subs),
+        };
         let client_owned = client.to_owned();
         self.record(
             |s| &s.sessions,
@@ -272,7 +258,38 @@ impl Store {
     }
 }
 
-/// The subscriptions a session record holds.
+/// The queue of `client`'s messages under `prefix`: the client id with
+/// every byte but `[A-Za-z0-9._-]` percent-encoded, so no client id can
+/// name another's queue or a wildcard.
+pub(crate) fn queue_path(prefix: &str, client: &str) -> String {
+    let mut p = format!("{prefix}queue/");
+    for b in client.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("%{b:02X}"));
+        }
+    }
+    p
+}
+
+/// A session record's body: each subscription a QoS byte, a u16 length
+/// (little-endian) and the filter (filters are at most 65535 bytes in
+/// MQTT).
+pub(crate) fn encode_subs(subs: &[(Arc<str>, u8)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (filter, qos) in subs {
+        let f = filter.as_bytes();
+        let n = f.len().min(usize::from(u16::MAX));
+        body.push(*qos);
+        body.extend_from_slice(&(n as u16).to_le_bytes());
+        body.extend_from_slice(&f[..n]);
+    }
+    body
+}
+
+/// The subscriptions a session record holds (a torn or foreign body
+/// yields what it can, never a panic).
 pub(crate) fn decode_subs(body: &[u8]) -> Vec<(String, u8)> {
     let mut out = Vec::new();
     let mut rest = body;

@@ -165,15 +165,16 @@ impl Shared {
                 .iter()
                 .filter(|q| q.stored)
                 .map(|q| q.message.id)
-                .chain(st.inflight.values().filter(|i| i.stored).map(|i| i.message.id))
+                .chain(
+                    st.inflight
+                        .values()
+                        .filter(|i| i.stored)
+                        .map(|i| i.message.id),
+                )
                 .collect();
             st.queue.clear();
             st.inflight.clear();
-            (
-                std::mem::take(&mut st.subs),
-                st.store_sub.take(),
-                held,
-            )
+            (std::mem::take(&mut st.subs), st.store_sub.take(), held)
         };
         drop(subs);
         drop(store_sub);

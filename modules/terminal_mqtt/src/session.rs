@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bindery::Note;
 use bindery_classes::connection::Wake;
@@ -221,7 +221,9 @@ impl Session {
         let (me, root) = (Arc::<str>::from(instance), root.clone());
         Consumer::new(move |d| match (weak.upgrade(), d) {
             (Some(s), Delivery::Message(m)) => {
-                if s.queue_path.is_some() && crate::persist::header(&m, crate::persist::VIA) == Some(&*me) {
+                if s.queue_path.is_some()
+                    && crate::persist::header(&m, crate::persist::VIA) == Some(&*me)
+                {
                     let qos = crate::traffic::message_qos(&m);
                     let topic = m.destination.strip_prefix(&*root).unwrap_or_default();
                     if s.stores(topic, qos).is_some() {
@@ -283,6 +285,9 @@ impl Session {
 #[derive(Default)]
 pub(crate) struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
+    /// Those of `map` with a durable queue: what a publish looks through
+    /// (changed under `map`'s lock).
+    persistent: parking_lot::RwLock<HashMap<String, Arc<Session>>>,
     last_sweep: Mutex<Option<Instant>>,
     next_conn: AtomicU64,
     next_anonymous: AtomicU64,
@@ -334,6 +339,7 @@ impl Sessions {
                 let s = make();
                 s.state.lock().owner = owner;
                 map.insert(client_id.to_owned(), s.clone());
+                self.index(client_id, Some(&s));
                 (s, false, old.filter(|o| !o.clean))
             }
         };
@@ -348,7 +354,9 @@ impl Sessions {
     /// Puts a session read back from the store in place, detached.
     pub(crate) fn restore(&self, session: Arc<Session>) {
         session.state.lock().detached_at = Some(Instant::now());
-        self.map.lock().insert(session.client_id.clone(), session);
+        let mut map = self.map.lock();
+        self.index(&session.client_id, Some(&session));
+        map.insert(session.client_id.clone(), session);
     }
 
     /// Takes out the sessions nobody has had for `ttl`, at most once a
@@ -372,18 +380,29 @@ impl Sessions {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        for k in &gone {
+            self.index(k, None);
+        }
         gone.iter().filter_map(|k| map.remove(k)).collect()
     }
 
     /// The sessions with a durable queue (persistence), for a publish to
     /// find those it must store for.
     pub(crate) fn persisted(&self) -> Vec<Arc<Session>> {
-        self.map
-            .lock()
-            .values()
-            .filter(|s| s.queue_path.is_some())
-            .cloned()
-            .collect()
+        self.persistent.read().values().cloned().collect()
+    }
+
+    /// Keeps `persistent` in step with the map (call under its lock).
+    fn index(&self, client_id: &str, now: Option<&Arc<Session>>) {
+        let mut p = self.persistent.write();
+        match now.filter(|s| s.queue_path.is_some()) {
+            Some(s) => {
+                p.insert(client_id.to_owned(), s.clone());
+            }
+            None => {
+                p.remove(client_id);
+            }
+        }
     }
 
     /// Detaches connection `epoch`; a clean session ends with it, and so
@@ -406,6 +425,7 @@ impl Sessions {
                 .is_some_and(|s| Arc::ptr_eq(s, session))
             {
                 map.remove(&session.client_id);
+                self.index(&session.client_id, None);
             }
             drop(map);
             // Cancelling subscriptions takes driver locks: never under ours.

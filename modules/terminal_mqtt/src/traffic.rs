@@ -117,8 +117,7 @@ impl Core {
                         if p.retain {
                             store.retain(&p.topic, &message, join.part(false, false));
                         }
-                        self.shared
-                            .store_copies(&p.topic, targets, &message, &join);
+                        self.shared.store_copies(&p.topic, targets, &message, &join);
                         join.part(true, false)
                     }
                 }
