@@ -5,6 +5,10 @@
 //! keep-alive, the acknowledgement handshakes, DISCONNECT and the will.
 //! Messages in and out (publish, subscribe, the session's queue, pacing)
 //! are in [`crate::traffic`].
+//!
+//! A little over 400 lines: the acknowledgement handshakes include the
+//! settling of stored messages ([`crate::restore`]), which belongs with
+//! them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

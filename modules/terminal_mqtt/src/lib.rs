@@ -28,6 +28,17 @@
 //! `bindery_mqtt_subscriptions_ended_total`, and its session is not kept:
 //! it reconnects with `session_present = 0` and subscribes again.
 //!
+//! With `persistence` (a path prefix served by a durable queue driver,
+//! `"/durable/mqtt/"` in the default server), retained messages,
+//! persistent sessions (owner, subscriptions) and their QoS 1 and 2
+//! messages survive a restart and a `kill -9`: they are kept as messages in
+//! durable queues under the prefix (`persist.rs` says what is stored where,
+//! `restore.rs` when; docs/mqtt.md the whole story and its limits), and
+//! read back before the terminal listens. A QoS 1 or 2 publish is then
+//! acknowledged only once it is also stored for every persistent session
+//! it is for (and as retained, if it is). `session_expiry_secs` ends a
+//! persistent session no client has had for that long, stored or not.
+//!
 //! A QoS 1 or 2 publish the driver refuses (a full queue, a durable store
 //! out of space) closes the connection, with the reason in the log: MQTT
 //! 3.1.1 has no negative PUBACK, and acknowledging would be a false
@@ -46,6 +57,8 @@
 //! connect_timeout_secs = 10      # for the CONNECT packet
 //! dispatcher = "default"
 //! auth = "users"                 # an auth instance (see below); none: everything allowed
+//! persistence = "/durable/mqtt/" # keep state in the durable queues there; none: in memory
+//! session_expiry_secs = 604800   # a persistent session unused this long ends (0: never)
 //! ```
 //!
 //! With `auth`, CONNECT's username and password are checked (CONNACK 4
@@ -63,6 +76,7 @@ mod guard_tests;
 mod persist;
 mod restore;
 mod session;
+mod tag;
 #[cfg(test)]
 mod tests;
 mod traffic;
