@@ -454,3 +454,51 @@ fn an_expired_persistent_session_ends_and_stays_ended() {
     let rest = c.until_marker(m, "exp/t");
     assert!(rest.is_empty(), "its queued message went with it: {rest:?}");
 }
+
+/// `persistence` must name a prefix a durable queue driver serves: a
+/// memory queue, or nothing, stops the server at start with the reason.
+#[test]
+fn persistence_without_a_durable_queue_driver_stops_the_start() {
+    for (prefix, said) in [
+        ("/queues/mqtt/", "does not keep durable queues"),
+        ("/nowhere/", "no driver is bound there"),
+    ] {
+        let dir = TempDir::new();
+        let text = config(&format!(
+            "[instances.mqtt.config]\npersistence = \"{prefix}\"\n"
+        ));
+        let path = dir.0.join("bindery.toml");
+        std::fs::write(
+            &path,
+            text.replace("bindery-data", &dir.0.join("data").display().to_string()),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bindery"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut status = None;
+        for _ in 0..400 {
+            status = child.try_wait().unwrap();
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{prefix}: the server started");
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{prefix}");
+        assert!(
+            err.contains(said) && err.contains("\"mqtt\""),
+            "{prefix}: {err}"
+        );
+    }
+}
