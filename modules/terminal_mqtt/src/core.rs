@@ -154,7 +154,7 @@ impl Core {
                         let done = io
                             .wake()
                             .completion::<()>(Tag::Settled { packet_id: id }.to_u64());
-                        self.shared.settle_then(&session, m, done);
+                        self.shared.release_stored(&session, id, m, done);
                     }
                     None => self.send(io, &Packet::PubRel(id)),
                 }
@@ -164,14 +164,17 @@ impl Core {
                 self.send(io, &Packet::PubComp(id));
             }
             Packet::PubComp(id) => {
-                let mut st = session.state.lock();
-                if st
-                    .inflight
-                    .get(&id)
-                    .is_some_and(|i| i.stage == Stage::Released)
                 {
-                    st.inflight.remove(&id);
+                    let mut st = session.state.lock();
+                    if st
+                        .inflight
+                        .get(&id)
+                        .is_some_and(|i| i.stage == Stage::Released)
+                    {
+                        st.inflight.remove(&id);
+                    }
                 }
+                self.shared.completed(&session, id);
             }
             Packet::Subscribe { packet_id, filters } => {
                 self.subscribe(io, &session, packet_id, filters)

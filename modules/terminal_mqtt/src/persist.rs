@@ -42,6 +42,8 @@ pub(crate) const GONE: &str = "mqtt-gone";
 /// On messages an MQTT client of this instance published, with
 /// persistence: the instance's name.
 pub(crate) const VIA: &str = "mqtt-via";
+/// On session records: QoS 2 messages PUBREC'd, not yet PUBCOMP'd.
+pub(crate) const RELEASED: &str = "mqtt-released";
 
 /// A header's value.
 pub(crate) fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
@@ -192,37 +194,44 @@ impl Store {
         self.record(|s| &s.retained, topic, headers, m.body.clone(), done);
     }
 
-    /// Keeps `client`'s session: its owner and subscriptions, or that it
-    /// is gone (`subs` none).
+    /// Keeps `client`'s session (`None`: it is gone); `done`, if any,
+    /// completes once the record is stored.
     pub(crate) fn session(
         self: &Arc<Self>,
         client: &str,
-        owner: Option<&str>,
-        subs: Option<Vec<(Arc<str>, u8)>>,
+        record: Option<SessionRecord<'_>>,
+        done: Option<Completion<Receipt>>,
     ) {
         let mut headers: Vec<Header> = vec![(CLIENT.into(), client.into())];
-        if let Some(o) = owner {
-            headers.push((OWNER.into(), o.into()));
-        }
-        let body = match subs {
+        let body = match record {
             None => {
                 headers.push((GONE.into(), "1".into()));
                 Vec::new()
             }
-            Some(subs) => encode_subs(&subs),
+            Some(r) => {
+                if let Some(o) = r.owner {
+                    headers.push((OWNER.into(), o.into()));
+                }
+                if !r.released.is_empty() {
+                    let list: Vec<String> = r
+                        .released
+                        .iter()
+                        .map(|(p, id)| format!("{p}:{id}"))
+                        .collect();
+                    headers.push((RELEASED.into(), list.join(",").into()));
+                }
+                encode_subs(&r.subs)
+            }
         };
         let client_owned = client.to_owned();
-        self.record(
-            |s| &s.sessions,
-            client,
-            headers,
-            body.into(),
+        let done = done.unwrap_or_else(|| {
             Completion::new(move |r: Result<Receipt, Failure>| {
                 if let Err(f) = r {
                     tracing::warn!(client = %client_owned, "session record not stored: {f}");
                 }
-            }),
-        );
+            })
+        });
+        self.record(|s| &s.sessions, client, headers, body.into(), done);
     }
 
     /// Acks every message waiting in `client`'s queue (the session is
@@ -286,6 +295,31 @@ pub(crate) fn encode_subs(subs: &[(Arc<str>, u8)]) -> Vec<u8> {
         body.extend_from_slice(&f[..n]);
     }
     body
+}
+
+/// What a session record keeps.
+pub(crate) struct SessionRecord<'a> {
+    /// The user who made the session (with auth).
+    pub(crate) owner: Option<&'a str>,
+    /// Filters and granted QoS.
+    pub(crate) subs: Vec<(Arc<str>, u8)>,
+    /// QoS 2 messages the client PUBREC'd and has not PUBCOMP'd: packet id
+    /// and the id the message had in the session's queue. After a restart
+    /// PUBREL is sent again for each, and that message, if still queued
+    /// (its ack lost), is acked rather than sent.
+    pub(crate) released: Vec<(u16, MessageId)>,
+}
+
+/// The `mqtt-released` header's pairs (malformed ones are skipped).
+pub(crate) fn decode_released(m: &Message) -> Vec<(u16, MessageId)> {
+    header(m, RELEASED)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| {
+            let (p, id) = pair.split_once(':')?;
+            Some((p.parse().ok()?, MessageId::parse(id)?))
+        })
+        .collect()
 }
 
 /// The subscriptions a session record holds (a torn or foreign body

@@ -143,15 +143,57 @@ impl Shared {
 
     /// Writes `session`'s record (persistent sessions, with a store).
     pub(crate) fn save_session(&self, session: &Session) {
+        self.save_session_then(session, None);
+    }
+
+    /// [`Shared::save_session`]; `done` completes once it is stored (at
+    /// once without a store).
+    fn save_session_then(&self, session: &Session, done: Option<Completion<Receipt>>) {
         let Some(store) = self.store.as_ref().filter(|_| session.queue_path.is_some()) else {
+            if let Some(done) = done {
+                done.fail(Failure::new(FailureKind::Unsupported, "no store"));
+            }
             return;
         };
-        let (owner, subs) = {
+        let (owner, subs, released) = {
             let st = session.state.lock();
             let subs = st.subs.iter().map(|(f, s)| (f.clone(), s.qos)).collect();
-            (st.owner.clone(), subs)
+            let released = st.released.iter().map(|(&p, &m)| (p, m)).collect();
+            (st.owner.clone(), subs, released)
         };
-        store.session(&session.client_id, owner.as_deref(), Some(subs));
+        let record = persist::SessionRecord {
+            owner: owner.as_deref(),
+            subs,
+            released,
+        };
+        store.session(&session.client_id, Some(record), done);
+    }
+
+    /// The client PUBREC'd stored QoS 2 message `id` sent as `packet_id`:
+    /// the session record says so, then the message is acked in its
+    /// queue, then `done` completes (and PUBREL may go). A restart
+    /// between the two finds the message in the record and acks it.
+    pub(crate) fn release_stored(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        packet_id: u16,
+        id: MessageId,
+        done: Completion<()>,
+    ) {
+        session.state.lock().released.insert(packet_id, id);
+        let (me, s) = (self.clone(), session.clone());
+        let saved = Completion::new(move |r: Result<Receipt, Failure>| match r {
+            Ok(_) => me.settle_then(&s, id, done),
+            Err(f) => done.fail(f),
+        });
+        self.save_session_then(session, Some(saved));
+    }
+
+    /// PUBCOMP for a released stored message: the record forgets it.
+    pub(crate) fn completed(&self, session: &Session, packet_id: u16) {
+        if session.state.lock().released.remove(&packet_id).is_some() {
+            self.save_session(session);
+        }
     }
 
     /// A persistent session is over: its subscriptions end and, with a
@@ -190,6 +232,7 @@ impl Shared {
             store.ack_queued(path, id);
         }
         store.session(&session.client_id, None, None);
+        // (The record says it is gone: a restart empties its queue again.)
         store.purge(&session.client_id);
     }
 
@@ -300,7 +343,25 @@ impl Shared {
                 continue;
             }
             let session = self.new_session(client.to_owned(), false);
-            session.state.lock().owner = persist::header(&m, persist::OWNER).map(Arc::from);
+            {
+                let mut st = session.state.lock();
+                st.owner = persist::header(&m, persist::OWNER).map(Arc::from);
+                // PUBREL goes again for these when the client is back.
+                for (packet_id, id) in persist::decode_released(&m) {
+                    st.released.insert(packet_id, id);
+                    let mut placeholder = Message::new("", "", bytes::Bytes::new());
+                    placeholder.id = id;
+                    st.inflight.insert(
+                        packet_id,
+                        crate::session::Inflight {
+                            message: placeholder,
+                            qos: 2,
+                            stage: crate::session::Stage::Released,
+                            stored: false,
+                        },
+                    );
+                }
+            }
             for (filter, qos) in persist::decode_subs(&m.body) {
                 if !self.attach_sub(&session, &filter, qos) {
                     tracing::warn!(instance = %self.instance, client, %filter, "stored subscription not made again");

@@ -71,6 +71,10 @@ pub(crate) struct State {
     pub(crate) owner: Option<Arc<str>>,
     /// The subscription to the session's durable queue, with persistence.
     pub(crate) store_sub: Option<Arc<Subscription>>,
+    /// Stored QoS 2 messages PUBREC'd and not yet PUBCOMP'd: packet id
+    /// and queue message id, kept in the session record
+    /// ([`crate::persist::SessionRecord`]).
+    pub(crate) released: HashMap<u16, MessageId>,
     /// Since when no connection has had the session (for expiry).
     pub(crate) detached_at: Option<Instant>,
 }

@@ -197,6 +197,17 @@ fn session_records_round_trip_and_queue_paths_cannot_collide() {
     assert_eq!(queue_path("/d/", "dev-1.a_b"), "/d/queue/dev-1.a_b");
     assert_eq!(queue_path("/d/", "a/+#%"), "/d/queue/a%2F%2B%23%25");
     assert_ne!(queue_path("/d/", "a/b"), queue_path("/d/", "a%2Fb"));
+    let record = bindery_classes::Message::new("/d/sessions", "", "").with_headers(vec![(
+        crate::persist::RELEASED.into(),
+        "7:00000000000000ff,x:1,9:zz,65535:0000000000000001".into(),
+    )]);
+    assert_eq!(
+        crate::persist::decode_released(&record),
+        [
+            (7, bindery_classes::MessageId(255)),
+            (65535, bindery_classes::MessageId(1))
+        ]
+    );
 }
 
 #[test]

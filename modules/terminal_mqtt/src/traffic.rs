@@ -268,7 +268,10 @@ impl Core {
                         None => credit.push((s.subscription.clone(), 1)),
                     }
                 }
-                let Some(qos) = qos.filter(|_| has_topic) else {
+                let released = q.stored && st.released.values().any(|&id| id == q.message.id);
+                let Some(qos) = qos.filter(|_| has_topic && !released) else {
+                    // Released: PUBREC'd before a restart that lost the
+                    // ack (the record kept it); the client has it.
                     if q.stored {
                         // No subscription wants it any more.
                         settle.push(q.message.id);
