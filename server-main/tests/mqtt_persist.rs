@@ -523,3 +523,49 @@ fn persistence_without_a_durable_queue_driver_stops_the_start() {
         );
     }
 }
+
+/// Restarting the MQTT instance alone (`bindery ctl restart mqtt`) while
+/// the durable driver runs on: the new incarnation reads everything back,
+/// the records and messages the last one held included.
+#[test]
+fn a_restarted_mqtt_instance_finds_its_state() {
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config("").replace("127.0.0.2:0", &format!("127.0.0.2:{port}"));
+    let dir = TempDir::new();
+    let s = Server::start_at(&dir.0, &text, &["--threads", "2"]);
+    let m = s.mqtt.unwrap();
+    let (mut c, _) = Conn::open(m, "survivor", false);
+    c.subscribe("inst/t", 1);
+    c.disconnect();
+    let (mut p, _) = Conn::open(m, "", true);
+    assert!(p.publish("inst/t", 1, false, 1, "waiting"));
+    assert!(p.publish("inst/r", 1, true, 2, "kept"));
+    p.disconnect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindery"))
+        .args(["ctl", "--url", &format!("http://{}", s.manage.unwrap())])
+        .arg("--token-file")
+        .arg(&s.token_file)
+        .args(["restart", "mqtt", "--grace", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for _ in 0..2 {
+        let (mut c, present) = Conn::open(m, "survivor", false);
+        assert!(present);
+        let rest = c.until_marker(m, "inst/t");
+        let payloads: Vec<&str> = rest.iter().map(|g| g.payload.as_str()).collect();
+        if payloads.is_empty() {
+            break; // the second time round: acked, gone
+        }
+        assert_eq!(payloads, ["waiting"]);
+        c.disconnect();
+    }
+    let (mut c, _) = Conn::open(m, "", true);
+    c.subscribe("inst/r", 1);
+    let got = c.next_publish();
+    assert_eq!((got.payload.as_str(), got.retain), ("kept", true));
+}

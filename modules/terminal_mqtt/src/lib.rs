@@ -180,6 +180,16 @@ fn module_main(
         }
         let stats = Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name())));
         let instance = cx.name().to_owned();
+        // When the instance stops, what it holds leased in the store is
+        // given back for the next incarnation (held here till then: the
+        // connections may all be gone by that time).
+        let started: Arc<Mutex<Option<Arc<Shared>>>> = Arc::default();
+        let stopping = started.clone();
+        cx.on_stop(move |_| {
+            if let Some(shared) = stopping.lock().take() {
+                shared.release_all();
+            }
+        });
         Ok(Serving {
             protocol: "mqtt",
             max_connections: config.max_connections,
@@ -214,6 +224,9 @@ fn module_main(
                 shared
                     .load()
                     .map_err(|e| format!("instance {instance:?}: {e}"))?;
+                if shared.store.is_some() {
+                    *started.lock() = Some(shared.clone());
+                }
                 Ok(MqttCores(shared))
             }),
         })

@@ -256,6 +256,20 @@ impl Store {
         sub.cancel();
     }
 
+    /// Gives back every record held leased (the instance stops while the
+    /// driver runs on: a restarted instance reads them again).
+    pub(crate) fn release_records(&self) {
+        for records in [&self.retained, &self.sessions] {
+            if let Some(sub) = records.sub.lock().take() {
+                sub.cancel();
+            }
+            let ids: Vec<MessageId> = records.live.lock().values().copied().collect();
+            for id in ids {
+                let _ = self.driver.release(&records.dest, id);
+            }
+        }
+    }
+
     /// Acks a `gone` session record once its queue is purged.
     pub(crate) fn drop_record(&self, client: &str, id: MessageId) {
         let mut live = self.sessions.live.lock();
@@ -343,11 +357,13 @@ pub(crate) fn decode_subs(body: &[u8]) -> Vec<(String, u8)> {
 /// counters say), keeping them leased to a subscription that `records`
 /// holds from then on, so later records are leased too and can be acked.
 fn read_all(driver: &DriverHandle, dest: &str, records: &Records) -> Result<Vec<Message>, String> {
+    // Waiting ones: after a restart of the server nothing is leased; after
+    // one of the instance, the last incarnation gave its leases back.
     let expected = driver
         .stats()
         .into_iter()
         .find(|s| s.destination == dest)
-        .map_or(0, |s| s.depth + s.leased) as usize;
+        .map_or(0, |s| s.depth) as usize;
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = Mutex::new(Some(tx));
     let tx = Arc::new(tx);

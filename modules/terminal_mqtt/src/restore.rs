@@ -236,6 +236,39 @@ impl Shared {
         store.purge(&session.client_id);
     }
 
+    /// The instance stops (the server runs on, or it stops too): stored
+    /// records and messages held leased are given back, so the next
+    /// incarnation reads them all.
+    pub(crate) fn release_all(&self) {
+        let Some(store) = &self.store else { return };
+        store.release_records();
+        for s in self.sessions.all() {
+            let Some(path) = &s.queue_path else { continue };
+            let (sub, held) = {
+                let mut st = s.state.lock();
+                let held: Vec<MessageId> = st
+                    .queue
+                    .iter()
+                    .filter(|q| q.stored)
+                    .map(|q| q.message.id)
+                    .chain(
+                        st.inflight
+                            .values()
+                            .filter(|i| i.stored)
+                            .map(|i| i.message.id),
+                    )
+                    .collect();
+                st.queue.retain(|q| !q.stored);
+                st.inflight.retain(|_, i| !i.stored);
+                (st.store_sub.take(), held)
+            };
+            drop(sub);
+            for id in held {
+                let _ = store.driver.release(path, id);
+            }
+        }
+    }
+
     /// Ends the sessions past their expiry.
     pub(crate) fn expire_sessions(&self) {
         for s in self.sessions.expired(self.config.session_expiry_secs) {

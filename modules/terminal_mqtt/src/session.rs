@@ -323,6 +323,11 @@ impl Sessions {
         gone.iter().filter_map(|k| map.remove(k)).collect()
     }
 
+    /// Every session.
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+        self.map.lock().values().cloned().collect()
+    }
+
     /// The sessions with a durable queue (persistence), for a publish to
     /// find those it must store for.
     pub(crate) fn persisted(&self) -> Vec<Arc<Session>> {
