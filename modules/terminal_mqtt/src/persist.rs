@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bindery::{Completion, Failure, FailureKind};
@@ -28,6 +29,8 @@ use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
 use bindery_classes::message::Header;
 use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
 use parking_lot::Mutex;
+
+use crate::session::Session;
 
 /// Leases on stored records and queued messages: they stay with the
 /// terminal until it acks them (a restart gives them back).
@@ -254,6 +257,43 @@ impl Store {
             }
         }
         sub.cancel();
+    }
+
+    /// Stores a copy of `m` (to `topic`, delivered at `qos`) in `session`'s
+    /// queue at `path`, not waiting: a refusal drops it, counted. For
+    /// messages whose publisher was not an MQTT client of this instance.
+    pub(crate) fn copy(
+        &self,
+        session: &Arc<Session>,
+        path: &str,
+        topic: &str,
+        qos: u8,
+        m: &Message,
+    ) {
+        if session.pending.fetch_add(1, Ordering::AcqRel) >= session.max_queued {
+            session.pending.fetch_sub(1, Ordering::AcqRel);
+            session.dropped.inc();
+            return;
+        }
+        let mut copy = m.clone();
+        copy.id = MessageId::next();
+        copy.destination = path.into();
+        copy.headers = vec![
+            (crate::traffic::QOS_HEADER.into(), qos.to_string().into()),
+            (TOPIC.into(), topic.into()),
+        ]
+        .into();
+        let s = session.clone();
+        self.driver.publish(
+            copy,
+            Completion::new(move |r: Result<Receipt, Failure>| {
+                if let Err(f) = r {
+                    s.pending.fetch_sub(1, Ordering::AcqRel);
+                    s.dropped.inc();
+                    tracing::debug!(client = %s.client_id, "not stored for the session: {f}");
+                }
+            }),
+        );
     }
 
     /// Gives back every record held leased (the instance stops while the

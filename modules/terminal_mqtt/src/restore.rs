@@ -31,13 +31,16 @@ impl Shared {
     /// A new session for `client_id`, with its durable queue when it is
     /// persistent and the instance has a store.
     pub(crate) fn new_session(&self, client_id: String, clean: bool) -> Arc<Session> {
-        let path = self.store.as_ref().map(|s| s.queue_path(&client_id));
+        let queue = self
+            .store
+            .as_ref()
+            .map(|s| (s.clone(), s.queue_path(&client_id)));
         Session::new(
             client_id,
             clean,
             self.config.max_queued,
             self.stats.dropped.clone(),
-            path,
+            queue,
         )
     }
 

@@ -96,11 +96,13 @@ pub(crate) struct Session {
     pub(crate) client_id: String,
     pub(crate) clean: bool,
     pub(crate) state: Mutex<State>,
-    max_queued: usize,
+    pub(crate) max_queued: usize,
     pub(crate) dropped: Counter,
     /// The durable queue of this persistent session's QoS 1 and 2
     /// messages, with persistence ([`crate::persist`]).
     pub(crate) queue_path: Option<String>,
+    /// The store that queue is in.
+    store: Option<Arc<crate::persist::Store>>,
     /// Messages stored (or being stored) in that queue and not yet acked.
     pub(crate) pending: AtomicUsize,
 }
@@ -111,15 +113,20 @@ impl Session {
         clean: bool,
         max_queued: usize,
         dropped: Counter,
-        queue_path: Option<String>,
+        queue: Option<(Arc<crate::persist::Store>, String)>,
     ) -> Arc<Session> {
+        let (store, queue_path) = match queue.filter(|_| !clean) {
+            Some((store, path)) => (Some(store), Some(path)),
+            None => (None, None),
+        };
         Arc::new(Session {
             client_id,
             clean,
             state: Mutex::new(State::default()),
             max_queued,
             dropped,
-            queue_path: queue_path.filter(|_| !clean),
+            queue_path,
+            store,
             pending: AtomicUsize::new(0),
         })
     }
@@ -158,12 +165,18 @@ impl Session {
         let (me, root) = (Arc::<str>::from(instance), root.clone());
         Consumer::new(move |d| match (weak.upgrade(), d) {
             (Some(s), Delivery::Message(m)) => {
-                if s.queue_path.is_some()
-                    && crate::persist::header(&m, crate::persist::VIA) == Some(&*me)
-                {
+                if let (Some(store), Some(path)) = (&s.store, &s.queue_path) {
                     let qos = crate::traffic::message_qos(&m);
                     let topic = m.destination.strip_prefix(&*root).unwrap_or_default();
-                    if s.stores(topic, qos).is_some() {
+                    if let Some(q) = s.stores(topic, qos) {
+                        if crate::persist::header(&m, crate::persist::VIA) != Some(&*me) {
+                            // From elsewhere (HTTP, another instance): into
+                            // the session's queue too, though its publisher
+                            // was answered without waiting for it.
+                            store.copy(&s, path, topic, q, &m);
+                        }
+                        // From this instance's MQTT clients: the publisher
+                        // stored it already.
                         return;
                     }
                 }
