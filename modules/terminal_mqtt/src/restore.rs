@@ -11,7 +11,12 @@
 //!   expired ([`Shared::forget`]): a `gone` record, its queue emptied.
 //! - An inbound QoS 1 or 2 publish ([`Shared::store_copies`]): a copy
 //!   in the durable queue of every persistent session it is for; the
-//!   PUBACK or PUBREC waits for them.
+//!   PUBACK or PUBREC waits for them. A message from elsewhere (HTTP) is
+//!   copied as the topic driver delivers it to the session
+//!   ([`crate::persist::Store::copy`]).
+//! - A stored QoS 2 message PUBREC'd ([`Shared::release_stored`]): the
+//!   session record keeps its packet id, then it is acked, then PUBREL.
+//! - The instance stopping ([`Shared::release_all`]): leases given back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
