@@ -73,6 +73,7 @@ mod core;
 mod guard;
 #[cfg(test)]
 mod guard_tests;
+mod join;
 mod persist;
 mod restore;
 mod session;

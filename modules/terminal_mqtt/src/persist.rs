@@ -7,7 +7,8 @@
 //!   `mqtt-topic`, the payload as body; an empty body clears).
 //! - `PREFIX/sessions`: one record per change of a persistent session
 //!   (header `mqtt-client`, optional `mqtt-owner`; body: its subscriptions,
-//!   each a QoS byte, a u16 length and the filter; header `mqtt-gone`: the
+//!   each a QoS byte, a u16 length and the filter; header `mqtt-released`:
+//!   QoS 2 messages PUBREC'd, not yet PUBCOMP'd; header `mqtt-gone`: the
 //!   session ended).
 //! - `PREFIX/queue/CLIENT` (client id percent-encoded): the QoS 1 and 2
 //!   messages for one persistent session, acked once the client acks them
@@ -18,16 +19,22 @@
 //! later one for the same topic or client is stored, so the queues hold
 //! about one record per retained topic and per session. At start both
 //! records queues are read to the end before the terminal listens.
+//!
+//! A little over 400 lines: the format and every operation on it in one
+//! place, so what is on disk is read in one file (docs/mqtt.md has the
+//! whole story).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bindery::{Completion, Failure, FailureKind};
+use bindery::{Completion, Failure};
 use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
 use bindery_classes::message::Header;
 use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
+
+pub(crate) use crate::join::Join;
 use parking_lot::Mutex;
 
 use crate::session::Session;
@@ -439,63 +446,4 @@ fn read_all(driver: &DriverHandle, dest: &str, records: &Records) -> Result<Vec<
     tx.lock().take();
     *records.sub.lock() = Some(sub);
     Ok(got)
-}
-
-/// Waits for several outcomes and completes `done` with the main one's
-/// receipt once all succeeded, or with the first failure.
-pub(crate) struct Join {
-    state: Mutex<JoinState>,
-}
-
-struct JoinState {
-    left: usize,
-    receipt: Option<Receipt>,
-    failure: Option<Failure>,
-    done: Option<Completion<Receipt>>,
-}
-
-impl Join {
-    /// A join of `parts` outcomes for `done`.
-    pub(crate) fn new(parts: usize, done: Completion<Receipt>) -> Arc<Join> {
-        Arc::new(Join {
-            state: Mutex::new(JoinState {
-                left: parts,
-                receipt: None,
-                failure: None,
-                done: Some(done),
-            }),
-        })
-    }
-
-    /// One part: `main` carries the receipt; a side part that fails with
-    /// `Full` is `tolerated` (a session's queue at its limit: dropped and
-    /// counted by the caller) rather than failing the whole.
-    pub(crate) fn part(self: &Arc<Self>, main: bool, tolerate_full: bool) -> Completion<Receipt> {
-        let me = self.clone();
-        Completion::new(move |r: Result<Receipt, Failure>| {
-            let mut st = me.state.lock();
-            match r {
-                Ok(receipt) if main => st.receipt = Some(receipt),
-                Ok(_) => {}
-                Err(f) if tolerate_full && f.kind == FailureKind::Full => {}
-                Err(f) => {
-                    st.failure.get_or_insert(f);
-                }
-            }
-            st.left -= 1;
-            if st.left > 0 {
-                return;
-            }
-            let done = st.done.take();
-            let outcome = match (st.failure.take(), st.receipt) {
-                (Some(f), _) => Err(f),
-                (None, Some(r)) => Ok(r),
-                (None, None) => Err(Failure::new(FailureKind::Dropped, "no receipt")),
-            };
-            drop(st);
-            if let Some(done) = done {
-                done.complete(outcome);
-            }
-        })
-    }
 }

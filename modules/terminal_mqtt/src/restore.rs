@@ -1,6 +1,7 @@
 //! The terminal's side of persistence ([`crate::persist`]): what is
 //! written when, and what start reads back. Without `persistence` these
-//! keep everything in memory as before (most do nothing).
+//! keep everything in memory as before (most do nothing). A little over
+//! 400 lines: every write of the list below, kept together.
 //!
 //! - Start ([`Shared::load`]): retained messages, then persistent
 //!   sessions (owner, subscriptions made again on the drivers, the durable
