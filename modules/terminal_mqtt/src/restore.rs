@@ -294,11 +294,7 @@ impl Shared {
         if self.store.is_none() || qos == 0 {
             return Vec::new();
         }
-        self.sessions
-            .persisted()
-            .into_iter()
-            .filter_map(|s| s.stores(topic, qos).map(|q| (s, q)))
-            .collect()
+        self.sessions.storing(topic, qos)
     }
 
     /// Stores a copy of `message` in the durable queue of each of

@@ -341,10 +341,14 @@ impl Sessions {
         self.map.lock().values().cloned().collect()
     }
 
-    /// The sessions with a durable queue (persistence), for a publish to
-    /// find those it must store for.
-    pub(crate) fn persisted(&self) -> Vec<Arc<Session>> {
-        self.persistent.read().values().cloned().collect()
+    /// The sessions with a durable queue (persistence) that a publish to
+    /// `topic` at `qos` is stored for, with the QoS it is stored at.
+    pub(crate) fn storing(&self, topic: &str, qos: QoS) -> Vec<(Arc<Session>, QoS)> {
+        self.persistent
+            .read()
+            .values()
+            .filter_map(|s| s.stores(topic, qos).map(|q| (s.clone(), q)))
+            .collect()
     }
 
     /// Keeps `persistent` in step with the map (call under its lock).
