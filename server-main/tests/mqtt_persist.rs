@@ -384,7 +384,10 @@ fn nothing_pubacked_is_lost_to_kill_9() {
             .collect();
         // Kill once some are acknowledged (by count, not by clock).
         let want = (cycle + 1) * 60;
+        let mut waited = 0;
         while acked.lock().unwrap().len() < want {
+            assert!(waited < 12_000, "publishers stuck at {want}");
+            waited += 1;
             std::thread::sleep(Duration::from_millis(5));
         }
         s.take().unwrap().kill9();
