@@ -627,8 +627,8 @@ fn an_mqtt_qos1_publish_in_flight_when_its_host_dies_is_not_acknowledged() {
     use std::io::{BufReader, Write as _};
     let dir = TempDir::new();
     let text = crashy("isolation = \"process\"\n").replace(
-        "[instances.mqtt]\n",
-        "[instances.mqtt]\nconfig = { topic_root = \"/crashy/\" }\n",
+        common::MQTT_PERSISTENCE,
+        "config = { topic_root = \"/crashy/\" }",
     );
     let s = Server::start_program(crashy_server(), &dir.0, &text, &["--threads", "2"]);
     let mut c = common::mqtt::raw(s.mqtt.unwrap());

@@ -5,6 +5,10 @@
 //! keep-alive, the acknowledgement handshakes, DISCONNECT and the will.
 //! Messages in and out (publish, subscribe, the session's queue, pacing)
 //! are in [`crate::traffic`].
+//!
+//! A little over 400 lines: the acknowledgement handshakes include the
+//! settling of stored messages ([`crate::restore`]), which belongs with
+//! them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -101,6 +105,9 @@ impl Core {
             .message(&will.topic, will.qos, will.payload.clone());
         if will.retain {
             self.shared.retain(&will.topic, &message);
+            if let Some(store) = &self.shared.store {
+                store.retain(&will.topic, &message, Completion::new(|_| {}));
+            }
         }
         self.shared
             .dispatcher
@@ -119,30 +126,55 @@ impl Core {
             Packet::Connect(_) => return Err("a second CONNECT".into()),
             Packet::Publish(p) => self.publish_in(io, &session, p)?,
             Packet::PubAck(id) => {
-                let mut st = session.state.lock();
-                if st.inflight.get(&id).is_some_and(|i| i.qos == 1) {
-                    st.inflight.remove(&id);
+                let done = {
+                    let mut st = session.state.lock();
+                    match st.inflight.get(&id) {
+                        Some(i) if i.qos == 1 => st.inflight.remove(&id),
+                        _ => None,
+                    }
+                };
+                if let Some(i) = done.filter(|i| i.stored) {
+                    self.shared.settle(&session, i.message.id);
                 }
             }
             Packet::PubRec(id) => {
-                if let Some(i) = session.state.lock().inflight.get_mut(&id) {
-                    i.stage = Stage::Released;
+                // At QoS 2 the client has the message once it says PUBREC:
+                // a stored one is settled then, never sent again.
+                let stored = match session.state.lock().inflight.get_mut(&id) {
+                    Some(i) => {
+                        i.stage = Stage::Released;
+                        std::mem::take(&mut i.stored).then_some(i.message.id)
+                    }
+                    None => None,
+                };
+                match stored {
+                    // PUBREL once the ack is kept: after a crash the
+                    // message is then never sent again.
+                    Some(m) => {
+                        let done = io
+                            .wake()
+                            .completion::<()>(Tag::Settled { packet_id: id }.to_u64());
+                        self.shared.release_stored(&session, id, m, done);
+                    }
+                    None => self.send(io, &Packet::PubRel(id)),
                 }
-                self.send(io, &Packet::PubRel(id));
             }
             Packet::PubRel(id) => {
                 session.state.lock().incoming_qos2.remove(&id);
                 self.send(io, &Packet::PubComp(id));
             }
             Packet::PubComp(id) => {
-                let mut st = session.state.lock();
-                if st
-                    .inflight
-                    .get(&id)
-                    .is_some_and(|i| i.stage == Stage::Released)
                 {
-                    st.inflight.remove(&id);
+                    let mut st = session.state.lock();
+                    if st
+                        .inflight
+                        .get(&id)
+                        .is_some_and(|i| i.stage == Stage::Released)
+                    {
+                        st.inflight.remove(&id);
+                    }
                 }
+                self.shared.completed(&session, id);
             }
             Packet::Subscribe { packet_id, filters } => {
                 self.subscribe(io, &session, packet_id, filters)
@@ -157,6 +189,7 @@ impl Core {
                 };
                 // Cancelling takes driver locks: not under the session's.
                 drop(gone);
+                self.shared.save_session(&session);
                 self.send(io, &Packet::UnsubAck(packet_id));
             }
             Packet::PingReq => self.send(io, &Packet::PingResp),
@@ -199,22 +232,23 @@ impl Core {
             id => id.to_owned(),
         };
         let epoch = self.shared.sessions.epoch();
-        let config = &self.shared.config;
+        self.shared.expire_sessions();
         let owner = self.guard.identity.as_ref().and_then(|i| i.user.clone());
-        let (session, present) = self.shared.sessions.attach(
+        let shared = self.shared.clone();
+        let (session, present, replaced) = self.shared.sessions.attach(
             &client_id,
             c.clean_session,
             owner,
             (io.wake().clone(), epoch),
-            || {
-                Session::new(
-                    client_id.clone(),
-                    c.clean_session,
-                    config.max_queued,
-                    self.shared.stats.dropped.clone(),
-                )
-            },
+            || shared.new_session(client_id.clone(), c.clean_session),
         );
+        if let Some(old) = replaced {
+            self.shared.forget(&old);
+        }
+        if !present && !c.clean_session {
+            self.shared.save_session(&session);
+            self.shared.open_queue(&session);
+        }
         let keep_alive =
             (c.keep_alive > 0).then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500));
         // A resumed session's subscriptions are checked against the rules
@@ -310,6 +344,11 @@ impl Protocol for Core {
                 }
             }
             Some(Tag::Login | Tag::Authorized) => self.answered(io, note),
+            Some(Tag::Settled { packet_id }) => match note.take::<Result<(), bindery::Failure>>() {
+                Ok(Ok(())) => self.send(io, &Packet::PubRel(packet_id)),
+                Ok(Err(f)) => self.close(true, &format!("stored message not acked: {f}")),
+                Err(_) => {}
+            },
         }
     }
 
@@ -363,6 +402,7 @@ impl Protocol for Core {
     }
 
     fn shutdown(&mut self, _: &mut Io<'_>) {
+        self.shared.stopping.store(true, Ordering::Release);
         self.close(false, "server stopping");
     }
 
@@ -384,7 +424,9 @@ impl Protocol for Core {
                     self.publish_will(will);
                 }
             }
-            self.shared.sessions.detach(&c.session, c.epoch);
+            if self.shared.sessions.detach(&c.session, c.epoch) {
+                self.shared.forget(&c.session);
+            }
         }
     }
 }

@@ -28,6 +28,17 @@
 //! `bindery_mqtt_subscriptions_ended_total`, and its session is not kept:
 //! it reconnects with `session_present = 0` and subscribes again.
 //!
+//! With `persistence` (a path prefix served by a durable queue driver,
+//! `"/durable/mqtt/"` in the default server), retained messages,
+//! persistent sessions (owner, subscriptions) and their QoS 1 and 2
+//! messages survive a restart and a `kill -9`: they are kept as messages in
+//! durable queues under the prefix (`persist.rs` says what is stored where,
+//! `restore.rs` when; docs/mqtt.md the whole story and its limits), and
+//! read back before the terminal listens. A QoS 1 or 2 publish is then
+//! acknowledged only once it is also stored for every persistent session
+//! it is for (and as retained, if it is). `session_expiry_secs` ends a
+//! persistent session no client has had for that long, stored or not.
+//!
 //! A QoS 1 or 2 publish the driver refuses (a full queue, a durable store
 //! out of space) closes the connection, with the reason in the log: MQTT
 //! 3.1.1 has no negative PUBACK, and acknowledging would be a false
@@ -46,6 +57,8 @@
 //! connect_timeout_secs = 10      # for the CONNECT packet
 //! dispatcher = "default"
 //! auth = "users"                 # an auth instance (see below); none: everything allowed
+//! persistence = "/durable/mqtt/" # keep state in the durable queues there; none: in memory
+//! session_expiry_secs = 604800   # a persistent session unused this long ends (0: never)
 //! ```
 //!
 //! With `auth`, CONNECT's username and password are checked (CONNACK 4
@@ -60,7 +73,11 @@ mod core;
 mod guard;
 #[cfg(test)]
 mod guard_tests;
+mod join;
+mod persist;
+mod restore;
 mod session;
+mod tag;
 #[cfg(test)]
 mod tests;
 mod traffic;
@@ -111,6 +128,13 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// Time allowed between connecting and sending CONNECT.
     pub connect_timeout_secs: u64,
+    /// Where the terminal keeps its state (retained messages, persistent
+    /// sessions, their queued QoS 1 and 2 messages): a path prefix served
+    /// by a durable queue driver (`"/durable/mqtt/"`); none: in memory.
+    pub persistence: Option<String>,
+    /// A persistent session no client has had for this long ends, with
+    /// its subscriptions and queued messages (0: never).
+    pub session_expiry_secs: u64,
 }
 
 impl Default for Config {
@@ -126,6 +150,8 @@ impl Default for Config {
             max_connections_per_address: 0,
             tls: None,
             connect_timeout_secs: 10,
+            persistence: None,
+            session_expiry_secs: 7 * 86_400,
         }
     }
 }
@@ -141,8 +167,30 @@ fn module_main(
         if !config.topic_root.ends_with('/') {
             config.topic_root.push('/');
         }
+        if let Some(p) = &mut config.persistence {
+            if !p.starts_with('/') {
+                return Err(format!(
+                    "instance {:?}: persistence must be a path prefix starting with '/'",
+                    cx.name()
+                )
+                .into());
+            }
+            if !p.ends_with('/') {
+                p.push('/');
+            }
+        }
         let stats = Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name())));
         let instance = cx.name().to_owned();
+        // When the instance stops, what it holds leased in the store is
+        // given back for the next incarnation (held here till then: the
+        // connections may all be gone by that time).
+        let started: Arc<Mutex<Option<Arc<Shared>>>> = Arc::default();
+        let stopping = started.clone();
+        cx.on_stop(move |_| {
+            if let Some(shared) = stopping.lock().take() {
+                shared.release_all();
+            }
+        });
         Ok(Serving {
             protocol: "mqtt",
             max_connections: config.max_connections,
@@ -157,9 +205,30 @@ fn module_main(
                     .as_deref()
                     .map(|name| bindery_classes::auth::Bound::require(rt, name))
                     .transpose()?;
+                let store = match &config.persistence {
+                    None => None,
+                    Some(prefix) => {
+                        let driver = bindery_classes::driver::lookup(rt, prefix).ok_or_else(|| {
+                            format!("instance {instance:?}: persistence {prefix:?}: no driver is bound there")
+                        })?;
+                        Some(Arc::new(
+                            persist::Store::new(driver, prefix)
+                                .map_err(|e| format!("instance {instance:?}: {e}"))?,
+                        ))
+                    }
+                };
                 let mut shared = Shared::new(&instance, config, dispatcher, stats);
                 shared.auth = auth;
-                Ok(MqttCores(Arc::new(shared)))
+                shared.store = store;
+                shared.runtime = Some(rt.clone());
+                let shared = Arc::new(shared);
+                shared
+                    .load()
+                    .map_err(|e| format!("instance {instance:?}: {e}"))?;
+                if shared.store.is_some() {
+                    *started.lock() = Some(shared.clone());
+                }
+                Ok(MqttCores(shared))
             }),
         })
     });
@@ -214,6 +283,16 @@ pub(crate) struct Shared {
     pub(crate) qos_headers: [Arc<[bindery_classes::message::Header]>; 3],
     /// `application/octet-stream`, shared likewise.
     pub(crate) octets: Arc<str>,
+    /// The topic root, shared.
+    pub(crate) root: Arc<str>,
+    /// The durable store, with persistence.
+    pub(crate) store: Option<Arc<persist::Store>>,
+    /// Set once the server stops: sessions ending then are not forgotten
+    /// in the store.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
+    /// The runtime, to tell a server stopping (drivers stop before the
+    /// terminal, ending subscriptions) from a session really ending.
+    pub(crate) runtime: Option<Arc<bindery::Runtime>>,
 }
 
 impl Shared {
@@ -223,8 +302,13 @@ impl Shared {
         dispatcher: DispatcherHandle,
         stats: Arc<Stats>,
     ) -> Shared {
+        let via = config.persistence.is_some();
         Shared {
             instance: instance.to_owned(),
+            root: config.topic_root.as_str().into(),
+            store: None,
+            stopping: Default::default(),
+            runtime: None,
             config,
             dispatcher,
             auth: None,
@@ -232,7 +316,12 @@ impl Shared {
             sessions: session::Sessions::default(),
             retained: Mutex::new(Default::default()),
             qos_headers: [0, 1, 2].map(|q: u8| -> Arc<[bindery_classes::message::Header]> {
-                Arc::new([(traffic::QOS_HEADER.into(), q.to_string().into())])
+                let mut h: Vec<bindery_classes::message::Header> =
+                    vec![(traffic::QOS_HEADER.into(), q.to_string().into())];
+                if via {
+                    h.push((persist::VIA.into(), instance.into()));
+                }
+                h.into()
             }),
             octets: "application/octet-stream".into(),
         }

@@ -8,10 +8,10 @@
 //! connection is woken by a note when the queue goes from empty to not.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use bindery::Note;
 use bindery_classes::connection::Wake;
 use bindery_classes::metrics::Counter;
 use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
@@ -19,70 +19,16 @@ use parking_lot::Mutex;
 
 use crate::codec::QoS;
 
-/// What a connection is told through its [`Wake`]; every note tag the
-/// terminal uses is made and read here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Tag {
-    /// Its session has messages.
-    Wake,
-    /// Another connection took its client id.
-    TakenOver,
-    /// A driver ended one of its subscriptions (a slow consumer under the
-    /// `disconnect` policy).
-    Ended,
-    /// The driver's outcome of an inbound QoS 1 or 2 publish.
-    Published { qos: QoS, packet_id: u16 },
-    /// The auth instance's answer to CONNECT.
-    Login,
-    /// The auth instance's answer to a question of access.
-    Authorized,
-}
-
-/// Set in the tags of `Published`: the rest holds QoS and packet id.
-const PUBLISHED: u64 = 1 << 40;
-
-impl Tag {
-    /// The note tag.
-    pub(crate) fn to_u64(self) -> u64 {
-        match self {
-            Tag::Wake => 1,
-            Tag::TakenOver => 2,
-            Tag::Ended => 3,
-            Tag::Login => 4,
-            Tag::Authorized => 5,
-            Tag::Published { qos, packet_id } => {
-                PUBLISHED | u64::from(qos) << 16 | u64::from(packet_id)
-            }
-        }
-    }
-
-    /// The tag a note carries, if it is one of ours.
-    pub(crate) fn from_u64(tag: u64) -> Option<Tag> {
-        match tag {
-            1 => Some(Tag::Wake),
-            2 => Some(Tag::TakenOver),
-            3 => Some(Tag::Ended),
-            4 => Some(Tag::Login),
-            5 => Some(Tag::Authorized),
-            t if t & PUBLISHED != 0 => Some(Tag::Published {
-                qos: ((t >> 16) & 3) as QoS,
-                packet_id: (t & 0xffff) as u16,
-            }),
-            _ => None,
-        }
-    }
-
-    /// Sends this tag, with no payload, through `wake`.
-    pub(crate) fn send(self, wake: &Wake) {
-        wake.note(Note::new(self.to_u64(), ()));
-    }
-}
+pub(crate) use crate::tag::Tag;
 
 /// A message waiting to be sent, and the subscription to credit once taken.
 pub(crate) struct Queued {
     pub(crate) message: Message,
     pub(crate) filter: Arc<str>,
     pub(crate) retain: bool,
+    /// Taken from the session's durable queue ([`crate::persist`]): acked
+    /// there once the client has it.
+    pub(crate) stored: bool,
 }
 
 /// Where an outgoing QoS 1 or 2 message stands.
@@ -99,6 +45,8 @@ pub(crate) struct Inflight {
     pub(crate) message: Message,
     pub(crate) qos: QoS,
     pub(crate) stage: Stage,
+    /// From the session's durable queue, not yet acked there.
+    pub(crate) stored: bool,
 }
 
 /// A subscription: its granted QoS and the driver's handle.
@@ -121,6 +69,14 @@ pub(crate) struct State {
     pub(crate) ended: Option<String>,
     /// The user who made the session (with auth): only they resume it.
     pub(crate) owner: Option<Arc<str>>,
+    /// The subscription to the session's durable queue, with persistence.
+    pub(crate) store_sub: Option<Arc<Subscription>>,
+    /// Stored QoS 2 messages PUBREC'd and not yet PUBCOMP'd: packet id
+    /// and queue message id, kept in the session record
+    /// ([`crate::persist::SessionRecord`]).
+    pub(crate) released: HashMap<u16, MessageId>,
+    /// Since when no connection has had the session (for expiry).
+    pub(crate) detached_at: Option<Instant>,
 }
 
 impl State {
@@ -140,8 +96,15 @@ pub(crate) struct Session {
     pub(crate) client_id: String,
     pub(crate) clean: bool,
     pub(crate) state: Mutex<State>,
-    max_queued: usize,
-    dropped: Counter,
+    pub(crate) max_queued: usize,
+    pub(crate) dropped: Counter,
+    /// The durable queue of this persistent session's QoS 1 and 2
+    /// messages, with persistence ([`crate::persist`]).
+    pub(crate) queue_path: Option<String>,
+    /// The store that queue is in.
+    store: Option<Arc<crate::persist::Store>>,
+    /// Messages stored (or being stored) in that queue and not yet acked.
+    pub(crate) pending: AtomicUsize,
 }
 
 impl Session {
@@ -150,27 +113,80 @@ impl Session {
         clean: bool,
         max_queued: usize,
         dropped: Counter,
+        queue: Option<(Arc<crate::persist::Store>, String)>,
     ) -> Arc<Session> {
+        let (store, queue_path) = match queue.filter(|_| !clean) {
+            Some((store, path)) => (Some(store), Some(path)),
+            None => (None, None),
+        };
         Arc::new(Session {
             client_id,
             clean,
             state: Mutex::new(State::default()),
             max_queued,
             dropped,
+            queue_path,
+            store,
+            pending: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether a message at `qos` to `topic` goes to this session's
+    /// durable queue: the session has one, and a subscription matching
+    /// `topic` was granted QoS 1 or 2. Returns the QoS it is stored at.
+    pub(crate) fn stores(&self, topic: &str, qos: QoS) -> Option<QoS> {
+        self.queue_path.as_ref()?;
+        if qos == 0 {
+            return None;
+        }
+        let st = self.state.lock();
+        let granted = st
+            .subs
+            .iter()
+            .filter(|(f, _)| bindery_classes::topic::matches(f, topic))
+            .map(|(_, s)| s.qos)
+            .max()?;
+        Some(granted.min(qos)).filter(|&q| q > 0)
     }
 
     /// A consumer that delivers into this session for `filter`, named
     /// after the client for the drivers' log lines.
-    pub(crate) fn consumer(self: &Arc<Session>, filter: Arc<str>, instance: &str) -> Consumer {
+    /// With persistence, a message this instance's MQTT publishers sent
+    /// (header `via`) that the session stores is skipped here: the
+    /// publisher stored it in the session's durable queue already.
+    pub(crate) fn consumer(
+        self: &Arc<Session>,
+        filter: Arc<str>,
+        instance: &str,
+        root: &Arc<str>,
+    ) -> Consumer {
         let weak: Weak<Session> = Arc::downgrade(self);
         let name = format!("{instance}: mqtt client {:?}", self.client_id);
+        let (me, root) = (Arc::<str>::from(instance), root.clone());
         Consumer::new(move |d| match (weak.upgrade(), d) {
-            (Some(s), Delivery::Message(m)) => s.push(Queued {
-                message: m,
-                filter: filter.clone(),
-                retain: false,
-            }),
+            (Some(s), Delivery::Message(m)) => {
+                if let (Some(store), Some(path)) = (&s.store, &s.queue_path) {
+                    let qos = crate::traffic::message_qos(&m);
+                    let topic = m.destination.strip_prefix(&*root).unwrap_or_default();
+                    if let Some(q) = s.stores(topic, qos) {
+                        if crate::persist::header(&m, crate::persist::VIA) != Some(&*me) {
+                            // From elsewhere (HTTP, another instance): into
+                            // the session's queue too, though its publisher
+                            // was answered without waiting for it.
+                            store.copy(&s, path, topic, q, &m);
+                        }
+                        // From this instance's MQTT clients: the publisher
+                        // stored it already.
+                        return;
+                    }
+                }
+                s.push(Queued {
+                    message: m,
+                    filter: filter.clone(),
+                    retain: false,
+                    stored: false,
+                })
+            }
             (Some(s), Delivery::Closed(why)) => s.end(why),
             (None, _) => {}
         })
@@ -198,7 +214,7 @@ impl Session {
     pub(crate) fn push(&self, q: Queued) {
         let wake = {
             let mut st = self.state.lock();
-            if st.queue.len() >= self.max_queued {
+            if !q.stored && st.queue.len() >= self.max_queued {
                 self.dropped.inc();
                 return;
             }
@@ -219,6 +235,10 @@ impl Session {
 #[derive(Default)]
 pub(crate) struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
+    /// Those of `map` with a durable queue: what a publish looks through
+    /// (changed under `map`'s lock).
+    persistent: parking_lot::RwLock<HashMap<String, Arc<Session>>>,
+    last_sweep: Mutex<Option<Instant>>,
     next_conn: AtomicU64,
     next_anonymous: AtomicU64,
 }
@@ -238,7 +258,8 @@ impl Sessions {
     }
 
     /// Attaches a connection to `client_id`'s session, taking it over from
-    /// any other connection; returns the session and whether it existed.
+    /// any other connection; returns the session, whether it existed, and
+    /// the persistent session it replaced, if any (to be forgotten).
     pub(crate) fn attach(
         &self,
         client_id: &str,
@@ -246,7 +267,7 @@ impl Sessions {
         owner: Option<Arc<str>>,
         at: (Wake, u64),
         make: impl FnOnce() -> Arc<Session>,
-    ) -> (Arc<Session>, bool) {
+    ) -> (Arc<Session>, bool, Option<Arc<Session>>) {
         let mut map = self.map.lock();
         let existing = map.get(client_id).cloned();
         if let Some(old) = &existing {
@@ -255,35 +276,105 @@ impl Sessions {
                 Tag::TakenOver.send(&wake);
             }
         }
-        let (session, present) = match existing {
+        let (session, present, replaced) = match existing {
             Some(old)
                 if !clean
                     && !old.clean
                     && old.state.lock().ended.is_none()
                     && old.state.lock().owner == owner =>
             {
-                (old, true)
+                (old, true, None)
             }
-            _ => {
+            old => {
                 let s = make();
                 s.state.lock().owner = owner;
                 map.insert(client_id.to_owned(), s.clone());
-                (s, false)
+                self.index(client_id, Some(&s));
+                (s, false, old.filter(|o| !o.clean))
             }
         };
-        session.state.lock().attached = Some(at);
-        (session, present)
+        {
+            let mut st = session.state.lock();
+            st.attached = Some(at);
+            st.detached_at = None;
+        }
+        (session, present, replaced)
+    }
+
+    /// Puts a session read back from the store in place, detached.
+    pub(crate) fn restore(&self, session: Arc<Session>) {
+        session.state.lock().detached_at = Some(Instant::now());
+        let mut map = self.map.lock();
+        self.index(&session.client_id, Some(&session));
+        map.insert(session.client_id.clone(), session);
+    }
+
+    /// Takes out the sessions nobody has had for `ttl`, at most once a
+    /// second (0: never).
+    pub(crate) fn expired(&self, ttl: u64) -> Vec<Arc<Session>> {
+        let now = Instant::now();
+        {
+            let mut last = self.last_sweep.lock();
+            if ttl == 0 || last.is_some_and(|l| now < l + Duration::from_secs(1)) {
+                return Vec::new();
+            }
+            *last = Some(now);
+        }
+        let ttl = Duration::from_secs(ttl);
+        let mut map = self.map.lock();
+        let gone: Vec<String> = map
+            .iter()
+            .filter(|(_, s)| {
+                let st = s.state.lock();
+                st.attached.is_none() && st.detached_at.is_some_and(|d| now >= d + ttl)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            self.index(k, None);
+        }
+        gone.iter().filter_map(|k| map.remove(k)).collect()
+    }
+
+    /// Every session.
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+        self.map.lock().values().cloned().collect()
+    }
+
+    /// The sessions with a durable queue (persistence) that a publish to
+    /// `topic` at `qos` is stored for, with the QoS it is stored at.
+    pub(crate) fn storing(&self, topic: &str, qos: QoS) -> Vec<(Arc<Session>, QoS)> {
+        self.persistent
+            .read()
+            .values()
+            .filter_map(|s| s.stores(topic, qos).map(|q| (s.clone(), q)))
+            .collect()
+    }
+
+    /// Keeps `persistent` in step with the map (call under its lock).
+    fn index(&self, client_id: &str, now: Option<&Arc<Session>>) {
+        let mut p = self.persistent.write();
+        match now.filter(|s| s.queue_path.is_some()) {
+            Some(s) => {
+                p.insert(client_id.to_owned(), s.clone());
+            }
+            None => {
+                p.remove(client_id);
+            }
+        }
     }
 
     /// Detaches connection `epoch`; a clean session ends with it, and so
-    /// does one a driver ended.
-    pub(crate) fn detach(&self, session: &Arc<Session>, epoch: u64) {
+    /// does one a driver ended. Returns whether a persistent session
+    /// ended (to be forgotten in the store).
+    pub(crate) fn detach(&self, session: &Arc<Session>, epoch: u64) -> bool {
         let mut map = self.map.lock();
         let (mine, ended) = {
             let mut st = session.state.lock();
             let mine = st.attached.as_ref().is_some_and(|a| a.1 == epoch);
             if mine {
                 st.attached = None;
+                st.detached_at = Some(Instant::now());
             }
             (mine, st.ended.is_some())
         };
@@ -293,11 +384,14 @@ impl Sessions {
                 .is_some_and(|s| Arc::ptr_eq(s, session))
             {
                 map.remove(&session.client_id);
+                self.index(&session.client_id, None);
             }
             drop(map);
             // Cancelling subscriptions takes driver locks: never under ours.
             let subs = std::mem::take(&mut session.state.lock().subs);
             drop(subs);
+            return !session.clean;
         }
+        false
     }
 }

@@ -182,3 +182,57 @@ proptest! {
         let _ = p.flow();
     }
 }
+
+#[test]
+fn session_records_round_trip_and_queue_paths_cannot_collide() {
+    use crate::persist::{decode_subs, encode_subs, queue_path};
+    let subs: Vec<(Arc<str>, u8)> = vec![("a/+/c".into(), 1), ("x y\n#".into(), 2), ("".into(), 0)];
+    let back = decode_subs(&encode_subs(&subs));
+    let want: Vec<(String, u8)> = subs.iter().map(|(f, q)| (f.to_string(), *q)).collect();
+    assert_eq!(back, want);
+    // A torn body yields what is whole.
+    let body = encode_subs(&subs);
+    assert_eq!(decode_subs(&body[..body.len() - 1]).len(), 2);
+    assert!(decode_subs(&[9, 200, 0, b'x']).is_empty());
+    assert_eq!(queue_path("/d/", "dev-1.a_b"), "/d/queue/dev-1.a_b");
+    assert_eq!(queue_path("/d/", "a/+#%"), "/d/queue/a%2F%2B%23%25");
+    assert_ne!(queue_path("/d/", "a/b"), queue_path("/d/", "a%2Fb"));
+    let record = bindery_classes::Message::new("/d/sessions", "", "").with_headers(vec![(
+        crate::persist::RELEASED.into(),
+        "7:00000000000000ff,x:1,9:zz,65535:0000000000000001".into(),
+    )]);
+    assert_eq!(
+        crate::persist::decode_released(&record),
+        [
+            (7, bindery_classes::MessageId(255)),
+            (65535, bindery_classes::MessageId(1))
+        ]
+    );
+}
+
+#[test]
+fn a_join_completes_once_with_the_main_receipt_or_the_first_failure() {
+    use bindery::{Completion, Failure, FailureKind};
+    use bindery_classes::MessageId;
+    use bindery_classes::driver::Receipt;
+    let receipt = |n| Receipt {
+        id: MessageId(n),
+        delivered_to: 0,
+        backlog: 0,
+    };
+    let (done, rx) = Completion::channel();
+    let join = crate::persist::Join::new(3, done);
+    join.part(false, true)
+        .fail(Failure::new(FailureKind::Full, "a session's queue is full"));
+    join.part(true, false).succeed(receipt(7));
+    assert!(rx.try_recv().is_err(), "not before every part");
+    join.part(false, false).succeed(receipt(8));
+    assert_eq!(rx.try_recv().unwrap().unwrap().id, MessageId(7));
+
+    let (done, rx) = Completion::channel();
+    let join = crate::persist::Join::new(2, done);
+    join.part(true, false).succeed(receipt(1));
+    join.part(false, false)
+        .fail(Failure::new(FailureKind::Unavailable, "store down"));
+    assert!(rx.try_recv().unwrap().is_err());
+}

@@ -5,19 +5,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bindery::{Completion, Failure};
 use bindery_classes::auth::Action;
 use bindery_classes::connection::Io;
-use bindery_classes::driver::{Receipt, SubscribeOptions};
+use bindery_classes::driver::Receipt;
 use bindery_classes::topic::matches;
 use bindery_classes::{Message, MessageId, Subscription};
 
 use crate::codec::{self, Packet, Publish, QoS};
 use crate::core::Core;
 use crate::guard::Permit;
-use crate::session::{Inflight, Queued, Session, Stage, Sub, Tag};
+use crate::persist::Join;
+use crate::session::{Inflight, Queued, Session, Stage, Tag};
 
 /// Unsent output past which queued messages wait.
 const MAX_OUTPUT: usize = 1 << 20;
@@ -25,7 +26,7 @@ const MAX_OUTPUT: usize = 1 << 20;
 pub(crate) const QOS_HEADER: &str = "mqtt-qos";
 
 /// The QoS a message was published with (HTTP publishes count as 1).
-fn message_qos(m: &Message) -> QoS {
+pub(crate) fn message_qos(m: &Message) -> QoS {
     m.headers
         .iter()
         .find(|(k, _)| &**k == QOS_HEADER)
@@ -85,7 +86,11 @@ impl Core {
         if p.retain {
             self.shared.retain(&p.topic, &message);
         }
+        let store = self.shared.store.clone();
         let done = if p.qos == 0 {
+            if let Some(store) = store.as_ref().filter(|_| p.retain) {
+                store.retain(&p.topic, &message, Completion::new(|_| {}));
+            }
             let backlog = self.backlog.clone();
             Completion::new(move |r: Result<Receipt, Failure>| {
                 if let Ok(r) = r {
@@ -97,7 +102,26 @@ impl Core {
                 qos: p.qos,
                 packet_id: p.packet_id,
             };
-            io.wake().completion::<Receipt>(tag.to_u64())
+            let done = io.wake().completion::<Receipt>(tag.to_u64());
+            match &store {
+                None => done,
+                Some(store) => {
+                    // Acknowledged once the retained record and the copies
+                    // for persistent sessions are stored too.
+                    let targets = self.shared.store_targets(&p.topic, p.qos);
+                    let parts = 1 + usize::from(p.retain) + targets.len();
+                    if parts == 1 {
+                        done
+                    } else {
+                        let join = Join::new(parts, done);
+                        if p.retain {
+                            store.retain(&p.topic, &message, join.part(false, false));
+                        }
+                        self.shared.store_copies(&p.topic, targets, &message, &join);
+                        join.part(true, false)
+                    }
+                }
+            }
         };
         self.shared.dispatcher.publish(message, done);
         Ok(())
@@ -173,40 +197,21 @@ impl Core {
                 self.subscribe_one(session, filter, requested.min(2))
             })
             .collect();
+        self.shared.save_session(session);
         self.send(io, &Packet::SubAck { packet_id, codes });
     }
 
     fn subscribe_one(&mut self, session: &Arc<Session>, filter: String, qos: QoS) -> u8 {
-        if !bindery_classes::topic::valid_filter(&filter) {
+        if !self.shared.attach_sub(session, &filter, qos) {
             return 0x80;
         }
-        let path = self.shared.path(&filter);
-        let Ok(driver) = self.shared.dispatcher.driver(&path) else {
-            return 0x80;
-        };
         let key: Arc<str> = filter.as_str().into();
-        let options = SubscribeOptions {
-            credit: self.shared.config.max_queued as u32,
-            lease: Duration::from_secs(60),
-        };
-        // The driver may deliver at once: never call it under the session lock.
-        let consumer = session.consumer(key.clone(), &self.shared.instance);
-        let Ok(subscription) = driver.subscribe(&path, consumer, options) else {
-            return 0x80;
-        };
-        let old = session.state.lock().subs.insert(
-            key.clone(),
-            Sub {
-                qos,
-                subscription: Arc::new(subscription),
-            },
-        );
-        drop(old);
         for message in self.shared.retained_matching(&filter) {
             session.push(Queued {
                 message,
                 filter: key.clone(),
                 retain: true,
+                stored: false,
             });
         }
         qos
@@ -220,6 +225,7 @@ impl Core {
         };
         let session = c.session.clone();
         let mut credit: Vec<(Arc<Subscription>, u32)> = Vec::new();
+        let (mut stored_taken, mut settle) = (0u32, Vec::new());
         {
             let mut st = session.state.lock();
             // With overlapping subscriptions a message may arrive once per
@@ -229,7 +235,7 @@ impl Core {
                 let Some(front) = st.queue.front() else { break };
                 let topic = self.shared.topic(&front.message.destination);
                 let granted = match topic {
-                    Some(t) if overlapping => st
+                    Some(t) if overlapping || front.stored => st
                         .subs
                         .iter()
                         .filter(|(f, _)| matches(f, t))
@@ -250,7 +256,9 @@ impl Core {
                     break;
                 }
                 let Some(q) = st.queue.pop_front() else { break };
-                if let Some(s) = st.subs.get(&q.filter).filter(|_| !q.retain) {
+                if q.stored {
+                    stored_taken += 1;
+                } else if let Some(s) = st.subs.get(&q.filter).filter(|_| !q.retain) {
                     // One credit call per subscription per drain.
                     match credit
                         .iter_mut()
@@ -260,10 +268,20 @@ impl Core {
                         None => credit.push((s.subscription.clone(), 1)),
                     }
                 }
-                let Some(qos) = qos.filter(|_| has_topic) else {
+                let released = q.stored && st.released.values().any(|&id| id == q.message.id);
+                let Some(qos) = qos.filter(|_| has_topic && !released) else {
+                    // Released: PUBREC'd before a restart that lost the
+                    // ack (the record kept it); the client has it.
+                    if q.stored {
+                        // No subscription wants it any more.
+                        settle.push(q.message.id);
+                    }
                     continue;
                 };
-                if overlapping && !q.retain {
+                if q.stored && qos == 0 {
+                    settle.push(q.message.id);
+                }
+                if overlapping && !q.retain && !q.stored {
                     if st.recent.contains(&q.message.id) {
                         continue;
                     }
@@ -285,6 +303,7 @@ impl Core {
                             message: q.message,
                             qos,
                             stage: Stage::Sent,
+                            stored: q.stored,
                         },
                     );
                 }
@@ -293,6 +312,16 @@ impl Core {
         // Credit calls into drivers: not under the session lock.
         for (s, n) in credit {
             s.credit(n);
+        }
+        for id in settle {
+            self.shared.settle(&session, id);
+        }
+        if stored_taken > 0 {
+            // Not under the session lock: the driver may deliver at once.
+            let sub = session.state.lock().store_sub.clone();
+            if let Some(sub) = sub {
+                sub.credit(stored_taken);
+            }
         }
     }
 

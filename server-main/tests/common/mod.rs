@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// The default configuration's MQTT `config` line (persistence on).
+pub const MQTT_PERSISTENCE: &str = "config = { persistence = \"/durable/mqtt/\" }";
+
 /// The default configuration on port 0, with `extra` TOML appended.
 pub fn config(extra: &str) -> String {
     let base = bindery_server::DEFAULT_CONFIG
@@ -20,6 +23,14 @@ pub fn config(extra: &str) -> String {
         .replace("127.0.0.1:1883", "127.0.0.2:0")
         .replace("127.0.0.1:8081", "127.0.0.3:0")
         .replace("127.0.0.1:5672", "127.0.0.7:0");
+    // A test that configures the MQTT terminal itself says everything
+    // (TOML takes one `config` per instance): without persistence unless
+    // it asks.
+    let base = if extra.contains("[instances.mqtt.config]") {
+        base.replace(MQTT_PERSISTENCE, "")
+    } else {
+        base
+    };
     format!("{base}\n{extra}")
 }
 
