@@ -55,12 +55,8 @@ pub(crate) enum Slot {
         sub: Option<Subscription>,
         close: bool,
     },
-    /// An event stream, started when it reaches the front; `ack`: the
-    /// queue whose messages it acks once written (see [`Streaming`]).
-    Stream {
-        sub: Subscription,
-        ack: Option<(DriverHandle, Arc<str>)>,
-    },
+    /// An event stream, started when it reaches the front.
+    Stream { sub: Subscription },
     /// A route's answer, streamed as the route sends it.
     Route(RouteSlot),
     /// A request waiting for the auth instance ([`crate::guard`]).
@@ -85,16 +81,9 @@ impl Slot {
 
 /// A live event stream: its subscription, and the messages written and
 /// not yet credited (credit goes back as the output drains).
-///
-/// On a queue the stream acks each message once its event is written to
-/// the socket (a browser's `EventSource` has no way to ack): without it
-/// the lease would end and the same message come again, forever. A queue
-/// read this way is at most once for what the connection loses in flight.
 pub(crate) struct Streaming {
     pub(crate) sub: Subscription,
     pub(crate) owed: u32,
-    /// The queue and the messages written since the output last drained.
-    pub(crate) ack: Option<(DriverHandle, Arc<str>, Vec<bindery_classes::MessageId>)>,
 }
 
 /// One connection's HTTP state.
@@ -348,7 +337,7 @@ impl Protocol for Core {
                     }
                 }
                 Slot::Stream { .. } => {
-                    if let Some(Slot::Stream { sub, ack }) = self.slots.pop_front() {
+                    if let Some(Slot::Stream { sub }) = self.slots.pop_front() {
                         let cors = self.origins.pop_front().flatten();
                         crate::cors::with_headers(
                             io.out(),
@@ -356,11 +345,7 @@ impl Protocol for Core {
                               Cache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n: subscribed\n\n",
                             cors.as_deref(),
                         );
-                        self.streaming = Some(Streaming {
-                            sub,
-                            owed: 0,
-                            ack: ack.map(|(d, q)| (d, q, Vec::new())),
-                        });
+                        self.streaming = Some(Streaming { sub, owed: 0 });
                     }
                     return;
                 }
@@ -377,11 +362,6 @@ impl Protocol for Core {
     fn drained(&mut self, _: &mut Io<'_>) {
         self.route_drained();
         if let Some(s) = &mut self.streaming {
-            if let Some((driver, queue, written)) = &mut s.ack {
-                for id in written.drain(..) {
-                    driver.ack(queue, id, bindery::Completion::new(|_| {}));
-                }
-            }
             if s.owed > 0 {
                 s.sub.credit(std::mem::take(&mut s.owed));
             }

@@ -1,7 +1,6 @@
 //! The REST messaging API: what each request does, and how outcomes become
 //! responses. Part of the protocol core ([`crate::core`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bindery::{Failure, FailureKind};
@@ -106,12 +105,8 @@ impl Core {
                 credit: config.stream_credit.max(1),
                 lease: Duration::from_secs(config.default_lease_secs),
             };
-            let ack = driver
-                .info()
-                .queue
-                .then(|| (driver.clone(), Arc::<str>::from(req.path.as_str())));
             return match driver.subscribe(&req.path, consumer, options) {
-                Ok(sub) => self.slots.push_back(Slot::Stream { sub, ack }),
+                Ok(sub) => self.slots.push_back(Slot::Stream { sub }),
                 Err(f) => self.failed(&f, close),
             };
         }
@@ -215,9 +210,6 @@ impl Core {
                     self.shared.stats.delivered.inc();
                     response::event(io.out(), &m.id.to_string(), "message", &m.body);
                     s.owed += 1;
-                    if let Some((_, _, written)) = &mut s.ack {
-                        written.push(m.id);
-                    }
                 }
                 Delivery::Closed(reason) => self.end_stream(io, &reason),
             }

@@ -356,32 +356,3 @@ fn without_cors_a_preflight_is_refused_as_before() {
         "{out}"
     );
 }
-
-#[test]
-fn an_event_stream_on_a_queue_acks_what_it_wrote_out() {
-    let mut p = pipe(Config::default());
-    p.send(b"GET /queues/feed HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n");
-    let head = text(p.output());
-    assert!(head.contains("text/event-stream"), "{head}");
-    let dispatcher = p.core.shared.dispatcher.clone();
-    let (done, rx) = bindery::Completion::channel();
-    dispatcher.publish(
-        bindery_classes::Message::new("/queues/feed", "text/plain", "once"),
-        done,
-    );
-    rx.recv_timeout(SETTLE)
-        .expect("receipt")
-        .expect("published");
-    p.settle(Duration::from_millis(100));
-    assert!(text(p.output()).contains("data: once"));
-    let stats = dispatcher.driver("/queues/feed").unwrap().stats();
-    let feed = stats
-        .iter()
-        .find(|s| s.destination == "/queues/feed")
-        .unwrap();
-    assert_eq!(
-        (feed.acked, feed.leased, feed.depth),
-        (1, 0, 0),
-        "written out, acked: it will not come again when a lease ends"
-    );
-}
