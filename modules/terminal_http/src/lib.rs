@@ -9,7 +9,7 @@
 //! | `POST <path>` | publishes the body, typed by `Content-Type`; `201` with `Message-Id` once the driver confirms; `404` no driver, `415` no parser, `400` invalid body, `503` + `Retry-After` when full |
 //! | `GET <queue>?wait=S&lease=S` | takes the next message: `200` with body, `Content-Type`, `Message-Id`, `Delivery-Count` and the message's own headers (a job runner's `Original-Id`, say); `204` when `wait` runs out |
 //! | `DELETE <queue>/messages/<id>` | acks; `204`, or `404` if not leased |
-//! | `GET <topic>` + `Accept: text/event-stream` | subscribes (server-sent events) |
+//! | `GET <topic>` + `Accept: text/event-stream` | subscribes (server-sent events); on a queue, each event is leased like a long poll's message: ack it with `DELETE <queue>/messages/<event id>` |
 //! | `GET /healthz`, `/readyz`, `/metrics` | alive; every instance can serve (`503` naming those that cannot); Prometheus text |
 //! | a route's key (`GET /pkg/{name}`) | what the route module answers (`bindery_classes::route`), streamed |
 //!
