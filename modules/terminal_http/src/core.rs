@@ -111,7 +111,8 @@ pub(crate) struct Core {
     /// Input bytes seen by the last `receive` and left unused.
     unused: usize,
     /// Each request's CORS header lines, in answer order (`None`: none);
-    /// taken as its answer is first written.
+    /// taken as its answer is first written. Kept only when the instance
+    /// has CORS: otherwise it stays empty and every take finds nothing.
     pub(crate) origins: VecDeque<Option<Arc<str>>>,
     /// Route body bytes moved to the output and not yet known written.
     pub(crate) route_owed: Option<(Arc<Window>, usize)>,
@@ -256,13 +257,16 @@ impl Protocol for Core {
                     used += n;
                     self.continued = false;
                     self.shared.stats.requests.inc();
-                    let cors = match (&self.shared.config.cors, &req.preflight) {
+                    if let Some(c) = &self.shared.config.cors {
                         // A preflight's answer says it all itself.
-                        (Some(_), Some(_)) if req.method == "OPTIONS" => None,
-                        (Some(c), _) => c.answer_headers(req.origin.as_deref()),
-                        (None, _) => None,
-                    };
-                    self.origins.push_back(cors);
+                        let preflight = req.preflight.is_some() && req.method == "OPTIONS";
+                        let lines = if preflight {
+                            None
+                        } else {
+                            c.answer_headers(req.origin.as_deref())
+                        };
+                        self.origins.push_back(lines);
+                    }
                     self.handle(io, req, &rest[..n]);
                 }
                 Parsed::Fail(status, reason) => {
@@ -270,7 +274,9 @@ impl Protocol for Core {
                     tracing::debug!(instance = %self.shared.instance, status, %reason, "bad request");
                     let mut out = Vec::new();
                     response::text(&mut out, status, &[], &reason, true);
-                    self.origins.push_back(None);
+                    if self.shared.config.cors.is_some() {
+                        self.origins.push_back(None);
+                    }
                     self.slots.push_back(Slot::Ready(out));
                     self.close_after = true;
                     used = input.len();

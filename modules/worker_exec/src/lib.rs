@@ -48,7 +48,6 @@ mod conformance {
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bindery_classes::dispatcher;
@@ -153,8 +152,6 @@ pub(crate) struct Settings {
     pub(crate) limits: exec::Limits,
     pub(crate) dir: Option<PathBuf>,
     pub(crate) stats: Stats,
-    /// Messages being worked, over all queues.
-    pub(crate) running: AtomicU64,
 }
 
 pub(crate) struct Stats {
@@ -222,7 +219,6 @@ fn module_main(
                     "Messages moved to the dead-letter path.",
                 ),
             },
-            running: AtomicU64::new(0),
         });
         let worker = Arc::new(ExecWorker {
             settings: settings.clone(),
@@ -265,7 +261,7 @@ pub struct ExecWorker {
 
 impl Worker for ExecWorker {
     fn running(&self) -> u64 {
-        self.settings.running.load(Ordering::Acquire)
+        self.settings.stats.running.get()
     }
 
     fn stop(&self, deadline: Instant) {

@@ -154,7 +154,6 @@ impl QueueWork {
                 abandon: abandon.clone(),
             },
         );
-        self.settings.running.fetch_add(1, Ordering::AcqRel);
         self.settings.stats.running.inc();
         let env = vec![
             (
@@ -215,7 +214,6 @@ impl QueueWork {
             stdout,
         } = done;
         self.jobs.remove(&message.id);
-        self.settings.running.fetch_sub(1, Ordering::AcqRel);
         self.settings.stats.running.dec();
         let stats = &self.settings.stats;
         if finished.success() {
