@@ -36,7 +36,8 @@ fn server(extra: &str) -> Server {
         parser_json,
         parser_octets,
         terminal_http,
-        terminal_mqtt
+        terminal_mqtt,
+        terminal_amqp
     ];
     Server::builder(linked)
         .config_str(format!("{BASIC}\n{extra}"))
@@ -288,4 +289,66 @@ fn messages_cross_between_the_program_and_http_and_mqtt_clients() {
     line.push_str(&reader.join().unwrap());
     let _ = sub.wait();
     assert_eq!(line.trim(), "home/cellar/temp 12");
+}
+
+#[test]
+fn messages_cross_between_the_program_and_an_amqp_client() {
+    use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    let s = server(
+        "[instances.amqp]\nmodule = \"terminal.amqp\"\nbind = [\"127.0.0.3:0\"]\n\
+         config = { queue_root = \"/jobs/\" }\n",
+    );
+    let client = s.client();
+    let amqp = terminal::all(s.kernel().runtime())
+        .into_iter()
+        .find(|(k, _)| k == "127.0.0.3:0")
+        .and_then(|(_, t)| t.local_addrs().first().copied())
+        .unwrap();
+    // Program → AMQP client, and back, on the queue /jobs/crossing.
+    client
+        .publish("/jobs/crossing", "text/plain", "to lapin")
+        .unwrap();
+    let mut back = client.consume("/jobs/crossing-back", 1).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let conn = Connection::connect(
+                &format!("amqp://guest:guest@{amqp}/%2f"),
+                ConnectionProperties::default(),
+            )
+            .await
+            .unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            for q in ["crossing", "crossing-back"] {
+                ch.queue_declare(
+                    q.into(),
+                    QueueDeclareOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            }
+            let got = ch
+                .basic_get("crossing".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .expect("the program's message");
+            assert_eq!(got.delivery.data, b"to lapin");
+            ch.basic_publish(
+                "".into(),
+                "crossing-back".into(),
+                BasicPublishOptions::default(),
+                b"from lapin",
+                BasicProperties::default().with_content_type("text/plain".into()),
+            )
+            .await
+            .unwrap();
+            conn.close(200, "bye".into()).await.unwrap();
+        })
+        .await
+        .expect("the AMQP exchange finished in time")
+    });
+    assert_eq!(&recv(&mut back).body[..], b"from lapin");
 }
