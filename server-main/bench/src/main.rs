@@ -33,6 +33,7 @@
 mod amqp;
 mod amqp_load;
 mod mqtt;
+mod nats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use mqtt::{Conn, Incoming};
+use mqtt::{Conn, Incoming, Wire};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,9 +54,15 @@ use mqtt::{Conn, Incoming};
     about = "MQTT load: throughput, fan-out, fan-in, latency"
 )]
 pub(crate) struct Cli {
-    /// The broker's MQTT address.
+    /// The broker's MQTT address (or NATS / AMQP address, see `--wire`
+    /// and `amqp`).
     #[arg(long, global = true, default_value = "127.0.0.1:1883")]
     broker: SocketAddr,
+    /// The protocol of the MQTT scenarios: `nats` runs them over the NATS
+    /// client protocol instead (QoS 0 only), to measure nats-server's own
+    /// fastest path beside the others.
+    #[arg(long, global = true, value_enum, default_value_t = Wire::Mqtt)]
+    wire: Wire,
     /// A name for the broker in the results.
     #[arg(long, global = true, default_value = "broker")]
     name: String,
@@ -178,6 +185,7 @@ fn flow(
             let mut c = Conn::open_small(
                 cli.broker,
                 &format!("bench-stalled-{i}-{}", std::process::id()),
+                cli.wire,
             )?;
             c.subscribe(&t, cli.qos)?;
             Ok(c)
@@ -189,7 +197,11 @@ fn flow(
     let bar = progress(expected);
     let mut subs = Vec::new();
     for i in 0..subscribers {
-        let mut c = Conn::open(cli.broker, &format!("bench-sub-{i}-{}", std::process::id()))?;
+        let mut c = Conn::open(
+            cli.broker,
+            &format!("bench-sub-{i}-{}", std::process::id()),
+            cli.wire,
+        )?;
         c.subscribe(&t, cli.qos)?;
         c.reader
             .get_ref()
@@ -239,8 +251,12 @@ fn flow(
     let per = cli.count / publishers as u64;
     let mut pubs = Vec::new();
     for p in 0..publishers {
-        let mut c = Conn::open(cli.broker, &format!("bench-pub-{p}-{}", std::process::id()))?;
-        let (t, size, qos) = (t.clone(), cli.size, cli.qos);
+        let mut c = Conn::open(
+            cli.broker,
+            &format!("bench-pub-{p}-{}", std::process::id()),
+            cli.wire,
+        )?;
+        let (t, size, qos, wire) = (cli.wire.topic(&t), cli.size, cli.qos, cli.wire);
         let n = if p == 0 {
             cli.count - per * (publishers as u64 - 1)
         } else {
@@ -256,7 +272,7 @@ fn flow(
             for i in 0..n {
                 payload[..8].copy_from_slice(&i.to_be_bytes());
                 let id = (i % 65_535 + 1) as u16;
-                mqtt::publish(&mut buf, &t, &payload, qos, id);
+                wire.publish(&mut buf, &t, &payload, qos, id);
                 sent += 1;
                 if qos > 0 {
                     inflight += 1;
@@ -325,13 +341,21 @@ fn flow(
 fn latency(cli: &Cli) -> anyhow::Result<Outcome> {
     let ping = topic("ping");
     let pong = topic("pong");
-    let mut echo = Conn::open(cli.broker, &format!("bench-echo-{}", std::process::id()))?;
+    let mut echo = Conn::open(
+        cli.broker,
+        &format!("bench-echo-{}", std::process::id()),
+        cli.wire,
+    )?;
     echo.subscribe(&ping, cli.qos)?;
-    let mut me = Conn::open(cli.broker, &format!("bench-ping-{}", std::process::id()))?;
+    let mut me = Conn::open(
+        cli.broker,
+        &format!("bench-ping-{}", std::process::id()),
+        cli.wire,
+    )?;
     me.subscribe(&pong, cli.qos)?;
     let rounds = cli.rounds;
     let deadline = Instant::now() + Duration::from_secs(cli.timeout);
-    let (qos, pong2) = (cli.qos, pong.clone());
+    let (qos, pong2, wire) = (cli.qos, cli.wire.topic(&pong), cli.wire);
     let echoer = std::thread::spawn(move || -> anyhow::Result<()> {
         use std::io::Write;
         let mut buf = Vec::new();
@@ -347,7 +371,7 @@ fn latency(cli: &Cli) -> anyhow::Result<Outcome> {
                         echo.puback(packet_id)?;
                     }
                     buf.clear();
-                    mqtt::publish(&mut buf, &pong2, &payload, qos, packet_id.max(1));
+                    wire.publish(&mut buf, &pong2, &payload, qos, packet_id.max(1));
                     echo.writer.write_all(&buf)?;
                     echo.writer.flush()?;
                 }
@@ -368,7 +392,13 @@ fn latency(cli: &Cli) -> anyhow::Result<Outcome> {
         }
         use std::io::Write;
         buf.clear();
-        mqtt::publish(&mut buf, &ping, &payload, cli.qos, (i % 65_535 + 1) as u16);
+        cli.wire.publish(
+            &mut buf,
+            &cli.wire.topic(&ping),
+            &payload,
+            cli.qos,
+            (i % 65_535 + 1) as u16,
+        );
         let sent = Instant::now();
         me.writer.write_all(&buf)?;
         me.writer.flush()?;
@@ -418,7 +448,11 @@ fn latency(cli: &Cli) -> anyhow::Result<Outcome> {
 fn confirm(cli: &Cli) -> anyhow::Result<Outcome> {
     use std::io::Write;
     let t = topic("confirm");
-    let mut c = Conn::open(cli.broker, &format!("bench-confirm-{}", std::process::id()))?;
+    let mut c = Conn::open(
+        cli.broker,
+        &format!("bench-confirm-{}", std::process::id()),
+        cli.wire,
+    )?;
     let deadline = Instant::now() + Duration::from_secs(cli.timeout);
     let payload = vec![b'c'; cli.size];
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -519,6 +553,14 @@ fn chart(path: &PathBuf, results: &[Outcome]) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     anyhow::ensure!(cli.qos <= 1, "--qos takes 0 or 1");
+    anyhow::ensure!(
+        cli.wire == Wire::Mqtt || cli.qos == 0,
+        "--wire nats has no acknowledgements: --qos 0 only"
+    );
+    anyhow::ensure!(
+        cli.wire == Wire::Mqtt || !matches!(cli.scenario, Scenario::Confirm),
+        "--wire nats has no acknowledgements: no confirm scenario"
+    );
     anyhow::ensure!(
         cli.clients >= 1 && cli.count >= 1,
         "--clients and --count must be at least 1"

@@ -1,6 +1,6 @@
 //! Just enough of an MQTT 3.1.1 client for load: CONNECT, SUBSCRIBE,
 //! PUBLISH (QoS 0 and 1) and reading what comes back, over blocking
-//! sockets.
+//! sockets. The same connection speaks NATS when asked (see `nats`).
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -22,10 +22,47 @@ pub(crate) enum Incoming {
     Other(u8),
 }
 
+/// The protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Wire {
+    /// MQTT 3.1.1.
+    Mqtt,
+    /// The NATS client protocol (QoS 0 only).
+    Nats,
+}
+
+impl Wire {
+    /// Appends one publish of `payload` to `topic` (an MQTT topic; NATS
+    /// gets it with `.` for `/`).
+    pub(crate) fn publish(
+        self,
+        out: &mut Vec<u8>,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        packet_id: u16,
+    ) {
+        match self {
+            Wire::Mqtt => publish(out, topic, payload, qos, packet_id),
+            Wire::Nats => crate::nats::publish(out, topic, payload),
+        }
+    }
+
+    /// `topic` as this protocol names it.
+    pub(crate) fn topic(self, topic: &str) -> String {
+        match self {
+            Wire::Mqtt => topic.to_string(),
+            Wire::Nats => topic.replace('/', "."),
+        }
+    }
+}
+
 /// One connection to the broker.
 pub(crate) struct Conn {
     pub(crate) reader: BufReader<TcpStream>,
     pub(crate) writer: BufWriter<TcpStream>,
+    /// The protocol it speaks.
+    pub(crate) wire: Wire,
 }
 
 fn put_len(out: &mut Vec<u8>, mut n: usize) {
@@ -61,30 +98,44 @@ pub(crate) fn publish(out: &mut Vec<u8>, topic: &str, payload: &[u8], qos: u8, p
 
 impl Conn {
     /// Connects and completes the CONNECT handshake.
-    pub(crate) fn open(addr: SocketAddr, client_id: &str) -> anyhow::Result<Conn> {
+    pub(crate) fn open(addr: SocketAddr, client_id: &str, wire: Wire) -> anyhow::Result<Conn> {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .with_context(|| format!("connecting to {addr}"))?;
-        Conn::handshake(addr, s, client_id)
+        Conn::handshake(addr, s, client_id, wire)
     }
 
     /// Connects with a small receive buffer: a client that will stall
     /// (subscribe, then never read).
-    pub(crate) fn open_small(addr: SocketAddr, client_id: &str) -> anyhow::Result<Conn> {
+    pub(crate) fn open_small(
+        addr: SocketAddr,
+        client_id: &str,
+        wire: Wire,
+    ) -> anyhow::Result<Conn> {
         use socket2::{Domain, Socket, Type};
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         s.set_recv_buffer_size(4096)?;
         s.connect_timeout(&addr.into(), Duration::from_secs(5))
             .with_context(|| format!("connecting to {addr}"))?;
-        Conn::handshake(addr, s.into(), client_id)
+        Conn::handshake(addr, s.into(), client_id, wire)
     }
 
-    fn handshake(addr: SocketAddr, s: TcpStream, client_id: &str) -> anyhow::Result<Conn> {
+    fn handshake(
+        addr: SocketAddr,
+        s: TcpStream,
+        client_id: &str,
+        wire: Wire,
+    ) -> anyhow::Result<Conn> {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut c = Conn {
             reader: BufReader::with_capacity(1 << 16, s.try_clone()?),
             writer: BufWriter::with_capacity(1 << 16, s),
+            wire,
         };
+        if wire == Wire::Nats {
+            crate::nats::handshake(&mut c).with_context(|| format!("{addr}"))?;
+            return Ok(c);
+        }
         let mut body = Vec::new();
         put_str(&mut body, b"MQTT");
         body.extend_from_slice(&[4, 0x02, 0, 60]);
@@ -102,6 +153,9 @@ impl Conn {
 
     /// Subscribes to `filter` at `qos` and waits for the SUBACK.
     pub(crate) fn subscribe(&mut self, filter: &str, qos: u8) -> anyhow::Result<()> {
+        if self.wire == Wire::Nats {
+            return crate::nats::subscribe(self, &Wire::Nats.topic(filter));
+        }
         let mut body = vec![0, 1];
         put_str(&mut body, filter.as_bytes());
         body.push(qos);
@@ -119,6 +173,9 @@ impl Conn {
 
     /// Reads the next packet.
     pub(crate) fn read(&mut self) -> io::Result<Incoming> {
+        if self.wire == Wire::Nats {
+            return crate::nats::read(self);
+        }
         let mut first = [0u8; 1];
         self.reader.read_exact(&mut first)?;
         let mut len = 0usize;
