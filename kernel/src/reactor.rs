@@ -74,6 +74,9 @@ pub struct TimerId(u64);
 ///   cannot be cancelled; ignore ids you no longer care about.
 /// - `shutdown` is called once when the server stops: finish what is in
 ///   flight and [`Cx::close`] (the default closes at once).
+/// - `settle` is called once after a batch of notes (and tasks) for a
+///   handler that asked with [`Cx::settle`] during them: a connection
+///   takes many completions one note at a time and writes once.
 ///
 /// # Threading
 ///
@@ -98,6 +101,12 @@ pub trait Handler: Send + 'static {
     /// The server is stopping: drain, then close.
     fn shutdown(&mut self, cx: &mut Cx<'_>) {
         cx.close();
+    }
+
+    /// The batch of notes during which this handler called
+    /// [`Cx::settle`] is over: do the work deferred (write once).
+    fn settle(&mut self, cx: &mut Cx<'_>) {
+        let _ = cx;
     }
 }
 
@@ -186,6 +195,8 @@ impl ReactorHandle {
 struct Slot {
     generation: u32,
     handler: Option<Box<dyn Handler>>,
+    /// Listed in `Reactor::settling`.
+    settling: bool,
 }
 
 /// One event loop. Made by [`Reactor::new`], run by [`Reactor::run`] on its
@@ -198,6 +209,8 @@ pub struct Reactor {
     timers: BinaryHeap<Reverse<(Instant, u64, u32, u32)>>,
     next_timer: u64,
     grace: Duration,
+    /// Handlers that asked to [`Handler::settle`] after this batch.
+    settling: Vec<Address>,
 }
 
 impl Reactor {
@@ -222,6 +235,7 @@ impl Reactor {
                 timers: BinaryHeap::new(),
                 next_timer: 0,
                 grace: Duration::from_secs(5),
+                settling: Vec::new(),
             },
             handle,
         ))
@@ -248,6 +262,7 @@ impl Reactor {
         let slot = self.slots.insert(Slot {
             generation,
             handler: None,
+            settling: false,
         });
         let address = Address {
             reactor: self.shared.id,
@@ -359,6 +374,25 @@ impl Reactor {
             for task in tasks {
                 task(self);
             }
+            self.settle_all();
+        }
+    }
+
+    /// Calls [`Handler::settle`] on every handler that asked during the
+    /// batch just run.
+    fn settle_all(&mut self) {
+        let mut settling = std::mem::take(&mut self.settling);
+        for to in settling.drain(..) {
+            let slot = to.slot as usize;
+            match self.slots.get_mut(slot) {
+                Some(s) if s.generation == to.generation => s.settling = false,
+                _ => continue,
+            }
+            self.with_handler(slot, Some(to.generation), |h, cx| h.settle(cx));
+        }
+        // Keep the allocation unless settling asked for more.
+        if self.settling.is_empty() {
+            self.settling = settling;
         }
     }
 
@@ -425,6 +459,7 @@ impl Reactor {
                     self.with_handler(event.token().0, None, |h, cx| h.ready(cx, event));
                 }
             }
+            self.settle_all();
         }
         // Whatever is left is dropped here: sockets close, completions held
         // by handlers report Dropped.
@@ -473,6 +508,18 @@ impl Cx<'_> {
             self.address.generation,
         )));
         TimerId(id)
+    }
+
+    /// Asks for one [`Handler::settle`] call once the current batch of
+    /// notes and tasks (or readiness events) is over; asking again before
+    /// then changes nothing.
+    pub fn settle(&mut self) {
+        if let Some(s) = self.reactor.slots.get_mut(self.address.slot as usize) {
+            if s.generation == self.address.generation && !s.settling {
+                s.settling = true;
+                self.reactor.settling.push(self.address);
+            }
+        }
     }
 
     /// Removes this handler when the current call returns (the handler is
@@ -577,5 +624,51 @@ mod tests {
         reactor.run().unwrap();
         let seen: Vec<String> = rx.try_iter().collect();
         assert_eq!(seen, ["note 3 Ok(3)", "shutdown"]);
+    }
+
+    /// Counts notes, settles once per batch.
+    struct Batcher {
+        notes: u32,
+        seen: mpsc::Sender<String>,
+    }
+
+    impl Handler for Batcher {
+        fn ready(&mut self, _: &mut Cx<'_>, _: &Event) {}
+        fn notify(&mut self, cx: &mut Cx<'_>, _: Note) {
+            self.notes += 1;
+            cx.settle();
+        }
+        fn settle(&mut self, _: &mut Cx<'_>) {
+            self.seen
+                .send(format!("settle after {}", self.notes))
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_batch_of_notes_settles_once_and_a_closed_handler_not_at_all() {
+        let (mut reactor, handle) = Reactor::new().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let a = reactor
+            .insert(|_| {
+                Ok(Box::new(Batcher {
+                    notes: 0,
+                    seen: tx.clone(),
+                }))
+            })
+            .unwrap();
+        let b = reactor
+            .insert(|_| Ok(Box::new(Batcher { notes: 0, seen: tx })))
+            .unwrap();
+        for i in 0..100 {
+            handle.notify(a, Note::new(i, ()));
+        }
+        handle.notify(b, Note::new(0, ()));
+        // Closed within the batch, after its note asked to settle.
+        handle.close_handler(b);
+        handle.shutdown();
+        reactor.run().unwrap();
+        let seen: Vec<String> = rx.try_iter().collect();
+        assert_eq!(seen, ["settle after 100"]);
     }
 }

@@ -252,6 +252,12 @@ impl<S: Stream, P: Protocol> Handler for Connection<S, P> {
             let (mut io, core) = self.io(Instant::now());
             core.note(&mut io, note);
         }
+        // Driven once the batch of notes is over: a thousand
+        // acknowledgements leave in one write, not a thousand.
+        cx.settle();
+    }
+
+    fn settle(&mut self, cx: &mut Cx<'_>) {
         self.drive(cx);
     }
 
