@@ -14,7 +14,7 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 /// Why queued work failed.
@@ -74,7 +74,21 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-type Sink<T> = Box<dyn FnOnce(Result<T, Failure>) + Send>;
+/// Where an outcome goes: a closure of its own, or one shared by many
+/// completions (no allocation per completion).
+enum Sink<T> {
+    Once(Box<dyn FnOnce(Result<T, Failure>) + Send>),
+    Shared(Arc<dyn Fn(Result<T, Failure>) + Send + Sync>),
+}
+
+impl<T> Sink<T> {
+    fn call(self, outcome: Result<T, Failure>) {
+        match self {
+            Sink::Once(f) => f(outcome),
+            Sink::Shared(f) => f(outcome),
+        }
+    }
+}
 
 /// The promise to report the outcome of queued work exactly once.
 #[must_use = "a dropped completion reports FailureKind::Dropped"]
@@ -93,7 +107,17 @@ impl<T: Send + 'static> Completion<T> {
     /// completes it.
     pub fn new(sink: impl FnOnce(Result<T, Failure>) + Send + 'static) -> Self {
         Completion {
-            sink: Some(Box::new(sink)),
+            sink: Some(Sink::Once(Box::new(sink))),
+        }
+    }
+
+    /// A completion that hands the outcome to a function shared with
+    /// other completions: for many small requests with one answer path
+    /// (a QoS 0 publish's receipt), where a closure each would cost an
+    /// allocation each.
+    pub fn shared(sink: &Arc<dyn Fn(Result<T, Failure>) + Send + Sync>) -> Self {
+        Completion {
+            sink: Some(Sink::Shared(sink.clone())),
         }
     }
 
@@ -111,7 +135,7 @@ impl<T: Send + 'static> Completion<T> {
     /// Reports the outcome.
     pub fn complete(mut self, outcome: Result<T, Failure>) {
         if let Some(sink) = self.sink.take() {
-            sink(outcome);
+            sink.call(outcome);
         }
     }
 
@@ -129,7 +153,7 @@ impl<T: Send + 'static> Completion<T> {
 impl<T: Send + 'static> Drop for Completion<T> {
     fn drop(&mut self) {
         if let Some(sink) = self.sink.take() {
-            sink(Err(Failure::new(
+            sink.call(Err(Failure::new(
                 FailureKind::Dropped,
                 "the callee dropped the request without answering",
             )));
@@ -183,6 +207,18 @@ mod tests {
         let (c, rx) = Completion::<u32>::channel();
         drop(c);
         assert_eq!(rx.recv().unwrap().unwrap_err().kind, FailureKind::Dropped);
+    }
+
+    #[test]
+    fn shared_completions_each_report_once_including_drops() {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let sink: Arc<dyn Fn(Result<u32, Failure>) + Send + Sync> =
+            Arc::new(move |r: Result<u32, Failure>| log.lock().push(r.map_err(|f| f.kind)));
+        Completion::shared(&sink).succeed(1);
+        Completion::shared(&sink).succeed(2);
+        drop(Completion::shared(&sink));
+        assert_eq!(*seen.lock(), [Ok(1), Ok(2), Err(FailureKind::Dropped)],);
     }
 
     #[test]

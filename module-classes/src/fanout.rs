@@ -41,6 +41,7 @@
 //! Longer than most files here: the one rule for slow and stalled
 //! subscribers, with the tests that pin it.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,9 +185,25 @@ impl Outbox {
     /// Offers `message`: delivered with credit, else buffered, else the
     /// policy decides.
     pub fn offer(&mut self, message: &Message, limits: &Limits, clock: &mut Clock) -> Offer {
+        self.offer_cow(Cow::Borrowed(message), limits, clock)
+    }
+
+    /// [`Outbox::offer`] for the last subscriber a message reaches: the
+    /// message moves instead of being copied.
+    pub fn offer_owned(&mut self, message: Message, limits: &Limits, clock: &mut Clock) -> Offer {
+        self.offer_cow(Cow::Owned(message), limits, clock)
+    }
+
+    fn offer_cow(
+        &mut self,
+        message: Cow<'_, Message>,
+        limits: &Limits,
+        clock: &mut Clock,
+    ) -> Offer {
         if self.credit > 0 && self.buffer.is_empty() {
             self.credit -= 1;
-            self.consumer.deliver(Delivery::Message(message.clone()));
+            self.consumer
+                .deliver(Delivery::Message(message.into_owned()));
             return Offer::Delivered;
         }
         if self.buffer.is_empty() {
@@ -194,7 +211,7 @@ impl Outbox {
             self.progress = self.progress.max(clock.now());
         }
         if self.buffer.len() < limits.buffer {
-            self.buffer.push_back(message.clone());
+            self.buffer.push_back(message.into_owned());
             if self.buffer.len() >= limits.buffer {
                 self.full_since.get_or_insert_with(|| clock.now());
             }
@@ -205,7 +222,7 @@ impl Outbox {
         match limits.policy {
             SlowPolicy::DropOldest => {
                 self.buffer.pop_front();
-                self.buffer.push_back(message.clone());
+                self.buffer.push_back(message.into_owned());
                 Offer::DroppedOldest
             }
             SlowPolicy::DropNewest => Offer::DroppedNewest,

@@ -9,8 +9,17 @@
 //! empty and the `$` rule never applies to them.
 
 /// Whether `s` has a wildcard segment (`+` or `#`): a filter, not a topic.
+/// On every publish: one pass over the bytes, segments looked at only
+/// around a `+` or `#`.
 pub fn is_filter(s: &str) -> bool {
-    s.split('/').any(|seg| seg == "+" || seg == "#")
+    let b = s.as_bytes();
+    // No early exit: a loop the compiler turns into wide compares.
+    let wild = b.iter().fold(false, |w, &c| w | (c == b'+') | (c == b'#'));
+    wild && b.iter().enumerate().any(|(i, &c)| {
+        (c == b'+' || c == b'#')
+            && (i == 0 || b[i - 1] == b'/')
+            && b.get(i + 1).is_none_or(|&n| n == b'/')
+    })
 }
 
 /// Whether `f` is a well-formed filter: not empty, `#` only as the whole
@@ -73,6 +82,16 @@ mod tests {
         );
         assert!(!matches("+", "/finance"));
         assert!(matches("a/b", "a/b") && !matches("a/b", "a/c"));
+    }
+
+    #[test]
+    fn filters_have_a_wildcard_segment() {
+        for f in ["+", "#", "a/+", "+/a", "a/+/b", "a/#", "/+", "a//#"] {
+            assert!(is_filter(f), "{f}");
+        }
+        for t in ["", "a", "a+", "+a", "a/b+/c", "a/#b", "c#/d", "a/b", "/"] {
+            assert!(!is_filter(t), "{t}");
+        }
     }
 
     #[test]

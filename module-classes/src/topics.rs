@@ -8,6 +8,7 @@
 //! messages between nodes (`driver.redistopic`) hands each message that
 //! arrives to the set of the node it arrives on.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Weak};
 
 use bindery::{Failure, FailureKind};
@@ -28,7 +29,7 @@ pub struct LocalTopics {
     stopped: std::sync::atomic::AtomicBool,
     limits: Limits,
     max_topics: usize,
-    topics: DashMap<Box<str>, Arc<Mutex<Topic>>>,
+    topics: DashMap<Box<str>, Arc<Mutex<Topic>>, foldhash::fast::RandomState>,
     patterns: Arc<Mutex<Patterns>>,
     scope: Scope,
 }
@@ -41,7 +42,6 @@ struct Sub {
 
 /// One publish's pass over the subscribers it reaches.
 struct Round<'a> {
-    message: &'a Message,
     limits: &'a Limits,
     clock: Clock,
     meters: &'a DestinationMeters,
@@ -50,10 +50,13 @@ struct Round<'a> {
 }
 
 impl Round<'_> {
-    /// Offers the message to `sub`, counting; false when the subscription
-    /// ends.
-    fn offer(&mut self, sub: &mut Sub) -> bool {
-        let o = sub.outbox.offer(self.message, self.limits, &mut self.clock);
+    /// Offers the message to `sub` (a copy, or the message itself to the
+    /// last subscriber), counting; false when the subscription ends.
+    fn offer(&mut self, sub: &mut Sub, message: Cow<'_, Message>) -> bool {
+        let o = match message {
+            Cow::Borrowed(m) => sub.outbox.offer(m, self.limits, &mut self.clock),
+            Cow::Owned(m) => sub.outbox.offer_owned(m, self.limits, &mut self.clock),
+        };
         match o {
             Offer::Delivered => self.meters.delivered.inc(),
             _ if o.dropped() => self.meters.dropped.inc(),
@@ -131,7 +134,7 @@ impl LocalTopics {
             stopped: std::sync::atomic::AtomicBool::new(false),
             limits,
             max_topics,
-            topics: DashMap::new(),
+            topics: DashMap::with_hasher(Default::default()),
             patterns: Arc::new(Mutex::new(Patterns {
                 subs: Vec::new(),
                 next_sub: 0,
@@ -247,7 +250,9 @@ impl LocalTopics {
     }
 
     /// Offers `message` to every live subscriber of its topic and of the
-    /// patterns that match it.
+    /// patterns that match it. The last subscriber of the topic gets the
+    /// message itself when no pattern is subscribed (1 -> 1 copies
+    /// nothing).
     pub fn publish(&self, mut message: Message) -> Result<Receipt, Failure> {
         self.check_publish(&message.destination)?;
         let t = self.topic(&message.destination)?;
@@ -257,26 +262,43 @@ impl LocalTopics {
             let mut t = t.lock();
             let Topic { subs, meters, .. } = &mut *t;
             meters.published.inc();
+            // Topic, then patterns: the one lock order, so each subscriber
+            // sees a topic's messages in publish order.
+            let mut patterns = self.patterns.lock();
             let mut round = Round {
-                message: &message,
                 limits: &self.limits,
                 clock: Clock::default(),
                 meters,
                 reached: 0,
                 backlog: 0,
             };
+            let last = subs
+                .len()
+                .checked_sub(1)
+                .filter(|_| patterns.subs.is_empty());
             let mut offered = subs.len();
-            subs.retain_mut(|s| round.offer(s));
-            // Topic, then patterns: the one lock order, so each subscriber
-            // sees a topic's messages in publish order.
-            let mut patterns = self.patterns.lock();
-            patterns.subs.retain_mut(|(p, s)| {
-                if !topic::matches(p, &message.destination) {
-                    return true;
+            let mut owned = Some(message);
+            let mut i = 0;
+            subs.retain_mut(|s| {
+                let at = i;
+                i += 1;
+                match &owned {
+                    Some(m) if Some(at) != last => round.offer(s, Cow::Borrowed(m)),
+                    _ => match owned.take() {
+                        Some(m) => round.offer(s, Cow::Owned(m)),
+                        None => true,
+                    },
                 }
-                offered += 1;
-                round.offer(s)
             });
+            if let Some(message) = &owned {
+                patterns.subs.retain_mut(|(p, s)| {
+                    if !topic::matches(p, &message.destination) {
+                        return true;
+                    }
+                    offered += 1;
+                    round.offer(s, Cow::Borrowed(message))
+                });
+            }
             if offered == 0 {
                 // Nobody listens: the message goes nowhere, counted.
                 round.meters.dropped.inc();

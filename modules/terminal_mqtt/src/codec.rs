@@ -93,14 +93,81 @@ pub(crate) enum Decoded {
 
 /// Decodes the packet at the start of `buf`; `max` bounds its size.
 pub(crate) fn decode(buf: &[u8], max: usize) -> Result<Decoded, Malformed> {
-    let Some(&first) = buf.first() else {
+    let Some((first, body, n)) = frame(buf, max)? else {
         return Ok(Decoded::Partial);
+    };
+    let packet = parse(first >> 4, first & 0x0f, body)?;
+    Ok(Decoded::Packet(packet, n))
+}
+
+/// A PUBLISH as it lies in the input: nothing copied yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PublishIn<'a> {
+    pub(crate) dup: bool,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) topic: &'a str,
+    pub(crate) packet_id: u16,
+    pub(crate) payload: &'a [u8],
+}
+
+impl PublishIn<'_> {
+    /// The packet, owned (held for an auth answer).
+    pub(crate) fn to_owned(self) -> Publish {
+        Publish {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.topic.to_owned(),
+            packet_id: self.packet_id,
+            payload: Bytes::copy_from_slice(self.payload),
+        }
+    }
+}
+
+impl Publish {
+    /// The packet as if it lay in the input.
+    pub(crate) fn as_in(&self) -> PublishIn<'_> {
+        PublishIn {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// The PUBLISH at the start of `buf`, borrowed, when a whole one is there:
+/// the path every message takes, with no allocation. `None` when the
+/// packet is not a PUBLISH or not whole yet ([`decode`] says which).
+pub(crate) fn decode_publish(
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(PublishIn<'_>, usize)>, Malformed> {
+    if buf.first().is_none_or(|&b| b >> 4 != 3) {
+        return Ok(None);
+    }
+    let Some((first, body, n)) = frame(buf, max)? else {
+        return Ok(None);
+    };
+    Ok(Some((parse_publish(first & 0x0f, body)?, n)))
+}
+
+/// A whole packet in the input: its first byte, its body and its length.
+type Frame<'a> = (u8, &'a [u8], usize);
+
+/// The packet at the start of `buf`, once it is all there.
+fn frame(buf: &[u8], max: usize) -> Result<Option<Frame<'_>>, Malformed> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
     };
     let mut len: usize = 0;
     let mut i = 1;
     loop {
         let Some(&b) = buf.get(i) else {
-            return Ok(Decoded::Partial);
+            return Ok(None);
         };
         len |= ((b & 0x7f) as usize) << (7 * (i - 1));
         i += 1;
@@ -117,11 +184,28 @@ pub(crate) fn decode(buf: &[u8], max: usize) -> Result<Decoded, Malformed> {
             len + i
         ));
     }
-    let Some(body) = buf.get(i..i + len) else {
-        return Ok(Decoded::Partial);
-    };
-    let packet = parse(first >> 4, first & 0x0f, body)?;
-    Ok(Decoded::Packet(packet, i + len))
+    Ok(buf.get(i..i + len).map(|body| (first, body, i + len)))
+}
+
+fn parse_publish(fl: u8, body: &[u8]) -> Result<PublishIn<'_>, Malformed> {
+    let mut r = Reader(body);
+    let qos = (fl >> 1) & 3;
+    if qos == 3 {
+        return bad("PUBLISH with QoS 3");
+    }
+    let topic = r.str()?;
+    let packet_id = if qos > 0 { r.u16()? } else { 0 };
+    if qos > 0 && packet_id == 0 {
+        return bad("PUBLISH with packet identifier 0");
+    }
+    Ok(PublishIn {
+        dup: fl & 0x08 != 0,
+        qos,
+        retain: fl & 1 != 0,
+        topic,
+        packet_id,
+        payload: r.0,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -146,14 +230,17 @@ impl<'a> Reader<'a> {
         let n = self.u16()? as usize;
         self.take(n)
     }
-    fn string(&mut self) -> Result<String, Malformed> {
+    fn str(&mut self) -> Result<&'a str, Malformed> {
         let b = self.binary()?;
         let s =
             std::str::from_utf8(b).map_err(|_| Malformed("a string that is not UTF-8".into()))?;
         if s.contains('\0') {
             return bad("a string containing U+0000");
         }
-        Ok(s.to_owned())
+        Ok(s)
+    }
+    fn string(&mut self) -> Result<String, Malformed> {
+        self.str().map(str::to_owned)
     }
     fn end(&self) -> Result<(), Malformed> {
         if self.0.is_empty() {
@@ -241,25 +328,9 @@ fn parse(kind: u8, fl: u8, body: &[u8]) -> Result<Packet, Malformed> {
             }
         }
         3 => {
-            let qos = (fl >> 1) & 3;
-            if qos == 3 {
-                return bad("PUBLISH with QoS 3");
-            }
-            let topic = r.string()?;
-            let packet_id = if qos > 0 { r.u16()? } else { 0 };
-            if qos > 0 && packet_id == 0 {
-                return bad("PUBLISH with packet identifier 0");
-            }
-            let payload = Bytes::copy_from_slice(r.0);
+            let p = parse_publish(fl, body)?;
             r.0 = &[];
-            Packet::Publish(Publish {
-                dup: fl & 0x08 != 0,
-                qos,
-                retain: fl & 1 != 0,
-                topic,
-                packet_id,
-                payload,
-            })
+            Packet::Publish(p.to_owned())
         }
         4 => {
             flags("PUBACK", fl, 0)?;
@@ -477,7 +548,8 @@ pub(crate) fn encode(out: &mut Vec<u8>, p: &Packet) {
 
 /// Whether `t` is a valid topic name to publish to.
 pub(crate) fn valid_topic(t: &str) -> bool {
-    !t.is_empty() && !t.contains('+') && !t.contains('#')
+    // No early exit: a loop the compiler turns into wide compares.
+    !t.is_empty() && !t.bytes().fold(false, |w, b| w | (b == b'+') | (b == b'#'))
 }
 
 #[cfg(test)]

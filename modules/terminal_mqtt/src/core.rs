@@ -50,6 +50,12 @@ pub(crate) struct Core {
     closing: Option<bool>,
     /// The backlog the driver reported for this connection's last publish.
     pub(crate) backlog: Arc<AtomicU32>,
+    /// Where QoS 0 receipts go (into `backlog`): one function for all of
+    /// them, no allocation per publish.
+    pub(crate) receipts: Arc<dyn Fn(Result<Receipt, Failure>) + Send + Sync>,
+    /// The wall clock when the input being handled was read: messages
+    /// published from one read share it.
+    pub(crate) wall: std::time::SystemTime,
     /// The topic last published to and its path: a publisher that keeps to
     /// one topic allocates no path per message.
     pub(crate) last_path: Option<(String, Arc<str>)>,
@@ -64,13 +70,21 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(shared: Arc<Shared>, now: Instant) -> Core {
         let connect_by = now + Duration::from_secs(shared.config.connect_timeout_secs.max(1));
+        let backlog = Arc::new(AtomicU32::new(0));
+        let to = backlog.clone();
         Core {
             shared,
             connected: None,
             connect_by,
             last_seen: now,
             closing: None,
-            backlog: Arc::new(AtomicU32::new(0)),
+            backlog,
+            receipts: Arc::new(move |r: Result<Receipt, Failure>| {
+                if let Ok(r) = r {
+                    to.store(r.backlog, Ordering::Relaxed);
+                }
+            }),
+            wall: std::time::SystemTime::now(),
             last_path: None,
             unused: 0,
             peer: String::new(),
@@ -121,10 +135,13 @@ impl Core {
                 other => Err(format!("{} before CONNECT", name(&other))),
             };
         };
+        if let Packet::Publish(p) = &p {
+            return self.publish_in(io, p.as_in());
+        }
         let session = c.session.clone();
         match p {
             Packet::Connect(_) => return Err("a second CONNECT".into()),
-            Packet::Publish(p) => self.publish_in(io, &session, p)?,
+            Packet::Publish(_) => {}
             Packet::PubAck(id) => {
                 let done = {
                     let mut st = session.state.lock();
@@ -305,6 +322,7 @@ impl Protocol for Core {
     fn receive(&mut self, io: &mut Io<'_>, input: &[u8]) -> usize {
         if input.len() > self.unused {
             self.last_seen = io.now();
+            self.wall = std::time::SystemTime::now();
         }
         if self.connected.is_none()
             && !self.guard.waiting()
@@ -315,7 +333,23 @@ impl Protocol for Core {
         }
         let mut used = 0;
         while self.closing.is_none() && !self.guard.waiting() {
-            match codec::decode(&input[used..], self.shared.config.max_packet_bytes) {
+            let max = self.shared.config.max_packet_bytes;
+            // PUBLISH first, borrowed from the input: no copy of its topic.
+            match codec::decode_publish(&input[used..], max) {
+                Ok(Some((p, n))) if self.connected.is_some() => {
+                    used += n;
+                    if let Err(why) = self.publish_in(io, p) {
+                        self.close(true, &why);
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.close(true, &e.0);
+                    continue;
+                }
+            }
+            match codec::decode(&input[used..], max) {
                 Ok(Decoded::Packet(p, n)) => {
                     used += n;
                     if let Err(why) = self.handle(io, p) {

@@ -361,6 +361,19 @@ impl Shared {
             .collect()
     }
 
+    /// The QoS `m` was published with: by pointer when it carries this
+    /// instance's shared headers (no string compared), else by its header.
+    pub(crate) fn qos_of(&self, m: &Message) -> codec::QoS {
+        match self
+            .qos_headers
+            .iter()
+            .position(|h| Arc::ptr_eq(h, &m.headers))
+        {
+            Some(q) => q as codec::QoS,
+            None => traffic::message_qos(m),
+        }
+    }
+
     /// The MQTT topic of a kernel path, if it is under the root.
     pub(crate) fn topic<'a>(&self, path: &'a str) -> Option<&'a str> {
         path.strip_prefix(self.config.topic_root.as_str())

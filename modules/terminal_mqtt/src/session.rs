@@ -57,7 +57,7 @@ pub(crate) struct Sub {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) subs: HashMap<Arc<str>, Sub>,
+    pub(crate) subs: HashMap<Arc<str>, Sub, foldhash::fast::RandomState>,
     pub(crate) queue: VecDeque<Queued>,
     pub(crate) inflight: BTreeMap<u16, Inflight>,
     pub(crate) incoming_qos2: HashSet<u16>,

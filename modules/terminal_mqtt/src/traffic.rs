@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
 use bindery::{Completion, Failure};
 use bindery_classes::auth::Action;
@@ -13,8 +12,9 @@ use bindery_classes::connection::Io;
 use bindery_classes::driver::Receipt;
 use bindery_classes::topic::matches;
 use bindery_classes::{Message, MessageId, Subscription};
+use bytes::Bytes;
 
-use crate::codec::{self, Packet, Publish, QoS};
+use crate::codec::{self, Packet, PublishIn, QoS};
 use crate::core::Core;
 use crate::guard::Permit;
 use crate::persist::Join;
@@ -37,23 +37,18 @@ pub(crate) fn message_qos(m: &Message) -> QoS {
 impl Core {
     /// An inbound PUBLISH: to the dispatcher; QoS 1 and 2 are acknowledged
     /// when the driver's outcome comes back ([`Core::published`]).
-    pub(crate) fn publish_in(
-        &mut self,
-        io: &mut Io<'_>,
-        session: &Arc<Session>,
-        p: Publish,
-    ) -> Result<(), String> {
-        if !codec::valid_topic(&p.topic) {
+    pub(crate) fn publish_in(&mut self, io: &mut Io<'_>, p: PublishIn<'_>) -> Result<(), String> {
+        if !codec::valid_topic(p.topic) {
             return Err(format!(
                 "PUBLISH to {:?}, which is not a topic name",
                 p.topic
             ));
         }
         let path = match &self.last_path {
-            Some((t, path)) if *t == p.topic => path.clone(),
+            Some((t, path)) if t == p.topic => path.clone(),
             _ => {
-                let path: Arc<str> = self.shared.path(&p.topic).into();
-                self.last_path = Some((p.topic.clone(), path.clone()));
+                let path: Arc<str> = self.shared.path(p.topic).into();
+                self.last_path = Some((p.topic.to_owned(), path.clone()));
                 path
             }
         };
@@ -65,11 +60,16 @@ impl Core {
             }
             Permit::Denied => return Err(format!("not allowed to publish to {:?}", p.topic)),
             Permit::Asked => {
-                self.guard.held = Some(Packet::Publish(p));
+                self.guard.held = Some(Packet::Publish(p.to_owned()));
                 return Ok(());
             }
         }
-        if p.qos == 2 && !session.state.lock().incoming_qos2.insert(p.packet_id) {
+        if p.qos == 2
+            && self
+                .connected
+                .as_ref()
+                .is_some_and(|c| !c.session.state.lock().incoming_qos2.insert(p.packet_id))
+        {
             // A resend of a message already taken: acknowledge again only.
             self.send(io, &Packet::PubRec(p.packet_id));
             return Ok(());
@@ -79,45 +79,40 @@ impl Core {
             destination: path,
             content_type: self.shared.octets.clone(),
             headers: self.shared.qos_headers[usize::from(p.qos.min(2))].clone(),
-            body: p.payload,
-            timestamp: SystemTime::now(),
+            body: Bytes::copy_from_slice(p.payload),
+            timestamp: self.wall,
             delivery_count: 0,
         };
         if p.retain {
-            self.shared.retain(&p.topic, &message);
+            self.shared.retain(p.topic, &message);
         }
-        let store = self.shared.store.clone();
+        let store = self.shared.store.as_ref();
         let done = if p.qos == 0 {
-            if let Some(store) = store.as_ref().filter(|_| p.retain) {
-                store.retain(&p.topic, &message, Completion::new(|_| {}));
+            if let Some(store) = store.filter(|_| p.retain) {
+                store.retain(p.topic, &message, Completion::new(|_| {}));
             }
-            let backlog = self.backlog.clone();
-            Completion::new(move |r: Result<Receipt, Failure>| {
-                if let Ok(r) = r {
-                    backlog.store(r.backlog, Ordering::Relaxed);
-                }
-            })
+            Completion::shared(&self.receipts)
         } else {
             let tag = Tag::Published {
                 qos: p.qos,
                 packet_id: p.packet_id,
             };
             let done = io.wake().completion::<Receipt>(tag.to_u64());
-            match &store {
+            match store {
                 None => done,
                 Some(store) => {
                     // Acknowledged once the retained record and the copies
                     // for persistent sessions are stored too.
-                    let targets = self.shared.store_targets(&p.topic, p.qos);
+                    let targets = self.shared.store_targets(p.topic, p.qos);
                     let parts = 1 + usize::from(p.retain) + targets.len();
                     if parts == 1 {
                         done
                     } else {
                         let join = Join::new(parts, done);
                         if p.retain {
-                            store.retain(&p.topic, &message, join.part(false, false));
+                            store.retain(p.topic, &message, join.part(false, false));
                         }
-                        self.shared.store_copies(&p.topic, targets, &message, &join);
+                        self.shared.store_copies(p.topic, targets, &message, &join);
                         join.part(true, false)
                     }
                 }
@@ -231,9 +226,31 @@ impl Core {
             // With overlapping subscriptions a message may arrive once per
             // match: it goes out once, at the highest grant among them.
             let overlapping = st.subs.len() > 1;
+            // The subscription of the last message's filter (its grant and
+            // its entry in `credit`): a run of messages from one
+            // subscription looks it up once.
+            type Found = Option<(QoS, usize)>;
+            let mut last: Option<(Arc<str>, Found)> = None;
             while io.unsent() < MAX_OUTPUT {
                 let Some(front) = st.queue.front() else { break };
                 let topic = self.shared.topic(&front.message.destination);
+                let sub = match &last {
+                    Some((f, found)) if Arc::ptr_eq(f, &front.filter) => *found,
+                    _ => {
+                        let found = st.subs.get(&front.filter).map(|s| {
+                            let at = credit
+                                .iter()
+                                .position(|(c, _)| Arc::ptr_eq(c, &s.subscription))
+                                .unwrap_or_else(|| {
+                                    credit.push((s.subscription.clone(), 0));
+                                    credit.len() - 1
+                                });
+                            (s.qos, at)
+                        });
+                        last = Some((front.filter.clone(), found));
+                        found
+                    }
+                };
                 let granted = match topic {
                     Some(t) if overlapping || front.stored => st
                         .subs
@@ -241,14 +258,12 @@ impl Core {
                         .filter(|(f, _)| matches(f, t))
                         .map(|(_, s)| s.qos)
                         .max(),
-                    Some(t) => st
-                        .subs
-                        .get(&front.filter)
+                    Some(t) => sub
                         .filter(|_| !t.starts_with('$') || matches(&front.filter, t))
-                        .map(|s| s.qos),
+                        .map(|(qos, _)| qos),
                     None => None,
                 };
-                let qos = granted.map(|g| g.min(message_qos(&front.message)));
+                let qos = granted.map(|g| g.min(self.shared.qos_of(&front.message)));
                 let has_topic = topic.is_some();
                 if qos.is_some_and(|q| q > 0)
                     && st.inflight.len() >= self.shared.config.max_inflight
@@ -258,15 +273,9 @@ impl Core {
                 let Some(q) = st.queue.pop_front() else { break };
                 if q.stored {
                     stored_taken += 1;
-                } else if let Some(s) = st.subs.get(&q.filter).filter(|_| !q.retain) {
+                } else if let Some((_, at)) = sub.filter(|_| !q.retain) {
                     // One credit call per subscription per drain.
-                    match credit
-                        .iter_mut()
-                        .find(|(sub, _)| Arc::ptr_eq(sub, &s.subscription))
-                    {
-                        Some((_, n)) => *n += 1,
-                        None => credit.push((s.subscription.clone(), 1)),
-                    }
+                    credit[at].1 += 1;
                 }
                 let released = q.stored && st.released.values().any(|&id| id == q.message.id);
                 let Some(qos) = qos.filter(|_| has_topic && !released) else {
@@ -311,7 +320,9 @@ impl Core {
         }
         // Credit calls into drivers: not under the session lock.
         for (s, n) in credit {
-            s.credit(n);
+            if n > 0 {
+                s.credit(n);
+            }
         }
         for id in settle {
             self.shared.settle(&session, id);
