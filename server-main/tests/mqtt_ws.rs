@@ -31,6 +31,7 @@ fn start() -> (Server, SocketAddr) {
 fn native(addr: SocketAddr, id: &str, filter: &str) -> (Client, mpsc::Receiver<rumqttc::Publish>) {
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
     let (c, mut conn) = Client::new(o, 100);
     let (tx, rx) = mpsc::channel();
     let (stx, srx) = mpsc::channel();
@@ -117,6 +118,42 @@ fn messages_cross_between_websocket_native_mqtt_and_http() {
         late.publish_in(),
         ("to-ws/kept".into(), b"retained".to_vec())
     );
+}
+
+#[test]
+fn large_messages_cross_both_ways_in_many_frames() {
+    let (s, w) = start();
+    let (native, from_ws) = native(s.mqtt.unwrap(), "native-big", "big/from-ws");
+    let mut c = ws::connect(w);
+    c.mqtt_connect("big");
+    c.subscribe("big/to-ws", 0);
+    // 300 KiB out of the server: frames of at most 64 KiB, one packet.
+    let payload: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    native
+        .publish("big/to-ws", QoS::AtMostOnce, false, payload.clone())
+        .unwrap();
+    let mut frames = 0;
+    let got = loop {
+        match c.ws.read().expect("a message within 10 s") {
+            Message::Binary(b) => {
+                assert!(b.len() <= 64 * 1024, "a frame of {} bytes", b.len());
+                frames += 1;
+                c.pending_push(&b);
+                if let Some(p) = c.try_packet() {
+                    break p;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(frames >= 5, "{frames} frames");
+    assert!(got.1.ends_with(&payload));
+    // 300 KiB into the server in one frame (under max_frame_bytes).
+    let mut p = Vec::new();
+    publish_packet(&mut p, "big/from-ws", 0, 0, &payload);
+    c.send(&p);
+    let m = from_ws.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(&m.payload[..], &payload[..]);
 }
 
 #[test]

@@ -12,20 +12,26 @@ use tungstenite::{Bytes, Message};
 
 /// A WebSocket connection speaking MQTT, and the bytes received not yet
 /// read as packets.
-pub struct WsMqtt {
-    pub ws: WebSocket<TcpStream>,
+pub struct WsMqtt<S: Read + Write = TcpStream> {
+    pub ws: WebSocket<S>,
     pending: Vec<u8>,
 }
 
 /// Connects to `addr` offering subprotocol `mqtt`, checks it was chosen.
 pub fn connect(addr: SocketAddr) -> WsMqtt {
-    let mut req = format!("ws://{addr}/mqtt").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
     let stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    connect_over(&format!("ws://{addr}/mqtt"), stream)
+}
+
+/// The handshake for `url` over `stream` (TLS for `wss:`), offering
+/// subprotocol `mqtt`; checks it was chosen.
+pub fn connect_over<S: Read + Write>(url: &str, stream: S) -> WsMqtt<S> {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
     let (ws, resp) = tungstenite::client(req, stream).expect("websocket handshake");
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["Sec-WebSocket-Protocol"], "mqtt");
@@ -35,7 +41,7 @@ pub fn connect(addr: SocketAddr) -> WsMqtt {
     }
 }
 
-impl WsMqtt {
+impl<S: Read + Write> WsMqtt<S> {
     /// Sends `bytes` as one binary message.
     pub fn send(&mut self, bytes: &[u8]) {
         self.ws
@@ -59,11 +65,22 @@ impl WsMqtt {
         }
     }
 
+    /// Keeps `bytes` as received data (for a test reading frames itself).
+    pub fn pending_push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// A whole MQTT packet received already, if there is one.
+    pub fn try_packet(&mut self) -> Option<(u8, Vec<u8>)> {
+        let (p, used) = parse(&self.pending)?;
+        self.pending.drain(..used);
+        Some(p)
+    }
+
     /// The next MQTT packet: its first byte and body.
     pub fn packet(&mut self) -> (u8, Vec<u8>) {
         loop {
-            if let Some((p, used)) = parse(&self.pending) {
-                self.pending.drain(..used);
+            if let Some(p) = self.try_packet() {
                 return p;
             }
             match self.ws.read().expect("a message within 10 s") {
