@@ -12,9 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// The default configuration's MQTT `config` line (persistence on).
+/// The default configuration's MQTT `config` line (persistence on), with
+/// its WebSocket listener moved as [`config`] moves it.
 pub const MQTT_PERSISTENCE: &str =
-    "config = { persistence = \"/durable/mqtt/\", websocket = { bind = [\"127.0.0.1:8083\"] } }";
+    "config = { persistence = \"/durable/mqtt/\", websocket = { bind = [\"127.0.0.8:0\"] } }";
 
 /// The default configuration on port 0, with `extra` TOML appended.
 pub fn config(extra: &str) -> String {
