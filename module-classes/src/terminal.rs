@@ -39,7 +39,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::connection::{Cores, MakeCore};
+use crate::connection::{Cores, MakeCore, WebSocket};
 use crate::listener::{self, ConnectionStats};
 use crate::metrics::Scope;
 
@@ -53,6 +53,12 @@ pub trait Terminal: Send + Sync + 'static {
     /// The addresses actually listened on (a key with port 0 gets a real
     /// port once started).
     fn local_addrs(&self) -> Vec<SocketAddr>;
+
+    /// The addresses its WebSocket listeners listen on (see
+    /// [`Serving::websocket`]), apart from its keys.
+    fn websocket_addrs(&self) -> Vec<SocketAddr> {
+        Vec::new()
+    }
 
     /// Open connections. Called from any thread; must not block.
     fn connections(&self) -> u64 {
@@ -122,6 +128,10 @@ pub struct Serving<M> {
     /// TLS on every connection (see [`crate::connection::tls`]); none:
     /// plaintext.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Listeners speaking WebSocket (over TLS too, when `tls` is set) to
+    /// the same cores, counted with the others (see
+    /// [`crate::connection::ws`]); none: no such listener.
+    pub websocket: Option<WebSocket>,
     /// Runs when the instance starts: look up what the cores need (the
     /// dispatcher) and return their factory.
     pub start: StartCores<M>,
@@ -149,15 +159,17 @@ where
             protocol: serving.protocol,
             connections,
             addrs: Mutex::new(Vec::new()),
+            ws_addrs: Mutex::new(Vec::new()),
             probe: serving.probe,
         });
         let (me, keys, span) = (served.clone(), cx.keys().to_vec(), cx.span().clone());
         let instance = cx.name().to_owned();
         let (max, unix, start) = (serving.max_connections, serving.unix_socket, serving.start);
-        let tls = serving.tls;
+        let (tls, websocket) = (serving.tls, serving.websocket);
         cx.on_start(move |rt| {
             span.in_scope(|| {
-                let accept = Arc::new(Cores::new(start(rt)?, tls));
+                let make = Arc::new(start(rt)?);
+                let accept = Arc::new(Cores::shared(make.clone(), tls.clone(), None));
                 let stats = &me.connections;
                 let bound = listener::listen_all(
                     rt,
@@ -169,6 +181,14 @@ where
                     accept.clone(),
                 )?;
                 me.addrs.lock().extend(bound);
+                if let Some(ws) = websocket {
+                    let keys = ws.bind.clone();
+                    let over_ws = Arc::new(Cores::shared(make, tls, Some(Arc::new(ws))));
+                    let protocol = format!("{} over websocket", me.protocol);
+                    let bound =
+                        listener::listen_all(rt, &instance, &protocol, &keys, max, stats, over_ws)?;
+                    me.ws_addrs.lock().extend(bound);
+                }
                 if let Some(path) = unix {
                     listener::listen_unix(rt, &path, max, stats.clone(), accept).map_err(|e| {
                         format!("cannot listen on the Unix socket {}: {e}", path.display())
@@ -187,6 +207,7 @@ struct Served {
     protocol: &'static str,
     connections: Arc<ConnectionStats>,
     addrs: Mutex<Vec<SocketAddr>>,
+    ws_addrs: Mutex<Vec<SocketAddr>>,
     probe: Option<Arc<dyn Probe>>,
 }
 
@@ -197,6 +218,10 @@ impl Terminal for Served {
 
     fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.lock().clone()
+    }
+
+    fn websocket_addrs(&self) -> Vec<SocketAddr> {
+        self.ws_addrs.lock().clone()
     }
 
     fn connections(&self) -> u64 {

@@ -331,6 +331,12 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
                 t.protocol()
             );
         }
+        for addr in t.websocket_addrs() {
+            listening += &format!(
+                "bindery: {}-ws listening on {addr} (websocket of {key})\n",
+                t.protocol()
+            );
+        }
     }
     // "ready" once signals are handled: a SIGHUP right after it reloads.
     kernel.run_until_signal(move || {

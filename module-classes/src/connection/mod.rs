@@ -39,9 +39,11 @@ use crate::listener::{Accept, OpenConnection};
 mod driver;
 pub mod testing;
 pub mod tls;
+pub mod ws;
 
 pub use driver::Connection;
 pub use tls::{TlsSettings, TlsStream};
+pub use ws::{WebSocket, WebSocketSettings, WsStream};
 
 /// How a core asks to be called back: each [`Note`] sent through a `Wake`
 /// reaches [`Protocol::note`] on the connection's own thread. Cheap to
@@ -306,18 +308,29 @@ pub trait MakeCore: Send + Sync + 'static {
 }
 
 /// Turns a [`MakeCore`] into what a listener accepts with: each accepted
-/// socket becomes a [`Connection`] around a new core, with TLS between
-/// them when configured.
+/// socket becomes a [`Connection`] around a new core, with TLS and then
+/// WebSocket between them when configured.
 pub struct Cores<M> {
-    make: M,
+    make: Arc<M>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    ws: Option<Arc<WebSocket>>,
 }
 
 impl<M> Cores<M> {
     /// Cores over TLS with `config` (see [`TlsSettings::load`]), or plain
     /// sockets without one.
     pub fn new(make: M, tls: Option<Arc<rustls::ServerConfig>>) -> Cores<M> {
-        Cores { make, tls }
+        Cores::shared(Arc::new(make), tls, None)
+    }
+
+    /// Cores from a factory shared with other listeners, with WebSocket
+    /// over the socket (or over TLS) when `ws` is given.
+    pub fn shared(
+        make: Arc<M>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        ws: Option<Arc<WebSocket>>,
+    ) -> Cores<M> {
+        Cores { make, tls, ws }
     }
 }
 
@@ -329,11 +342,22 @@ impl<M: MakeCore, S: Stream> Accept<S> for Cores<M> {
         open: OpenConnection,
     ) -> io::Result<Box<dyn Handler>> {
         let wake = Wake::reactor(cx.handle(), cx.address());
-        let core = self.make.core(stream.peer(), wake.clone());
-        match &self.tls {
-            None => Connection::start(cx, stream, core, wake, open),
-            Some(config) => {
+        let peer = stream.peer();
+        let core = match &self.ws {
+            None => self.make.core(peer, wake.clone()),
+            Some(_) => self.make.core(format!("{peer} (websocket)"), wake.clone()),
+        };
+        match (&self.tls, &self.ws) {
+            (None, None) => Connection::start(cx, stream, core, wake, open),
+            (Some(config), None) => {
                 let stream = TlsStream::new(stream, config.clone())?;
+                Connection::start(cx, stream, core, wake, open)
+            }
+            (None, Some(ws)) => {
+                Connection::start(cx, WsStream::new(stream, ws.clone()), core, wake, open)
+            }
+            (Some(config), Some(ws)) => {
+                let stream = WsStream::new(TlsStream::new(stream, config.clone())?, ws.clone());
                 Connection::start(cx, stream, core, wake, open)
             }
         }

@@ -174,6 +174,7 @@ fn module_main(
             probe: Some(Arc::new(HttpProbe)),
             unix_socket: None,
             tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
+            websocket: None,
             start: Box::new(move |rt| {
                 let dispatcher = dispatcher::require(rt, &config.dispatcher)?;
                 let auth = config

@@ -126,6 +126,7 @@ fn module_main(
             probe: Some(Arc::new(ManageProbe)),
             unix_socket: config.unix_socket.clone(),
             tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
+            websocket: None,
             start: Box::new(move |rt| {
                 let file = &config.token_file;
                 let token =

@@ -59,7 +59,14 @@
 //! auth = "users"                 # an auth instance (see below); none: everything allowed
 //! persistence = "/durable/mqtt/" # keep state in the durable queues there; none: in memory
 //! session_expiry_secs = 604800   # a persistent session unused this long ends (0: never)
+//! [instances.mqtt.config.websocket]  # MQTT over WebSocket (subprotocol `mqtt`); none: no listener
+//! bind = ["127.0.0.1:8083"]
+//! max_frame_bytes = 1048581      # larger WebSocket frames close with 1009 (default: max_packet_bytes + 5)
 //! ```
+//!
+//! MQTT over WebSocket is a transport, not a second MQTT: the same cores,
+//! sessions and retained messages, reached through
+//! [`bindery_classes::connection::ws`] (with TLS too when `tls` is set).
 //!
 //! With `auth`, CONNECT's username and password are checked (CONNACK 4
 //! for bad credentials, 5 for none where some are needed), each publish
@@ -86,7 +93,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bindery_classes::Message;
-use bindery_classes::connection::{MakeCore, TlsSettings, Wake};
+use bindery_classes::connection::{MakeCore, TlsSettings, Wake, WebSocket, WebSocketSettings};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
 use bindery_classes::metrics::{Counter, Scope};
 use bindery_classes::terminal::{self, Probe, Serving};
@@ -135,6 +142,9 @@ pub struct Config {
     /// A persistent session no client has had for this long ends, with
     /// its subscriptions and queued messages (0: never).
     pub session_expiry_secs: u64,
+    /// Listeners for MQTT over WebSocket (subprotocol `mqtt`), to the same
+    /// cores; none: no such listener.
+    pub websocket: Option<WebSocketSettings>,
 }
 
 impl Default for Config {
@@ -152,6 +162,7 @@ impl Default for Config {
             connect_timeout_secs: 10,
             persistence: None,
             session_expiry_secs: 7 * 86_400,
+            websocket: None,
         }
     }
 }
@@ -198,6 +209,14 @@ fn module_main(
             probe: Some(Arc::new(MqttProbe)),
             unix_socket: None,
             tls: config.tls.as_ref().map(|t| t.load(cx)).transpose()?,
+            websocket: config.websocket.as_ref().map(|w| WebSocket {
+                bind: w.bind.clone(),
+                // `mqttv3.1`: what older Paho JavaScript clients ask for.
+                subprotocols: &["mqtt", "mqttv3.1"],
+                // A whole packet in one frame: the largest packet and its
+                // fixed header.
+                max_frame_bytes: w.max_frame_bytes.unwrap_or(config.max_packet_bytes + 5),
+            }),
             start: Box::new(move |rt| {
                 let dispatcher = dispatcher::require(rt, &config.dispatcher)?;
                 let auth = config

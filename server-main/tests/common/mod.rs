@@ -4,6 +4,7 @@
 
 pub mod children;
 pub mod mqtt;
+pub mod ws;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,8 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// The default configuration's MQTT `config` line (persistence on).
-pub const MQTT_PERSISTENCE: &str = "config = { persistence = \"/durable/mqtt/\" }";
+/// The default configuration's MQTT `config` line (persistence on), with
+/// its WebSocket listener moved as [`config`] moves it.
+pub const MQTT_PERSISTENCE: &str =
+    "config = { persistence = \"/durable/mqtt/\", websocket = { bind = [\"127.0.0.8:0\"] } }";
 
 /// The default configuration on port 0, with `extra` TOML appended.
 pub fn config(extra: &str) -> String {
@@ -22,7 +25,8 @@ pub fn config(extra: &str) -> String {
         // one key in the terminal table.
         .replace("127.0.0.1:1883", "127.0.0.2:0")
         .replace("127.0.0.1:8081", "127.0.0.3:0")
-        .replace("127.0.0.1:5672", "127.0.0.7:0");
+        .replace("127.0.0.1:5672", "127.0.0.7:0")
+        .replace("127.0.0.1:8083", "127.0.0.8:0");
     // A test that configures the MQTT terminal itself says everything
     // (TOML takes one `config` per instance): without persistence unless
     // it asks.
@@ -42,6 +46,8 @@ pub struct Server {
     pub mqtt: Option<SocketAddr>,
     /// The management API's address, when the configuration has one.
     pub manage: Option<SocketAddr>,
+    /// The MQTT terminal's WebSocket listener, when it has one.
+    pub mqtt_ws: Option<SocketAddr>,
     /// The management token file (under the data directory).
     pub token_file: std::path::PathBuf,
     /// The configuration file the server was started with.
@@ -121,6 +127,7 @@ impl Server {
         let mut addr = None;
         let mut mqtt = None;
         let mut manage = None;
+        let mut mqtt_ws = None;
         let mut data_dir = None;
         let mut listening = Vec::new();
         for line in lines.by_ref() {
@@ -141,6 +148,9 @@ impl Server {
             }
             if let Some(rest) = line.strip_prefix("bindery: mqtt listening on ") {
                 mqtt = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+            }
+            if let Some(rest) = line.strip_prefix("bindery: mqtt-ws listening on ") {
+                mqtt_ws = rest.split_whitespace().next().map(|a| a.parse().unwrap());
             }
             if let Some(rest) = line.strip_prefix("bindery: manage listening on ") {
                 manage = rest.split_whitespace().next().map(|a| a.parse().unwrap());
@@ -163,6 +173,7 @@ impl Server {
             addr,
             mqtt,
             manage,
+            mqtt_ws,
             token_file: data.join("manage.token"),
             config_path: path.clone(),
             data_dir,
