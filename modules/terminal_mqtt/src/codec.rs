@@ -142,17 +142,20 @@ impl Publish {
 /// The PUBLISH at the start of `buf`, borrowed, when a whole one is there:
 /// the path every message takes, with no allocation. `None` when the
 /// packet is not a PUBLISH or not whole yet ([`decode`] says which).
-pub(crate) fn decode_publish(
-    buf: &[u8],
+/// `known` is a topic seen before: the same bytes again are not checked
+/// again.
+pub(crate) fn decode_publish<'a>(
+    buf: &'a [u8],
     max: usize,
-) -> Result<Option<(PublishIn<'_>, usize)>, Malformed> {
+    known: Option<&str>,
+) -> Result<Option<(PublishIn<'a>, usize)>, Malformed> {
     if buf.first().is_none_or(|&b| b >> 4 != 3) {
         return Ok(None);
     }
     let Some((first, body, n)) = frame(buf, max)? else {
         return Ok(None);
     };
-    Ok(Some((parse_publish(first & 0x0f, body)?, n)))
+    Ok(Some((parse_publish(first & 0x0f, body, known)?, n)))
 }
 
 /// A whole packet in the input: its first byte, its body and its length.
@@ -187,13 +190,31 @@ fn frame(buf: &[u8], max: usize) -> Result<Option<Frame<'_>>, Malformed> {
     Ok(buf.get(i..i + len).map(|body| (first, body, i + len)))
 }
 
-fn parse_publish(fl: u8, body: &[u8]) -> Result<PublishIn<'_>, Malformed> {
+fn parse_publish<'a>(
+    fl: u8,
+    body: &'a [u8],
+    known: Option<&str>,
+) -> Result<PublishIn<'a>, Malformed> {
     let mut r = Reader(body);
     let qos = (fl >> 1) & 3;
     if qos == 3 {
         return bad("PUBLISH with QoS 3");
     }
-    let topic = r.str()?;
+    let same = |k: &str| {
+        let n = k.len();
+        r.0.len() >= 2 + n
+            && usize::from(u16::from_be_bytes([r.0[0], r.0[1]])) == n
+            && &r.0[2..2 + n] == k.as_bytes()
+    };
+    let topic = match known {
+        Some(k) if same(k) => {
+            let raw = r.binary()?;
+            // SAFETY: `raw` holds the same bytes as `k`, a `&str`: valid
+            // UTF-8 (and already checked for U+0000 when first seen).
+            unsafe { std::str::from_utf8_unchecked(raw) }
+        }
+        _ => r.str()?,
+    };
     let packet_id = if qos > 0 { r.u16()? } else { 0 };
     if qos > 0 && packet_id == 0 {
         return bad("PUBLISH with packet identifier 0");
@@ -328,7 +349,7 @@ fn parse(kind: u8, fl: u8, body: &[u8]) -> Result<Packet, Malformed> {
             }
         }
         3 => {
-            let p = parse_publish(fl, body)?;
+            let p = parse_publish(fl, body, None)?;
             r.0 = &[];
             Packet::Publish(p.to_owned())
         }
@@ -668,10 +689,41 @@ mod tests {
         assert!(!valid_topic("a/+") && valid_topic("a/b"));
     }
 
+    /// A PUBLISH of `topic` (raw bytes) at QoS 0.
+    fn raw_publish(topic: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x30, (2 + topic.len() + payload.len()) as u8];
+        b.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        b.extend_from_slice(topic);
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn a_known_topic_is_recognised_and_anything_else_still_checked() {
+        let p = raw_publish(b"a/b", b"xy");
+        let (got, n) = decode_publish(&p, 100, Some("a/b")).unwrap().unwrap();
+        assert_eq!((got.topic, got.payload, n), ("a/b", &b"xy"[..], p.len()));
+        // Same length, other bytes; longer; shorter: decoded as usual.
+        for (topic, known) in [("a/c", "a/b"), ("a/bc", "a/b"), ("a", "a/b")] {
+            let p = raw_publish(topic.as_bytes(), b"xy");
+            let (got, _) = decode_publish(&p, 100, Some(known)).unwrap().unwrap();
+            assert_eq!((got.topic, got.payload), (topic, &b"xy"[..]));
+        }
+        // Bytes that are not UTF-8 are refused whatever topic is known.
+        let p = raw_publish(&[0xc3, 0x28, 0x2f], b"");
+        assert!(decode_publish(&p, 100, Some("a/b")).is_err());
+        assert!(decode_publish(&raw_publish(b"a\0b", b""), 100, Some("a/b")).is_err());
+        // A topic longer than the packet is refused, not read past.
+        let mut p = raw_publish(b"a/b", b"");
+        p[3] = 9;
+        assert!(decode_publish(&p, 100, Some("a/b")).is_err());
+    }
+
     proptest! {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode(&bytes, 1024);
+            let _ = decode_publish(&bytes, 1024, Some("a/b"));
         }
     }
 }

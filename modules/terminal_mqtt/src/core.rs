@@ -335,7 +335,8 @@ impl Protocol for Core {
         while self.closing.is_none() && !self.guard.waiting() {
             let max = self.shared.config.max_packet_bytes;
             // PUBLISH first, borrowed from the input: no copy of its topic.
-            match codec::decode_publish(&input[used..], max) {
+            let known = self.last_path.as_ref().map(|(t, _)| t.as_str());
+            match codec::decode_publish(&input[used..], max, known) {
                 Ok(Some((p, n))) if self.connected.is_some() => {
                     used += n;
                     if let Err(why) = self.publish_in(io, p) {
