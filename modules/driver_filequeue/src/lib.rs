@@ -60,6 +60,9 @@
 //! what the disk really holds: restart the instance through the
 //! management API (`bindery ctl restart NAME`) or restart the server.
 
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod journal;
 mod record;
 mod recover;

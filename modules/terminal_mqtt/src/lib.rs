@@ -81,6 +81,9 @@
 
 mod codec;
 mod core;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod guard;
 #[cfg(test)]
 mod guard_tests;

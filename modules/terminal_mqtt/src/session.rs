@@ -319,6 +319,10 @@ pub(crate) struct Sessions {
     next_anonymous: AtomicU64,
 }
 
+/// What [`Sessions::attach`] gives: the session, whether it existed, and
+/// the persistent session it replaced.
+pub(crate) type Attached = (Arc<Session>, bool, Option<Arc<Session>>);
+
 /// A new persistent session refused: `max_sessions` are kept.
 #[derive(Debug)]
 pub(crate) struct Full;
@@ -393,13 +397,13 @@ impl Sessions {
         at: (Wake, u64),
         max: usize,
         make: impl FnOnce() -> Arc<Session>,
-    ) -> Result<(Arc<Session>, bool, Option<Arc<Session>>), Full> {
+    ) -> Result<Attached, Full> {
         let mut map = self.map.lock();
         let existing = map.get(client_id).cloned();
         // One more persistent session, unless it replaces one.
         if !clean
             && max > 0
-            && !existing.as_ref().is_some_and(|o| !o.clean)
+            && existing.as_ref().is_none_or(|o| o.clean)
             && self.persistent_count() >= max
         {
             return Err(Full);
