@@ -12,7 +12,9 @@
 //! - [`ACCESS`], for modules that enforce users and rules: the right
 //!   password lets in; an unknown user and a wrong password are refused
 //!   alike; no credentials are refused unless anonymous access is on; the
-//!   rules are followed, nothing else allowed; a subscription filter that
+//!   rules are followed, nothing else allowed; a bearer token lets in as
+//!   its user (if the module takes tokens; if not, every token is bad
+//!   credentials), a revoked one no longer; a subscription filter that
 //!   could match any topic the user may not subscribe to is refused (so a
 //!   refused subscription receives nothing, ever); a changed rule or
 //!   password takes effect on reload, and the generation moves with it.
@@ -46,6 +48,9 @@ pub struct Rule {
 pub struct Setup {
     /// (user, password).
     pub users: Vec<(String, String)>,
+    /// (user, bearer token), for a module that takes tokens
+    /// ([`Auth::accepts_tokens`](bindery_classes::auth::Auth::accepts_tokens)).
+    pub tokens: Vec<(String, String)>,
     /// What is allowed.
     pub rules: Vec<Rule>,
     /// Connections without credentials are let in, as anonymous.
@@ -107,6 +112,10 @@ pub const ACCESS: &[Case<dyn Harness>] = &[
         name: "a_changed_rule_takes_effect_on_reload",
         run: a_changed_rule_takes_effect_on_reload,
     },
+    Case {
+        name: "a_token_lets_in_as_its_user_until_revoked",
+        run: a_token_lets_in_as_its_user_until_revoked,
+    },
 ];
 
 /// Runs [`AUTH`] as `#[test]`s, one per case, over a [`Harness`]:
@@ -152,6 +161,7 @@ macro_rules! auth_access_suite {
                     allows_what_the_rules_allow_and_nothing_else,
                     a_refused_subscription_receives_nothing,
                     a_changed_rule_takes_effect_on_reload,
+                    a_token_lets_in_as_its_user_until_revoked,
                 ]
             );
         }
@@ -219,6 +229,7 @@ fn standard() -> Setup {
             ("alice".into(), "wonderland-1".into()),
             ("bob".into(), "builder-2".into()),
         ],
+        tokens: vec![("alice".into(), "bdy_conformance-alice".into())],
         rules: vec![
             rule("alice", Action::Publish, "/topics/a/#"),
             rule("alice", Action::Subscribe, "/topics/a/#"),
@@ -419,6 +430,55 @@ fn a_refused_subscription_receives_nothing(h: &dyn Harness) -> Result<(), String
             if got { "allowed" } else { "refused" }
         );
     }
+    Ok(())
+}
+
+fn token(auth: &AuthHandle, user: Option<&str>, token: &str) -> Result<Login, String> {
+    let credentials = Credentials {
+        username: user.map(str::to_owned),
+        token: Some(Secret(token.as_bytes().to_vec())),
+        peer: "conformance".into(),
+        ..Credentials::default()
+    };
+    let (done, rx) = Completion::channel();
+    auth.authenticate(credentials, done);
+    wait(rx, "a bearer token")
+}
+
+fn a_token_lets_in_as_its_user_until_revoked(h: &dyn Harness) -> Result<(), String> {
+    let auth = h.make(&standard())?;
+    let alice = "bdy_conformance-alice";
+    if !auth.accepts_tokens() {
+        let got = token(&auth, None, alice)?;
+        ensure!(
+            got == Login::BadCredentials,
+            "a module that takes no tokens let one in: {got:?}"
+        );
+        return Ok(());
+    }
+    let got = token(&auth, None, alice)?;
+    ensure!(
+        got == Login::Accepted(Identity::user("alice")),
+        "alice's token: {got:?}"
+    );
+    for (user, t, what) in [
+        (None, "bdy_conformance-alicf", "a wrong token"),
+        (None, "", "an empty token"),
+        (None, "wonderland-1", "alice's password as a token"),
+        (Some("bob"), alice, "alice's token with bob's name"),
+    ] {
+        let got = token(&auth, user, t)?;
+        ensure!(got == Login::BadCredentials, "{what}: {got:?}");
+    }
+    h.change(&Setup {
+        tokens: Vec::new(),
+        ..standard()
+    })?;
+    let got = token(&auth, None, alice)?;
+    ensure!(
+        got == Login::BadCredentials,
+        "alice's token after it was revoked and reloaded: {got:?}"
+    );
     Ok(())
 }
 

@@ -23,34 +23,28 @@ struct Files {
 
 impl Harness for Files {
     fn make(&self, s: &Setup) -> Result<AuthHandle, String> {
-        let users: Vec<_> = s
-            .users
-            .iter()
-            .map(|(u, p)| (u.as_str(), p.as_str()))
-            .collect();
-        let rules: Vec<_> = s
-            .rules
-            .iter()
-            .map(|r| (r.user.as_str(), r.action, r.pattern.as_str()))
-            .collect();
+        let (users, tokens, rules) = parts(s);
         self.fixture
-            .make(&users, &rules, s.anonymous)
+            .make_with_tokens(&users, &tokens, &rules, s.anonymous)
             .map(self.mutate)
     }
 
     fn change(&self, s: &Setup) -> Result<(), String> {
-        let users: Vec<_> = s
-            .users
-            .iter()
-            .map(|(u, p)| (u.as_str(), p.as_str()))
-            .collect();
-        let rules: Vec<_> = s
-            .rules
-            .iter()
-            .map(|r| (r.user.as_str(), r.action, r.pattern.as_str()))
-            .collect();
-        self.fixture.change(&users, &rules)
+        let (users, tokens, rules) = parts(s);
+        self.fixture.change_with_tokens(&users, &tokens, &rules)
     }
+}
+
+type Pairs<'a> = Vec<(&'a str, &'a str)>;
+
+/// Users, tokens and rules as the fixture takes them.
+fn parts(s: &Setup) -> (Pairs<'_>, Pairs<'_>, Vec<(&str, Action, &str)>) {
+    let rules = s
+        .rules
+        .iter()
+        .map(|r| (r.user.as_str(), r.action, r.pattern.as_str()))
+        .collect();
+    (pairs(&s.users), pairs(&s.tokens), rules)
 }
 
 /// Answers remembered by who, action and path.
@@ -94,6 +88,10 @@ impl Auth for Mutant {
 
     fn generation(&self) -> u64 {
         self.inner.generation()
+    }
+
+    fn accepts_tokens(&self) -> bool {
+        self.inner.accepts_tokens()
     }
 }
 
@@ -173,6 +171,19 @@ fn a_module_that_keeps_its_answers_across_reloads_is_caught() {
 }
 
 #[test]
+fn a_module_that_lets_a_token_in_under_any_name_is_caught() {
+    let reason = caught(ACCESS, "a_token_lets_in_as_its_user_until_revoked", |a| {
+        let mut m = Mutant::new(a);
+        m.login = |c, l| match (&c.username, &c.token, l) {
+            (Some(u), Some(_), Login::BadCredentials) => Login::Accepted(Identity::user(u)),
+            (_, _, l) => l,
+        };
+        Arc::new(m)
+    });
+    assert!(reason.contains("bob's name"), "{reason}");
+}
+
+#[test]
 fn a_module_that_lets_anyone_in_without_credentials_is_caught() {
     let reason = caught(
         ACCESS,
@@ -203,4 +214,9 @@ fn a_module_that_drops_a_question_is_caught() {
         Arc::new(m)
     });
     assert!(reason.contains("Dropped"), "{reason}");
+}
+
+/// Borrowed pairs.
+fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
 }

@@ -32,6 +32,11 @@ pub enum FailureKind {
     Full,
     /// The callee cannot serve now (stopping, broken storage, ...).
     Unavailable,
+    /// A cap on what clients create was reached (the queues a driver
+    /// makes on first use, say): unlike [`FailureKind::Full`], waiting
+    /// does not lift it; the reason names the cap and its configuration
+    /// field.
+    Capacity,
     /// The completion was dropped without an answer.
     Dropped,
     /// A bug or an unexpected condition.

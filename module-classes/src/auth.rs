@@ -151,6 +151,14 @@ pub trait Auth: Send + Sync + 'static {
     fn realm(&self) -> &str {
         "bindery"
     }
+
+    /// Whether bearer tokens ([`Credentials::token`]) can let anyone in:
+    /// HTTP then offers `Bearer` beside `Basic` in `WWW-Authenticate`.
+    /// An implementation that says false answers every token
+    /// [`Login::BadCredentials`].
+    fn accepts_tokens(&self) -> bool {
+        false
+    }
 }
 
 /// An auth instance as the binding table holds it.

@@ -236,6 +236,11 @@ impl Scope {
         Scope::new(Arc::default(), instance)
     }
 
+    /// The instance's name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// The registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

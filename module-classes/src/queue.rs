@@ -220,10 +220,13 @@ impl Queues {
             return Ok(q.clone());
         }
         if all.len() >= self.shared.limits.max_queues {
+            // Waiting would not help: queues stay once made.
             return Err(Failure::new(
-                FailureKind::Full,
+                FailureKind::Capacity,
                 format!(
-                    "{destination}: this instance holds its maximum of {} queues",
+                    "{destination}: instance {:?} holds its maximum of {} queues made on first use \
+                     (max_queues); use an existing queue or raise max_queues",
+                    self.shared.scope.instance(),
                     self.shared.limits.max_queues
                 ),
             ));

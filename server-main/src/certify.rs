@@ -254,23 +254,24 @@ fn certify_auth(module: &'static ModuleDescriptor) -> (String, Vec<Verdict>) {
 
     /// `auth.file` instances over files that certification writes.
     struct Files(auth_file::fixture::Fixture);
-    type Parts<'a> = (Vec<(&'a str, &'a str)>, Vec<(&'a str, Action, &'a str)>);
+    type Pairs<'a> = Vec<(&'a str, &'a str)>;
+    type Parts<'a> = (Pairs<'a>, Pairs<'a>, Vec<(&'a str, Action, &'a str)>);
     fn parts(s: &Setup) -> Parts<'_> {
-        let users = s.users.iter().map(|(u, p)| (u.as_str(), p.as_str()));
         let rules = s
             .rules
             .iter()
             .map(|r| (r.user.as_str(), r.action, r.pattern.as_str()));
-        (users.collect(), rules.collect())
+        (pairs(&s.users), pairs(&s.tokens), rules.collect())
     }
     impl Harness for Files {
         fn make(&self, s: &Setup) -> Result<AuthHandle, String> {
-            let (users, rules) = parts(s);
-            self.0.make(&users, &rules, s.anonymous)
+            let (users, tokens, rules) = parts(s);
+            self.0
+                .make_with_tokens(&users, &tokens, &rules, s.anonymous)
         }
         fn change(&self, s: &Setup) -> Result<(), String> {
-            let (users, rules) = parts(s);
-            self.0.change(&users, &rules)
+            let (users, tokens, rules) = parts(s);
+            self.0.change_with_tokens(&users, &tokens, &rules)
         }
     }
     /// Any other auth module: its instance made from its certification
@@ -362,4 +363,9 @@ pub fn certify_with(
     }
     out.flush()?;
     Ok(failed == 0)
+}
+
+/// Borrowed pairs.
+fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
 }

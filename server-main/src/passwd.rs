@@ -6,6 +6,11 @@
 //! is made (mode 0600) if missing; other users and comments are kept; the
 //! file is replaced whole (written beside, then renamed). A running server
 //! sees the change on its next reload (SIGHUP, `bindery ctl reload`).
+//!
+//! With `--token LABEL` the file is a token file instead: a new bearer
+//! token for USER is made, its digest stored under LABEL, and the token
+//! printed once on standard output (nothing else is); `-D --token LABEL`
+//! revokes it.
 
 use std::io::BufRead as _;
 use std::path::PathBuf;
@@ -21,13 +26,34 @@ pub struct Passwd {
     /// asking on the terminal.
     #[arg(long)]
     pub stdin: bool,
-    /// Delete the user instead.
+    /// Delete the user instead (with `--token`: revoke that token).
     #[arg(long, short = 'D', conflicts_with = "stdin")]
     pub delete: bool,
+    /// FILE is a token file: make a bearer token for USER labelled LABEL
+    /// and print it (or, with -D, revoke it).
+    #[arg(long, value_name = "LABEL", conflicts_with = "stdin")]
+    pub token: Option<String>,
 }
 
 /// Runs `bindery passwd`; the message to print, or why it failed.
 pub fn run(p: &Passwd) -> Result<String, String> {
+    if let Some(label) = &p.token {
+        if p.delete {
+            auth_file::tokens::revoke(&p.file, &p.user, label)?;
+            return Ok(format!(
+                "revoked token {label:?} of {:?} in {}",
+                p.user,
+                p.file.display()
+            ));
+        }
+        let token = auth_file::tokens::add(&p.file, &p.user, label)?;
+        println!("{token}");
+        return Ok(format!(
+            "made token {label:?} for {:?} in {} (printed once; only its digest is kept)",
+            p.user,
+            p.file.display()
+        ));
+    }
     if p.delete {
         auth_file::passwd::delete(&p.file, &p.user)?;
         return Ok(format!("deleted {:?} from {}", p.user, p.file.display()));

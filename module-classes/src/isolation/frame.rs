@@ -165,6 +165,7 @@ impl Enc<'_> {
             FailureKind::Full => 4,
             FailureKind::Unavailable => 5,
             FailureKind::Dropped => 6,
+            FailureKind::Capacity => 8,
             _ => 7,
         };
         let retry = f.retry_after.map_or(0, |d| (d.as_millis() as u64).max(1));
@@ -335,6 +336,7 @@ impl Dec {
             4 => FailureKind::Full,
             5 => FailureKind::Unavailable,
             6 => FailureKind::Dropped,
+            8 => FailureKind::Capacity,
             _ => FailureKind::Internal,
         };
         let reason = self.string()?;

@@ -48,15 +48,29 @@ impl Fixture {
         rules: &[(&str, Action, &str)],
         anonymous: bool,
     ) -> Result<AuthHandle, String> {
+        self.make_with_tokens(users, &[], rules, anonymous)
+    }
+
+    /// [`Fixture::make`], with bearer `tokens` (user, token) in a token
+    /// file.
+    pub fn make_with_tokens(
+        &self,
+        users: &[(&str, &str)],
+        tokens: &[(&str, &str)],
+        rules: &[(&str, Action, &str)],
+        anonymous: bool,
+    ) -> Result<AuthHandle, String> {
         let mut kernels = self.kernels.lock();
         let dir = self.dir.join(kernels.len().to_string());
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        write(&dir, users, rules)?;
+        write(&dir, users, tokens, rules)?;
         let text = format!(
             "[instances.auth]\nmodule = \"auth.file\"\n[instances.auth.config]\n\
-             password_file = {:?}\nacl_file = {:?}\nanonymous = {anonymous}\nworkers = 2\n",
+             password_file = {:?}\nacl_file = {:?}\ntoken_file = {:?}\n\
+             anonymous = {anonymous}\nworkers = 2\n",
             dir.join("passwd").display().to_string(),
             dir.join("acl").display().to_string(),
+            dir.join("tokens").display().to_string(),
         );
         let config = Config::parse("auth.file fixture", &text).map_err(|e| e.to_string())?;
         let registry = Registry::of(&[&crate::MODULE]).map_err(|e| e.to_string())?;
@@ -74,9 +88,19 @@ impl Fixture {
         users: &[(&str, &str)],
         rules: &[(&str, Action, &str)],
     ) -> Result<(), String> {
+        self.change_with_tokens(users, &[], rules)
+    }
+
+    /// [`Fixture::change`], with bearer `tokens` (user, token).
+    pub fn change_with_tokens(
+        &self,
+        users: &[(&str, &str)],
+        tokens: &[(&str, &str)],
+        rules: &[(&str, Action, &str)],
+    ) -> Result<(), String> {
         let kernels = self.kernels.lock();
         let (kernel, config, dir) = kernels.last().ok_or("no instance made yet")?;
-        write(dir, users, rules)?;
+        write(dir, users, tokens, rules)?;
         kernel.runtime().reload(config).map_err(|e| e.report())?;
         Ok(())
     }
@@ -94,8 +118,13 @@ impl Drop for Fixture {
 fn write(
     dir: &std::path::Path,
     users: &[(&str, &str)],
+    tokens: &[(&str, &str)],
     rules: &[(&str, Action, &str)],
 ) -> Result<(), String> {
+    let mut token_file = String::new();
+    for (n, (user, token)) in tokens.iter().enumerate() {
+        token_file += &crate::tokens::line(user, &format!("t{n}"), token);
+    }
     let mut passwd = String::new();
     for (user, password) in users {
         passwd += &format!("{user}:{}\n", crate::passwd::hash(password.as_bytes())?);
@@ -104,7 +133,7 @@ fn write(
     for (user, action, pattern) in rules {
         acl += &format!("allow {user} {} {pattern}\n", action.as_str());
     }
-    for (name, text) in [("passwd", passwd), ("acl", acl)] {
+    for (name, text) in [("passwd", passwd), ("acl", acl), ("tokens", token_file)] {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }

@@ -6,6 +6,7 @@
 //! [instances.users.config]
 //! password_file = "passwd"   # user:argon2id-hash lines, written by `bindery passwd`
 //! acl_file = "acl"           # rules (see `acl`); leave out: users may do everything
+//! token_file = "tokens"      # HTTP Bearer tokens (see `tokens`); leave out: none accepted
 //! anonymous = false          # connections without credentials: refused (true: known as @anonymous)
 //! realm = "bindery"          # named in HTTP WWW-Authenticate
 //! workers = 2                # threads that verify password hashes
@@ -26,12 +27,16 @@
 //! An unknown user is checked against a dummy hash, so it costs the same
 //! time as a wrong password and gets the same answer.
 //!
-//! HTTP Bearer tokens are not users of this module: they are refused as
-//! bad credentials.
+//! HTTP Bearer tokens are accepted with a `token_file` (`tokens`: each
+//! token stands for a user, whose ACL rules apply; it is re-read with the
+//! other files, so a revoked token is refused from the reload on), and
+//! refused as bad credentials without one. A token is checked at once (a
+//! digest and a map lookup), not on the workers.
 
 pub mod acl;
 pub mod fixture;
 pub mod passwd;
+pub mod tokens;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +66,9 @@ pub struct Config {
     pub password_file: PathBuf,
     /// The ACL file; none: every authenticated connection may do anything.
     pub acl_file: Option<PathBuf>,
+    /// The token file (HTTP Bearer tokens, `bindery passwd --token`);
+    /// none: tokens are refused.
+    pub token_file: Option<PathBuf>,
     /// Accept connections that present no credentials, as `@anonymous`.
     pub anonymous: bool,
     /// The realm HTTP clients are told.
@@ -74,6 +82,7 @@ impl Default for Config {
         Config {
             password_file: "passwd".into(),
             acl_file: None,
+            token_file: None,
             anonymous: false,
             realm: "bindery".into(),
             workers: 2,
@@ -89,6 +98,7 @@ fn module_main(
         let files = Files {
             passwords: cx.resolve(&config.password_file),
             acl: config.acl_file.as_ref().map(|p| cx.resolve(p)),
+            tokens: config.token_file.as_ref().map(|p| cx.resolve(p)),
         };
         let rules = Arc::new(RwLock::new(Arc::new(files.read()?)));
         let generation = Arc::new(AtomicU64::new(next_generation()));
@@ -115,6 +125,7 @@ fn module_main(
             generation,
             anonymous: config.anonymous,
             realm: config.realm,
+            takes_tokens: config.token_file.is_some(),
             pool,
         })
     });
@@ -132,6 +143,7 @@ fn next_generation() -> u64 {
 struct Files {
     passwords: PathBuf,
     acl: Option<PathBuf>,
+    tokens: Option<PathBuf>,
 }
 
 impl Files {
@@ -148,9 +160,14 @@ impl Files {
                 )
             }
         };
+        let tokens = match &self.tokens {
+            None => tokens::Tokens::default(),
+            Some(path) => tokens::load(path).map_err(|e| format!("token_file {e}"))?,
+        };
         Ok(Rules {
             users,
             acl,
+            tokens,
             dummy: dummy(),
         })
     }
@@ -172,6 +189,7 @@ fn dummy() -> Arc<str> {
 struct Rules {
     users: passwd::Users,
     acl: Option<acl::Acl>,
+    tokens: tokens::Tokens,
     dummy: Arc<str>,
 }
 
@@ -181,6 +199,7 @@ pub struct FileAuth {
     generation: Arc<AtomicU64>,
     anonymous: bool,
     realm: String,
+    takes_tokens: bool,
     pool: Arc<Pool>,
 }
 
@@ -194,7 +213,19 @@ impl Auth for FileAuth {
             });
         }
         let rules = self.rules.read().clone();
-        let (Some(user), None) = (credentials.username, credentials.token) else {
+        if let Some(token) = &credentials.token {
+            // A token alone names its user; with a user name besides, or
+            // unknown: bad credentials, the same answer.
+            let user = rules
+                .tokens
+                .user(&token.0)
+                .filter(|_| credentials.username.is_none());
+            return done.succeed(match user {
+                Some(u) => Login::Accepted(Identity::user(u)),
+                None => Login::BadCredentials,
+            });
+        }
+        let Some(user) = credentials.username else {
             return done.succeed(Login::BadCredentials);
         };
         let password = credentials.password.unwrap_or_default();
@@ -228,6 +259,10 @@ impl Auth for FileAuth {
 
     fn realm(&self) -> &str {
         &self.realm
+    }
+
+    fn accepts_tokens(&self) -> bool {
+        self.takes_tokens
     }
 }
 

@@ -130,7 +130,13 @@ fn edit(path: &Path, user: &str, hashed: Option<&str>) -> Result<bool, String> {
             out.push_str(&format!("{user}:{h}\n"));
         }
     }
-    // Written beside, then renamed: a reader never sees half a file.
+    replace(path, &out)?;
+    Ok(absent)
+}
+
+/// Replaces the file at `path` with `out`, mode 0600: written beside,
+/// then renamed, so a reader never sees half a file.
+pub(crate) fn replace(path: &Path, out: &str) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -142,8 +148,7 @@ fn edit(path: &Path, user: &str, hashed: Option<&str>) -> Result<bool, String> {
     f.write_all(out.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(absent)
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 //! fsync_interval_ms = 100        # for "interval"
 //! segment_bytes = 67108864       # a new segment past this size
 //! max_depth = 100000             # messages per queue
-//! max_queues = 10000
+//! max_queues = 10000             # queues made on first use; past it: HTTP 507 naming max_queues
 //! min_free_bytes = 67108864      # publishes refused while less would be free on the disk
 //! max_disk_bytes = 1073741824    # optional: publishes refused past this journal size
 //! reserve_bytes = 4194304        # set aside for acks on a disk full anyway
@@ -60,6 +60,9 @@
 //! what the disk really holds: restart the instance through the
 //! management API (`bindery ctl restart NAME`) or restart the server.
 
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod journal;
 mod record;
 mod recover;
@@ -106,7 +109,9 @@ pub struct Config {
     pub segment_bytes: u64,
     /// Messages per queue: being stored, waiting and leased.
     pub max_depth: usize,
-    /// Queues per instance.
+    /// Queues per instance: a publish that would make one more is refused
+    /// with [`FailureKind::Capacity`](bindery::FailureKind) (HTTP 507),
+    /// its reason naming this field.
     pub max_queues: usize,
     /// Publishes are refused while the journal's filesystem would keep
     /// less than this free (acks are not: they give space back).

@@ -12,7 +12,7 @@
 //! ```toml
 //! [instances.memory.config]
 //! max_depth = 100000        # messages per queue, waiting + leased
-//! max_queues = 10000        # destinations per instance
+//! max_queues = 10000        # destinations per instance; a new one past it: FailureKind::Capacity (HTTP 507)
 //! ```
 
 use bindery::{Completion, Failure};
@@ -36,7 +36,9 @@ bindery::module! {
 pub struct Config {
     /// Messages per queue, waiting plus leased.
     pub max_depth: usize,
-    /// Queues per instance.
+    /// Queues per instance: a publish that would make one more is refused
+    /// with [`FailureKind::Capacity`](bindery::FailureKind) (HTTP 507),
+    /// its reason naming this field.
     pub max_queues: usize,
 }
 

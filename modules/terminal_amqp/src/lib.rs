@@ -95,6 +95,9 @@ mod channel;
 mod codec_tests;
 mod consume;
 mod core;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod methods;
 mod publish;
 mod queues;

@@ -9,7 +9,10 @@
 //! note; meanwhile the request waits in a [`Slot::Auth`] at the back of the
 //! answer order, and no further request is read, so answers keep their
 //! order. Missing or wrong credentials: `401` with `WWW-Authenticate:
-//! Basic realm="..."`, the same answer whether the user exists or not;
+//! Basic realm="..."` (and `Bearer realm="..."` when the auth instance
+//! takes tokens; a refused token gets `Bearer realm="...",
+//! error="invalid_token"`, RFC 6750), the same answer whether the user
+//! exists or not;
 //! authenticated but not allowed: `403`; the auth instance unable to
 //! judge: `503`. An event stream ends (a `closed` event) at its first
 //! delivery after the rules change; the client subscribes again and is
@@ -97,7 +100,7 @@ impl Core {
                 Some(h) => match auth::from_authorization(h, &self.peer) {
                     Some(c) => c,
                     None => {
-                        self.unauthenticated(close);
+                        self.unauthenticated(close, false);
                         return None;
                     }
                 },
@@ -213,7 +216,11 @@ impl Core {
                         "login failed: bad credentials"
                     );
                 }
-                self.unauthenticated(w.close);
+                let bearer = w.req.authorization.as_deref().is_some_and(|h| {
+                    h.get(..7)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("bearer "))
+                });
+                self.unauthenticated(w.close, bearer);
             }
             Err(f) => self.auth_unavailable(&f, w.close),
         }
@@ -250,22 +257,28 @@ impl Core {
         }
     }
 
-    fn unauthenticated(&mut self, close: bool) {
-        let realm = self
-            .shared
-            .auth
+    /// 401, with the challenges: Basic, and Bearer if the instance takes
+    /// tokens; only Bearer, with `error="invalid_token"`, for a refused
+    /// token (`bearer`).
+    fn unauthenticated(&mut self, close: bool, bearer: bool) {
+        let auth = self.shared.auth.as_ref().map(Bound::get);
+        let realm = auth
             .as_ref()
-            .map_or("bindery".to_owned(), |a| a.get().realm().to_owned())
+            .map_or("bindery".to_owned(), |a| a.realm().to_owned())
             .replace(['"', '\\'], "");
-        let challenge = format!("Basic realm=\"{realm}\"");
+        let tokens = auth.as_ref().is_some_and(|a| a.accepts_tokens());
+        let basic = format!("Basic realm=\"{realm}\"");
+        let offer = format!("Bearer realm=\"{realm}\"");
+        let invalid = format!("Bearer realm=\"{realm}\", error=\"invalid_token\"");
+        let challenges: Vec<(&str, &str)> = if bearer && tokens {
+            vec![("WWW-Authenticate", &invalid)]
+        } else if tokens {
+            vec![("WWW-Authenticate", &basic), ("WWW-Authenticate", &offer)]
+        } else {
+            vec![("WWW-Authenticate", &basic)]
+        };
         let mut out = Vec::new();
-        response::text(
-            &mut out,
-            401,
-            &[("WWW-Authenticate", &challenge)],
-            "authentication required",
-            close,
-        );
+        response::text(&mut out, 401, &challenges, "authentication required", close);
         self.slots.push_back(Slot::Ready(out));
     }
 

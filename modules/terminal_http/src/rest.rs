@@ -266,6 +266,9 @@ pub(crate) fn failure_response(f: &Failure, close: bool) -> Vec<u8> {
         FailureKind::Unsupported => 415,
         FailureKind::Rejected => 400,
         FailureKind::Full | FailureKind::Unavailable => 503,
+        // A cap on queues made on first use: no Retry-After, waiting
+        // does not lift it (the body names the cap).
+        FailureKind::Capacity => 507,
         _ => 500,
     };
     // A 503 always says when to come back: the driver's hint, or 1 s.

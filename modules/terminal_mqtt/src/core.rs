@@ -117,8 +117,7 @@ impl Core {
         let message = self
             .shared
             .message(&will.topic, will.qos, will.payload.clone());
-        if will.retain {
-            self.shared.retain(&will.topic, &message);
+        if will.retain && self.shared.retain(&will.topic, &message) {
             if let Some(store) = &self.shared.store {
                 store.retain(&will.topic, &message, Completion::new(|_| {}));
             }
@@ -252,13 +251,18 @@ impl Core {
         self.shared.expire_sessions();
         let owner = self.guard.identity.as_ref().and_then(|i| i.user.clone());
         let shared = self.shared.clone();
-        let (session, present, replaced) = self.shared.sessions.attach(
+        let attached = self.shared.sessions.attach(
             &client_id,
             c.clean_session,
             owner,
             (io.wake().clone(), epoch),
+            self.shared.config.max_sessions,
             || shared.new_session(client_id.clone(), c.clean_session),
         );
+        let Ok((session, present, replaced)) = attached else {
+            self.shared.session_refused(&client_id, &self.peer);
+            return self.refuse(io, 3, "max_sessions persistent sessions are kept");
+        };
         if let Some(old) = replaced {
             self.shared.forget(&old);
         }

@@ -39,6 +39,13 @@
 //! it is for (and as retained, if it is). `session_expiry_secs` ends a
 //! persistent session no client has had for that long, stored or not.
 //!
+//! What clients make is bounded (docs/security.md): `max_retained` and
+//! `max_retained_bytes` cap the retained messages (past them a retained
+//! publish is delivered but not retained: `retained.rs`), `max_sessions`
+//! caps the persistent sessions kept (a new one past it gets CONNACK 3,
+//! server unavailable) and `max_queued_bytes` what one session holds in
+//! memory besides `max_queued`.
+//!
 //! A QoS 1 or 2 publish the driver refuses (a full queue, a durable store
 //! out of space) closes the connection, with the reason in the log: MQTT
 //! 3.1.1 has no negative PUBACK, and acknowledging would be a false
@@ -62,6 +69,10 @@
 //! [instances.mqtt.config.websocket]  # MQTT over WebSocket (subprotocol `mqtt`); none: no listener
 //! bind = ["127.0.0.1:8083"]
 //! max_frame_bytes = 1048581      # larger WebSocket frames close with 1009 (default: max_packet_bytes + 5)
+//! max_sessions = 1000            # persistent sessions kept; a new one past it: CONNACK 3 (0: no cap)
+//! max_queued_bytes = 8388608     # bytes waiting per session in memory; more are dropped, counted
+//! max_retained = 10000           # retained messages; past it: delivered, not retained (0: no cap)
+//! max_retained_bytes = 67108864  # their topics and payloads, in bytes (0: no cap)
 //! ```
 //!
 //! MQTT over WebSocket is a transport, not a second MQTT: the same cores,
@@ -77,12 +88,16 @@
 
 mod codec;
 mod core;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod guard;
 #[cfg(test)]
 mod guard_tests;
 mod join;
 mod persist;
 mod restore;
+mod retained;
 mod session;
 mod tag;
 #[cfg(test)]
@@ -95,7 +110,7 @@ use std::sync::Arc;
 use bindery_classes::Message;
 use bindery_classes::connection::{MakeCore, TlsSettings, Wake, WebSocket, WebSocketSettings};
 use bindery_classes::dispatcher::{self, DispatcherHandle};
-use bindery_classes::metrics::{Counter, Scope};
+use bindery_classes::metrics::{Counter, Gauge, Scope};
 use bindery_classes::terminal::{self, Probe, Serving};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -145,6 +160,22 @@ pub struct Config {
     /// Listeners for MQTT over WebSocket (subprotocol `mqtt`), to the same
     /// cores; none: no such listener.
     pub websocket: Option<WebSocketSettings>,
+    /// Persistent sessions (`clean_session = false`) kept at most,
+    /// connected or not; a CONNECT that would make one more is refused
+    /// with CONNACK 3 (server unavailable), counted in
+    /// `bindery_mqtt_sessions_refused_total` (0: no cap).
+    pub max_sessions: usize,
+    /// Bytes (payload and topic) waiting in one session's memory queue;
+    /// a message past it is dropped and counted, as past `max_queued`
+    /// (0: no cap).
+    pub max_queued_bytes: usize,
+    /// Topics with a retained message at most; a retained publish for a
+    /// new topic past it is delivered but not retained, counted in
+    /// `bindery_mqtt_retained_refused_total` (0: no cap).
+    pub max_retained: usize,
+    /// Bytes (topics and payloads) of retained messages at most; past it
+    /// likewise (0: no cap).
+    pub max_retained_bytes: usize,
 }
 
 impl Default for Config {
@@ -163,6 +194,10 @@ impl Default for Config {
             persistence: None,
             session_expiry_secs: 7 * 86_400,
             websocket: None,
+            max_sessions: 1000,
+            max_queued_bytes: 8 * 1024 * 1024,
+            max_retained: 10_000,
+            max_retained_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -261,6 +296,11 @@ pub(crate) struct Stats {
     pub(crate) dropped: Counter,
     pub(crate) subscriptions_ended: Counter,
     pub(crate) auth_failures: Counter,
+    pub(crate) retained_refused: Counter,
+    pub(crate) sessions_refused: Counter,
+    pub(crate) retained: Gauge,
+    pub(crate) retained_bytes: Gauge,
+    pub(crate) sessions: Gauge,
 }
 
 impl Stats {
@@ -282,6 +322,26 @@ impl Stats {
                 "bindery_mqtt_auth_failures_total",
                 "CONNECTs refused for bad credentials (unknown user or wrong password).",
             ),
+            retained_refused: scope.counter(
+                "bindery_mqtt_retained_refused_total",
+                "Retained publishes delivered but not retained: past max_retained or max_retained_bytes.",
+            ),
+            sessions_refused: scope.counter(
+                "bindery_mqtt_sessions_refused_total",
+                "CONNECTs refused (CONNACK 3) because max_sessions persistent sessions were kept.",
+            ),
+            retained: scope.gauge(
+                "bindery_mqtt_retained_messages",
+                "Topics with a retained message.",
+            ),
+            retained_bytes: scope.gauge(
+                "bindery_mqtt_retained_bytes",
+                "Bytes of retained messages (topics and payloads).",
+            ),
+            sessions: scope.gauge(
+                "bindery_mqtt_persistent_sessions",
+                "Persistent sessions kept, connected or not.",
+            ),
         }
     }
 }
@@ -296,7 +356,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) sessions: session::Sessions,
     /// Retained messages by topic.
-    pub(crate) retained: Mutex<std::collections::HashMap<String, Message>>,
+    pub(crate) retained: Mutex<retained::Retained>,
     /// The headers of a message published at QoS 0, 1, 2 (shared, so a
     /// publish allocates none).
     pub(crate) qos_headers: [Arc<[bindery_classes::message::Header]>; 3],
@@ -331,9 +391,12 @@ impl Shared {
             config,
             dispatcher,
             auth: None,
+            sessions: session::Sessions::counted(stats.sessions.clone()),
+            retained: Mutex::new(retained::Retained::counted(
+                stats.retained.clone(),
+                stats.retained_bytes.clone(),
+            )),
             stats,
-            sessions: session::Sessions::default(),
-            retained: Mutex::new(Default::default()),
             qos_headers: [0, 1, 2].map(|q: u8| -> Arc<[bindery_classes::message::Header]> {
                 let mut h: Vec<bindery_classes::message::Header> =
                     vec![(traffic::QOS_HEADER.into(), q.to_string().into())];
@@ -360,14 +423,41 @@ impl Shared {
     }
 
     /// Keeps `message` as `topic`'s retained message (an empty body
-    /// deletes it).
-    pub(crate) fn retain(&self, topic: &str, message: &Message) {
-        let mut retained = self.retained.lock();
-        if message.body.is_empty() {
-            retained.remove(topic);
-        } else {
-            retained.insert(topic.to_owned(), message.clone());
+    /// deletes it). False if the caps refused it (`retained.rs`): it is
+    /// then not stored either.
+    pub(crate) fn retain(&self, topic: &str, message: &Message) -> bool {
+        let caps = retained::Caps {
+            count: self.config.max_retained,
+            bytes: self.config.max_retained_bytes,
+        };
+        let kept = {
+            let mut retained = self.retained.lock();
+            if message.body.is_empty() {
+                retained.remove(topic);
+                return true;
+            }
+            retained.put(topic, message.clone(), caps)
+        };
+        if let Err(had) = kept {
+            if let Some(store) = self.store.as_ref().filter(|_| had) {
+                // The stored value is stale now: cleared there too.
+                let clear = self.message(topic, 0, bytes::Bytes::new());
+                store.retain(topic, &clear, bindery::Completion::new(|_| {}));
+            }
+            self.stats.retained_refused.inc();
+            let n = self.stats.retained_refused.get();
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    instance = %self.instance,
+                    topic,
+                    refused = n,
+                    max_retained = caps.count,
+                    max_retained_bytes = caps.bytes,
+                    "retained publish delivered but not retained: the instance holds its max_retained or max_retained_bytes"
+                );
+            }
         }
+        kept.is_ok()
     }
 
     /// The retained messages whose topics `filter` matches.

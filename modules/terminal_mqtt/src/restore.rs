@@ -44,7 +44,7 @@ impl Shared {
         Session::new(
             client_id,
             clean,
-            self.config.max_queued,
+            (self.config.max_queued, self.config.max_queued_bytes),
             self.stats.dropped.clone(),
             queue,
         )
@@ -278,6 +278,23 @@ impl Shared {
         }
     }
 
+    /// A CONNECT asked for a new persistent session past `max_sessions`:
+    /// counted, and logged (the 1st, 2nd, 4th, 8th...).
+    pub(crate) fn session_refused(&self, client_id: &str, peer: &str) {
+        self.stats.sessions_refused.inc();
+        let n = self.stats.sessions_refused.get();
+        if n.is_power_of_two() {
+            tracing::warn!(
+                instance = %self.instance,
+                client = ?client_id,
+                peer,
+                refused = n,
+                max_sessions = self.config.max_sessions,
+                "new persistent session refused (CONNACK 3): the instance keeps its max_sessions"
+            );
+        }
+    }
+
     /// Ends the sessions past their expiry.
     pub(crate) fn expire_sessions(&self) {
         for s in self.sessions.expired(self.config.session_expiry_secs) {
@@ -332,10 +349,16 @@ impl Shared {
                 Completion::new(move |r: Result<Receipt, Failure>| {
                     if let Err(f) = &r {
                         session.pending.fetch_sub(1, Ordering::AcqRel);
-                        if f.kind == FailureKind::Full {
+                        if matches!(f.kind, FailureKind::Full | FailureKind::Capacity) {
                             session.dropped.inc();
                         }
                     }
+                    // A driver at its cap of queues is a full session
+                    // queue here: dropped and counted, the publish goes on.
+                    let r = r.map_err(|f| match f.kind {
+                        FailureKind::Capacity => Failure::new(FailureKind::Full, f.reason),
+                        _ => f,
+                    });
                     part.complete(r);
                 }),
             );

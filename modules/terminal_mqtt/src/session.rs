@@ -6,6 +6,10 @@
 //! connection directly, so messages keep arriving (bounded by
 //! `max_queued`, the excess counted) while the client is away. An attached
 //! connection is woken by a note when the queue goes from empty to not.
+//!
+//! Bounded: a session holds at most `max_queued` messages and
+//! `max_queued_bytes` bytes waiting ([`Waiting`]), and an instance keeps
+//! at most `max_sessions` persistent sessions ([`Sessions::attach`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,7 +17,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bindery_classes::connection::Wake;
-use bindery_classes::metrics::Counter;
+use bindery_classes::metrics::{Counter, Gauge};
 use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
 use parking_lot::Mutex;
 
@@ -29,6 +33,65 @@ pub(crate) struct Queued {
     /// Taken from the session's durable queue ([`crate::persist`]): acked
     /// there once the client has it.
     pub(crate) stored: bool,
+}
+
+/// What a queued message costs in a session's byte cap.
+fn cost(q: &Queued) -> usize {
+    q.message.body.len() + q.message.destination.len()
+}
+
+/// A session's messages waiting to be sent, and their bytes.
+#[derive(Default)]
+pub(crate) struct Waiting {
+    items: VecDeque<Queued>,
+    bytes: usize,
+}
+
+impl Waiting {
+    /// The next message.
+    pub(crate) fn front(&self) -> Option<&Queued> {
+        self.items.front()
+    }
+
+    /// Takes the next message.
+    pub(crate) fn pop_front(&mut self) -> Option<Queued> {
+        let q = self.items.pop_front()?;
+        self.bytes -= cost(&q);
+        Some(q)
+    }
+
+    /// Adds a message at the end.
+    pub(crate) fn push_back(&mut self, q: Queued) {
+        self.bytes += cost(&q);
+        self.items.push_back(q);
+    }
+
+    /// How many wait.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Their bytes (payloads and destinations).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Drops them all.
+    pub(crate) fn clear(&mut self) {
+        self.items.clear();
+        self.bytes = 0;
+    }
+
+    /// Keeps those `keep` says.
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&Queued) -> bool) {
+        self.items.retain(keep);
+        self.bytes = self.items.iter().map(cost).sum();
+    }
+
+    /// Every one, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Queued> {
+        self.items.iter()
+    }
 }
 
 /// Where an outgoing QoS 1 or 2 message stands.
@@ -58,7 +121,7 @@ pub(crate) struct Sub {
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) subs: HashMap<Arc<str>, Sub, foldhash::fast::RandomState>,
-    pub(crate) queue: VecDeque<Queued>,
+    pub(crate) queue: Waiting,
     pub(crate) inflight: BTreeMap<u16, Inflight>,
     pub(crate) incoming_qos2: HashSet<u16>,
     pub(crate) next_id: u16,
@@ -97,6 +160,8 @@ pub(crate) struct Session {
     pub(crate) clean: bool,
     pub(crate) state: Mutex<State>,
     pub(crate) max_queued: usize,
+    /// Bytes waiting at most (0: no cap).
+    pub(crate) max_queued_bytes: usize,
     pub(crate) dropped: Counter,
     /// The durable queue of this persistent session's QoS 1 and 2
     /// messages, with persistence ([`crate::persist`]).
@@ -111,7 +176,7 @@ impl Session {
     pub(crate) fn new(
         client_id: String,
         clean: bool,
-        max_queued: usize,
+        (max_queued, max_queued_bytes): (usize, usize),
         dropped: Counter,
         queue: Option<(Arc<crate::persist::Store>, String)>,
     ) -> Arc<Session> {
@@ -124,6 +189,7 @@ impl Session {
             clean,
             state: Mutex::new(State::default()),
             max_queued,
+            max_queued_bytes,
             dropped,
             queue_path,
             store,
@@ -210,11 +276,17 @@ impl Session {
     }
 
     /// Queues a message; wakes the attached connection if the queue was
-    /// empty. A full queue drops the message, counted.
+    /// empty. A full queue (`max_queued` messages or `max_queued_bytes`)
+    /// drops the message, counted. One from the durable queue is always
+    /// taken: that queue's credit bounds those.
     pub(crate) fn push(&self, q: Queued) {
         let wake = {
             let mut st = self.state.lock();
-            if !q.stored && st.queue.len() >= self.max_queued {
+            if !q.stored
+                && (st.queue.len() >= self.max_queued
+                    || (self.max_queued_bytes > 0
+                        && st.queue.bytes() + cost(&q) > self.max_queued_bytes))
+            {
                 self.dropped.inc();
                 return;
             }
@@ -235,6 +307,10 @@ impl Session {
 #[derive(Default)]
 pub(crate) struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
+    /// The persistent ones in `map` (changed under its lock), mirrored
+    /// in /metrics.
+    kept: AtomicUsize,
+    kept_gauge: Gauge,
     /// Those of `map` with a durable queue: what a publish looks through
     /// (changed under `map`'s lock).
     persistent: parking_lot::RwLock<HashMap<String, Arc<Session>>>,
@@ -243,7 +319,58 @@ pub(crate) struct Sessions {
     next_anonymous: AtomicU64,
 }
 
+/// What [`Sessions::attach`] gives: the session, whether it existed, and
+/// the persistent session it replaced.
+pub(crate) type Attached = (Arc<Session>, bool, Option<Arc<Session>>);
+
+/// A new persistent session refused: `max_sessions` are kept.
+#[derive(Debug)]
+pub(crate) struct Full;
+
 impl Sessions {
+    /// No sessions; `gauge` follows how many persistent ones there are.
+    pub(crate) fn counted(gauge: Gauge) -> Sessions {
+        Sessions {
+            kept_gauge: gauge,
+            ..Default::default()
+        }
+    }
+
+    /// How many persistent sessions are kept.
+    pub(crate) fn persistent_count(&self) -> usize {
+        self.kept.load(Ordering::Relaxed)
+    }
+
+    /// Puts `s` in `map` (under its lock), counting persistent ones.
+    fn put(&self, map: &mut HashMap<String, Arc<Session>>, s: Arc<Session>) {
+        let id = s.client_id.clone();
+        self.index(&id, Some(&s));
+        let added = !s.clean;
+        let old = map.insert(id, s);
+        self.count(added, old.is_some_and(|o| !o.clean));
+    }
+
+    /// Takes `client_id` out of `map` (under its lock).
+    fn take(
+        &self,
+        map: &mut HashMap<String, Arc<Session>>,
+        client_id: &str,
+    ) -> Option<Arc<Session>> {
+        self.index(client_id, None);
+        let old = map.remove(client_id);
+        self.count(false, old.as_ref().is_some_and(|o| !o.clean));
+        old
+    }
+
+    fn count(&self, added: bool, removed: bool) {
+        let n = match (added, removed) {
+            (true, false) => self.kept.fetch_add(1, Ordering::Relaxed) + 1,
+            (false, true) => self.kept.fetch_sub(1, Ordering::Relaxed) - 1,
+            _ => return,
+        };
+        self.kept_gauge.set(n as u64);
+    }
+
     /// A connection number, to tell attachments apart.
     pub(crate) fn epoch(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
@@ -260,16 +387,27 @@ impl Sessions {
     /// Attaches a connection to `client_id`'s session, taking it over from
     /// any other connection; returns the session, whether it existed, and
     /// the persistent session it replaced, if any (to be forgotten).
+    /// [`Full`] if it would make a persistent session past `max` (0: no
+    /// cap); nothing is changed then.
     pub(crate) fn attach(
         &self,
         client_id: &str,
         clean: bool,
         owner: Option<Arc<str>>,
         at: (Wake, u64),
+        max: usize,
         make: impl FnOnce() -> Arc<Session>,
-    ) -> (Arc<Session>, bool, Option<Arc<Session>>) {
+    ) -> Result<Attached, Full> {
         let mut map = self.map.lock();
         let existing = map.get(client_id).cloned();
+        // One more persistent session, unless it replaces one.
+        if !clean
+            && max > 0
+            && existing.as_ref().is_none_or(|o| o.clean)
+            && self.persistent_count() >= max
+        {
+            return Err(Full);
+        }
         if let Some(old) = &existing {
             let previous = old.state.lock().attached.take();
             if let Some((wake, _)) = previous {
@@ -288,8 +426,7 @@ impl Sessions {
             old => {
                 let s = make();
                 s.state.lock().owner = owner;
-                map.insert(client_id.to_owned(), s.clone());
-                self.index(client_id, Some(&s));
+                self.put(&mut map, s.clone());
                 (s, false, old.filter(|o| !o.clean))
             }
         };
@@ -298,15 +435,14 @@ impl Sessions {
             st.attached = Some(at);
             st.detached_at = None;
         }
-        (session, present, replaced)
+        Ok((session, present, replaced))
     }
 
     /// Puts a session read back from the store in place, detached.
     pub(crate) fn restore(&self, session: Arc<Session>) {
         session.state.lock().detached_at = Some(Instant::now());
         let mut map = self.map.lock();
-        self.index(&session.client_id, Some(&session));
-        map.insert(session.client_id.clone(), session);
+        self.put(&mut map, session);
     }
 
     /// Takes out the sessions nobody has had for `ttl`, at most once a
@@ -330,10 +466,7 @@ impl Sessions {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        for k in &gone {
-            self.index(k, None);
-        }
-        gone.iter().filter_map(|k| map.remove(k)).collect()
+        gone.iter().filter_map(|k| self.take(&mut map, k)).collect()
     }
 
     /// Every session.
@@ -383,8 +516,7 @@ impl Sessions {
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, session))
             {
-                map.remove(&session.client_id);
-                self.index(&session.client_id, None);
+                self.take(&mut map, &session.client_id);
             }
             drop(map);
             // Cancelling subscriptions takes driver locks: never under ours.

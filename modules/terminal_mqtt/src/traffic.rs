@@ -83,12 +83,11 @@ impl Core {
             timestamp: self.wall,
             delivery_count: 0,
         };
-        if p.retain {
-            self.shared.retain(p.topic, &message);
-        }
+        // Past the retained caps: delivered, not retained (nor stored).
+        let retain = p.retain && self.shared.retain(p.topic, &message);
         let store = self.shared.store.as_ref();
         let done = if p.qos == 0 {
-            if let Some(store) = store.filter(|_| p.retain) {
+            if let Some(store) = store.filter(|_| retain) {
                 store.retain(p.topic, &message, Completion::new(|_| {}));
             }
             Completion::shared(&self.receipts)
@@ -104,12 +103,12 @@ impl Core {
                     // Acknowledged once the retained record and the copies
                     // for persistent sessions are stored too.
                     let targets = self.shared.store_targets(p.topic, p.qos);
-                    let parts = 1 + usize::from(p.retain) + targets.len();
+                    let parts = 1 + usize::from(retain) + targets.len();
                     if parts == 1 {
                         done
                     } else {
                         let join = Join::new(parts, done);
-                        if p.retain {
+                        if retain {
                             store.retain(p.topic, &message, join.part(false, false));
                         }
                         self.shared.store_copies(p.topic, targets, &message, &join);
