@@ -9,6 +9,8 @@
 //! arrives to the set of the node it arrives on.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use bindery::{Failure, FailureKind};
@@ -31,6 +33,10 @@ pub struct LocalTopics {
     max_topics: usize,
     topics: DashMap<Box<str>, Arc<Mutex<Topic>>, foldhash::fast::RandomState>,
     patterns: Arc<Mutex<Patterns>>,
+    /// How many pattern subscriptions there are (kept under `patterns`).
+    live_patterns: Arc<AtomicUsize>,
+    /// Tells this set's memo ([`LAST_TOPIC`]) from another's.
+    id: u64,
     scope: Scope,
 }
 
@@ -98,6 +104,9 @@ impl Topic {
 /// [`bindery_classes::topic`].
 struct Patterns {
     subs: Vec<(Box<str>, Sub)>,
+    /// `subs.len()`, read without the lock: a publish with no pattern
+    /// subscribed takes no pattern lock.
+    live: Arc<AtomicUsize>,
     next_sub: u64,
     /// One destination's meters per pattern subscribed to (what its
     /// subscribers drop is counted on the topics).
@@ -105,9 +114,10 @@ struct Patterns {
 }
 
 impl Patterns {
-    /// Brings every pattern's gauges up to date; a pattern nobody
-    /// subscribes to any more leaves the metrics.
+    /// Brings every pattern's gauges (and the live count) up to date; a
+    /// pattern nobody subscribes to any more leaves the metrics.
     fn gauges(&mut self, limits: &Limits) {
+        self.live.store(self.subs.len(), Ordering::Release);
         let mut clock = Clock::default();
         let mut sums: std::collections::HashMap<&str, (u64, u64, u64)> = Default::default();
         for (p, s) in &mut self.subs {
@@ -130,6 +140,8 @@ impl LocalTopics {
     /// An empty set with these limits per subscriber, holding at most
     /// `max_topics` topics, its meters registered in `scope`.
     pub fn new(limits: Limits, max_topics: usize, scope: Scope) -> LocalTopics {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let live = Arc::new(AtomicUsize::new(0));
         LocalTopics {
             stopped: std::sync::atomic::AtomicBool::new(false),
             limits,
@@ -137,9 +149,12 @@ impl LocalTopics {
             topics: DashMap::with_hasher(Default::default()),
             patterns: Arc::new(Mutex::new(Patterns {
                 subs: Vec::new(),
+                live: live.clone(),
                 next_sub: 0,
                 meters: Default::default(),
             })),
+            live_patterns: live,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             scope,
         }
     }
@@ -180,6 +195,51 @@ impl LocalTopics {
                 }))
             })
             .clone())
+    }
+}
+
+/// The topic a thread published to last, and in which set: most
+/// publishers keep to one topic, which then costs no map lookup (topics
+/// are never taken out of the map, so the one remembered stays the one).
+struct TopicMemo {
+    set: u64,
+    path: Arc<str>,
+    topic: Arc<Mutex<Topic>>,
+}
+
+thread_local! {
+    /// Taken out while in use (a subscriber's delivery may publish again
+    /// on this thread, which then finds none).
+    static LAST_TOPIC: Cell<Option<Box<TopicMemo>>> = const { Cell::new(None) };
+}
+
+impl LocalTopics {
+    /// `destination`'s topic through the thread's memo, which is renewed
+    /// (in the same allocation) when it is for another topic or set.
+    fn memo(&self, destination: &Arc<str>) -> Result<Box<TopicMemo>, Failure> {
+        let memo = LAST_TOPIC.with(|m| m.take());
+        match memo {
+            Some(m)
+                if m.set == self.id
+                    && (Arc::ptr_eq(&m.path, destination) || m.path == *destination) =>
+            {
+                Ok(m)
+            }
+            stale => {
+                let fresh = TopicMemo {
+                    set: self.id,
+                    path: destination.clone(),
+                    topic: self.topic(destination)?,
+                };
+                Ok(match stale {
+                    Some(mut m) => {
+                        *m = fresh;
+                        m
+                    }
+                    None => Box::new(fresh),
+                })
+            }
+        }
     }
 }
 
@@ -255,16 +315,18 @@ impl LocalTopics {
     /// nothing).
     pub fn publish(&self, mut message: Message) -> Result<Receipt, Failure> {
         self.check_publish(&message.destination)?;
-        let t = self.topic(&message.destination)?;
+        let memo = self.memo(&message.destination)?;
         let id = message.id;
         message.delivery_count = 1;
         let (reached, backlog) = {
-            let mut t = t.lock();
+            let mut t = memo.topic.lock();
             let Topic { subs, meters, .. } = &mut *t;
             meters.published.inc();
             // Topic, then patterns: the one lock order, so each subscriber
-            // sees a topic's messages in publish order.
-            let mut patterns = self.patterns.lock();
+            // sees a topic's messages in publish order. None subscribed
+            // (read without the lock): no pattern lock either.
+            let mut patterns =
+                (self.live_patterns.load(Ordering::Acquire) > 0).then(|| self.patterns.lock());
             let mut round = Round {
                 limits: &self.limits,
                 clock: Clock::default(),
@@ -275,7 +337,7 @@ impl LocalTopics {
             let last = subs
                 .len()
                 .checked_sub(1)
-                .filter(|_| patterns.subs.is_empty());
+                .filter(|_| patterns.as_ref().is_none_or(|p| p.subs.is_empty()));
             let mut offered = subs.len();
             let mut owned = Some(message);
             let mut i = 0;
@@ -290,7 +352,7 @@ impl LocalTopics {
                     },
                 }
             });
-            if let Some(message) = &owned {
+            if let (Some(message), Some(patterns)) = (&owned, patterns.as_mut()) {
                 patterns.subs.retain_mut(|(p, s)| {
                     if !topic::matches(p, &message.destination) {
                         return true;
@@ -304,13 +366,14 @@ impl LocalTopics {
                 round.meters.dropped.inc();
             }
             let outcome = (round.reached, round.backlog);
-            if offered > subs.len() {
-                patterns.gauges(&self.limits);
+            if let Some(p) = patterns.as_mut().filter(|_| offered > subs.len()) {
+                p.gauges(&self.limits);
             }
             drop(patterns);
             t.gauges(&self.limits);
             outcome
         };
+        LAST_TOPIC.with(|m| m.set(Some(memo)));
         Ok(Receipt {
             id,
             delivered_to: reached,
@@ -382,7 +445,11 @@ impl LocalTopics {
                 s.outbox.close(why);
             }
         }
-        let patterns = std::mem::take(&mut self.patterns.lock().subs);
+        let patterns = {
+            let mut p = self.patterns.lock();
+            p.live.store(0, Ordering::Release);
+            std::mem::take(&mut p.subs)
+        };
         for (_, s) in patterns {
             s.outbox.close(why);
         }

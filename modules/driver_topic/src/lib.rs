@@ -186,6 +186,38 @@ mod tests {
     }
 
     #[test]
+    fn two_instances_on_one_thread_keep_their_topics_and_patterns_come_and_go() {
+        // One thread remembers the topic it published to last: a second
+        // instance's topic of the same path is its own.
+        let (a, b) = (
+            TopicDriver::new(Config::default()),
+            TopicDriver::new(Config::default()),
+        );
+        let o = SubscribeOptions {
+            credit: 10,
+            ..Default::default()
+        };
+        let (ca, ra) = Consumer::channel();
+        let (cb, rb) = Consumer::channel();
+        let _sa = a.subscribe("/t/x", ca, o).unwrap();
+        let _sb = b.subscribe("/t/x", cb, o).unwrap();
+        for (d, body) in [(&a, "a1"), (&b, "b1"), (&a, "a2"), (&a, "a3"), (&b, "b2")] {
+            assert_eq!(publish(d, "/t/x", body).delivered_to, 1);
+        }
+        assert_eq!(texts(&ra), ["a1", "a2", "a3"]);
+        assert_eq!(texts(&rb), ["b1", "b2"]);
+        // A pattern subscribed between two publishes to the remembered
+        // topic gets the second; once cancelled, nothing more.
+        let (cp, rp) = Consumer::channel();
+        let sp = a.subscribe("/t/+", cp, o).unwrap();
+        assert_eq!(publish(&a, "/t/x", "a4").delivered_to, 2);
+        drop(sp);
+        assert_eq!(publish(&a, "/t/x", "a5").delivered_to, 1);
+        assert_eq!(texts(&rp), ["a4"]);
+        assert_eq!(texts(&ra), ["a4", "a5"]);
+    }
+
+    #[test]
     fn wildcard_subscriptions_match_segments() {
         let d = TopicDriver::new(Config::default());
         let (c, r) = Consumer::channel();
