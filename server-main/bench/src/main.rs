@@ -8,6 +8,9 @@
 //! - `stalled`: one publisher, N subscribers that read, and one more that
 //!   subscribes and then never reads (a small receive buffer): the rate is
 //!   what the N healthy ones get, to set beside `fanout`;
+//! - `pairs`: `--clients` publisher/subscriber pairs at once, each on its
+//!   own topic, each moving `--count` (what a server does with more than
+//!   one core: run it with `--threads 1` and `--threads 2`);
 //! - `latency`: ping-pong round trips, with percentiles (hdrhistogram);
 //! - `confirm`: publish and confirm (QoS 1 PUBACK), no subscriber: the
 //!   rate with up to `--window` in flight, then the PUBACK latency of one
@@ -110,6 +113,8 @@ enum Scenario {
     Fanin,
     /// 1 -> N throughput with one more subscriber that never reads.
     Stalled,
+    /// N independent 1 -> 1 pairs at once, each on its own topic.
+    Pairs,
     /// Ping-pong latency.
     Latency,
     /// Publish+confirm (QoS 1) rate and PUBACK latency, no subscriber.
@@ -150,11 +155,15 @@ pub(crate) struct Outcome {
     max_us: Option<u64>,
 }
 
+/// Runs of this process so far: topics and client ids of runs at once
+/// (`pairs`) stay apart.
+static RUN: AtomicU64 = AtomicU64::new(0);
+
 fn topic(tag: &str) -> String {
     format!(
         "bench/{}-{}/{tag}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        RUN.fetch_add(1, Ordering::Relaxed)
     )
 }
 
@@ -179,14 +188,13 @@ fn flow(
     stalled: usize,
 ) -> anyhow::Result<Outcome> {
     let t = topic(scenario);
+    // "pid-run", for client ids that other runs at once do not share.
+    let tag = t.split('/').nth(1).unwrap_or_default().to_owned();
     // Subscribed, never read: kept open until the run ends.
     let _stalled = (0..stalled)
         .map(|i| {
-            let mut c = Conn::open_small(
-                cli.broker,
-                &format!("bench-stalled-{i}-{}", std::process::id()),
-                cli.wire,
-            )?;
+            let mut c =
+                Conn::open_small(cli.broker, &format!("bench-stalled-{i}-{tag}"), cli.wire)?;
             c.subscribe(&t, cli.qos)?;
             Ok(c)
         })
@@ -197,11 +205,7 @@ fn flow(
     let bar = progress(expected);
     let mut subs = Vec::new();
     for i in 0..subscribers {
-        let mut c = Conn::open(
-            cli.broker,
-            &format!("bench-sub-{i}-{}", std::process::id()),
-            cli.wire,
-        )?;
+        let mut c = Conn::open(cli.broker, &format!("bench-sub-{i}-{tag}"), cli.wire)?;
         c.subscribe(&t, cli.qos)?;
         c.reader
             .get_ref()
@@ -251,11 +255,7 @@ fn flow(
     let per = cli.count / publishers as u64;
     let mut pubs = Vec::new();
     for p in 0..publishers {
-        let mut c = Conn::open(
-            cli.broker,
-            &format!("bench-pub-{p}-{}", std::process::id()),
-            cli.wire,
-        )?;
+        let mut c = Conn::open(cli.broker, &format!("bench-pub-{p}-{tag}"), cli.wire)?;
         let (t, size, qos, wire) = (cli.wire.topic(&t), cli.size, cli.qos, cli.wire);
         let n = if p == 0 {
             cli.count - per * (publishers as u64 - 1)
@@ -334,6 +334,39 @@ fn flow(
         lost: (published * subscribers as u64).saturating_sub(got),
         seconds,
         rate: got as f64 / seconds,
+        ..Default::default()
+    })
+}
+
+/// `--clients` 1 -> 1 flows at once, each on its own topic: deliveries of
+/// all of them over the time the slowest took.
+fn pairs(cli: &Cli) -> anyhow::Result<Outcome> {
+    let runs: Vec<Outcome> = std::thread::scope(|s| {
+        let flows: Vec<_> = (0..cli.clients)
+            .map(|_| s.spawn(|| flow(cli, "pairs", 1, 1, 0)))
+            .collect();
+        flows
+            .into_iter()
+            .map(|f| f.join().map_err(|_| anyhow::anyhow!("a pair panicked"))?)
+            .collect::<anyhow::Result<Vec<Outcome>>>()
+    })?;
+    let seconds = runs.iter().map(|r| r.seconds).fold(1e-9, f64::max);
+    let sum = |f: fn(&Outcome) -> u64| runs.iter().map(f).sum::<u64>();
+    let received = sum(|r| r.received);
+    Ok(Outcome {
+        broker: cli.name.clone(),
+        scenario: "pairs".into(),
+        qos: cli.qos,
+        size: cli.size,
+        publishers: runs.len(),
+        subscribers: runs.len(),
+        stalled: 0,
+        published: sum(|r| r.published),
+        expected: sum(|r| r.expected),
+        received,
+        lost: sum(|r| r.lost),
+        seconds,
+        rate: received as f64 / seconds,
         ..Default::default()
     })
 }
@@ -589,6 +622,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Fanout => flow(&cli, "fanout", 1, cli.clients, 0)?,
             Scenario::Fanin => flow(&cli, "fanin", cli.clients, 1, 0)?,
             Scenario::Stalled => flow(&cli, "stalled", 1, cli.clients, 1)?,
+            Scenario::Pairs => pairs(&cli)?,
             Scenario::Latency => latency(&cli)?,
             Scenario::Confirm => confirm(&cli)?,
             Scenario::Amqp | Scenario::All => unreachable!("expanded above"),
