@@ -587,3 +587,57 @@ fn a_restarted_mqtt_instance_finds_its_state() {
     let got = c.next_publish();
     assert_eq!((got.payload.as_str(), got.retain), ("kept", true));
 }
+
+/// A SUBACK to a persistent session means its record is stored: with the
+/// store full, the SUBSCRIBE gets no SUBACK and the connection closes
+/// (MQTT 3.1.1 has no refusal the client would take for "not kept"),
+/// while a clean session, which keeps nothing, is answered as usual.
+#[test]
+fn a_persistent_subscription_is_acknowledged_only_once_its_record_is_stored() {
+    let dir = TempDir::new();
+    let stock = "config = { dir = \"durable\", fsync = \"always\" }";
+    let base = config("");
+    assert!(base.contains(stock), "the default durable instance");
+    let text = base.replace(
+        stock,
+        "config = { dir = \"durable\", fsync = \"always\", segment_bytes = 65536, \
+         min_free_bytes = 0, max_disk_bytes = 524288, reserve_bytes = 65536 }",
+    );
+    let s = Server::start_at(&dir.0, &text, &["--threads", "2"]);
+    let addr = s.mqtt.expect("MQTT");
+    // Room at first: acknowledged.
+    let (mut early, _) = Conn::open(addr, "suback-early", false);
+    early.subscribe("full/a", 1);
+    // Fill the store's disk budget from HTTP.
+    let mut refused = false;
+    for i in 0..400 {
+        let r = common::agent()
+            .post(&s.url("/durable/filler"))
+            .set("Content-Type", "text/plain")
+            .send_string(&".".repeat(4096));
+        match r {
+            Ok(_) => {}
+            Err(ureq::Error::Status(_, _)) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("publish {i}: {e}"),
+        }
+    }
+    assert!(refused, "the budget is reached");
+    let (mut late, _) = Conn::open(addr, "suback-late", false);
+    late.w.write_all(&subscribe_packet(9, "full/b", 1)).unwrap();
+    let got = read_packet(&mut late.r);
+    assert!(
+        got.is_err(),
+        "no SUBACK for a subscription that is not kept: {got:?}"
+    );
+    // Others are served: a clean session subscribes and receives.
+    let (mut clean, _) = Conn::open(addr, "suback-clean", true);
+    clean.subscribe("full/c", 0);
+    let (mut publisher, _) = Conn::open(addr, "suback-pub", true);
+    assert!(publisher.publish("full/c", 0, false, 0, "still here"));
+    assert_eq!(clean.next_publish().payload, "still here");
+    drop(early);
+    end(s, End::Graceful);
+}

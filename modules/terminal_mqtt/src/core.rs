@@ -65,6 +65,11 @@ pub(crate) struct Core {
     pub(crate) peer: String,
     /// Who the client is and what it may do ([`crate::guard`]).
     pub(crate) guard: Guard,
+    /// SUBACKs and UNSUBACKs of a persistent session waiting for its
+    /// record to be stored, in order: (sequence, packet, stored yet).
+    pub(crate) recording: std::collections::VecDeque<(u32, Packet, bool)>,
+    /// The next record's sequence number.
+    pub(crate) next_record: u32,
 }
 
 impl Core {
@@ -89,6 +94,8 @@ impl Core {
             unused: 0,
             peer: String::new(),
             guard: Guard::default(),
+            recording: Default::default(),
+            next_record: 0,
         }
     }
 
@@ -205,8 +212,7 @@ impl Core {
                 };
                 // Cancelling takes driver locks: not under the session's.
                 drop(gone);
-                self.shared.save_session(&session);
-                self.send(io, &Packet::UnsubAck(packet_id));
+                self.ack_when_recorded(io, &session, Packet::UnsubAck(packet_id));
             }
             Packet::PingReq => self.send(io, &Packet::PingResp),
             Packet::Disconnect => {
@@ -383,6 +389,11 @@ impl Protocol for Core {
                 }
             }
             Some(Tag::Login | Tag::Authorized) => self.answered(io, note),
+            Some(Tag::Recorded { seq }) => match note.take::<Result<Receipt, Failure>>() {
+                Ok(Ok(_)) => self.recorded(io, seq),
+                Ok(Err(f)) => self.close(true, &format!("session record not stored: {f}")),
+                Err(_) => {}
+            },
             Some(Tag::Settled { packet_id }) => match note.take::<Result<(), bindery::Failure>>() {
                 Ok(Ok(())) => self.send(io, &Packet::PubRel(packet_id)),
                 Ok(Err(f)) => self.close(true, &format!("stored message not acked: {f}")),

@@ -157,7 +157,7 @@ impl Shared {
 
     /// [`Shared::save_session`]; `done` completes once it is stored (at
     /// once without a store).
-    fn save_session_then(&self, session: &Session, done: Option<Completion<Receipt>>) {
+    pub(crate) fn save_session_then(&self, session: &Session, done: Option<Completion<Receipt>>) {
         let Some(store) = self.store.as_ref().filter(|_| session.queue_path.is_some()) else {
             if let Some(done) = done {
                 done.fail(Failure::new(FailureKind::Unsupported, "no store"));

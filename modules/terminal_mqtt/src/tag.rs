@@ -27,12 +27,17 @@ pub(crate) enum Tag {
     /// A stored QoS 2 message the client PUBREC'd is acked in the store:
     /// PUBREL may go.
     Settled { packet_id: u16 },
+    /// The session record saved as `seq` is stored: the SUBACK or
+    /// UNSUBACK waiting for it may go.
+    Recorded { seq: u32 },
 }
 
 /// Set in the tags of `Published`: the rest holds QoS and packet id.
 const PUBLISHED: u64 = 1 << 40;
 /// Set in the tags of `Settled`: the rest holds the packet id.
 const SETTLED: u64 = 1 << 41;
+/// Set in the tags of `Recorded`: the rest holds the sequence number.
+const RECORDED: u64 = 1 << 42;
 
 impl Tag {
     /// The note tag.
@@ -44,6 +49,7 @@ impl Tag {
             Tag::Login => 4,
             Tag::Authorized => 5,
             Tag::Settled { packet_id } => SETTLED | u64::from(packet_id),
+            Tag::Recorded { seq } => RECORDED | u64::from(seq),
             Tag::Published { qos, packet_id } => {
                 PUBLISHED | u64::from(qos) << 16 | u64::from(packet_id)
             }
@@ -58,6 +64,9 @@ impl Tag {
             3 => Some(Tag::Ended),
             4 => Some(Tag::Login),
             5 => Some(Tag::Authorized),
+            t if t & RECORDED != 0 => Some(Tag::Recorded {
+                seq: (t & 0xffff_ffff) as u32,
+            }),
             t if t & SETTLED != 0 => Some(Tag::Settled {
                 packet_id: (t & 0xffff) as u16,
             }),

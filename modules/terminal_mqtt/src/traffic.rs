@@ -191,8 +191,36 @@ impl Core {
                 self.subscribe_one(session, filter, requested.min(2))
             })
             .collect();
-        self.shared.save_session(session);
-        self.send(io, &Packet::SubAck { packet_id, codes });
+        self.ack_when_recorded(io, session, Packet::SubAck { packet_id, codes });
+    }
+
+    /// Saves the session's record and sends `ack` (SUBACK, UNSUBACK) once
+    /// it is stored, after any still waiting: a client told its
+    /// subscription is made finds it after a crash. Without persistence
+    /// (or for a clean session) at once.
+    pub(crate) fn ack_when_recorded(&mut self, io: &mut Io<'_>, session: &Session, ack: Packet) {
+        if self.shared.store.is_none() || session.queue_path.is_none() {
+            return self.send(io, &ack);
+        }
+        let seq = self.next_record;
+        self.next_record = seq.wrapping_add(1);
+        let done = io
+            .wake()
+            .completion::<Receipt>(Tag::Recorded { seq }.to_u64());
+        self.recording.push_back((seq, ack, false));
+        self.shared.save_session_then(session, Some(done));
+    }
+
+    /// Record `seq` is stored: the acks waiting at the front go.
+    pub(crate) fn recorded(&mut self, io: &mut Io<'_>, seq: u32) {
+        if let Some(r) = self.recording.iter_mut().find(|r| r.0 == seq) {
+            r.2 = true;
+        }
+        while self.recording.front().is_some_and(|r| r.2) {
+            if let Some((_, ack, _)) = self.recording.pop_front() {
+                self.send(io, &ack);
+            }
+        }
     }
 
     fn subscribe_one(&mut self, session: &Arc<Session>, filter: String, qos: QoS) -> u8 {
