@@ -350,6 +350,45 @@ fn a_qos2_flow_cut_by_kill_9_delivers_exactly_once() {
     );
 }
 
+/// An inbound QoS 2 PUBLISH the server PUBREC'd before `kill -9`, sent
+/// again (DUP) by its persistent session after the restart, is
+/// acknowledged and not published twice; once PUBREL'd, the packet id is
+/// free for a new message.
+#[test]
+fn an_inbound_qos2_publish_resent_after_kill_9_is_published_once() {
+    let dir = TempDir::new();
+    let (s, m) = start(&dir.0);
+    let (mut sink, _) = Conn::open(m, "q2-in-sink", false);
+    sink.subscribe("twoin/x", 2);
+    sink.disconnect();
+    let (mut p, _) = Conn::open(m, "q2-in-pub", false);
+    let mut out = Vec::new();
+    common::mqtt::publish_packet(&mut out, "twoin/x", 2, 5, b"once");
+    p.w.write_all(&out).unwrap();
+    let (head, body) = p.next_not_publish();
+    assert_eq!((head, body.as_slice()), (0x50, &[0, 5][..]), "PUBREC");
+    s.kill9();
+
+    let (s, m) = start(&dir.0);
+    let (mut p, present) = Conn::open(m, "q2-in-pub", false);
+    assert!(present);
+    out[0] |= 0x08; // DUP
+    p.w.write_all(&out).unwrap();
+    let (head, body) = p.next_not_publish();
+    assert_eq!((head, body.as_slice()), (0x50, &[0, 5][..]), "PUBREC again");
+    p.w.write_all(&[0x62, 2, 0, 5]).unwrap();
+    let (head, _) = p.next_not_publish();
+    assert_eq!(head, 0x70, "PUBCOMP");
+    // The id is free again: a new message with it is published.
+    assert!(p.publish("twoin/x", 2, false, 5, "again"));
+    let (mut sink, present) = Conn::open(m, "q2-in-sink", false);
+    assert!(present);
+    let got = sink.until_marker(m, "twoin/x");
+    let payloads: Vec<&str> = got.iter().map(|g| g.payload.as_str()).collect();
+    assert_eq!(payloads, ["once", "again"], "published once each");
+    end(s, End::Graceful);
+}
+
 /// QoS 1 publishers under `kill -9`, three times: every message the server
 /// PUBACKed reaches the persistent subscriber's queue.
 #[test]

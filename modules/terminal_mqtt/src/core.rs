@@ -183,8 +183,10 @@ impl Core {
                 }
             }
             Packet::PubRel(id) => {
+                // PUBCOMP once a persistent session's record forgets the
+                // id: the client may use it again for a new message.
                 session.state.lock().incoming_qos2.remove(&id);
-                self.send(io, &Packet::PubComp(id));
+                self.ack_when_recorded(io, &session, Packet::PubComp(id));
             }
             Packet::PubComp(id) => {
                 {

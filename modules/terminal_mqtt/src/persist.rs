@@ -54,6 +54,9 @@ pub(crate) const GONE: &str = "mqtt-gone";
 pub(crate) const VIA: &str = "mqtt-via";
 /// On session records: QoS 2 messages PUBREC'd, not yet PUBCOMP'd.
 pub(crate) const RELEASED: &str = "mqtt-released";
+/// A session record's header: inbound QoS 2 packet ids PUBREC'd and not
+/// yet PUBREL'd, comma-separated.
+pub(crate) const INCOMING: &str = "mqtt-incoming";
 
 /// A header's value.
 pub(crate) fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
@@ -230,6 +233,10 @@ impl Store {
                         .collect();
                     headers.push((RELEASED.into(), list.join(",").into()));
                 }
+                if !r.incoming.is_empty() {
+                    let list: Vec<String> = r.incoming.iter().map(u16::to_string).collect();
+                    headers.push((INCOMING.into(), list.join(",").into()));
+                }
                 encode_subs(&r.subs)
             }
         };
@@ -369,6 +376,19 @@ pub(crate) struct SessionRecord<'a> {
     /// PUBREL is sent again for each, and that message, if still queued
     /// (its ack lost), is acked rather than sent.
     pub(crate) released: Vec<(u16, MessageId)>,
+    /// Inbound QoS 2 packet ids taken (published, PUBREC'd) and not yet
+    /// released: a resend of one after a restart is acknowledged, not
+    /// published again.
+    pub(crate) incoming: Vec<u16>,
+}
+
+/// The `mqtt-incoming` header's packet ids (malformed ones are skipped).
+pub(crate) fn decode_incoming(m: &Message) -> Vec<u16> {
+    header(m, INCOMING)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// The `mqtt-released` header's pairs (malformed ones are skipped).

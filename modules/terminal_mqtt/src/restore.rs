@@ -164,16 +164,18 @@ impl Shared {
             }
             return;
         };
-        let (owner, subs, released) = {
+        let (owner, subs, released, incoming) = {
             let st = session.state.lock();
             let subs = st.subs.iter().map(|(f, s)| (f.clone(), s.qos)).collect();
             let released = st.released.iter().map(|(&p, &m)| (p, m)).collect();
-            (st.owner.clone(), subs, released)
+            let incoming = st.incoming_qos2.iter().copied().collect();
+            (st.owner.clone(), subs, released, incoming)
         };
         let record = persist::SessionRecord {
             owner: owner.as_deref(),
             subs,
             released,
+            incoming,
         };
         store.session(&session.client_id, Some(record), done);
     }
@@ -407,6 +409,7 @@ impl Shared {
             {
                 let mut st = session.state.lock();
                 st.owner = persist::header(&m, persist::OWNER).map(Arc::from);
+                st.incoming_qos2.extend(persist::decode_incoming(&m));
                 // PUBREL goes again for these when the client is back.
                 for (packet_id, id) in persist::decode_released(&m) {
                     st.released.insert(packet_id, id);

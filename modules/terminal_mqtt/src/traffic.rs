@@ -103,13 +103,25 @@ impl Core {
                     // Acknowledged once the retained record and the copies
                     // for persistent sessions are stored too.
                     let targets = self.shared.store_targets(p.topic, p.qos);
-                    let parts = 1 + usize::from(retain) + targets.len();
+                    // At QoS 2 a persistent session's record keeps the
+                    // packet id too: a resend after a crash is known.
+                    let record = self
+                        .connected
+                        .as_ref()
+                        .filter(|c| p.qos == 2 && c.session.queue_path.is_some())
+                        .map(|c| c.session.clone());
+                    let parts =
+                        1 + usize::from(retain) + targets.len() + usize::from(record.is_some());
                     if parts == 1 {
                         done
                     } else {
                         let join = Join::new(parts, done);
                         if retain {
                             store.retain(p.topic, &message, join.part(false, false));
+                        }
+                        if let Some(session) = &record {
+                            self.shared
+                                .save_session_then(session, Some(join.part(false, false)));
                         }
                         self.shared.store_copies(p.topic, targets, &message, &join);
                         join.part(true, false)
