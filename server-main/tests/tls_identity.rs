@@ -17,28 +17,42 @@ use rcgen::{
     KeyPair, SanType,
 };
 
-/// Where the listener is bound.
+/// Where the listeners are bound.
 const MQTTS: &str = "127.0.0.11:0";
+const WSS: &str = "127.0.0.12:0";
+
+/// The address a listener bound as `bind` got.
+fn at(s: &Server, bind: &str) -> std::net::SocketAddr {
+    let ip = &bind[..bind.len() - 2];
+    s.listening
+        .iter()
+        .map(|(_, a)| *a)
+        .find(|a| a.ip().to_string() == ip)
+        .unwrap_or_else(|| panic!("nothing listens on {ip}"))
+}
 
 const ACL: &str = "
 allow  *  all  /topics/users/%u/#
 ";
 
-/// A CA, a server certificate for 127.0.0.11, and client certificates
+/// A CA, a server certificate for 127.0.0.11 and .12, and client certificates
 /// from the CA for alice, bob, carol (`carol@example.org`, no CN) and
 /// nobody (no name at all), as PEM files under `dir`.
 fn make_certificates(dir: &Path) {
     let ca_key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "Bindery test CA");
+    p.distinguished_name
+        .push(DnType::CommonName, "Bindery test CA");
     let ca = p.self_signed(&ca_key).unwrap();
     let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
     write("ca.pem", ca.pem());
 
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.subject_alt_names = vec![SanType::IpAddress("127.0.0.11".parse().unwrap())];
+    p.subject_alt_names = ["127.0.0.11", "127.0.0.12"]
+        .map(|ip| SanType::IpAddress(ip.parse().unwrap()))
+        .to_vec();
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     write("server.pem", p.signed_by(&key, &ca, &ca_key).unwrap().pem());
     write("server.key", key.serialize_pem());
@@ -92,6 +106,8 @@ use_identity_as_username = true
 cert = "{cert}"
 key = "{key}"
 client_ca = "{ca}"
+[instances.mqtts.config.websocket]
+bind = ["{WSS}"]
 "#,
         passwd = f("passwd"),
         acl = f("acl"),
@@ -105,7 +121,7 @@ client_ca = "{ca}"
 /// mosquitto_pub or mosquitto_sub to the listener, as `who` (a
 /// certificate's file name; none: no certificate).
 fn mosquitto(tool: &str, s: &Server, dir: &Path, who: Option<&str>, args: &[&str]) -> Command {
-    let at = s.bound(MQTTS);
+    let at = at(s, MQTTS);
     let mut c = Command::new(tool);
     c.args(["-h", &at.ip().to_string(), "-p", &at.port().to_string()])
         .arg("--cafile")
@@ -270,6 +286,43 @@ fn the_certificate_is_the_user_for_the_acl_and_nothing_else_gets_in() {
     assert!(o.status.success(), "{}", text(&o));
     let failed = common::metric(&s, "bindery_mqtt_auth_failures_total", "\"mqtts\"").unwrap();
     assert!(failed >= 1, "{failed} failed logins counted");
+    assert!(s.healthy());
+}
+
+#[test]
+fn over_wss_the_certificate_is_the_user_too() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+
+    let dir = TempDir::new();
+    let s = server(&dir.0);
+    let wss = at(&s, WSS);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.0.join("ca.pem")).unwrap())
+        .unwrap();
+    let cert = CertificateDer::from_pem_file(dir.0.join("alice.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.0.join("alice.key")).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(vec![cert], key)
+    .unwrap();
+    let name = ServerName::try_from("127.0.0.12").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(tls), name).unwrap();
+    let tcp = std::net::TcpStream::connect(wss).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let stream = rustls::StreamOwned::new(conn, tcp);
+    let mut c = common::ws::connect_over(&format!("wss://{wss}/mqtt"), stream);
+    // No username, and still in (CONNACK 0): the certificate says alice.
+    c.mqtt_connect("over-wss");
+    c.subscribe("users/alice/#", 1);
+    c.send(&common::mqtt::subscribe_packet(2, "users/bob/#", 1));
+    assert_eq!(c.packet(), (0x90, vec![0, 2, 0x80]), "SUBACK");
     assert!(s.healthy());
 }
 

@@ -106,7 +106,9 @@ fn string(tag: u8, text: &[u8]) -> Option<String> {
         0x0c | 0x13 | 0x16 | 0x14 => std::str::from_utf8(text).ok().map(str::to_owned),
         0x1e if text.len() % 2 == 0 => {
             let units = text.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-            char::decode_utf16(units).collect::<Result<String, _>>().ok()
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
         }
         _ => None,
     }
