@@ -64,6 +64,7 @@
 //! connect_timeout_secs = 10      # for the CONNECT packet
 //! dispatcher = "default"
 //! auth = "users"                 # an auth instance (see below); none: everything allowed
+//! use_identity_as_username = false # true (with tls.client_ca): the client certificate's name is the user
 //! persistence = "/durable/mqtt/" # keep state in the durable queues there; none: in memory
 //! session_expiry_secs = 604800   # a persistent session unused this long ends (0: never)
 //! [instances.mqtt.config.websocket]  # MQTT over WebSocket (subprotocol `mqtt`); none: no listener
