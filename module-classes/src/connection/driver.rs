@@ -43,6 +43,9 @@ pub struct Connection<S: Stream, P: Protocol> {
     /// The earliest timer armed and not yet fired.
     armed: Option<Instant>,
     ended: bool,
+    /// The core was told what the transport verified about the peer
+    /// ([`Protocol::certified`]).
+    introduced: bool,
     _open: OpenConnection,
 }
 
@@ -74,6 +77,7 @@ impl<S: Stream, P: Protocol> Connection<S, P> {
             paused_until: None,
             armed: None,
             ended: false,
+            introduced: false,
             _open: open,
         };
         conn.arm(cx, Instant::now());
@@ -104,6 +108,9 @@ impl<S: Stream, P: Protocol> Connection<S, P> {
                     Ok(true)
                 }
                 Ok(n) => {
+                    if !self.introduced {
+                        self.introduce();
+                    }
                     self.this_turn += n;
                     let got = &scratch[..n];
                     if self.rbuf.is_empty() && self.wbuf.len() - self.wpos < MAX_UNSENT {
@@ -123,6 +130,18 @@ impl<S: Stream, P: Protocol> Connection<S, P> {
                 Err(e) => Err(e),
             }
         })
+    }
+
+    /// Before the first input: the handshake is done, so tell the core the
+    /// certificate the transport verified, if any.
+    #[cold]
+    fn introduce(&mut self) {
+        self.introduced = true;
+        if let Some(chain) = self.stream.peer_certificates() {
+            if !chain.is_empty() {
+                self.core.certified(chain);
+            }
+        }
     }
 
     /// Offers input, reads, pumps and writes until nothing moves; closes

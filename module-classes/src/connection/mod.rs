@@ -18,6 +18,12 @@
 //! ([`testing::Pipe`]), fuzzed, and put behind another transport (TLS)
 //! without a second copy of the socket code.
 //!
+//! A transport that proves who the peer is (TLS with a client CA) says so
+//! through [`Stream::peer_certificates`]; the driver tells the core once,
+//! before its first input, through [`Protocol::certified`]
+//! ([`certificate::user_name`] reads a name from it). Nothing changes per
+//! message.
+//!
 //! ```text
 //!   socket ──read──▶ Connection ──receive(bytes)──▶ core ──out──▶ Connection ──write──▶ socket
 //!   driver/dispatcher ──Wake (note)──▶ Connection ──note──▶ core
@@ -32,10 +38,13 @@ use std::time::Instant;
 
 use bindery::{Address, Completion, Cx, Handler, Note, ReactorHandle};
 use mio::net::{TcpStream, UnixStream};
+/// A DER certificate, as rustls gives a peer's ([`Protocol::certified`]).
+pub use rustls::pki_types::CertificateDer;
 
 use crate::Consumer;
 use crate::listener::{Accept, OpenConnection};
 
+pub mod certificate;
 mod driver;
 pub mod testing;
 pub mod tls;
@@ -272,6 +281,14 @@ pub trait Protocol: Send + 'static {
     /// Whether the connection goes on.
     fn flow(&self) -> Flow;
 
+    /// The transport verified a client certificate (mutual TLS): `chain`
+    /// is the peer's, leaf first. Called at most once, before the first
+    /// [`receive`](Protocol::receive), and not at all on a connection
+    /// without one. The default ignores it.
+    fn certified(&mut self, chain: &[CertificateDer<'static>]) {
+        let _ = chain;
+    }
+
     /// The connection is gone (called once, last). Release what the
     /// connection held; nothing more can be sent.
     fn closed(&mut self, why: &Ended) {
@@ -283,6 +300,13 @@ pub trait Protocol: Send + 'static {
 pub trait Stream: Read + Write + mio::event::Source + Send + 'static {
     /// The peer, for log lines and consumer names.
     fn peer(&self) -> String;
+
+    /// The client certificate chain the transport verified (leaf first),
+    /// once its handshake is done; `None` for a transport without one (a
+    /// plain socket, TLS without a client CA).
+    fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        None
+    }
 }
 
 impl Stream for TcpStream {

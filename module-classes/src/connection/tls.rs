@@ -12,6 +12,10 @@
 //! client_ca = "tls/ca.pem"       # optional: clients must present a certificate it signed
 //! ```
 //!
+//! With `client_ca`, the verified client certificate chain is offered to
+//! the protocol core once the handshake is done
+//! ([`Stream::peer_certificates`], [`super::Protocol::certified`]).
+//!
 //! Relative paths resolve under the server's data directory. A handshake
 //! that fails (plaintext on a TLS port, an untrusted client certificate)
 //! closes that connection only.
@@ -213,6 +217,10 @@ impl<S: Stream> mio::event::Source for TlsStream<S> {
 impl<S: Stream> Stream for TlsStream<S> {
     fn peer(&self) -> String {
         format!("{} (tls)", self.sock.peer())
+    }
+
+    fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.tls.peer_certificates()
     }
 }
 

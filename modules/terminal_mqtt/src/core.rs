@@ -331,6 +331,10 @@ impl Core {
 impl Protocol for Core {
     const TURN: usize = 32 * 1024;
 
+    fn certified(&mut self, chain: &[bindery_classes::connection::CertificateDer<'static>]) {
+        self.certified_by(chain);
+    }
+
     fn receive(&mut self, io: &mut Io<'_>, input: &[u8]) -> usize {
         if input.len() > self.unused {
             self.last_seen = io.now();

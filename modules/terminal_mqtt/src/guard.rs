@@ -13,6 +13,13 @@
 //! 3.1.1 has no negative acknowledgement; it allows closing). A
 //! persistent session is resumed only by the user who made it.
 //!
+//! With `use_identity_as_username`, the user is the name in the client
+//! certificate TLS verified (its subject CN, else its first DNS or e-mail
+//! alternative name: [`bindery_classes::connection::certificate`]), and
+//! CONNECT's username and password are ignored, as mosquitto does; the
+//! auth instance is not asked to authenticate, only to authorize. No
+//! certificate gets CONNACK 5; a certificate naming nobody CONNACK 4.
+//!
 //! When the rules change (the auth instance's generation moves), each
 //! subscription a connection holds is authorized again and cancelled if
 //! no longer allowed; so is each of a resumed persistent session.
@@ -28,7 +35,7 @@ use bindery::{Failure, Note};
 use bindery_classes::auth::{
     Action, AuthHandle, Bound, Credentials, Decisions, Identity, Login, Secret,
 };
-use bindery_classes::connection::Io;
+use bindery_classes::connection::{CertificateDer, Io, certificate};
 
 use crate::codec::{Connect, Packet};
 use crate::core::Core;
@@ -55,6 +62,10 @@ pub(crate) struct Guard {
     pub(crate) checked: Option<u64>,
     /// Subscriptions still to check against changed rules.
     recheck: Vec<Arc<str>>,
+    /// With `use_identity_as_username`: the user the verified client
+    /// certificate names (`Some(None)`: it names nobody usable; `None`:
+    /// no certificate).
+    certificate: Option<Option<Arc<str>>>,
 }
 
 impl Default for Guard {
@@ -68,6 +79,7 @@ impl Default for Guard {
             answer: None,
             checked: None,
             recheck: Vec::new(),
+            certificate: None,
         }
     }
 }
@@ -169,6 +181,29 @@ impl Core {
     /// is known and its will allowed); `None` when it is held for an
     /// answer or refused.
     pub(crate) fn admit(&mut self, io: &mut Io<'_>, c: Connect) -> Option<Connect> {
+        if self.shared.config.use_identity_as_username && self.guard.identity.is_none() {
+            match &self.guard.certificate {
+                Some(Some(user)) => {
+                    self.guard.identity = Some(Identity {
+                        user: Some(user.clone()),
+                    });
+                }
+                Some(None) => {
+                    self.shared.stats.auth_failures.inc();
+                    tracing::info!(
+                        instance = %self.shared.instance,
+                        peer = %self.peer,
+                        "login failed: the client certificate names no user"
+                    );
+                    let _ = self.refuse(io, 4, "the client certificate names no user");
+                    return None;
+                }
+                None => {
+                    let _ = self.refuse(io, 5, "no client certificate");
+                    return None;
+                }
+            }
+        }
         if !self.logged_in(io, &c) {
             self.guard.held = Some(Packet::Connect(Box::new(c)));
             return None;
@@ -187,6 +222,15 @@ impl Core {
             }
         }
         Some(c)
+    }
+
+    /// The client certificate TLS verified (leaf first): its name is the
+    /// user, with `use_identity_as_username`.
+    pub(crate) fn certified_by(&mut self, chain: &[CertificateDer<'static>]) {
+        if self.shared.config.use_identity_as_username {
+            let name = chain.first().and_then(|leaf| certificate::user_name(leaf));
+            self.guard.certificate = Some(name.map(Into::into));
+        }
     }
 
     /// A note from the auth instance: the answer to a login or a question

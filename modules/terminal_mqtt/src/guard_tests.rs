@@ -39,10 +39,14 @@ impl Auth for Later {
 }
 
 fn pipe() -> Pipe<Core> {
+    pipe_with(Config::default())
+}
+
+fn pipe_with(config: Config) -> Pipe<Core> {
     let topics: DriverHandle = Arc::new(driver_topic::TopicDriver::new(Default::default()));
     let mut shared = Shared::new(
         "mqtt",
-        Config::default(),
+        config,
         Arc::new(Routes(vec![("/topics/".into(), topics)])),
         Arc::new(Stats::new(&Scope::detached("mqtt"))),
     );
@@ -153,6 +157,71 @@ fn bad_and_missing_credentials_get_connack_4_and_5() {
                 code
             }],
             "{user:?}"
+        );
+        assert_eq!(p.flow(), bindery_classes::connection::Flow::Close);
+    }
+}
+
+/// A self-signed certificate's DER with this common name (none: no
+/// subject at all).
+fn certificate(cn: Option<&str>) -> bindery_classes::connection::CertificateDer<'static> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(cn) = cn {
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    }
+    p.self_signed(&key).unwrap().der().clone()
+}
+
+#[test]
+fn the_certificate_names_the_user_and_connect_s_username_is_ignored() {
+    use bindery_classes::connection::Protocol;
+    let config = Config {
+        use_identity_as_username: true,
+        ..Config::default()
+    };
+    let mut p = pipe_with(config.clone());
+    p.core.certified(&[certificate(Some("alice"))]);
+    // eve with a wrong password: ignored; the certificate says alice.
+    let got = exchange(
+        &mut p,
+        &[
+            connect(Some("eve"), b"wrong"),
+            Packet::Subscribe {
+                packet_id: 1,
+                filters: vec![("a/#".into(), 1), ("b/x".into(), 0)],
+            },
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            Packet::ConnAck {
+                session_present: false,
+                code: 0
+            },
+            Packet::SubAck {
+                packet_id: 1,
+                codes: vec![1, 0x80]
+            }
+        ]
+    );
+
+    // No certificate: CONNACK 5; one that names nobody: CONNACK 4.
+    for (chain, code) in [(vec![], 5), (vec![certificate(None)], 4)] {
+        let mut p = pipe_with(config.clone());
+        if !chain.is_empty() {
+            p.core.certified(&chain);
+        }
+        let got = exchange(&mut p, &[connect(Some("alice"), b"a"), Packet::PingReq]);
+        assert_eq!(
+            got,
+            [Packet::ConnAck {
+                session_present: false,
+                code
+            }],
+            "{code}"
         );
         assert_eq!(p.flow(), bindery_classes::connection::Flow::Close);
     }

@@ -64,6 +64,7 @@
 //! connect_timeout_secs = 10      # for the CONNECT packet
 //! dispatcher = "default"
 //! auth = "users"                 # an auth instance (see below); none: everything allowed
+//! use_identity_as_username = false # true (with tls.client_ca): the client certificate's name is the user
 //! persistence = "/durable/mqtt/" # keep state in the durable queues there; none: in memory
 //! session_expiry_secs = 604800   # a persistent session unused this long ends (0: never)
 //! [instances.mqtt.config.websocket]  # MQTT over WebSocket (subprotocol `mqtt`); none: no listener
@@ -80,7 +81,10 @@
 //! [`bindery_classes::connection::ws`] (with TLS too when `tls` is set).
 //!
 //! With `auth`, CONNECT's username and password are checked (CONNACK 4
-//! for bad credentials, 5 for none where some are needed), each publish
+//! for bad credentials, 5 for none where some are needed) — or, with
+//! `use_identity_as_username` and `tls.client_ca`, the verified client
+//! certificate's name is the user and CONNECT's username and password
+//! are ignored — each publish
 //! topic and subscription filter is authorized (SUBACK 0x80 for a refused
 //! filter; a refused QoS 0 publish is dropped, a refused QoS 1 or 2
 //! publish closes the connection), and a persistent session is resumed
@@ -148,6 +152,12 @@ pub struct Config {
     /// TLS on this instance's listeners (`cert`, `key`, optional
     /// `client_ca` for mutual TLS); none: plaintext.
     pub tls: Option<TlsSettings>,
+    /// The verified client certificate's name (subject CN, else its first
+    /// DNS or e-mail alternative name) is the client's user name, as
+    /// mosquitto's option of the same name: CONNECT's username and
+    /// password are ignored, and `auth` only authorizes. Needs
+    /// `tls.client_ca`.
+    pub use_identity_as_username: bool,
     /// Time allowed between connecting and sending CONNECT.
     pub connect_timeout_secs: u64,
     /// Where the terminal keeps its state (retained messages, persistent
@@ -190,6 +200,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_address: 0,
             tls: None,
+            use_identity_as_username: false,
             connect_timeout_secs: 10,
             persistence: None,
             session_expiry_secs: 7 * 86_400,
@@ -224,6 +235,15 @@ fn module_main(
             if !p.ends_with('/') {
                 p.push('/');
             }
+        }
+        if config.use_identity_as_username
+            && config.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            return Err(format!(
+                "instance {:?}: use_identity_as_username needs tls.client_ca (clients must present a certificate)",
+                cx.name()
+            )
+            .into());
         }
         let stats = Arc::new(Stats::new(&Scope::of(cx.runtime(), cx.name())));
         let instance = cx.name().to_owned();

@@ -320,6 +320,10 @@ impl<S: Stream> Stream for WsStream<S> {
     fn peer(&self) -> String {
         format!("{} (websocket)", self.sock.peer())
     }
+
+    fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.sock.peer_certificates()
+    }
 }
 
 impl<S: Stream> Drop for WsStream<S> {
