@@ -443,7 +443,7 @@ impl Reactor {
                     .min(Duration::from_millis(50));
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
-            if !self.shared.queue.lock().is_empty() {
+            if !self.shared.queue.lock().is_empty() || !self.settling.is_empty() {
                 timeout = Some(Duration::ZERO);
             }
             match self.poll.poll(&mut events, timeout) {
