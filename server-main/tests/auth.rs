@@ -17,6 +17,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::children::{Reaped, subscribed, text};
 use common::mqtt::{connack, publish_packet, raw, read_packet};
 use common::{Server, TempDir};
 
@@ -76,15 +77,6 @@ auth = "default"
         acl = dir.join("acl").display(),
     ));
     Server::start_at(dir, &config, &["--threads", "2"])
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// curl: the status code and the response head.
@@ -482,36 +474,6 @@ fn ctl_reload(s: &Server) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-}
-
-/// A client process that is killed if the test ends before it does.
-struct Reaped(Option<std::process::Child>);
-
-impl Reaped {
-    fn output(mut self) -> Output {
-        self.0.take().unwrap().wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Waits (up to ten seconds) until `destination` has a subscriber.
-fn subscribed(s: &Server, destination: &str) {
-    let labels = format!("destination=\"{destination}\"");
-    for _ in 0..200 {
-        if common::metric(s, "bindery_destination_consumers", &labels).is_some_and(|n| n > 0) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nobody subscribed to {destination}");
 }
 
 /// A rumqttc client with credentials: its events on a channel.

@@ -10,16 +10,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use common::children::text;
 use common::{Server, TempDir};
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// `bindery passwd [args]`.
 fn passwd(args: &[&str], stdin: &str) -> Output {

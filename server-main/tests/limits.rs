@@ -8,20 +8,12 @@ mod common;
 
 use std::io::{BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::children::{Reaped, subscribed, text};
 use common::mqtt::{connack, connect_packet, publish_packet, raw, read_packet, subscribe_packet};
 use common::{Server, config, metric};
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// curl: the status and the body.
 fn curl(args: &[&str]) -> (u16, String) {
@@ -42,36 +34,6 @@ fn mosquitto(tool: &str, at: SocketAddr, args: &[&str]) -> Command {
         .args(args)
         .stdin(Stdio::null());
     c
-}
-
-/// A client process that is killed if the test ends before it does.
-struct Reaped(Option<std::process::Child>);
-
-impl Reaped {
-    fn output(mut self) -> Output {
-        self.0.take().unwrap().wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Waits (up to ten seconds) until `destination` has a subscriber.
-fn subscribed(s: &Server, destination: &str) {
-    let labels = format!("destination=\"{destination}\"");
-    for _ in 0..200 {
-        if metric(s, "bindery_destination_consumers", &labels).is_some_and(|n| n > 0) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nobody subscribed to {destination}");
 }
 
 /// How many memory queues /metrics lists.

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::children::{Reaped, subscribed, text};
 use common::{Server, TempDir};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
@@ -106,15 +107,6 @@ fn curl(certs: &Path, args: &[&str]) -> Output {
         .args(args))
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[test]
 fn https_with_curl_and_plaintext_on_the_tls_port_costs_one_connection() {
     let certs = TempDir::new();
@@ -186,41 +178,6 @@ fn mosquitto(tool: &str, certs: &Path, at: std::net::SocketAddr, extra: &[&str])
     .arg(certs.join("ca.pem"))
     .args(extra);
     c
-}
-
-/// A client process that is killed if the test ends before it does.
-struct Reaped(Option<std::process::Child>);
-
-impl Reaped {
-    fn new(c: std::process::Child) -> Reaped {
-        Reaped(Some(c))
-    }
-
-    /// Waits for it to finish and takes what it printed.
-    fn output(mut self) -> Output {
-        self.0.take().unwrap().wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Waits (up to ten seconds) until `destination` has a subscriber.
-fn subscribed(s: &Server, destination: &str) {
-    let labels = format!("destination=\"{destination}\"");
-    for _ in 0..200 {
-        if common::metric(s, "bindery_destination_consumers", &labels).is_some_and(|n| n > 0) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nobody subscribed to {destination}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::children::{Reaped, subscribed, text};
 use common::{Server, TempDir};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -138,46 +139,6 @@ fn mosquitto(tool: &str, s: &Server, dir: &Path, who: Option<&str>, args: &[&str
 
 fn run(mut c: Command) -> Output {
     c.output().expect("the client runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A client process that is killed if the test ends before it does.
-struct Reaped(Option<std::process::Child>);
-
-impl Reaped {
-    /// Waits for it to finish and takes what it printed.
-    fn output(mut self) -> Output {
-        self.0.take().unwrap().wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Waits (up to ten seconds) until `destination` has a subscriber.
-fn subscribed(s: &Server, destination: &str) {
-    let labels = format!("destination=\"{destination}\"");
-    for _ in 0..200 {
-        if common::metric(s, "bindery_destination_consumers", &labels).is_some_and(|n| n > 0) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nobody subscribed to {destination}");
 }
 
 #[test]
