@@ -213,18 +213,7 @@ impl Shared {
     pub(crate) fn forget(&self, session: &Arc<Session>) {
         let (subs, store_sub, held) = {
             let mut st = session.state.lock();
-            let held: Vec<MessageId> = st
-                .queue
-                .iter()
-                .filter(|q| q.stored)
-                .map(|q| q.message.id)
-                .chain(
-                    st.inflight
-                        .values()
-                        .filter(|i| i.stored)
-                        .map(|i| i.message.id),
-                )
-                .collect();
+            let held = st.stored_ids();
             st.queue.clear();
             st.inflight.clear();
             (std::mem::take(&mut st.subs), st.store_sub.take(), held)
@@ -257,18 +246,7 @@ impl Shared {
             let Some(path) = &s.queue_path else { continue };
             let (sub, held) = {
                 let mut st = s.state.lock();
-                let held: Vec<MessageId> = st
-                    .queue
-                    .iter()
-                    .filter(|q| q.stored)
-                    .map(|q| q.message.id)
-                    .chain(
-                        st.inflight
-                            .values()
-                            .filter(|i| i.stored)
-                            .map(|i| i.message.id),
-                    )
-                    .collect();
+                let held = st.stored_ids();
                 st.queue.retain(|q| !q.stored);
                 st.inflight.retain(|_, i| !i.stored);
                 (st.store_sub.take(), held)

@@ -143,6 +143,18 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The messages taken from the session's durable queue and not yet
+    /// acked there: waiting to be sent, or in flight.
+    pub(crate) fn stored_ids(&self) -> Vec<MessageId> {
+        let waiting = self.queue.iter().filter(|q| q.stored).map(|q| q.message.id);
+        let sent = self
+            .inflight
+            .values()
+            .filter(|i| i.stored)
+            .map(|i| i.message.id);
+        waiting.chain(sent).collect()
+    }
+
     /// A packet id not in flight.
     pub(crate) fn packet_id(&mut self) -> u16 {
         loop {
