@@ -232,6 +232,17 @@ pub trait Driver: Send + Sync + 'static {
     /// management thread (it may block until storage is closed); no new
     /// work arrives after it.
     fn stop(&self) {}
+
+    /// True once the instance is stopping. A consumer told
+    /// [`Delivery::Closed`](crate::Delivery::Closed) asks this to tell an
+    /// instance going away (restarted, or a reload moved its binding:
+    /// subscribe again to whatever is bound at the path next) from a
+    /// subscription ended for the consumer's own sake (a slow consumer).
+    /// Every handle the binding table holds answers it (the class wires
+    /// it); a bare implementation need not.
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// A driver instance as the binding table holds it.
@@ -337,6 +348,10 @@ impl<D: Driver> Driver for Lifecycle<D> {
     fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.inner.stop()
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 }
 

@@ -26,7 +26,10 @@
 //! consumer under `slow_subscriber = "disconnect"`), the client is
 //! disconnected with a warning naming it, counted in
 //! `bindery_mqtt_subscriptions_ended_total`, and its session is not kept:
-//! it reconnects with `session_present = 0` and subscribes again.
+//! it reconnects with `session_present = 0` and subscribes again. When a
+//! driver's *instance* stops while the server runs on (a restart of it
+//! alone, a reload), the terminal subscribes again to what is bound next
+//! instead (`rewire.rs`): clients and sessions stay.
 //!
 //! With `persistence` (a path prefix served by a durable queue driver,
 //! `"/durable/mqtt/"` in the default server), retained messages,
@@ -102,6 +105,7 @@ mod join;
 mod persist;
 mod restore;
 mod retained;
+mod rewire;
 mod session;
 mod tag;
 #[cfg(test)]
@@ -279,23 +283,16 @@ fn module_main(
                     .as_deref()
                     .map(|name| bindery_classes::auth::Bound::require(rt, name))
                     .transpose()?;
-                let store = match &config.persistence {
-                    None => None,
-                    Some(prefix) => {
-                        let driver = bindery_classes::driver::lookup(rt, prefix).ok_or_else(|| {
-                            format!("instance {instance:?}: persistence {prefix:?}: no driver is bound there")
-                        })?;
-                        Some(Arc::new(
-                            persist::Store::new(driver, prefix)
-                                .map_err(|e| format!("instance {instance:?}: {e}"))?,
-                        ))
-                    }
-                };
                 let mut shared = Shared::new(&instance, config, dispatcher, stats);
+                if let Some(prefix) = &shared.config.persistence {
+                    let store = persist::Store::new(rt.clone(), prefix, shared.rewire.clone())
+                        .map_err(|e| format!("instance {instance:?}: {e}"))?;
+                    shared.store = Some(Arc::new(store));
+                }
                 shared.auth = auth;
-                shared.store = store;
                 shared.runtime = Some(rt.clone());
                 let shared = Arc::new(shared);
+                shared.rewire.attach(&shared);
                 shared
                     .load()
                     .map_err(|e| format!("instance {instance:?}: {e}"))?;
@@ -392,6 +389,8 @@ pub(crate) struct Shared {
     /// The runtime, to tell a server stopping (drivers stop before the
     /// terminal, ending subscriptions) from a session really ending.
     pub(crate) runtime: Option<Arc<bindery::Runtime>>,
+    /// Subscriptions to make again once a driver instance is replaced.
+    pub(crate) rewire: Arc<rewire::Rewire>,
 }
 
 impl Shared {
@@ -408,6 +407,7 @@ impl Shared {
             store: None,
             stopping: Default::default(),
             runtime: None,
+            rewire: Arc::default(),
             config,
             dispatcher,
             auth: None,

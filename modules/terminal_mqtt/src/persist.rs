@@ -37,6 +37,7 @@ use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
 pub(crate) use crate::join::Join;
 use parking_lot::Mutex;
 
+use crate::rewire::Rewire;
 use crate::session::Session;
 
 /// Leases on stored records and queued messages: they stay with the
@@ -68,7 +69,13 @@ pub(crate) fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
 
 /// The durable store of one terminal instance.
 pub(crate) struct Store {
-    pub(crate) driver: DriverHandle,
+    /// The driver instance last found at `prefix` (another is looked up
+    /// once it stops: [`Store::current`]).
+    driver: Mutex<DriverHandle>,
+    /// Where to look it up.
+    runtime: Arc<bindery::Runtime>,
+    /// Where its records' subscriptions go when its instance stops.
+    rewire: Arc<Rewire>,
     pub(crate) prefix: String,
     /// The live record per retained topic and per client id, with the
     /// subscriptions that hold them leased.
@@ -94,20 +101,95 @@ impl Records {
 }
 
 impl Store {
-    /// The store at `prefix`, whose driver must keep durable queues.
-    pub(crate) fn new(driver: DriverHandle, prefix: &str) -> Result<Store, String> {
-        let info = driver.info();
-        if !info.queue || !info.durable {
+    /// The store at `prefix` of `runtime`, whose driver must keep durable
+    /// queues.
+    pub(crate) fn new(
+        runtime: Arc<bindery::Runtime>,
+        prefix: &str,
+        rewire: Arc<Rewire>,
+    ) -> Result<Store, String> {
+        let driver = bindery_classes::driver::lookup(&runtime, prefix)
+            .ok_or_else(|| format!("persistence {prefix:?}: no driver is bound there"))?;
+        if !durable(&driver) {
             return Err(format!(
                 "persistence {prefix:?}: the driver bound there does not keep durable queues"
             ));
         }
         Ok(Store {
-            driver,
+            driver: Mutex::new(driver),
+            runtime,
+            rewire,
             prefix: prefix.to_owned(),
             retained: Records::new(format!("{prefix}retained")),
             sessions: Records::new(format!("{prefix}sessions")),
         })
+    }
+
+    /// The driver instance serving the prefix now: the one last used,
+    /// or, once it stops, the one bound there since, if it keeps durable
+    /// queues (`None` until then).
+    pub(crate) fn current(&self) -> Option<DriverHandle> {
+        let mut driver = self.driver.lock();
+        if !driver.stopped() {
+            return Some(driver.clone());
+        }
+        let next = bindery_classes::driver::lookup(&self.runtime, &self.prefix)
+            .filter(|d| !d.stopped() && durable(d))?;
+        *driver = next.clone();
+        Some(next)
+    }
+
+    /// [`Store::current`], or the stopped one (which refuses, so the
+    /// caller's completion reports `Unavailable`).
+    pub(crate) fn driver(&self) -> DriverHandle {
+        self.current().unwrap_or_else(|| self.driver.lock().clone())
+    }
+
+    /// Holds every record leased again, on the driver instance serving
+    /// the prefix now (the last one stopped: its leases ended with it).
+    /// False while none serves it. Superseded records acked while no
+    /// driver served are acked at the next start's reading.
+    pub(crate) fn hold_records(&self) -> bool {
+        let Some(driver) = self.current() else {
+            return false;
+        };
+        for records in [&self.retained, &self.sessions] {
+            let consumer = self.records_consumer(&records.dest, &driver, None);
+            let options = SubscribeOptions {
+                credit: u32::MAX / 2,
+                lease: LEASE,
+            };
+            match driver.subscribe(&records.dest, consumer, options) {
+                Ok(sub) => *records.sub.lock() = Some(sub),
+                Err(_) => return false,
+            }
+        }
+        tracing::info!(prefix = %self.prefix, "MQTT state records held again after their driver instance was replaced");
+        true
+    }
+
+    /// A consumer holding `dest`'s records leased on `driver` (sending
+    /// them to `feed` while start reads them); when the driver's
+    /// instance stops, [`Store::hold_records`] runs again on the next.
+    fn records_consumer(
+        &self,
+        dest: &str,
+        driver: &DriverHandle,
+        feed: Option<Arc<Mutex<Option<std::sync::mpsc::Sender<Message>>>>>,
+    ) -> Consumer {
+        let (gone, rewire) = (Arc::downgrade(driver), self.rewire.clone());
+        Consumer::new(move |d| match d {
+            Delivery::Message(m) => {
+                if let Some(tx) = feed.as_ref().and_then(|f| f.lock().clone()) {
+                    let _ = tx.send(m);
+                }
+            }
+            Delivery::Closed(_) if crate::rewire::instance_gone(&gone) => {
+                rewire.later(crate::rewire::Job::Records);
+            }
+            Delivery::Closed(_) => {}
+        })
+        .named(format!("mqtt state {dest}"))
     }
 
     /// The queue of `client`'s messages.
@@ -126,7 +208,7 @@ impl Store {
     }
 
     fn load(&self, records: &Records, key: &str) -> Result<Vec<Message>, String> {
-        let all = read_all(&self.driver, &records.dest, records)?;
+        let all = self.read_all(records)?;
         let mut latest: HashMap<String, Message> = HashMap::new();
         for m in all {
             let Some(k) = header(&m, key).map(str::to_owned) else {
@@ -150,7 +232,7 @@ impl Store {
     }
 
     fn ack(&self, dest: &str, id: MessageId) {
-        self.driver.ack(dest, id, Completion::new(|_| {}));
+        self.driver().ack(dest, id, Completion::new(|_| {}));
     }
 
     /// Acks `dest`'s message `id` (a queued message the client took).
@@ -172,7 +254,7 @@ impl Store {
         let mut m = Message::new(&records.dest, "application/octet-stream", body);
         m.headers = headers.into();
         let (me, key, id) = (self.clone(), key.to_owned(), m.id);
-        self.driver.publish(
+        self.driver().publish(
             m,
             Completion::new(move |r: Result<Receipt, Failure>| {
                 if r.is_ok() {
@@ -262,7 +344,7 @@ impl Store {
             credit: u32::MAX / 2,
             lease: LEASE,
         };
-        let Ok(sub) = self.driver.subscribe(&dest, consumer, options) else {
+        let Ok(sub) = self.driver().subscribe(&dest, consumer, options) else {
             return;
         };
         for d in rx.try_iter() {
@@ -298,7 +380,7 @@ impl Store {
         ]
         .into();
         let s = session.clone();
-        self.driver.publish(
+        self.driver().publish(
             copy,
             Completion::new(move |r: Result<Receipt, Failure>| {
                 if let Err(f) = r {
@@ -313,13 +395,14 @@ impl Store {
     /// Gives back every record held leased (the instance stops while the
     /// driver runs on: a restarted instance reads them again).
     pub(crate) fn release_records(&self) {
+        let driver = self.driver();
         for records in [&self.retained, &self.sessions] {
             if let Some(sub) = records.sub.lock().take() {
                 sub.cancel();
             }
             let ids: Vec<MessageId> = records.live.lock().values().copied().collect();
             for id in ids {
-                let _ = self.driver.release(&records.dest, id);
+                let _ = driver.release(&records.dest, id);
             }
         }
     }
@@ -332,6 +415,50 @@ impl Store {
         }
         drop(live);
         self.ack(&self.sessions.dest, id);
+    }
+
+    /// Reads every message waiting in `records` (as many as the driver's
+    /// counters say), keeping them leased to a subscription that
+    /// `records` holds from then on, so later records are leased too and
+    /// can be acked.
+    fn read_all(&self, records: &Records) -> Result<Vec<Message>, String> {
+        let (driver, dest) = (self.driver(), &records.dest);
+        // Waiting ones: after a restart of the server nothing is leased;
+        // after one of the instance, the last incarnation gave its leases
+        // back.
+        let expected = driver
+            .stats()
+            .into_iter()
+            .find(|s| s.destination == *dest)
+            .map_or(0, |s| s.depth) as usize;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let consumer = self.records_consumer(dest, &driver, Some(tx.clone()));
+        let options = SubscribeOptions {
+            credit: u32::MAX / 2,
+            lease: LEASE,
+        };
+        let sub = driver
+            .subscribe(dest, consumer, options)
+            .map_err(|f| format!("cannot read {dest}: {f}"))?;
+        let mut got = Vec::new();
+        let until = std::time::Instant::now() + LOAD_WAIT;
+        while got.len() < expected {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(m) => got.push(m),
+                Err(_) => {
+                    return Err(format!(
+                        "read {} of the {expected} records in {dest} in {LOAD_WAIT:?}",
+                        got.len()
+                    ));
+                }
+            }
+        }
+        got.extend(rx.try_iter());
+        tx.lock().take();
+        *records.sub.lock() = Some(sub);
+        Ok(got)
     }
 }
 
@@ -420,50 +547,8 @@ pub(crate) fn decode_subs(body: &[u8]) -> Vec<(String, u8)> {
     out
 }
 
-/// Reads every message waiting in `dest` (as many as the driver's
-/// counters say), keeping them leased to a subscription that `records`
-/// holds from then on, so later records are leased too and can be acked.
-fn read_all(driver: &DriverHandle, dest: &str, records: &Records) -> Result<Vec<Message>, String> {
-    // Waiting ones: after a restart of the server nothing is leased; after
-    // one of the instance, the last incarnation gave its leases back.
-    let expected = driver
-        .stats()
-        .into_iter()
-        .find(|s| s.destination == dest)
-        .map_or(0, |s| s.depth) as usize;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx = Mutex::new(Some(tx));
-    let tx = Arc::new(tx);
-    let feed = tx.clone();
-    let consumer = Consumer::new(move |d| {
-        if let (Delivery::Message(m), Some(tx)) = (d, feed.lock().as_ref()) {
-            let _ = tx.send(m);
-        }
-    })
-    .named(format!("mqtt state {dest}"));
-    let options = SubscribeOptions {
-        credit: u32::MAX / 2,
-        lease: LEASE,
-    };
-    let sub = driver
-        .subscribe(dest, consumer, options)
-        .map_err(|f| format!("cannot read {dest}: {f}"))?;
-    let mut got = Vec::new();
-    let until = std::time::Instant::now() + LOAD_WAIT;
-    while got.len() < expected {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(m) => got.push(m),
-            Err(_) => {
-                return Err(format!(
-                    "read {} of the {expected} records in {dest} in {LOAD_WAIT:?}",
-                    got.len()
-                ));
-            }
-        }
-    }
-    got.extend(rx.try_iter());
-    tx.lock().take();
-    *records.sub.lock() = Some(sub);
-    Ok(got)
+/// Whether `driver` keeps durable queues (what a store needs).
+fn durable(driver: &DriverHandle) -> bool {
+    let info = driver.info();
+    info.queue && info.durable
 }

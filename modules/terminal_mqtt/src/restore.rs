@@ -26,11 +26,12 @@ use std::time::Duration;
 
 use bindery::{Completion, Failure, FailureKind};
 use bindery_classes::driver::{Receipt, SubscribeOptions};
-use bindery_classes::{Consumer, Delivery, Message, MessageId};
+use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
 
 use crate::Shared;
 use crate::codec::QoS;
 use crate::persist::{self, Join};
+use crate::rewire::{self, Job};
 use crate::session::{Queued, Session, Sub};
 
 impl Shared {
@@ -56,43 +57,101 @@ impl Shared {
         if !bindery_classes::topic::valid_filter(filter) {
             return false;
         }
-        let path = self.path(filter);
-        let Ok(driver) = self.dispatcher.driver(&path) else {
-            return false;
-        };
         let key: Arc<str> = filter.into();
-        let options = SubscribeOptions {
-            credit: self.config.max_queued as u32,
-            lease: Duration::from_secs(60),
-        };
-        // The driver may deliver at once: never call it under the session lock.
-        let consumer = session.consumer(key.clone(), &self.instance, &self.root);
-        let Ok(subscription) = driver.subscribe(&path, consumer, options) else {
+        let Some((subscription, serial)) = self.subscribe_for(session, &key) else {
             return false;
         };
         let old = session.state.lock().subs.insert(
             key,
             Sub {
                 qos,
-                subscription: Arc::new(subscription),
+                subscription,
+                serial,
             },
         );
         drop(old);
         true
     }
 
+    /// Subscribes `session` for `filter` on the driver bound at its path.
+    fn subscribe_for(
+        &self,
+        session: &Arc<Session>,
+        filter: &Arc<str>,
+    ) -> Option<(Arc<Subscription>, u64)> {
+        let path = self.path(filter);
+        let driver = self.dispatcher.driver(&path).ok()?;
+        let options = SubscribeOptions {
+            credit: self.config.max_queued as u32,
+            lease: Duration::from_secs(60),
+        };
+        let serial = rewire::serial();
+        let wiring = (Arc::downgrade(&driver), self.rewire.clone(), serial);
+        // The driver may deliver at once: never call it under the session lock.
+        let consumer = session.consumer(filter.clone(), (&self.instance, &self.root), wiring);
+        let subscription = driver.subscribe(&path, consumer, options).ok()?;
+        Some((Arc::new(subscription), serial))
+    }
+
+    /// Makes `session`'s subscription to `filter` (numbered `serial`,
+    /// ended with its driver's instance) again on what is bound there
+    /// now: true once made, or once the session has replaced or dropped
+    /// it meanwhile.
+    pub(crate) fn replace_sub(
+        &self,
+        session: &Arc<Session>,
+        filter: &Arc<str>,
+        qos: QoS,
+        serial: u64,
+    ) -> bool {
+        let Some((subscription, new)) = self.subscribe_for(session, filter) else {
+            return false;
+        };
+        let fresh = Sub {
+            qos,
+            subscription,
+            serial: new,
+        };
+        let old = match session.state.lock().subs.get_mut(filter) {
+            Some(s) if s.serial == serial => std::mem::replace(s, fresh),
+            _ => fresh, // replaced or dropped meanwhile: this one goes
+        };
+        drop(old);
+        true
+    }
+
     /// Subscribes a persistent session to its durable queue: what it holds
-    /// comes into the session's queue as the client takes it.
+    /// comes into the session's queue as the client takes it. If no
+    /// durable driver serves the store's prefix just now, tried again
+    /// ([`crate::rewire`]).
     pub(crate) fn open_queue(&self, session: &Arc<Session>) {
+        if !self.try_open_queue(session) {
+            let serial = session.state.lock().store_serial;
+            self.rewire.later(Job::Queue {
+                session: Arc::downgrade(session),
+                serial,
+            });
+        }
+    }
+
+    /// [`Shared::open_queue`] once: false if no durable driver is bound
+    /// at the store's prefix (or it refuses).
+    fn try_open_queue(&self, session: &Arc<Session>) -> bool {
         let (Some(store), Some(path)) = (&self.store, &session.queue_path) else {
-            return;
+            return true;
+        };
+        let Some(driver) = store.current() else {
+            return false;
         };
         let weak = Arc::downgrade(session);
         let root = self.root.clone();
-        let consumer = Consumer::new(move |d| {
-            // Closed: the driver stops; the session stays, and so do its
-            // messages.
-            if let (Some(s), Delivery::Message(mut m)) = (weak.upgrade(), d) {
+        let (serial, gone, rewire) = (
+            rewire::serial(),
+            Arc::downgrade(&driver),
+            self.rewire.clone(),
+        );
+        let consumer = Consumer::new(move |d| match (weak.upgrade(), d) {
+            (Some(s), Delivery::Message(mut m)) => {
                 if let Some(t) = persist::header(&m, persist::TOPIC) {
                     m.destination = format!("{root}{t}").into();
                 }
@@ -103,23 +162,75 @@ impl Shared {
                     stored: true,
                 });
             }
+            // Closed as the driver's instance stops: read again from what
+            // is bound next. Otherwise the session stays, and so do its
+            // messages.
+            (Some(_), Delivery::Closed(_)) if rewire::instance_gone(&gone) => {
+                rewire.later(Job::Queue {
+                    session: weak.clone(),
+                    serial,
+                });
+            }
+            _ => {}
         })
         .named(format!(
             "{}: mqtt client {:?} (stored)",
             self.instance, session.client_id
         ));
+        // In flight from an earlier reading: read again, and skipped
+        // (`Session::push`), so they take credit of their own.
+        let again = session
+            .state
+            .lock()
+            .inflight
+            .values()
+            .filter(|i| i.stored)
+            .count();
         let options = SubscribeOptions {
-            credit: self.config.max_inflight.max(1) as u32,
+            credit: (self.config.max_inflight.max(1) + again) as u32,
             lease: persist::LEASE,
         };
-        match store.driver.subscribe(path, consumer, options) {
-            Ok(sub) => session.state.lock().store_sub = Some(Arc::new(sub)),
-            Err(f) => tracing::warn!(
+        match driver.subscribe(path, consumer, options) {
+            Ok(sub) => {
+                let mut st = session.state.lock();
+                st.store_sub = Some(Arc::new(sub));
+                st.store_serial = serial;
+                true
+            }
+            Err(f) => {
+                tracing::warn!(
+                    instance = %self.instance,
+                    client = %session.client_id,
+                    "cannot read the session's stored messages: {f}"
+                );
+                false
+            }
+        }
+    }
+
+    /// Reads `session`'s durable queue again after its subscription
+    /// (numbered `serial`) ended with the driver's instance: what waited
+    /// unsent from the last reading is dropped, as the new one delivers it
+    /// again. True once done or no longer needed.
+    pub(crate) fn reopen_queue(&self, session: &Arc<Session>, serial: u64) -> bool {
+        let old = {
+            let mut st = session.state.lock();
+            if st.store_serial != serial {
+                return true;
+            }
+            st.queue.retain(|q| !q.stored);
+            st.store_sub.take()
+        };
+        drop(old);
+        let made = self.try_open_queue(session);
+        if made {
+            tracing::info!(
                 instance = %self.instance,
                 client = %session.client_id,
-                "cannot read the session's stored messages: {f}"
-            ),
+                "reading the session's stored messages again after its driver instance was replaced"
+            );
         }
+        made
     }
 
     /// Settles message `id` of `session`'s durable queue: the client has
@@ -144,7 +255,7 @@ impl Shared {
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                         Some(n.saturating_sub(1))
                     });
-                store.driver.ack(path, id, done);
+                store.driver().ack(path, id, done);
             }
             _ => done.succeed(()),
         }
@@ -253,7 +364,7 @@ impl Shared {
             };
             drop(sub);
             for id in held {
-                let _ = store.driver.release(path, id);
+                let _ = store.driver().release(path, id);
             }
         }
     }
@@ -324,7 +435,7 @@ impl Shared {
             headers.push((persist::TOPIC.into(), topic.into()));
             copy.headers = headers.into();
             let session = s.clone();
-            store.driver.publish(
+            store.driver().publish(
                 copy,
                 Completion::new(move |r: Result<Receipt, Failure>| {
                     if let Err(f) = &r {
@@ -366,7 +477,7 @@ impl Shared {
             }
         }
         let depth: HashMap<String, u64> = store
-            .driver
+            .driver()
             .stats()
             .into_iter()
             .map(|s| (s.destination, s.depth + s.leased))

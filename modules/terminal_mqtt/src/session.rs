@@ -22,6 +22,7 @@ use bindery_classes::{Consumer, Delivery, Message, MessageId, Subscription};
 use parking_lot::Mutex;
 
 use crate::codec::QoS;
+use crate::rewire::{Job, Rewire};
 
 pub(crate) use crate::tag::Tag;
 
@@ -116,6 +117,8 @@ pub(crate) struct Inflight {
 pub(crate) struct Sub {
     pub(crate) qos: QoS,
     pub(crate) subscription: Arc<Subscription>,
+    /// Which subscription this is ([`crate::rewire::serial`]).
+    pub(crate) serial: u64,
 }
 
 #[derive(Default)]
@@ -134,6 +137,8 @@ pub(crate) struct State {
     pub(crate) owner: Option<Arc<str>>,
     /// The subscription to the session's durable queue, with persistence.
     pub(crate) store_sub: Option<Arc<Subscription>>,
+    /// Which subscription `store_sub` is ([`crate::rewire::serial`]).
+    pub(crate) store_serial: u64,
     /// Stored QoS 2 messages PUBREC'd and not yet PUBCOMP'd: packet id
     /// and queue message id, kept in the session record
     /// ([`crate::persist::SessionRecord`]).
@@ -227,16 +232,19 @@ impl Session {
         Some(granted.min(qos)).filter(|&q| q > 0)
     }
 
-    /// A consumer that delivers into this session for `filter`, named
-    /// after the client for the drivers' log lines.
+    /// A consumer that delivers into this session for `filter` (the
+    /// subscription numbered `serial` on `driver`), named after the client
+    /// for the drivers' log lines.
     /// With persistence, a message this instance's MQTT publishers sent
     /// (header `via`) that the session stores is skipped here: the
     /// publisher stored it in the session's durable queue already.
+    /// Closed because the driver's instance stops, the subscription is
+    /// made again ([`crate::rewire`]); closed otherwise, the session ends.
     pub(crate) fn consumer(
         self: &Arc<Session>,
         filter: Arc<str>,
-        instance: &str,
-        root: &Arc<str>,
+        (instance, root): (&str, &Arc<str>),
+        (driver, rewire, serial): (Weak<dyn bindery_classes::Driver>, Arc<Rewire>, u64),
     ) -> Consumer {
         let weak: Weak<Session> = Arc::downgrade(self);
         let name = format!("{instance}: mqtt client {:?}", self.client_id);
@@ -265,6 +273,12 @@ impl Session {
                     stored: false,
                 })
             }
+            (Some(_), Delivery::Closed(_)) if crate::rewire::instance_gone(&driver) => rewire
+                .later(Job::Sub {
+                    session: weak.clone(),
+                    filter: filter.clone(),
+                    serial,
+                }),
             (Some(s), Delivery::Closed(why)) => s.end(why),
             (None, _) => {}
         })
@@ -300,6 +314,16 @@ impl Session {
                         && st.queue.bytes() + cost(&q) > self.max_queued_bytes))
             {
                 self.dropped.inc();
+                return;
+            }
+            if q.stored
+                && st
+                    .inflight
+                    .values()
+                    .any(|i| i.stored && i.message.id == q.message.id)
+            {
+                // Read again from a restarted store while in flight: its
+                // ack settles both.
                 return;
             }
             st.queue.push_back(q);

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod children;
+pub mod conn;
 pub mod mqtt;
 pub mod ws;
 
