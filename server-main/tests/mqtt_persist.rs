@@ -237,6 +237,102 @@ fn an_inbound_qos2_publish_resent_after_kill_9_is_published_once() {
     end(s, End::Graceful);
 }
 
+/// An outbound QoS 2 message of a persistent session sent and not yet
+/// PUBREC'd when the server is killed: after the restart it comes again
+/// with the same packet id and DUP (its record kept the id before it was
+/// sent), so a client that delivers on PUBLISH and drops a DUP it has
+/// delivers it once; completed, it is gone.
+#[test]
+fn an_outbound_qos2_publish_cut_before_pubrec_comes_again_with_its_packet_id() {
+    let dir = TempDir::new();
+    let (s, m) = start(&dir.0);
+    let (mut c, _) = Conn::open(m, "q2-out", false);
+    c.subscribe("twoout/x", 2);
+    let (mut p, _) = Conn::open(m, "", true);
+    assert!(p.publish("twoout/x", 2, false, 1, "once"));
+    let first = c.next_publish();
+    assert_eq!(
+        (first.payload.as_str(), first.qos, first.dup),
+        ("once", 2, false)
+    );
+    s.kill9();
+
+    let (s, m) = start(&dir.0);
+    let (mut c, present) = Conn::open(m, "q2-out", false);
+    assert!(present);
+    let again = c.next_publish();
+    assert_eq!(
+        (again.payload.as_str(), again.id, again.dup),
+        ("once", first.id, true),
+        "the same packet id, with DUP"
+    );
+    c.ack(&again);
+    let rest = c.until_marker(m, "twoout/x");
+    assert!(rest.is_empty(), "nothing more: {rest:?}");
+    c.disconnect();
+    end(s, End::Graceful);
+}
+
+/// An inbound QoS 2 flow of a persistent session cut by `kill -9` at each
+/// step (PUBLISH sent, PUBREC received, PUBREL sent): the client goes on
+/// as MQTT says (PUBLISH again with DUP until it has PUBREC, then PUBREL
+/// again) and the message is published exactly once.
+#[test]
+fn an_inbound_qos2_flow_cut_at_each_step_is_published_once() {
+    for step in ["publish", "pubrec", "pubrel"] {
+        let dir = TempDir::new();
+        let (s, m) = start(&dir.0);
+        let (mut sink, _) = Conn::open(m, "step-sink", false);
+        sink.subscribe("step/x", 1);
+        sink.disconnect();
+        let (mut p, _) = Conn::open(m, "step-pub", false);
+        let mut out = Vec::new();
+        common::mqtt::publish_packet(&mut out, "step/x", 2, 9, step.as_bytes());
+        p.w.write_all(&out).unwrap();
+        let mut have_pubrec = false;
+        if step != "publish" {
+            let (head, body) = p.next_not_publish();
+            assert_eq!(
+                (head, body.as_slice()),
+                (0x50, &[0, 9][..]),
+                "{step}: PUBREC"
+            );
+            have_pubrec = true;
+        }
+        if step == "pubrel" {
+            p.w.write_all(&[0x62, 2, 0, 9]).unwrap();
+        }
+        s.kill9();
+
+        let (s, m) = start(&dir.0);
+        let (mut p, present) = Conn::open(m, "step-pub", false);
+        assert!(present, "{step}: the publisher's session");
+        if !have_pubrec {
+            out[0] |= 0x08; // DUP
+            p.w.write_all(&out).unwrap();
+            let (head, body) = p.next_not_publish();
+            assert_eq!(
+                (head, body.as_slice()),
+                (0x50, &[0, 9][..]),
+                "{step}: PUBREC"
+            );
+        }
+        p.w.write_all(&[0x62, 2, 0, 9]).unwrap();
+        let (head, body) = p.next_not_publish();
+        assert_eq!(
+            (head, body.as_slice()),
+            (0x70, &[0, 9][..]),
+            "{step}: PUBCOMP"
+        );
+        let (mut sink, present) = Conn::open(m, "step-sink", false);
+        assert!(present);
+        let got = sink.until_marker(m, "step/x");
+        let payloads: Vec<&str> = got.iter().map(|g| g.payload.as_str()).collect();
+        assert_eq!(payloads, [step], "{step}: published exactly once");
+        end(s, End::Graceful);
+    }
+}
+
 /// QoS 1 publishers under `kill -9`, three times: every message the server
 /// PUBACKed reaches the persistent subscriber's queue.
 #[test]
@@ -475,7 +571,8 @@ fn a_restarted_mqtt_instance_finds_its_state() {
     assert_eq!((got.payload.as_str(), got.retain), ("kept", true));
 }
 
-/// A SUBACK to a persistent session means its record is stored: with the
+/// A SUBACK to a persistent session (and the CONNACK that makes one)
+/// means its record is stored: with the
 /// store full, the SUBSCRIBE gets no SUBACK and the connection closes
 /// (MQTT 3.1.1 has no refusal the client would take for "not kept"),
 /// while a clean session, which keeps nothing, is answered as usual.
@@ -495,6 +592,7 @@ fn a_persistent_subscription_is_acknowledged_only_once_its_record_is_stored() {
     // Room at first: acknowledged.
     let (mut early, _) = Conn::open(addr, "suback-early", false);
     early.subscribe("full/a", 1);
+    let (mut late, _) = Conn::open(addr, "suback-late", false);
     // Fill the store's disk budget from HTTP.
     let mut refused = false;
     for i in 0..400 {
@@ -512,12 +610,27 @@ fn a_persistent_subscription_is_acknowledged_only_once_its_record_is_stored() {
         }
     }
     assert!(refused, "the budget is reached");
-    let (mut late, _) = Conn::open(addr, "suback-late", false);
     late.w.write_all(&subscribe_packet(9, "full/b", 1)).unwrap();
     let got = read_packet(&mut late.r);
     assert!(
         got.is_err(),
         "no SUBACK for a subscription that is not kept: {got:?}"
+    );
+    // Nor a CONNACK for a new persistent session that is not kept.
+    let mut fresh = common::mqtt::raw(addr);
+    fresh
+        .write_all(&common::mqtt::connect_packet(
+            "connack-late",
+            false,
+            0,
+            None,
+        ))
+        .unwrap();
+    let mut got = Vec::new();
+    let end_of = std::io::Read::read_to_end(&mut fresh, &mut got);
+    assert!(
+        end_of.is_ok() && got.is_empty(),
+        "no CONNACK, closed: {end_of:?} {got:?}"
     );
     // Others are served: a clean session subscribes and receives.
     let (mut clean, _) = Conn::open(addr, "suback-clean", true);

@@ -65,9 +65,11 @@ pub(crate) struct Core {
     pub(crate) peer: String,
     /// Who the client is and what it may do ([`crate::guard`]).
     pub(crate) guard: Guard,
-    /// SUBACKs and UNSUBACKs of a persistent session waiting for its
-    /// record to be stored, in order: (sequence, packet, stored yet).
-    pub(crate) recording: std::collections::VecDeque<(u32, Packet, bool)>,
+    /// What waits for a persistent session's record to be stored, in
+    /// order: SUBACKs and UNSUBACKs, stored QoS 2 PUBLISHes whose packet
+    /// id the record keeps, and every packet queued behind them
+    /// (sequence, encoded packets, stored yet).
+    pub(crate) recording: std::collections::VecDeque<(u32, Vec<u8>, bool)>,
     /// The next record's sequence number.
     pub(crate) next_record: u32,
 }
@@ -274,8 +276,8 @@ impl Core {
         if let Some(old) = replaced {
             self.shared.forget(&old);
         }
-        if !present && !c.clean_session {
-            self.shared.save_session(&session);
+        let new_persistent = !present && !c.clean_session;
+        if new_persistent {
             self.shared.open_queue(&session);
         }
         let keep_alive =
@@ -292,13 +294,17 @@ impl Core {
             keep_alive,
             will: c.will,
         });
-        self.send(
-            io,
-            &Packet::ConnAck {
-                session_present: present,
-                code: 0,
-            },
-        );
+        let connack = Packet::ConnAck {
+            session_present: present,
+            code: 0,
+        };
+        if new_persistent {
+            // Once its record is stored: a client told nothing of a
+            // session finds it after a crash.
+            self.ack_when_recorded(io, &session, connack);
+        } else {
+            self.send(io, &connack);
+        }
         // Resend what was in flight when the last connection ended.
         let resend: Vec<Packet> = session
             .state

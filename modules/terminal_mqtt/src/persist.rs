@@ -55,6 +55,8 @@ pub(crate) const GONE: &str = "mqtt-gone";
 pub(crate) const VIA: &str = "mqtt-via";
 /// On session records: QoS 2 messages PUBREC'd, not yet PUBCOMP'd.
 pub(crate) const RELEASED: &str = "mqtt-released";
+/// On session records: stored QoS 2 messages sent, not yet PUBREC'd.
+pub(crate) const SENT: &str = "mqtt-sent";
 /// A session record's header: inbound QoS 2 packet ids PUBREC'd and not
 /// yet PUBREL'd, comma-separated.
 pub(crate) const INCOMING: &str = "mqtt-incoming";
@@ -307,13 +309,12 @@ impl Store {
                 if let Some(o) = r.owner {
                     headers.push((OWNER.into(), o.into()));
                 }
-                if !r.released.is_empty() {
-                    let list: Vec<String> = r
-                        .released
-                        .iter()
-                        .map(|(p, id)| format!("{p}:{id}"))
-                        .collect();
-                    headers.push((RELEASED.into(), list.join(",").into()));
+                for (name, pairs) in [(RELEASED, &r.released), (SENT, &r.sent)] {
+                    if !pairs.is_empty() {
+                        let list: Vec<String> =
+                            pairs.iter().map(|(p, id)| format!("{p}:{id}")).collect();
+                        headers.push((name.into(), list.join(",").into()));
+                    }
                 }
                 if !r.incoming.is_empty() {
                     let list: Vec<String> = r.incoming.iter().map(u16::to_string).collect();
@@ -503,6 +504,11 @@ pub(crate) struct SessionRecord<'a> {
     /// PUBREL is sent again for each, and that message, if still queued
     /// (its ack lost), is acked rather than sent.
     pub(crate) released: Vec<(u16, MessageId)>,
+    /// Stored QoS 2 messages sent and not yet PUBREC'd: packet id and
+    /// queue id. After a restart each is sent again with that packet id
+    /// and DUP, so a client that delivers on PUBLISH (and drops a DUP it
+    /// has) gets it once.
+    pub(crate) sent: Vec<(u16, MessageId)>,
     /// Inbound QoS 2 packet ids taken (published, PUBREC'd) and not yet
     /// released: a resend of one after a restart is acknowledged, not
     /// published again.
@@ -520,7 +526,17 @@ pub(crate) fn decode_incoming(m: &Message) -> Vec<u16> {
 
 /// The `mqtt-released` header's pairs (malformed ones are skipped).
 pub(crate) fn decode_released(m: &Message) -> Vec<(u16, MessageId)> {
-    header(m, RELEASED)
+    decode_pairs(m, RELEASED)
+}
+
+/// The `mqtt-sent` header of a session record ([`SessionRecord::sent`]).
+pub(crate) fn decode_sent(m: &Message) -> Vec<(u16, MessageId)> {
+    decode_pairs(m, SENT)
+}
+
+/// A header of `packet id:message id` pairs, comma-separated.
+fn decode_pairs(m: &Message, name: &str) -> Vec<(u16, MessageId)> {
+    header(m, name)
         .unwrap_or_default()
         .split(',')
         .filter_map(|pair| {

@@ -275,17 +275,19 @@ impl Shared {
             }
             return;
         };
-        let (owner, subs, released, incoming) = {
+        let (owner, subs, released, sent, incoming) = {
             let st = session.state.lock();
             let subs = st.subs.iter().map(|(f, s)| (f.clone(), s.qos)).collect();
             let released = st.released.iter().map(|(&p, &m)| (p, m)).collect();
+            let sent = st.sent.iter().map(|(&p, &m)| (p, m)).collect();
             let incoming = st.incoming_qos2.iter().copied().collect();
-            (st.owner.clone(), subs, released, incoming)
+            (st.owner.clone(), subs, released, sent, incoming)
         };
         let record = persist::SessionRecord {
             owner: owner.as_deref(),
             subs,
             released,
+            sent,
             incoming,
         };
         store.session(&session.client_id, Some(record), done);
@@ -302,7 +304,11 @@ impl Shared {
         id: MessageId,
         done: Completion<()>,
     ) {
-        session.state.lock().released.insert(packet_id, id);
+        {
+            let mut st = session.state.lock();
+            st.released.insert(packet_id, id);
+            st.sent.remove(&packet_id);
+        }
         let (me, s) = (self.clone(), session.clone());
         let saved = Completion::new(move |r: Result<Receipt, Failure>| match r {
             Ok(_) => me.settle_then(&s, id, done),
@@ -500,6 +506,12 @@ impl Shared {
                 st.owner = persist::header(&m, persist::OWNER).map(Arc::from);
                 st.incoming_qos2.extend(persist::decode_incoming(&m));
                 // PUBREL goes again for these when the client is back.
+                // Sent again, same packet id, DUP, when the queue hands
+                // them over again (`Core::drain`).
+                for (packet_id, id) in persist::decode_sent(&m) {
+                    st.resend.insert(id, packet_id);
+                    st.sent.insert(packet_id, id);
+                }
                 for (packet_id, id) in persist::decode_released(&m) {
                     st.released.insert(packet_id, id);
                     let mut placeholder = Message::new("", "", bytes::Bytes::new());

@@ -143,6 +143,13 @@ pub(crate) struct State {
     /// and queue message id, kept in the session record
     /// ([`crate::persist::SessionRecord`]).
     pub(crate) released: HashMap<u16, MessageId>,
+    /// Stored QoS 2 messages sent (or about to be, once the record says
+    /// so) and not yet PUBREC'd: packet id and queue message id, kept in
+    /// the session record ([`crate::persist::SessionRecord::sent`]).
+    pub(crate) sent: HashMap<u16, MessageId>,
+    /// From the record read at start: stored QoS 2 messages sent before
+    /// the restart, to send again with the same packet id and DUP.
+    pub(crate) resend: HashMap<MessageId, u16>,
     /// Since when no connection has had the session (for expiry).
     pub(crate) detached_at: Option<Instant>,
 }
@@ -164,7 +171,10 @@ impl State {
     pub(crate) fn packet_id(&mut self) -> u16 {
         loop {
             self.next_id = self.next_id.wrapping_add(1);
-            if self.next_id != 0 && !self.inflight.contains_key(&self.next_id) {
+            if self.next_id != 0
+                && !self.inflight.contains_key(&self.next_id)
+                && !self.resend.values().any(|&p| p == self.next_id)
+            {
                 return self.next_id;
             }
         }

@@ -219,7 +219,9 @@ impl Core {
         let done = io
             .wake()
             .completion::<Receipt>(Tag::Recorded { seq }.to_u64());
-        self.recording.push_back((seq, ack, false));
+        let mut bytes = Vec::new();
+        codec::encode(&mut bytes, &ack);
+        self.recording.push_back((seq, bytes, false));
         self.shared.save_session_then(session, Some(done));
     }
 
@@ -229,8 +231,8 @@ impl Core {
             r.2 = true;
         }
         while self.recording.front().is_some_and(|r| r.2) {
-            if let Some((_, ack, _)) = self.recording.pop_front() {
-                self.send(io, &ack);
+            if let Some((_, bytes, _)) = self.recording.pop_front() {
+                io.out().extend_from_slice(&bytes);
             }
         }
     }
@@ -260,6 +262,8 @@ impl Core {
         let session = c.session.clone();
         let mut credit: Vec<(Arc<Subscription>, u32)> = Vec::new();
         let (mut stored_taken, mut settle) = (0u32, Vec::new());
+        // A record this drain started (stored QoS 2 messages sent).
+        let mut new_record = None;
         {
             let mut st = session.state.lock();
             // With overlapping subscriptions a message may arrive once per
@@ -270,7 +274,8 @@ impl Core {
             // subscription looks it up once.
             type Found = Option<(QoS, usize)>;
             let mut last: Option<(Arc<str>, Found)> = None;
-            while io.unsent() < MAX_OUTPUT {
+            let recorded = self.shared.store.is_some() && session.queue_path.is_some();
+            while io.unsent() + self.recording.back().map_or(0, |r| r.1.len()) < MAX_OUTPUT {
                 let Some(front) = st.queue.front() else { break };
                 let topic = self.shared.topic(&front.message.destination);
                 let sub = match &last {
@@ -338,12 +343,43 @@ impl Core {
                         st.recent.pop_front();
                     }
                 }
-                let packet_id = if qos > 0 { st.packet_id() } else { 0 };
+                let (packet_id, dup) = if q.stored && qos == 2 && recorded {
+                    // Exactly once across a crash: the record keeps its
+                    // packet id before it goes (then, after a restart, it
+                    // goes again with that id and DUP).
+                    match st.resend.remove(&q.message.id) {
+                        Some(p) => (p, true),
+                        None => {
+                            let p = st.packet_id();
+                            st.sent.insert(p, q.message.id);
+                            if new_record.is_none() {
+                                let seq = self.next_record;
+                                self.next_record = seq.wrapping_add(1);
+                                self.recording.push_back((seq, Vec::new(), false));
+                                new_record = Some(seq);
+                            }
+                            (p, false)
+                        }
+                    }
+                } else if qos > 0 {
+                    (st.packet_id(), false)
+                } else {
+                    (0, false)
+                };
                 let topic = self
                     .shared
                     .topic(&q.message.destination)
                     .unwrap_or_default();
-                codec::encode_publish(io.out(), topic, qos, q.retain, packet_id, &q.message.body);
+                // Behind a record being stored, everything waits its turn.
+                let out = match self.recording.back_mut() {
+                    Some(waiting) => &mut waiting.1,
+                    None => io.out(),
+                };
+                let at = out.len();
+                codec::encode_publish(out, topic, qos, q.retain, packet_id, &q.message.body);
+                if dup {
+                    out[at] |= 0x08;
+                }
                 if qos > 0 {
                     st.inflight.insert(
                         packet_id,
@@ -356,6 +392,12 @@ impl Core {
                     );
                 }
             }
+        }
+        if let Some(seq) = new_record {
+            let done = io
+                .wake()
+                .completion::<Receipt>(Tag::Recorded { seq }.to_u64());
+            self.shared.save_session_then(&session, Some(done));
         }
         // Credit calls into drivers: not under the session lock.
         for (s, n) in credit {

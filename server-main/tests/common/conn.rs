@@ -14,6 +14,8 @@ pub struct Got {
     pub topic: String,
     pub qos: u8,
     pub retain: bool,
+    /// The DUP flag.
+    pub dup: bool,
     pub id: u16,
     pub payload: String,
 }
@@ -32,6 +34,7 @@ pub fn parse(head: u8, body: &[u8]) -> Got {
         topic,
         qos,
         retain: head & 1 == 1,
+        dup: head & 0x08 != 0,
         id,
         payload: String::from_utf8_lossy(&body[rest..]).into_owned(),
     }
