@@ -221,6 +221,38 @@ fn a_killed_node_leases_come_back_on_another_with_their_count() {
     assert_eq!(back, ids, "every leased message came back, once");
 }
 
+/// A short lease held by a node that dies comes back when the lease ends,
+/// not `orphan_after_ms` later: the holder set the entries' idle time in
+/// Redis to reach `orphan_after_ms` at the lease's end. (Ten minutes of
+/// `orphan_after_ms` here: only the lease can bring them back in time.)
+#[test]
+fn a_killed_node_short_leases_come_back_when_the_lease_ends() {
+    let redis = RedisServer::start().unwrap();
+    let text = node_config(&redis).replace("orphan_after_ms = 1500", "orphan_after_ms = 600000");
+    let mut n: Vec<Server> = (0..2).map(|_| Server::start(&text)).collect();
+    let mut ids = HashMap::new();
+    for i in 0..3 {
+        let (status, id) = publish(&n[0], "/shared/short", &format!("s{i}"));
+        assert_eq!(status, 201);
+        ids.insert(id.unwrap(), format!("s{i}"));
+    }
+    for _ in 0..3 {
+        let m = take(&n[1], "/shared/short", "?wait=5&lease=2").expect("a message");
+        assert_eq!(m.count, 1);
+    }
+    n.pop().unwrap().kill9();
+    let mut back = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while back.len() < 3 && Instant::now() < deadline {
+        if let Some(m) = take(&n[0], "/shared/short", "?wait=5&lease=60") {
+            assert_eq!(m.count, 2, "{}: redelivery counted {}", m.body, m.count);
+            assert_eq!(ack(&n[0], "/shared/short", &m.id), 204);
+            back.insert(m.id, m.body);
+        }
+    }
+    assert_eq!(back, ids, "every leased message came back, once");
+}
+
 #[test]
 fn a_redis_restart_under_load_loses_no_confirmed_message() {
     let mut redis = RedisServer::start().unwrap();

@@ -23,7 +23,14 @@
 //! - **leases**: a lease that runs out here is released in Redis and
 //!   claimed again (XAUTOCLAIM) by whichever node has credit, its count
 //!   raised. A node renews the entries it holds; the entries of a node that
-//!   died are claimed by the others once idle for `orphan_after_ms`.
+//!   died are claimed by the others once idle for `orphan_after_ms`. A
+//!   lease with less than `orphan_after_ms` left has its idle time set in
+//!   Redis (once) to reach `orphan_after_ms` when it ends, so a dead
+//!   node's short leases come back when they end. A longer lease comes
+//!   back `orphan_after_ms` after its node stopped renewing it, sooner
+//!   than its end: a dead node holds nothing longer than that (its
+//!   consumers' connections died with it; a pull consumer's ack through
+//!   another node after that may find the message taken again).
 //! - **Redis down**: publishes and acks fail with `Unavailable` and a retry
 //!   hint (HTTP 503 + Retry-After; never a false confirm); consumers wait;
 //!   each connection reconnects with backoff (50 ms to 2 s) and reloads

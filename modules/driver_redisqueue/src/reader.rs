@@ -62,12 +62,17 @@ struct Reader {
     last_claim: Instant,
 }
 
+/// An entry held, with the idle time in ms to give it in Redis.
+type Held = (MessageId, u64);
+
 /// One round's work, planned under the lock.
 #[derive(Default)]
 struct Plan {
     group: Vec<Arc<str>>,
     release: Vec<(Arc<str>, MessageId, bool)>,
-    renew: Vec<(Arc<str>, Vec<MessageId>)>,
+    /// Entries still held, each with the idle time to give it in Redis
+    /// (0: renewed; else the lease ends before `orphan_after`).
+    renew: Vec<(Arc<str>, Vec<Held>)>,
     claim: Vec<(Arc<str>, u32, String)>,
     /// Destinations whose idle, empty consumers are deleted this round.
     prune: Vec<Arc<str>>,
@@ -154,22 +159,32 @@ impl Reader {
                 && d.meters.acked.get() == 0
                 && d.meters.refused.get() == 0)
         });
+        let orphan = self.shared.settings.orphan_after;
         for (name, d) in dests.iter_mut() {
+            let mut held = Vec::new();
             d.leases.retain(|id, l| {
                 if l.until <= now {
                     p.release.push((name.clone(), *id, false));
-                    false
-                } else {
-                    p.next = Some(p.next.map_or(l.until, |n| n.min(l.until)));
-                    true
+                    return false;
                 }
+                p.next = Some(p.next.map_or(l.until, |n| n.min(l.until)));
+                let left = l.until - now;
+                if left < orphan {
+                    // Idle in Redis so that another node may claim it
+                    // once the lease ends, should this one die: set once.
+                    if !std::mem::replace(&mut l.tuned, true) {
+                        held.push((*id, (orphan - left).as_millis() as u64));
+                    }
+                } else if renew_due {
+                    held.push((*id, 0));
+                }
+                true
             });
             for (id, uncount) in d.to_release.drain(..) {
                 p.release.push((name.clone(), id, uncount));
             }
-            if renew_due && !d.leases.is_empty() {
-                p.renew
-                    .push((name.clone(), d.leases.keys().copied().collect()));
+            if !held.is_empty() {
+                p.renew.push((name.clone(), held));
             }
             let credit: u32 = d.subs.iter().map(|s| s.credit).fold(0, u32::saturating_add);
             if credit > 0 {
@@ -281,8 +296,8 @@ impl Reader {
                 .arg(s.bytes_key(d))
                 .arg(&s.group)
                 .arg(&s.consumer);
-            for id in ids {
-                c.arg(codec::entry_of(*id));
+            for (id, idle) in ids {
+                c.arg(codec::entry_of(*id)).arg(*idle);
             }
         }
         for (d, n, cursor) in &p.claim {

@@ -40,15 +40,19 @@ end
 return {r[1], out}
 "#;
 
-/// Renew: resets the idle time of the entries this consumer still owns
-/// (another node may have claimed one meanwhile: that one is left alone).
-/// ARGV: group, consumer, ids... Returns how many were renewed.
+/// Renew: sets the idle time of the entries this consumer still owns
+/// (another node may have claimed one meanwhile: that one is left alone):
+/// 0 for a lease with more than `orphan_after` left, so no other node
+/// claims it; `orphan_after` minus what is left for the others, so one
+/// would claim it when its lease ends, should this node die.
+/// ARGV: group, consumer, then pairs of id and idle ms. Returns how many
+/// were renewed.
 pub(crate) const RENEW: &str = r#"
 local n = 0
-for i = 3, #ARGV do
+for i = 3, #ARGV - 1, 2 do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[i + 1], 'JUSTID')
     n = n + 1
   end
 end

@@ -67,6 +67,11 @@ pub(crate) struct Lease {
     pub(crate) until: Instant,
     /// The body's size, so an ack through this node needs no script.
     pub(crate) size: u64,
+    /// Its idle time in Redis is set so that it reaches `orphan_after`
+    /// when the lease ends (done once the lease has less than
+    /// `orphan_after` left): if this node dies, another claims the entry
+    /// then, not `orphan_after` later.
+    pub(crate) tuned: bool,
 }
 
 /// A destination as this node sees it.
@@ -220,6 +225,7 @@ impl Shared {
                             Lease {
                                 until: now + sub.lease,
                                 size: m.body.len() as u64,
+                                tuned: false,
                             },
                         );
                         d.meters.delivered.inc();
