@@ -124,6 +124,10 @@ pub const TOPIC: &[Case<Harness>] = &[
         name: "stop_ends_every_subscription",
         run: stop_ends_every_subscription,
     },
+    Case {
+        name: "retained_messages_are_kept_as_the_driver_says",
+        run: retained_messages_are_kept_as_the_driver_says,
+    },
 ];
 
 /// How long a topic driver may take to call a subscriber that takes
@@ -190,6 +194,7 @@ macro_rules! driver_suite {
                     empty_and_large_bodies_fan_out_intact,
                     a_stalled_subscriber_stops_holding_back_publishers,
                     stop_ends_every_subscription,
+                    retained_messages_are_kept_as_the_driver_says,
                 ]
             );
         }
@@ -987,4 +992,54 @@ fn a_stopped_instance_hands_its_store_to_the_next(make: &Harness) -> Result<(), 
         ack(&new, &dest, m.id).map_err(|f| format!("ack after the handover: {f}"))?;
     }
     nothing_within(&rx, Duration::from_millis(200), "a message after the last")
+}
+
+/// A driver that says it [`retains`](bindery_classes::Driver::retains)
+/// keeps the latest [`RETAIN`](bindery_classes::driver::RETAIN) publish
+/// per destination (found exactly and by wildcard; an empty body clears;
+/// a plain publish changes nothing); one that does not refuses to be asked.
+fn retained_messages_are_kept_as_the_driver_says(make: &Harness) -> Result<(), String> {
+    let d = make();
+    let base = destination("retained");
+    let dest = format!("{base}/x");
+    let asked = |filter: &str| -> Result<Vec<String>, Failure> {
+        let (done, outcome) = Completion::channel();
+        d.retained(filter, done);
+        outcome
+            .recv_timeout(PATIENCE)
+            .map_err(|_| Failure::new(FailureKind::Internal, "no answer within 10 s"))?
+            .map(|ms| ms.iter().map(text).collect())
+    };
+    if !d.retains() {
+        ensure!(
+            asked(&dest).is_err(),
+            "a driver that keeps no retained messages answered for some"
+        );
+        return Ok(());
+    }
+    let retain = |body: &str| -> Result<(), String> {
+        let mut m = Message::new(&dest, "text/plain", body.to_owned());
+        m.headers = vec![(bindery_classes::driver::RETAIN.into(), "1".into())].into();
+        let (done, outcome) = Completion::channel();
+        d.publish(m, done);
+        match outcome.recv_timeout(PATIENCE) {
+            Ok(Ok(_)) => Ok(()),
+            other => Err(format!("retained publish {body:?}: {other:?}")),
+        }
+    };
+    retain("first")?;
+    retain("latest")?;
+    publish_ok(&d, &dest, "not retained")?;
+    let got = asked(&dest).map_err(|f| format!("asking for {dest}: {f}"))?;
+    ensure!(
+        got == ["latest"],
+        "{dest} retains {got:?}, want [\"latest\"]"
+    );
+    let wild = format!("{base}/+");
+    let got = asked(&wild).map_err(|f| format!("asking for {wild}: {f}"))?;
+    ensure!(got == ["latest"], "{wild} finds {got:?}, want [\"latest\"]");
+    retain("")?;
+    let got = asked(&dest).map_err(|f| format!("asking for {dest}: {f}"))?;
+    ensure!(got.is_empty(), "an empty retained publish left {got:?}");
+    Ok(())
 }

@@ -88,6 +88,13 @@ pub struct Receipt {
     pub backlog: u32,
 }
 
+/// The header that makes a publish a destination's *retained* message
+/// (value `1`), on a driver that [`Driver::retains`]: it is delivered as
+/// usual and kept as the one message a later subscriber may ask for
+/// ([`Driver::retained`]); an empty body clears it. MQTT's retain flag,
+/// kept by the driver so every node sees it.
+pub const RETAIN: &str = "retain";
+
 /// What kind of destination a driver keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct DriverInfo {
@@ -243,6 +250,23 @@ pub trait Driver: Send + Sync + 'static {
     fn stopped(&self) -> bool {
         false
     }
+
+    /// Whether this driver keeps retained messages ([`RETAIN`]) itself,
+    /// where every node that shares its destinations sees them. A terminal
+    /// keeps its own otherwise.
+    fn retains(&self) -> bool {
+        false
+    }
+
+    /// The retained messages of the destinations `filter` matches (a
+    /// topic path, `+` and a last `#` as wildcards), completed on any
+    /// thread, at once or after a round trip to the store.
+    fn retained(&self, filter: &str, done: Completion<Vec<Message>>) {
+        done.fail(Failure::new(
+            FailureKind::Unsupported,
+            format!("{filter}: this driver keeps no retained messages"),
+        ))
+    }
 }
 
 /// A driver instance as the binding table holds it.
@@ -352,6 +376,17 @@ impl<D: Driver> Driver for Lifecycle<D> {
 
     fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+
+    fn retains(&self) -> bool {
+        self.inner.retains()
+    }
+
+    fn retained(&self, filter: &str, done: Completion<Vec<Message>>) {
+        match self.refuse(filter) {
+            Ok(()) => self.inner.retained(filter, done),
+            Err(f) => done.fail(f),
+        }
     }
 }
 

@@ -488,3 +488,60 @@ fn a_node_reaches_redis_over_tls_and_refuses_a_redis_it_does_not_trust() {
         "a Redis whose certificate the node does not trust"
     );
 }
+
+/// MQTT retained messages live in Redis with the topics: set on node A,
+/// a subscriber on node B gets it (retain flag set); cleared on B, a
+/// subscriber on A finds nothing; kept while every node restarts.
+#[test]
+fn mqtt_retained_messages_are_shared_by_the_nodes() {
+    use common::conn::Conn;
+    let redis = RedisServer::start().unwrap();
+    let n = nodes(&redis, 2);
+    let (a, b) = (n[0].mqtt.unwrap(), n[1].mqtt.unwrap());
+    let (mut p, _) = Conn::open(a, "", true);
+    assert!(p.publish("shared/state", 1, true, 1, "on"));
+    assert!(p.publish("shared/other", 1, true, 2, "also"));
+    let (mut s, _) = Conn::open(b, "", true);
+    s.subscribe("shared/state", 1);
+    let got = s.next_publish();
+    assert_eq!((got.payload.as_str(), got.retain), ("on", true));
+    let (mut w, _) = Conn::open(b, "", true);
+    w.subscribe("shared/+", 1);
+    let mut both = vec![w.next_publish().payload, w.next_publish().payload];
+    both.sort();
+    assert_eq!(both, ["also", "on"]);
+    // Cleared through B.
+    let (mut q, _) = Conn::open(b, "", true);
+    assert!(q.publish("shared/state", 1, true, 3, ""));
+    let (mut late, _) = Conn::open(a, "", true);
+    late.subscribe("shared/state", 1);
+    let rest = late.until_marker(a, "shared/state");
+    assert!(rest.is_empty(), "cleared: {rest:?}");
+    // Every node restarted: Redis keeps it.
+    drop(n);
+    let n = nodes(&redis, 1);
+    let (mut again, _) = Conn::open(n[0].mqtt.unwrap(), "", true);
+    again.subscribe("shared/other", 1);
+    assert_eq!(again.next_publish().payload, "also");
+}
+
+/// A persistent session on node B receives the QoS 1 messages an MQTT
+/// client on node A publishes while it is away (the nodes' MQTT
+/// instances share a name, not an identity).
+#[test]
+fn a_persistent_session_on_one_node_keeps_what_another_node_publishes() {
+    use common::conn::Conn;
+    let redis = RedisServer::start().unwrap();
+    let n = nodes(&redis, 2);
+    let (a, b) = (n[0].mqtt.unwrap(), n[1].mqtt.unwrap());
+    let (mut away, _) = Conn::open(b, "cross-node", false);
+    away.subscribe("cross/t", 1);
+    away.disconnect();
+    let (mut p, _) = Conn::open(a, "", true);
+    assert!(p.publish("cross/t", 1, false, 1, "while away"));
+    let (mut back, present) = Conn::open(b, "cross-node", false);
+    assert!(present);
+    let got = back.until_marker(b, "cross/t");
+    let payloads: Vec<&str> = got.iter().map(|g| g.payload.as_str()).collect();
+    assert_eq!(payloads, ["while away"]);
+}

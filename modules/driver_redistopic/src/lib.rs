@@ -13,8 +13,16 @@
 //! slow-subscriber policy and stall rule.
 //!
 //! Like `driver.topic`, a message reaches the subscribers live when it
-//! arrives, and nothing is stored: a node whose listening connection is
-//! down misses what is published meanwhile. The receipt's `delivered_to`
+//! arrives, and nothing is stored but retained messages: a node whose
+//! listening connection is down misses what is published meanwhile.
+//!
+//! Retained messages (MQTT's retain flag, header
+//! [`bindery_classes::driver::RETAIN`]) are kept in one Redis hash,
+//! `{prefix}retained`, by path, written in the same pipeline just before
+//! the PUBLISH, so a subscriber on any node that asks
+//! ([`Driver::retained`]) finds the latest; an empty body clears it.
+//! `max_retained` caps how many are kept (past it, a retained publish to
+//! a new topic is delivered, not retained, and logged). The receipt's `delivered_to`
 //! and `backlog` count this node's subscribers.
 //!
 //! Redis down: publishes fail with `Unavailable` and a retry hint (HTTP
@@ -31,6 +39,7 @@
 //! slow_subscriber = "drop-oldest"
 //! stall_ms = 250
 //! max_topics = 10000
+//! max_retained = 10000
 //! connect_timeout_ms = 2000
 //! command_timeout_ms = 5000
 //! ```
@@ -87,6 +96,9 @@ pub struct Config {
     pub stall_ms: u64,
     /// Topics per instance.
     pub max_topics: usize,
+    /// Retained messages kept in Redis for all nodes (0: no cap); past
+    /// it, a retained publish to a new topic is delivered, not retained.
+    pub max_retained: usize,
     /// How long connecting may take.
     pub connect_timeout_ms: u64,
     /// How long a command may take before the connection is called broken.
@@ -106,6 +118,7 @@ impl Default for Config {
             slow_subscriber: l.policy,
             stall_ms: l.stall.as_millis() as u64,
             max_topics: 10_000,
+            max_retained: 10_000,
             connect_timeout_ms: 2000,
             command_timeout_ms: 5000,
         }
@@ -155,9 +168,18 @@ pub(crate) struct Inner {
     /// subscribers see Redis's order, and completes it then.
     pub(crate) pending: Mutex<HashMap<MessageId, Completion<Receipt>>>,
     pub(crate) stopped: AtomicBool,
+    /// [`Config::max_retained`].
+    pub(crate) max_retained: usize,
+    /// Retained publishes the cap refused.
+    pub(crate) retained_refused: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
+    /// The hash of retained messages, by path.
+    pub(crate) fn retained_key(&self) -> String {
+        format!("{}retained", self.prefix)
+    }
+
     /// Fails every publish still waiting to be heard back.
     pub(crate) fn fail_pending(&self, why: &str) {
         let pending: Vec<_> = self.pending.lock().drain().collect();
@@ -220,6 +242,8 @@ impl RedisTopic {
             listening: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
+            max_retained: config.max_retained,
+            retained_refused: Default::default(),
         });
         let link = Link::start(
             inner.clone(),
@@ -281,6 +305,27 @@ impl Driver for RedisTopic {
         options: SubscribeOptions,
     ) -> Result<Subscription, Failure> {
         self.inner.topics.subscribe(destination, consumer, options)
+    }
+
+    fn retains(&self) -> bool {
+        true
+    }
+
+    fn retained(&self, filter: &str, done: Completion<Vec<Message>>) {
+        if !self.is_up() {
+            return done.fail(unavailable(filter, &self.inner.url, "not connected"));
+        }
+        if let Err(Op::Retained(r)) = self
+            .link
+            .send(Op::Retained(Box::new((filter.into(), done))))
+        {
+            let (filter, done) = *r;
+            done.fail(unavailable(
+                &filter,
+                &self.inner.url,
+                "the instance is stopping",
+            ));
+        }
     }
 
     fn stats(&self) -> Vec<DestinationStats> {

@@ -28,6 +28,31 @@ pub(crate) enum Op {
     /// Beat on this node's own channel (it keeps the listener sure its
     /// connection lives, and wakes it when stopping).
     Beat,
+    /// The retained messages a filter matches.
+    Retained(Box<(String, Completion<Vec<Message>>)>),
+}
+
+/// Keeps or clears a retained message, within the cap. KEYS[1]: the hash;
+/// ARGV: path, payload ('' clears), cap (0: none). Returns 1, or 0 when
+/// the cap refused a new topic.
+const RETAIN: &str = r#"
+if ARGV[2] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end
+local cap = tonumber(ARGV[3])
+if cap > 0 and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= cap then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// What one pipelined command answers for.
+enum Sent {
+    /// A publish, heard back by the listener.
+    Publish(Message),
+    /// The retained write before it.
+    Retain(Arc<str>),
+    Beat,
+    Retained(String, Completion<Vec<Message>>),
 }
 
 /// The writer's channel and threads.
@@ -187,31 +212,71 @@ fn write_loop(
             match op {
                 Op::Publish(p) => {
                     let (m, done) = *p;
+                    let payload = wire::encode(inner.node, &m);
+                    if retains(&m) {
+                        let keep: &[u8] = if m.body.is_empty() { b"" } else { &payload };
+                        pipe.cmd("EVAL")
+                            .arg(RETAIN)
+                            .arg(1)
+                            .arg(inner.retained_key())
+                            .arg(&*m.destination)
+                            .arg(keep)
+                            .arg(inner.max_retained);
+                        sent.push(Sent::Retain(m.destination.clone()));
+                    }
                     pipe.cmd("PUBLISH")
                         .arg(inner.channel(&m.destination))
-                        .arg(wire::encode(inner.node, &m));
+                        .arg(payload);
                     inner.pending.lock().insert(m.id, done);
-                    sent.push(Some(m));
+                    sent.push(Sent::Publish(m));
                 }
                 Op::Beat => {
                     pipe.cmd("PUBLISH").arg(inner.beat_channel()).arg("");
-                    sent.push(None);
+                    sent.push(Sent::Beat);
+                }
+                Op::Retained(r) => {
+                    let (filter, done) = *r;
+                    if filter.contains(['+', '#']) {
+                        pipe.cmd("HGETALL").arg(inner.retained_key());
+                    } else {
+                        pipe.cmd("HGET").arg(inner.retained_key()).arg(&filter);
+                    }
+                    sent.push(Sent::Retained(filter, done));
                 }
             }
         }
         match pipe.query::<Vec<Value>>(c) {
             Ok(replies) => {
-                for (m, reply) in sent.into_iter().zip(replies) {
-                    let Some(m) = m else { continue };
-                    // Not published, or not even to this node's listener:
-                    // it will not come back.
-                    let why = match &reply {
-                        Value::ServerError(e) => e.to_string(),
-                        Value::Int(0) => "no listener heard it".into(),
-                        _ => continue,
-                    };
-                    if let Some(done) = inner.pending.lock().remove(&m.id) {
-                        done.fail(unavailable(&m.destination, &inner.url, &why));
+                for (s, reply) in sent.into_iter().zip(replies) {
+                    match s {
+                        Sent::Publish(m) => {
+                            // Not published, or not even to this node's
+                            // listener: it will not come back.
+                            let why = match &reply {
+                                Value::ServerError(e) => e.to_string(),
+                                Value::Int(0) => "no listener heard it".into(),
+                                _ => continue,
+                            };
+                            if let Some(done) = inner.pending.lock().remove(&m.id) {
+                                done.fail(unavailable(&m.destination, &inner.url, &why));
+                            }
+                        }
+                        Sent::Retain(dest) => match reply {
+                            Value::Int(0) => {
+                                let n = inner.retained_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                                if n.is_power_of_two() {
+                                    tracing::warn!(destination = %dest, refused = n, cap = inner.max_retained,
+                                        "redistopic: retained publish delivered, not retained: max_retained reached");
+                                }
+                            }
+                            Value::ServerError(e) => {
+                                tracing::warn!(destination = %dest, error = %e,
+                                "redistopic: retained message not kept")
+                            }
+                            _ => {}
+                        },
+                        Sent::Beat => {}
+                        Sent::Retained(filter, done) => done.complete(found(&filter, &reply)),
                     }
                 }
             }
@@ -223,9 +288,17 @@ fn write_loop(
                 }
                 conn = None;
                 retry_at = Instant::now() + backoff.step();
-                for m in sent.into_iter().flatten() {
-                    if let Some(done) = inner.pending.lock().remove(&m.id) {
-                        done.fail(unavailable(&m.destination, &inner.url, &why));
+                for s in sent {
+                    match s {
+                        Sent::Publish(m) => {
+                            if let Some(done) = inner.pending.lock().remove(&m.id) {
+                                done.fail(unavailable(&m.destination, &inner.url, &why));
+                            }
+                        }
+                        Sent::Retained(filter, done) => {
+                            done.fail(unavailable(&filter, &inner.url, &why))
+                        }
+                        Sent::Retain(_) | Sent::Beat => {}
                     }
                 }
             }
@@ -235,11 +308,70 @@ fn write_loop(
 
 fn fail_all(inner: &Inner, batch: Vec<Op>, why: &str) {
     for op in batch {
-        if let Op::Publish(p) = op {
-            let (m, done) = *p;
-            done.fail(unavailable(&m.destination, &inner.url, why));
+        match op {
+            Op::Publish(p) => {
+                let (m, done) = *p;
+                done.fail(unavailable(&m.destination, &inner.url, why));
+            }
+            Op::Retained(r) => {
+                let (filter, done) = *r;
+                done.fail(unavailable(&filter, &inner.url, why));
+            }
+            Op::Beat => {}
         }
     }
+}
+
+/// Whether `m` asks to be retained.
+fn retains(m: &Message) -> bool {
+    m.headers
+        .iter()
+        .any(|(k, v)| &**k == bindery_classes::driver::RETAIN && &**v == "1")
+}
+
+/// The retained messages `filter` matches, from an HGET or HGETALL reply
+/// (an entry that does not decode is logged and skipped).
+fn found(filter: &str, reply: &Value) -> Result<Vec<Message>, bindery::Failure> {
+    if let Value::ServerError(e) = reply {
+        return Err(bindery::Failure::new(
+            bindery::FailureKind::Unavailable,
+            format!("{filter}: retained messages not read: {e}"),
+        ));
+    }
+    let pairs: Vec<(&str, &[u8])> = match reply {
+        Value::BulkString(b) => vec![(filter, b.as_slice())],
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [Value::BulkString(k), Value::BulkString(v)] => {
+                    Some((std::str::from_utf8(k).ok()?, v.as_slice()))
+                }
+                _ => None,
+            })
+            .filter(|(path, _)| bindery_classes::topic::matches(filter, path))
+            .collect(),
+        Value::Map(items) => items
+            .iter()
+            .filter_map(|kv| match kv {
+                (Value::BulkString(k), Value::BulkString(v)) => {
+                    Some((std::str::from_utf8(k).ok()?, v.as_slice()))
+                }
+                _ => None,
+            })
+            .filter(|(path, _)| bindery_classes::topic::matches(filter, path))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(pairs
+        .into_iter()
+        .filter_map(|(path, payload)| match wire::decode(path, payload) {
+            Ok((_, m)) => Some(m),
+            Err(e) => {
+                tracing::warn!(destination = %path, error = %e, "redistopic: skipped a retained entry");
+                None
+            }
+        })
+        .collect())
 }
 
 fn listen_loop(inner: &Inner, client: &Client, connect_to: Duration, command: Duration) {

@@ -377,10 +377,15 @@ pub(crate) struct Shared {
     /// The headers of a message published at QoS 0, 1, 2 (shared, so a
     /// publish allocates none).
     pub(crate) qos_headers: [Arc<[bindery_classes::message::Header]>; 3],
+    /// The same with [`bindery_classes::driver::RETAIN`], for a retained
+    /// publish a driver keeps.
+    pub(crate) retain_headers: [Arc<[bindery_classes::message::Header]>; 3],
     /// `application/octet-stream`, shared likewise.
     pub(crate) octets: Arc<str>,
     /// The topic root, shared.
     pub(crate) root: Arc<str>,
+    /// What this instance's publishes carry in [`persist::VIA`].
+    pub(crate) via: Arc<str>,
     /// The durable store, with persistence.
     pub(crate) store: Option<Arc<persist::Store>>,
     /// Set once the server stops: sessions ending then are not forgotten
@@ -401,6 +406,14 @@ impl Shared {
         stats: Arc<Stats>,
     ) -> Shared {
         let via = config.persistence.is_some();
+        // Unique to this incarnation on this node: another node's
+        // instance of the same name is another publisher.
+        let via_id: Arc<str> = format!(
+            "{instance}/{}/{}",
+            std::process::id(),
+            bindery_classes::MessageId::next()
+        )
+        .into();
         Shared {
             instance: instance.to_owned(),
             root: config.topic_root.as_str().into(),
@@ -421,12 +434,31 @@ impl Shared {
                 let mut h: Vec<bindery_classes::message::Header> =
                     vec![(traffic::QOS_HEADER.into(), q.to_string().into())];
                 if via {
-                    h.push((persist::VIA.into(), instance.into()));
+                    h.push((persist::VIA.into(), (*via_id).into()));
                 }
                 h.into()
             }),
+            retain_headers: [0, 1, 2].map(|q: u8| -> Arc<[bindery_classes::message::Header]> {
+                let mut h: Vec<bindery_classes::message::Header> =
+                    vec![(traffic::QOS_HEADER.into(), q.to_string().into())];
+                if via {
+                    h.push((persist::VIA.into(), (*via_id).into()));
+                }
+                h.push((bindery_classes::driver::RETAIN.into(), "1".into()));
+                h.into()
+            }),
             octets: "application/octet-stream".into(),
+            via: via_id,
         }
+    }
+
+    /// The driver serving `path` if it keeps retained messages itself
+    /// (across nodes: `driver.redistopic`).
+    pub(crate) fn retained_by_driver(
+        &self,
+        path: &str,
+    ) -> Option<bindery_classes::driver::DriverHandle> {
+        self.dispatcher.driver(path).ok().filter(|d| d.retains())
     }
 
     /// The kernel path of an MQTT topic.

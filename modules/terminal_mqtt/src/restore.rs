@@ -88,7 +88,11 @@ impl Shared {
         let serial = rewire::serial();
         let wiring = (Arc::downgrade(&driver), self.rewire.clone(), serial);
         // The driver may deliver at once: never call it under the session lock.
-        let consumer = session.consumer(filter.clone(), (&self.instance, &self.root), wiring);
+        let consumer = session.consumer(
+            filter.clone(),
+            (&self.instance, &self.via, &self.root),
+            wiring,
+        );
         let subscription = driver.subscribe(&path, consumer, options).ok()?;
         Some((Arc::new(subscription), serial))
     }

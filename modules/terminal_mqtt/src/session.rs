@@ -253,12 +253,12 @@ impl Session {
     pub(crate) fn consumer(
         self: &Arc<Session>,
         filter: Arc<str>,
-        (instance, root): (&str, &Arc<str>),
+        (instance, via, root): (&str, &Arc<str>, &Arc<str>),
         (driver, rewire, serial): (Weak<dyn bindery_classes::Driver>, Arc<Rewire>, u64),
     ) -> Consumer {
         let weak: Weak<Session> = Arc::downgrade(self);
         let name = format!("{instance}: mqtt client {:?}", self.client_id);
-        let (me, root) = (Arc::<str>::from(instance), root.clone());
+        let (me, root) = (via.clone(), root.clone());
         Consumer::new(move |d| match (weak.upgrade(), d) {
             (Some(s), Delivery::Message(m)) => {
                 if let (Some(store), Some(path)) = (&s.store, &s.queue_path) {

@@ -74,17 +74,25 @@ impl Core {
             self.send(io, &Packet::PubRec(p.packet_id));
             return Ok(());
         }
+        // A driver that keeps retained messages for every node keeps
+        // this one; else this instance does.
+        let by_driver = p.retain && self.shared.retained_by_driver(&path).is_some();
+        let headers = if by_driver {
+            &self.shared.retain_headers
+        } else {
+            &self.shared.qos_headers
+        };
         let message = Message {
             id: MessageId::next(),
             destination: path,
             content_type: self.shared.octets.clone(),
-            headers: self.shared.qos_headers[usize::from(p.qos.min(2))].clone(),
+            headers: headers[usize::from(p.qos.min(2))].clone(),
             body: Bytes::copy_from_slice(p.payload),
             timestamp: self.wall,
             delivery_count: 0,
         };
         // Past the retained caps: delivered, not retained (nor stored).
-        let retain = p.retain && self.shared.retain(p.topic, &message);
+        let retain = p.retain && !by_driver && self.shared.retain(p.topic, &message);
         let store = self.shared.store.as_ref();
         let done = if p.qos == 0 {
             if let Some(store) = store.filter(|_| retain) {
@@ -242,6 +250,29 @@ impl Core {
             return 0x80;
         }
         let key: Arc<str> = filter.as_str().into();
+        if let Some(driver) = self.shared.retained_by_driver(&self.shared.path(&filter)) {
+            // Asked of the driver (another node may have set them); they
+            // come into the session when it answers.
+            let (s, root) = (session.clone(), self.shared.root.clone());
+            let path = self.shared.path(&filter);
+            driver.retained(
+                &path,
+                Completion::new(move |r: Result<Vec<Message>, bindery::Failure>| {
+                    for message in r.unwrap_or_default() {
+                        let topic = message.destination.strip_prefix(&*root).unwrap_or("");
+                        if matches(&key, topic) {
+                            s.push(Queued {
+                                message,
+                                filter: key.clone(),
+                                retain: true,
+                                stored: false,
+                            });
+                        }
+                    }
+                }),
+            );
+            return qos;
+        }
         for message in self.shared.retained_matching(&filter) {
             session.push(Queued {
                 message,
