@@ -110,11 +110,18 @@ pub trait Handler: Send + 'static {
     }
 }
 
+/// What another thread asks of a reactor: a note (the common case, kept
+/// unboxed: every completion is one) or any other task.
+enum Queued {
+    Note(Address, Note),
+    Task(Task),
+}
+
 struct Shared {
     id: u32,
     waker: Waker,
     registry: mio::Registry,
-    queue: Mutex<Vec<Task>>,
+    queue: Mutex<Vec<Queued>>,
     stopping: AtomicBool,
 }
 
@@ -131,10 +138,15 @@ impl fmt::Debug for ReactorHandle {
 impl ReactorHandle {
     /// Queues `task` to run on the reactor's thread.
     pub fn execute(&self, task: impl FnOnce(&mut Reactor) + Send + 'static) {
+        self.queue(Queued::Task(Box::new(task)));
+    }
+
+    /// Queues `item` and wakes the reactor if it is the first of a batch.
+    fn queue(&self, item: Queued) {
         let was_empty = {
             let mut q = self.0.queue.lock();
             let was_empty = q.is_empty();
-            q.push(Box::new(task));
+            q.push(item);
             was_empty
         };
         // On its own thread the reactor drains its queue before it polls
@@ -146,7 +158,7 @@ impl ReactorHandle {
 
     /// Delivers `note` to the handler at `to` (dropped if it has closed).
     pub fn notify(&self, to: Address, note: Note) {
-        self.execute(move |r| r.deliver(to, note));
+        self.queue(Queued::Note(to, note));
     }
 
     /// Asks the handler at `to` to finish what is in flight and close
@@ -371,8 +383,11 @@ impl Reactor {
             if tasks.is_empty() {
                 return;
             }
-            for task in tasks {
-                task(self);
+            for item in tasks {
+                match item {
+                    Queued::Note(to, note) => self.deliver(to, note),
+                    Queued::Task(task) => task(self),
+                }
             }
             self.settle_all();
         }

@@ -29,6 +29,17 @@ impl MessageId {
         MessageId(seed.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed)))
     }
 
+    /// The 16 lowercase hex digits [`fmt::Display`] writes, without
+    /// formatting (for response headers on the hot path).
+    pub fn hex(&self) -> [u8; 16] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, d) in out.iter_mut().enumerate() {
+            *d = DIGITS[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
+    }
+
     /// Parses the 16-hex-digit form [`fmt::Display`] writes.
     pub fn parse(s: &str) -> Option<MessageId> {
         if s.is_empty() || s.len() > 16 {
@@ -68,14 +79,41 @@ pub struct Message {
     pub delivery_count: u32,
 }
 
+thread_local! {
+    /// The strings the last messages made on this thread named (their
+    /// destinations and content types), newest first, and no headers:
+    /// a run of publishes to one path shares them instead of allocating
+    /// three times per message.
+    static RECENT: std::cell::RefCell<Recent> =
+        std::cell::RefCell::new((Default::default(), Arc::new([])));
+}
+
+/// Recent strings, newest first, and an empty header list to share.
+type Recent = ([Option<Arc<str>>; 4], Arc<[Header]>);
+
+/// `s` as an `Arc<str>`, shared with a recent message's if one named it.
+fn recent(s: &str) -> Arc<str> {
+    RECENT.with(|r| {
+        let slots = &mut r.borrow_mut().0;
+        if let Some(at) = slots.iter().position(|x| x.as_deref() == Some(s)) {
+            slots[..=at].rotate_right(1);
+            return slots[0].clone().unwrap_or_else(|| s.into());
+        }
+        let fresh: Arc<str> = s.into();
+        slots.rotate_right(1);
+        slots[0] = Some(fresh.clone());
+        fresh
+    })
+}
+
 impl Message {
     /// A new message with a fresh id and the current time.
     pub fn new(destination: &str, content_type: &str, body: impl Into<Bytes>) -> Message {
         Message {
             id: MessageId::next(),
-            destination: destination.into(),
-            content_type: content_type.into(),
-            headers: Arc::new([]),
+            destination: recent(destination),
+            content_type: recent(content_type),
+            headers: RECENT.with(|r| r.borrow().1.clone()),
             body: body.into(),
             timestamp: SystemTime::now(),
             delivery_count: 0,
@@ -102,5 +140,34 @@ mod tests {
         assert_eq!(MessageId::parse("xyz"), None);
         assert_eq!(MessageId::parse(""), None);
         assert_eq!(MessageId::parse("00000000000000001"), None);
+        for id in [
+            a,
+            MessageId(0),
+            MessageId(u64::MAX),
+            MessageId(0x0123_4567_89ab_cdef),
+        ] {
+            assert_eq!(&id.hex()[..], id.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn messages_share_recent_strings_and_keep_their_own() {
+        let a = Message::new("/q/a", "text/plain", "1");
+        let b = Message::new("/q/a", "text/plain", "2");
+        assert!(Arc::ptr_eq(&a.destination, &b.destination));
+        assert!(Arc::ptr_eq(&a.content_type, &b.content_type));
+        // More names than the memo holds: each message still says its own.
+        let many: Vec<Message> = (0..10)
+            .map(|i| Message::new(&format!("/q/{i}"), "text/plain", ""))
+            .collect();
+        for (i, m) in many.iter().enumerate() {
+            assert_eq!(&*m.destination, format!("/q/{i}"));
+        }
+        let c = Message::new("/q/3", "application/json", "");
+        assert_eq!(
+            (&*c.destination, &*c.content_type),
+            ("/q/3", "application/json")
+        );
+        assert!(c.headers.is_empty());
     }
 }

@@ -1,7 +1,5 @@
 //! Writing responses.
 
-use std::fmt::Write as _;
-
 /// The reason phrase for a status.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -48,7 +46,8 @@ pub fn safe_header(name: &str, value: &str) -> bool {
         && !value.chars().any(|c| c.is_control() && c != '\t')
 }
 
-/// A whole response with a body, appended to `out`.
+/// A whole response with a body, appended to `out` (bytes appended, no
+/// formatting machinery: this is every HTTP answer's path).
 pub fn write(
     out: &mut Vec<u8>,
     status: u16,
@@ -57,25 +56,50 @@ pub fn write(
     body: &[u8],
     close: bool,
 ) {
-    let mut head = String::with_capacity(128);
-    let _ = write!(head, "HTTP/1.1 {status} {}\r\n", reason(status));
+    out.reserve(128 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, usize::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (k, v) in headers {
-        let _ = write!(head, "{k}: {v}\r\n");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if let Some(ct) = content_type {
-        let _ = write!(head, "Content-Type: {ct}\r\n");
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(ct.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if status != 204 {
-        let _ = write!(head, "Content-Length: {}\r\n", body.len());
+        out.extend_from_slice(b"Content-Length: ");
+        push_decimal(out, body.len());
+        out.extend_from_slice(b"\r\n");
     }
     if close {
-        head.push_str("Connection: close\r\n");
+        out.extend_from_slice(b"Connection: close\r\n");
     }
-    head.push_str("\r\n");
-    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(b"\r\n");
     if status != 204 {
         out.extend_from_slice(body);
     }
+}
+
+/// Appends `n` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// A plain-text response: `message` and a newline.
@@ -108,4 +132,34 @@ pub fn event(out: &mut Vec<u8>, id: &str, kind: &str, data: &[u8]) {
         out.push(b'\n');
     }
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_is_framed_as_http_says() {
+        let mut out = Vec::new();
+        write(
+            &mut out,
+            201,
+            &[("Message-Id", "00ff")],
+            Some("text/plain"),
+            b"hi\n",
+            false,
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 201 Created\r\nMessage-Id: 00ff\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nhi\n"
+        );
+        out.clear();
+        write(&mut out, 204, &[], None, b"ignored", true);
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        for n in [0usize, 7, 10, 99, 1234567890, usize::MAX] {
+            let mut d = Vec::new();
+            push_decimal(&mut d, n);
+            assert_eq!(d, n.to_string().as_bytes());
+        }
+    }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bindery::Completion;
-use bindery_classes::driver::{DriverHandle, RETAIN};
 use bindery_classes::Message;
+use bindery_classes::driver::{DriverHandle, RETAIN};
 use bindery_conformance::redis::RedisServer;
 use driver_redistopic::{Config, RedisTopic};
 

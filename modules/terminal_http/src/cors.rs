@@ -113,13 +113,14 @@ impl Cors {
 
 /// Appends `response` to `out` with `lines` after its status line.
 pub(crate) fn with_headers(out: &mut Vec<u8>, response: &[u8], lines: Option<&str>) {
-    match (lines, response.windows(2).position(|w| w == b"\r\n")) {
-        (Some(lines), Some(end)) => {
+    let end = lines.and_then(|l| Some((l, response.windows(2).position(|w| w == b"\r\n")?)));
+    match end {
+        Some((lines, end)) => {
             out.extend_from_slice(&response[..end + 2]);
             out.extend_from_slice(lines.as_bytes());
             out.extend_from_slice(&response[end + 2..]);
         }
-        _ => out.extend_from_slice(response),
+        None => out.extend_from_slice(response),
     }
 }
 
