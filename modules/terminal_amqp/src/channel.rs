@@ -364,7 +364,7 @@ impl Core {
                 routing_key,
                 mandatory,
                 immediate,
-            } => self.publish(ch, exchange, routing_key, mandatory, immediate),
+            } => self.publish(io, ch, exchange, routing_key, mandatory, immediate),
             Method::ConfirmSelect { no_wait } => {
                 self.channel(ch)?.confirm = true;
                 if !no_wait {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bindery::{Completion, Failure, Note};
+use bindery_classes::auth::Action;
 use bindery_classes::connection::Io;
 use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
 use bindery_classes::{Delivery, Message, MessageId};
@@ -68,6 +69,7 @@ impl Core {
             } => {
                 let (driver, path) = self.queue(&queue, true)?;
                 self.require_known(&queue, &driver, &path)?;
+                self.allow_queue(io, Action::Consume, &queue, &path)?;
                 let id = self.id;
                 let c = self.channel(ch)?;
                 let tag: Arc<str> = if consumer_tag.is_empty() {
@@ -145,6 +147,7 @@ impl Core {
             Method::BasicGet { queue, no_ack } => {
                 let (driver, path) = self.queue(&queue, true)?;
                 self.require_known(&queue, &driver, &path)?;
+                self.allow_queue(io, Action::Consume, &queue, &path)?;
                 let tag = self.tag(Pending::Get {
                     channel: ch,
                     driver: driver.clone(),
