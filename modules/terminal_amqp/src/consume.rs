@@ -133,7 +133,9 @@ impl Core {
                 no_wait,
             } => {
                 let gone = self.channel(ch)?.consumers.remove(consumer_tag.as_str());
+                let path = gone.as_ref().map(|c| c.path.clone());
                 drop(gone);
+                self.auto_delete(path.into_iter().collect());
                 // A delivery already on its way finds no tag and goes back
                 // to its queue (see `noted`).
                 self.pending.retain(|_, p| {
@@ -384,6 +386,7 @@ impl Core {
                     _ => {}
                 }
             }
+            Some(Pending::Manage { .. }) => self.managed(io, note),
             Some(Pending::Bridge { queue }) => {
                 let queue = queue.clone();
                 if let Ok(Delivery::Message(m)) = note.take::<Delivery>() {

@@ -265,6 +265,11 @@ impl Core {
         };
         for q in mine {
             self.shared.unroute(&q);
+            // An exclusive queue goes with its connection.
+            let path = self.shared.queue_path(&q);
+            if let Ok(driver) = self.shared.dispatcher.driver(&path) {
+                crate::manage::delete_quietly(&self.shared, &driver, &q, &path, Default::default());
+            }
         }
     }
 

@@ -15,7 +15,10 @@
 //! | default exchange `""`, routing key `K` | the queue path `<queue_root>K` (`/queues/K`) |
 //! | `queue.declare Q` | checks a queue driver serves `/queues/Q`; counts from the driver's stats; `basic.consume`/`get` of a queue neither declared nor known to the driver is 404 |
 //! | `queue.declare ""` | a server-named queue `amq.gen-…` under the queue root |
-//! | `exclusive` | only the declaring connection may use it; forgotten when it closes |
+//! | `exclusive` | only the declaring connection may use it; deleted (through its driver) when it closes |
+//! | `auto_delete` | deleted (`if_unused`) when the last consumer of this terminal's connections on it is cancelled |
+//! | `queue.purge` | the driver's purge: the waiting messages removed (not those delivered and unacked), their number answered |
+//! | `queue.delete` (`if_unused`, `if_empty`) | the driver's delete: every message dropped, every consumer (any connection, any protocol) ended (AMQP ones get `basic.cancel`), the number dropped answered; the declaration and bindings forgotten; refused conditions are 406 |
 //! | `amq.topic` and declared `topic` exchanges, key `a.b.c` | the topic path `<topic_root>a/b/c` (`/topics/a/b/c`): MQTT's `a/b/c` and HTTP SSE on `/topics/a/b/c` |
 //! | binding key `a.*.c`, `a.#` | topic filter `a/+/c`, `a/#` |
 //! | `queue.bind Q amq.topic K` | a subscription to the topic filter that feeds `/queues/Q`, as long as the binding connection lives |
@@ -50,13 +53,9 @@
 //!
 //! Not supported: `tx` (540); `headers` exchanges (540), `exchange.bind`;
 //! `#` anywhere but as a binding key's last word (540); `immediate` (540,
-//! as RabbitMQ); `queue.purge` (540: the driver contract has no purge);
-//! `queue.delete` forgets the declaration and its bindings and cancels this
-//! connection's consumers of it, but cannot remove messages (the driver
-//! contract has no delete) and answers with the depth it saw; so a
-//! server-named or exclusive queue stays in its driver after its connection
-//! ends (and counts against the memory queue's `max_queues`);
-//! `auto_delete` is accepted and ignored; topic bindings live as long as the
+//! as RabbitMQ); `queue.purge` and `queue.delete` of a queue whose driver
+//! cannot (540 naming the queue: `driver.redisqueue` and queues behind
+//! process isolation today; the memory and file queues can); topic bindings live as long as the
 //! connection that made them, direct and fanout bindings until unbound, the
 //! queue deleted or its exclusive owner gone; no binding or declared
 //! exchange survives a restart (exchanges are never durable);
@@ -130,6 +129,9 @@ pub mod fuzzing;
 mod guard;
 #[cfg(test)]
 mod guard_tests;
+mod manage;
+#[cfg(test)]
+mod manage_tests;
 mod methods;
 mod publish;
 mod queues;
@@ -333,6 +335,8 @@ impl Kind {
 pub(crate) struct Declared {
     /// The connection an exclusive queue belongs to.
     pub(crate) owner: Option<u64>,
+    /// Deleted when its last consumer goes.
+    pub(crate) auto_delete: bool,
 }
 
 /// What every connection of an instance shares.

@@ -37,6 +37,14 @@ pub(crate) fn filter(key: &str) -> Option<String> {
     )
 }
 
+/// `queue.declare`'s flags.
+pub(crate) struct Declare {
+    pub(crate) passive: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) no_wait: bool,
+}
+
 /// A queue's depth and consumers from its driver's stats.
 pub(crate) fn stats(driver: &DriverHandle, path: &str) -> (u32, u32) {
     driver
@@ -185,10 +193,14 @@ impl Core {
         io: &mut Io<'_>,
         ch: u16,
         mut queue: String,
-        passive: bool,
-        exclusive: bool,
-        no_wait: bool,
+        how: Declare,
     ) -> Result<(), Refusal> {
+        let Declare {
+            passive,
+            exclusive,
+            auto_delete,
+            no_wait,
+        } = how;
         let server_named = queue.is_empty() && !passive;
         if server_named {
             queue = format!("amq.gen-{}-{}", self.id, MessageId::next());
@@ -232,12 +244,14 @@ impl Core {
                 self.guard.made.insert(queue.clone());
             }
             let mut queues = self.shared.queues.lock();
-            let d = queues
-                .entry(queue.clone())
-                .or_insert(Declared { owner: None });
+            let d = queues.entry(queue.clone()).or_insert(Declared {
+                owner: None,
+                auto_delete: false,
+            });
             if exclusive {
                 d.owner = Some(self.id);
             }
+            d.auto_delete |= auto_delete;
         }
         if !no_wait {
             self.send(

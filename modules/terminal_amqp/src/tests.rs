@@ -18,7 +18,7 @@ use crate::methods::{self, Method};
 use crate::wire::{self, ContentHeader, Framed, Properties, Value};
 use crate::{Config, Shared, Stats};
 
-const SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
 
 fn shared() -> Arc<Shared> {
     shared_with(Default::default())
@@ -100,7 +100,7 @@ pub(crate) fn publish(ch: u16, exchange: &str, key: &str, body: &[u8], mandatory
 }
 
 /// A connection through open, with channel 1 open.
-fn open(shared: &Arc<Shared>) -> Pipe<Core> {
+pub(crate) fn open(shared: &Arc<Shared>) -> Pipe<Core> {
     let mut p = pipe(shared);
     let mut input = wire::PROTOCOL_HEADER.to_vec();
     input.extend(method(
