@@ -16,7 +16,7 @@
 //! | `queue.declare Q` | checks a queue driver serves `/queues/Q`; counts from the driver's stats; `basic.consume`/`get` of a queue neither declared nor known to the driver is 404 |
 //! | `queue.declare ""` | a server-named queue `amq.gen-…` under the queue root |
 //! | `exclusive` | only the declaring connection may use it; deleted (through its driver) when it closes |
-//! | `auto_delete` | deleted (`if_unused`) when the last consumer of this terminal's connections on it is cancelled |
+//! | `auto_delete` | deleted through its driver (`if_unused`: not while any consumer remains) when a consumer of it is cancelled or its channel or connection closes |
 //! | `queue.purge` | the driver's purge: the waiting messages removed (not those delivered and unacked), their number answered |
 //! | `queue.delete` (`if_unused`, `if_empty`) | the driver's delete: every message dropped, every consumer (any connection, any protocol) ended (AMQP ones get `basic.cancel`), the number dropped answered; the declaration and bindings forgotten; refused conditions are 406 |
 //! | `amq.topic` and declared `topic` exchanges, key `a.b.c` | the topic path `<topic_root>a/b/c` (`/topics/a/b/c`): MQTT's `a/b/c` and HTTP SSE on `/topics/a/b/c` |
