@@ -317,7 +317,11 @@ impl Core {
                     ("platform".into(), text("Rust")),
                     ("capabilities".into(), Value::Table(capabilities)),
                 ],
-                mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+                mechanisms: Bytes::from_static(if self.shared.config.use_identity_as_username {
+                    &b"EXTERNAL PLAIN AMQPLAIN"[..]
+                } else {
+                    &b"PLAIN AMQPLAIN"[..]
+                }),
                 locales: Bytes::from_static(b"en_US"),
             },
         );
@@ -345,7 +349,9 @@ impl Core {
                     k == "capabilities"
                         && matches!(v, Value::Table(t) if t.iter().any(|(k, v)| k == "connection.blocked" && *v == Value::Bool(true)))
                 });
-                if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+                let external =
+                    mechanism == "EXTERNAL" && self.shared.config.use_identity_as_username;
+                if mechanism != "PLAIN" && mechanism != "AMQPLAIN" && !external {
                     return Err(hard(
                         code::ACCESS_REFUSED,
                         format!(
@@ -685,6 +691,10 @@ impl Protocol for Core {
             }
             _ => {}
         }
+    }
+
+    fn certified(&mut self, chain: &[bindery_classes::connection::CertificateDer<'static>]) {
+        self.certified_by(chain);
     }
 
     fn peer_closed(&mut self, _: &mut Io<'_>) {

@@ -26,12 +26,13 @@
 //! and frames keep their order.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use bindery::{Failure, Note};
 use bindery_classes::auth::{
     Action, AuthHandle, Bound, Credentials, Decisions, Identity, Login, Secret,
 };
-use bindery_classes::connection::Io;
+use bindery_classes::connection::{CertificateDer, Io, certificate};
 use bytes::Bytes;
 
 use crate::core::{Core, Refusal, code, hard, soft};
@@ -59,6 +60,10 @@ pub(crate) struct Guard {
     /// The server-named queues this connection declared: its own, used
     /// without asking.
     pub(crate) made: HashSet<String>,
+    /// With `use_identity_as_username`: the user the verified client
+    /// certificate names (`Some(None)`: it names nobody usable; `None`: no
+    /// certificate).
+    certificate: Option<Option<Arc<str>>>,
 }
 
 /// What the auth instance was asked.
@@ -76,6 +81,7 @@ impl Default for Guard {
             answers: Vec::new(),
             login: None,
             made: HashSet::new(),
+            certificate: None,
         }
     }
 }
@@ -157,6 +163,9 @@ impl Core {
         if self.guard.identity.is_some() {
             return Ok(());
         }
+        if self.shared.config.use_identity_as_username {
+            return self.certificate_login(mechanism);
+        }
         let (user, secret) = sasl(mechanism, response)
             .map_err(|e| hard(code::ACCESS_REFUSED, format!("ACCESS_REFUSED - {e}")))?;
         let Some(outcome) = self.guard.login.take() else {
@@ -205,6 +214,47 @@ impl Core {
                     "INTERNAL_ERROR - authentication is unavailable; try again later",
                 ))
             }
+        }
+    }
+
+    /// The verified client certificate TLS handed over (leaf first): its
+    /// name is the user, with `use_identity_as_username`.
+    pub(crate) fn certified_by(&mut self, chain: &[CertificateDer<'static>]) {
+        if self.shared.config.use_identity_as_username {
+            let name = chain.first().and_then(|leaf| certificate::user_name(leaf));
+            self.guard.certificate = Some(name.map(Into::into));
+        }
+    }
+
+    /// A login with `use_identity_as_username`: the certificate says who.
+    fn certificate_login(&mut self, mechanism: &str) -> Result<(), Refusal> {
+        match &self.guard.certificate {
+            Some(Some(user)) => {
+                self.guard.identity = Some(Identity {
+                    user: Some(user.clone()),
+                });
+                Ok(())
+            }
+            Some(None) => {
+                self.shared.stats.auth_failures.inc();
+                tracing::info!(
+                    instance = %self.shared.instance,
+                    peer = %self.peer,
+                    "login failed: the client certificate names no user"
+                );
+                Err(hard(
+                    code::ACCESS_REFUSED,
+                    format!(
+                        "ACCESS_REFUSED - login refused (mechanism {mechanism}): the client certificate names no user"
+                    ),
+                ))
+            }
+            None => Err(hard(
+                code::ACCESS_REFUSED,
+                format!(
+                    "ACCESS_REFUSED - login refused (mechanism {mechanism}): no client certificate"
+                ),
+            )),
         }
     }
 

@@ -39,10 +39,14 @@ impl Auth for Later {
 }
 
 fn pipe() -> Pipe<Core> {
+    pipe_with(Config::default())
+}
+
+fn pipe_with(config: Config) -> Pipe<Core> {
     let queues: DriverHandle = Arc::new(driver_memqueue::MemQueue::new(Default::default()));
     let mut shared = Shared::new(
         "amqp",
-        Config::default(),
+        config,
         Arc::new(Routes(vec![("/queues/".into(), queues)])),
         Arc::new(Stats::new(&Scope::detached("amqp"))),
     );
@@ -51,14 +55,18 @@ fn pipe() -> Pipe<Core> {
     Pipe::new(|_| Core::new(shared, "test".into(), Instant::now()))
 }
 
-/// The handshake as `user` with `password`, sent whole.
+/// The handshake with a `PLAIN` `response`, sent whole.
 fn handshake(response: &[u8]) -> Vec<u8> {
+    handshake_with("PLAIN", response)
+}
+
+fn handshake_with(mechanism: &str, response: &[u8]) -> Vec<u8> {
     let mut input = wire::PROTOCOL_HEADER.to_vec();
     input.extend(method(
         0,
         &Method::ConnectionStartOk {
             client_properties: Vec::new(),
-            mechanism: "PLAIN".into(),
+            mechanism: mechanism.into(),
             response: Bytes::copy_from_slice(response),
             locale: "en_US".into(),
         },
@@ -162,4 +170,61 @@ fn a_bad_password_closes_the_connection_with_403_naming_the_user() {
         // Nothing after start-ok was answered.
         assert_eq!(got.len(), 2, "{got:?}");
     }
+}
+
+/// A self-signed certificate whose subject CN is `cn` (none: no name).
+fn certificate(cn: Option<&str>) -> bindery_classes::connection::CertificateDer<'static> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(cn) = cn {
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    }
+    p.self_signed(&key).unwrap().der().clone()
+}
+
+#[test]
+fn external_takes_the_certificate_s_name_as_the_user() {
+    use bindery_classes::connection::Protocol;
+    let config = Config {
+        use_identity_as_username: true,
+        ..Config::default()
+    };
+    // alice's certificate: EXTERNAL, and PLAIN with someone else's name
+    // and a wrong password (ignored), both log in as alice.
+    for (mechanism, response) in [("EXTERNAL", &b""[..]), ("PLAIN", b"\0eve\0wrong")] {
+        let mut p = pipe_with(config.clone());
+        p.core.certified(&[certificate(Some("alice"))]);
+        let mut input = handshake_with(mechanism, response);
+        input.extend(method(1, &Method::ChannelOpen));
+        input.extend(method(1, &declare("a-mine")));
+        let got = exchange(&mut p, &input);
+        let In::M(0, Method::ConnectionStart { mechanisms, .. }) = &got[0] else {
+            panic!("{got:?}");
+        };
+        assert_eq!(&mechanisms[..], b"EXTERNAL PLAIN AMQPLAIN");
+        assert!(
+            matches!(&got[4], In::M(1, Method::QueueDeclareOk { queue, .. }) if queue == "a-mine"),
+            "{got:?}"
+        );
+    }
+    // A certificate naming nobody, or none at all: 403.
+    for chain in [Some(certificate(None)), None] {
+        let mut p = pipe_with(config.clone());
+        if let Some(c) = chain {
+            p.core.certified(&[c]);
+        }
+        let got = exchange(&mut p, &handshake_with("EXTERNAL", b""));
+        assert!(
+            matches!(&got[1], In::M(0, Method::ConnectionClose { code: 403, .. })),
+            "{got:?}"
+        );
+    }
+    // Without the option, EXTERNAL is neither offered nor taken.
+    let mut p = pipe();
+    let got = exchange(&mut p, &handshake_with("EXTERNAL", b""));
+    assert!(
+        matches!(&got[1], In::M(0, Method::ConnectionClose { code: 403, text, .. }) if text.contains("EXTERNAL")),
+        "{got:?}"
+    );
 }

@@ -86,10 +86,13 @@
 //! A refusal is `channel.close` 403 naming the path and the user. A
 //! server-named queue is its connection's own: using it asks nothing.
 //! Exchanges are not guarded (they hold no messages; what flows through
-//! them is judged on the paths it reaches). Not done: SASL `EXTERNAL`
-//! (the client certificate's name as the user, which MQTT has as
-//! `use_identity_as_username`); `connection.update-secret` is answered but
-//! the new secret is not checked (the identity stays the one logged in).
+//! them is judged on the paths it reaches). With `use_identity_as_username`
+//! (and `tls.client_ca`), SASL `EXTERNAL` is offered and the verified
+//! client certificate's name is the user whatever the mechanism (its
+//! subject CN, else its first DNS or e-mail name, as MQTT takes it); the
+//! auth instance then only authorizes; a certificate naming nobody gets
+//! 403. `connection.update-secret` is answered but the new secret is not
+//! checked (the identity stays the one logged in).
 //! Without `auth`, any user name and password get in and everything is
 //! allowed.
 //!
@@ -110,6 +113,7 @@
 //! handshake_timeout_secs = 10
 //! dispatcher = "default"
 //! auth = "default"             # an auth instance; leave out: any user, everything allowed
+//! use_identity_as_username = false # true (with tls.client_ca): the client certificate's name is the user
 //! ```
 //!
 //! The codec is written by hand for the methods above (modules `wire`,
@@ -194,6 +198,10 @@ pub struct Config {
     /// `AMQPLAIN`) and authorizes what they do, by name; none: any user,
     /// everything allowed.
     pub auth: Option<String>,
+    /// The verified client certificate's name is the user (SASL
+    /// `EXTERNAL` offered; the credentials of `PLAIN` and `AMQPLAIN` are
+    /// ignored), and `auth` only authorizes. Needs `tls.client_ca`.
+    pub use_identity_as_username: bool,
 }
 
 impl Default for Config {
@@ -213,6 +221,7 @@ impl Default for Config {
             handshake_timeout_secs: 10,
             tls: None,
             auth: None,
+            use_identity_as_username: false,
         }
     }
 }
@@ -268,6 +277,12 @@ impl Config {
         if self.frame_max < 4096 {
             return Err(format!(
                 "instance {instance:?}: frame_max must be at least 4096 (AMQP's minimum)"
+            ));
+        }
+        if self.use_identity_as_username && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            return Err(format!(
+                "instance {instance:?}: use_identity_as_username needs tls.client_ca (clients must present a certificate)"
             ));
         }
         if self.channel_max == 0 {
