@@ -24,6 +24,10 @@ struct Later;
 impl Auth for Later {
     fn authenticate(&self, c: Credentials, done: Completion<Login>) {
         std::thread::spawn(move || {
+            if let Some(token) = c.token {
+                let who = (token.0 == b"t0k").then(|| Identity::user("alice"));
+                return done.succeed(who.map_or(Login::BadCredentials, Login::Accepted));
+            }
             done.succeed(match (c.username.as_deref(), c.password) {
                 (None, _) => Login::NotAuthorized,
                 (Some("alice"), Some(p)) if p.0 == b"a" => Login::Accepted(Identity::user("alice")),
@@ -35,6 +39,10 @@ impl Auth for Later {
     fn authorize(&self, who: &Identity, _: Action, path: &str, done: Completion<bool>) {
         let ok = who.user.as_deref() == Some("alice") && path.starts_with("/queues/a-");
         std::thread::spawn(move || done.succeed(ok));
+    }
+
+    fn accepts_tokens(&self) -> bool {
+        true
     }
 }
 
@@ -227,4 +235,51 @@ fn external_takes_the_certificate_s_name_as_the_user() {
         matches!(&got[1], In::M(0, Method::ConnectionClose { code: 403, text, .. }) if text.contains("EXTERNAL")),
         "{got:?}"
     );
+}
+
+#[test]
+fn amqplain_and_bearer_tokens_log_in_too() {
+    // AMQPLAIN: a field table without its length, LOGIN and PASSWORD.
+    let amqplain = |password: &str| {
+        let mut t = Vec::new();
+        wire::put_table(
+            &mut t,
+            &vec![
+                (
+                    "LOGIN".into(),
+                    wire::Value::Str(Bytes::from_static(b"alice")),
+                ),
+                (
+                    "PASSWORD".into(),
+                    wire::Value::Str(Bytes::copy_from_slice(password.as_bytes())),
+                ),
+            ],
+        );
+        t[4..].to_vec()
+    };
+    let cases: [(&str, Vec<u8>, bool); 4] = [
+        ("AMQPLAIN", amqplain("a"), true),
+        ("AMQPLAIN", amqplain("nope"), false),
+        // PLAIN with no user name: the password is a bearer token.
+        ("PLAIN", b"\0\0t0k".to_vec(), true),
+        ("PLAIN", b"\0\0stolen".to_vec(), false),
+    ];
+    for (mechanism, response, ok) in cases {
+        let mut p = pipe();
+        let mut input = handshake_with(mechanism, &response);
+        input.extend(method(1, &Method::ChannelOpen));
+        input.extend(method(1, &declare("a-tok")));
+        let got = exchange(&mut p, &input);
+        if ok {
+            assert!(
+                matches!(&got[4], In::M(1, Method::QueueDeclareOk { queue, .. }) if queue == "a-tok"),
+                "{mechanism}: {got:?}"
+            );
+        } else {
+            assert!(
+                matches!(&got[1], In::M(0, Method::ConnectionClose { code: 403, text, .. }) if !text.contains("nope") && !text.contains("stolen")),
+                "{mechanism}: {got:?}"
+            );
+        }
+    }
 }
