@@ -32,6 +32,10 @@
 //!   and acks with [`FailureKind::Unavailable`] and a retry hint (HTTP: 503
 //!   with `Retry-After`), so a driver need not check for itself.
 //!
+//! Longer than most files here: the contract's types, the trait with the
+//! defaults of its optional methods, and the lifecycle wrapper that
+//! forwards each of them.
+//!
 //! # Threading
 //!
 //! Methods are called from any reactor thread at once and must not block:

@@ -59,6 +59,9 @@
 //! takes writes again only once restarted, after recovery has replayed
 //! what the disk really holds: restart the instance through the
 //! management API (`bindery ctl restart NAME`) or restart the server.
+//!
+//! Longer than most files here: the configuration, the instance and its
+//! driver methods, each journaling what it changes, belong together.
 
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]

@@ -121,6 +121,10 @@
 //! combinator stack and more methods than the server answers, and its
 //! packed-bit decoding had a bug that only servers hit; every method here is
 //! round-trip tested, bits included.
+//!
+//! Longer than most files here: this overview is the crate's manual (the
+//! mapping, what is supported, auth); the code is the configuration and
+//! the state an instance's connections share.
 
 mod channel;
 #[cfg(test)]
