@@ -13,7 +13,8 @@
 //! macro calls the harness expression once per case; `bindery certify`
 //! gives every case a scratch directory of its own.
 //!
-//! - queues: [`QUEUE`], and for durable queues also [`DURABLE`];
+//! - queues: [`QUEUE`], and for durable queues also [`DURABLE`]; purge
+//!   and delete (optional: `Unsupported` passes) in `driver_manage.rs`;
 //! - topics: [`TOPIC`].
 //!
 //! Longer than most files here: the driver suites (queue, durable, topic)
@@ -31,6 +32,9 @@ use bindery_classes::{Consumer, Delivery, Message, MessageId};
 use bytes::Bytes;
 
 use crate::{Case, ensure};
+
+#[path = "driver_manage.rs"]
+mod manage;
 
 /// What a driver case gets: a way to make an instance.
 pub type Harness = dyn Fn() -> DriverHandle;
@@ -76,6 +80,14 @@ pub const QUEUE: &[Case<Harness>] = &[
         name: "stop_ends_every_subscription",
         run: stop_ends_every_subscription,
     },
+    Case {
+        name: "purge_removes_the_waiting_messages_not_the_leased",
+        run: manage::purge_removes_the_waiting_messages_not_the_leased,
+    },
+    Case {
+        name: "delete_honours_its_conditions_and_ends_consumers",
+        run: manage::delete_honours_its_conditions_and_ends_consumers,
+    },
 ];
 
 /// The rules a durable queue keeps beyond [`QUEUE`].
@@ -91,6 +103,10 @@ pub const DURABLE: &[Case<Harness>] = &[
     Case {
         name: "a_stopped_instance_hands_its_store_to_the_next",
         run: a_stopped_instance_hands_its_store_to_the_next,
+    },
+    Case {
+        name: "purged_and_deleted_messages_stay_gone_after_a_restart",
+        run: manage::purged_and_deleted_messages_stay_gone_after_a_restart,
     },
 ];
 
@@ -159,6 +175,8 @@ macro_rules! driver_suite {
                     concurrent_publishers_and_consumers_lose_and_duplicate_nothing,
                     reports_itself_as_a_queue,
                     stop_ends_every_subscription,
+                    purge_removes_the_waiting_messages_not_the_leased,
+                    delete_honours_its_conditions_and_ends_consumers,
                 ]
             );
         }
@@ -175,6 +193,7 @@ macro_rules! driver_suite {
                     messages_and_acks_survive_a_restart,
                     a_full_store_refuses_publishes_and_still_takes_acks,
                     a_stopped_instance_hands_its_store_to_the_next,
+                    purged_and_deleted_messages_stay_gone_after_a_restart,
                 ]
             );
         }

@@ -19,6 +19,9 @@
 //!   progress in its [`Receipt`].
 //! - [`Driver::ack`] settles a leased message and completes once the ack
 //!   is kept; an unknown id is an error, not a panic.
+//! - [`Driver::purge`] and [`Driver::delete`] are a queue's management
+//!   (AMQP `queue.purge` and `queue.delete`); a driver that cannot do them
+//!   keeps the defaults, which fail with [`FailureKind::Unsupported`].
 //! - [`Driver::stop`] ends the instance's life (it is stopped, restarted
 //!   or removed, or the server stops): end every subscription with
 //!   [`Delivery::Closed`](crate::Delivery::Closed), complete what was
@@ -28,6 +31,10 @@
 //!   [`register`] makes the instance refuse new publishes, subscriptions
 //!   and acks with [`FailureKind::Unavailable`] and a retry hint (HTTP: 503
 //!   with `Retry-After`), so a driver need not check for itself.
+//!
+//! Longer than most files here: the contract's types, the trait with the
+//! defaults of its optional methods, and the lifecycle wrapper that
+//! forwards each of them.
 //!
 //! # Threading
 //!
@@ -152,6 +159,16 @@ pub struct DestinationStats {
     pub refused: u64,
 }
 
+/// When [`Driver::delete`] refuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// Refuse (`Rejected`) while the queue has consumers.
+    pub if_unused: bool,
+    /// Refuse (`Rejected`) while the queue holds messages, waiting or
+    /// leased.
+    pub if_empty: bool,
+}
+
 /// A destination: stores messages and delivers them to consumers.
 pub trait Driver: Send + Sync + 'static {
     /// What kind of destination this is. Constant for the instance's life.
@@ -223,6 +240,35 @@ pub trait Driver: Send + Sync + 'static {
         Err(Failure::new(
             FailureKind::Unsupported,
             format!("{destination}: this destination cannot give a message back early"),
+        ))
+    }
+
+    /// Removes every message waiting at queue `destination`; those leased
+    /// stay with their consumers (settled by their ack, back if given
+    /// back). Completes with how many were removed, once their removal is
+    /// kept as [`DriverInfo`] promises (a durable driver: on disk, so they
+    /// do not come back after a restart). A destination the driver does
+    /// not hold: `NotFound`. Drivers that cannot say `Unsupported`.
+    fn purge(&self, destination: &str, done: Completion<u64>) {
+        done.fail(Failure::new(
+            FailureKind::Unsupported,
+            format!("{destination}: this destination cannot be purged"),
+        ))
+    }
+
+    /// Deletes queue `destination`: every message, waiting and leased, is
+    /// dropped and every subscription ended with
+    /// [`Delivery::Closed`](crate::Delivery::Closed); a later publish
+    /// makes the queue anew. Completes with how many messages were
+    /// dropped, once kept as [`DriverInfo`] promises. Refused with
+    /// `Rejected` (nothing changed) as `options` say; a destination the
+    /// driver does not hold: `NotFound`. Drivers that cannot say
+    /// `Unsupported`.
+    fn delete(&self, destination: &str, options: DeleteOptions, done: Completion<u64>) {
+        let _ = options;
+        done.fail(Failure::new(
+            FailureKind::Unsupported,
+            format!("{destination}: this destination cannot be deleted"),
         ))
     }
 
@@ -363,6 +409,20 @@ impl<D: Driver> Driver for Lifecycle<D> {
     fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
         self.refuse(destination)?;
         self.inner.retry(destination, id)
+    }
+
+    fn purge(&self, destination: &str, done: Completion<u64>) {
+        match self.refuse(destination) {
+            Ok(()) => self.inner.purge(destination, done),
+            Err(f) => done.fail(f),
+        }
+    }
+
+    fn delete(&self, destination: &str, options: DeleteOptions, done: Completion<u64>) {
+        match self.refuse(destination) {
+            Ok(()) => self.inner.delete(destination, options, done),
+            Err(f) => done.fail(f),
+        }
     }
 
     fn stats(&self) -> Vec<DestinationStats> {

@@ -50,7 +50,7 @@ pub mod worker;
 
 pub use consumer::{Consumer, Delivery, Subscription, SubscriptionControl};
 pub use dispatcher::Dispatcher;
-pub use driver::{DestinationStats, Driver, DriverInfo, Receipt, SubscribeOptions};
+pub use driver::{DeleteOptions, DestinationStats, Driver, DriverInfo, Receipt, SubscribeOptions};
 pub use message::{Message, MessageId};
 pub use parser::{ParseError, Parser};
 pub use terminal::{Probe, Terminal};

@@ -22,7 +22,7 @@ use bindery::{Failure, FailureKind};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::consumer::{Consumer, Delivery, Subscription, SubscriptionControl};
-use crate::driver::{DestinationStats, SubscribeOptions};
+use crate::driver::{DeleteOptions, DestinationStats, SubscribeOptions};
 use crate::message::{Message, MessageId};
 use crate::metrics::{DestinationMeters, Scope};
 
@@ -421,6 +421,64 @@ impl Queues {
                 format!("{destination}: no leased message {id}"),
             )),
         }
+    }
+
+    /// Removes the messages waiting at `destination` (not those leased);
+    /// returns their ids, for a journal to record.
+    pub fn purge(&self, destination: &str) -> Result<Vec<MessageId>, Failure> {
+        let q = self.queue(destination, false)?;
+        let mut q = lock(&q);
+        Ok(q.ready.drain(..).map(|m| m.id).collect())
+    }
+
+    /// Deletes queue `destination` as [`crate::Driver::delete`] says;
+    /// returns the ids of the messages dropped (waiting and leased), for a
+    /// journal to record. A publish being stored meanwhile goes into the
+    /// deleted queue and is lost with it.
+    pub fn delete(
+        &self,
+        destination: &str,
+        options: DeleteOptions,
+    ) -> Result<Vec<MessageId>, Failure> {
+        let (dropped, subs) = {
+            let mut all = self.shared.queues.write();
+            let Some(queue) = all.get(destination).cloned() else {
+                return Err(Failure::new(
+                    FailureKind::NotFound,
+                    format!("no queue {destination}"),
+                ));
+            };
+            let mut q = lock(&queue);
+            if options.if_unused && !q.subs.is_empty() {
+                return Err(Failure::new(
+                    FailureKind::Rejected,
+                    format!(
+                        "{destination}: the queue has {} consumers (if-unused)",
+                        q.subs.len()
+                    ),
+                ));
+            }
+            if options.if_empty && q.depth() > 0 {
+                return Err(Failure::new(
+                    FailureKind::Rejected,
+                    format!(
+                        "{destination}: the queue holds {} messages (if-empty)",
+                        q.depth()
+                    ),
+                ));
+            }
+            all.remove(destination);
+            let mut dropped: Vec<MessageId> = q.ready.drain(..).map(|m| m.id).collect();
+            dropped.extend(q.leased.drain().map(|(id, _)| id));
+            q.expiries.clear();
+            (dropped, std::mem::take(&mut q.subs))
+        };
+        for s in subs {
+            s.consumer.deliver(Delivery::Closed(format!(
+                "{destination}: the queue was deleted"
+            )));
+        }
+        Ok(dropped)
     }
 
     /// Counters per queue, sorted by destination.

@@ -1,6 +1,8 @@
 //! AMQP 0-9-1 end to end: the `bindery` binary with an unmodified client
 //! library (lapin), HTTP and MQTT on the same queues and topics, and raw
-//! TCP for bad input.
+//! TCP for bad input. Longer than most files here: one test per promise
+//! of the issue (confirms, prefetch, redelivery, topics, purge and delete,
+//! bad frames, durability), sharing the client helpers.
 
 mod common;
 
@@ -14,7 +16,8 @@ use common::{Server, agent, config};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -303,6 +306,79 @@ fn a_topic_exchange_meets_mqtt_and_http_on_one_topic() {
             break;
         }
     }
+}
+
+#[test]
+fn purge_and_delete_remove_messages_and_honour_their_conditions() {
+    let (server, addr) = start();
+    run(async {
+        let conn = connect(addr).await;
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        declare(&ch, "lapin-purge", false).await;
+        for body in [&b"1"[..], b"2", b"3"] {
+            publish(&ch, "", "lapin-purge", body).await;
+        }
+        let purged = ch
+            .queue_purge("lapin-purge".into(), QueuePurgeOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(purged, 3);
+        assert_eq!(declare(&ch, "lapin-purge", true).await.1, 0);
+        publish(&ch, "", "lapin-purge", b"after").await;
+        let got = ch
+            .basic_get("lapin-purge".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("the message after the purge");
+        assert_eq!(got.delivery.data, b"after");
+
+        for body in [&b"a"[..], b"b"] {
+            publish(&ch, "", "lapin-delete", body).await;
+        }
+        let refused = ch
+            .queue_delete(
+                "lapin-delete".into(),
+                QueueDeleteOptions {
+                    if_empty: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect_err("if-empty refuses a queue with messages");
+        assert!(
+            refused.to_string().contains("PRECONDITION_FAILED"),
+            "{refused}"
+        );
+        // The channel closed; the connection serves on.
+        let ch = conn.create_channel().await.unwrap();
+        let deleted = ch
+            .queue_delete("lapin-delete".into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(deleted, 2);
+        let gone = ch
+            .queue_declare(
+                "lapin-delete".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect_err("a deleted queue is gone");
+        assert!(gone.to_string().contains("NOT_FOUND"), "{gone}");
+    });
+    // HTTP finds nothing in the deleted queue either.
+    let (status, _, _) = common::outcome(
+        agent()
+            .get(&server.url("/queues/lapin-delete?wait=0"))
+            .call(),
+    );
+    assert_ne!(status, 200);
 }
 
 #[test]

@@ -59,6 +59,9 @@
 //! takes writes again only once restarted, after recovery has replayed
 //! what the disk really holds: restart the instance through the
 //! management API (`bindery ctl restart NAME`) or restart the server.
+//!
+//! Longer than most files here: the configuration, the instance and its
+//! driver methods, each journaling what it changes, belong together.
 
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
@@ -73,7 +76,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bindery::{Completion, Failure};
-use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
+use bindery_classes::driver::{
+    self, DeleteOptions, DestinationStats, DriverInfo, Receipt, SubscribeOptions,
+};
 use bindery_classes::metrics::Scope;
 use bindery_classes::queue::{QueueLimits, Queues};
 use bindery_classes::{Consumer, Driver, Message, MessageId, Subscription};
@@ -289,6 +294,47 @@ impl FileQueue {
         self.space.used()
     }
 
+    /// Journals an ack for each of `ids` (removed from `destination` by a
+    /// purge or a delete), so recovery does not bring them back; completes
+    /// `done` with their number once every record is written.
+    fn forget(&self, destination: &str, ids: Vec<MessageId>, done: Completion<u64>) {
+        let n = ids.len() as u64;
+        if ids.is_empty() {
+            return done.succeed(0);
+        }
+        // (records still to write, the first failure, what to complete)
+        type Joined = (usize, Option<Failure>, Option<Completion<u64>>);
+        let joined: Arc<Mutex<Joined>> = Arc::new(Mutex::new((ids.len(), None, Some(done))));
+        for id in ids {
+            let liveness = self.liveness.clone();
+            let joined = joined.clone();
+            self.journal.append(
+                Kind::Ack,
+                |buf| record::encode_ack(buf, id, destination),
+                Box::new(move |written| {
+                    let mut j = joined.lock();
+                    match written {
+                        Ok(_) => liveness.lock().acked(id),
+                        Err(f) => {
+                            j.1.get_or_insert(f);
+                        }
+                    }
+                    j.0 -= 1;
+                    if j.0 == 0 {
+                        let (failure, done) = (j.1.take(), j.2.take());
+                        drop(j);
+                        if let Some(done) = done {
+                            match failure {
+                                Some(f) => done.fail(f),
+                                None => done.succeed(n),
+                            }
+                        }
+                    }
+                }),
+            );
+        }
+    }
+
     /// Segment files the journal keeps now.
     pub fn segments(&self) -> usize {
         self.liveness.lock().segments()
@@ -369,6 +415,20 @@ impl Driver for FileQueue {
 
     fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
         self.queues.retry(destination, id)
+    }
+
+    fn purge(&self, destination: &str, done: Completion<u64>) {
+        match self.queues.purge(destination) {
+            Ok(ids) => self.forget(destination, ids, done),
+            Err(f) => done.fail(f),
+        }
+    }
+
+    fn delete(&self, destination: &str, options: DeleteOptions, done: Completion<u64>) {
+        match self.queues.delete(destination, options) {
+            Ok(ids) => self.forget(destination, ids, done),
+            Err(f) => done.fail(f),
+        }
     }
 
     fn stats(&self) -> Vec<DestinationStats> {

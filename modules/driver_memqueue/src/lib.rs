@@ -16,7 +16,9 @@
 //! ```
 
 use bindery::{Completion, Failure};
-use bindery_classes::driver::{self, DestinationStats, DriverInfo, Receipt, SubscribeOptions};
+use bindery_classes::driver::{
+    self, DeleteOptions, DestinationStats, DriverInfo, Receipt, SubscribeOptions,
+};
 use bindery_classes::metrics::Scope;
 use bindery_classes::queue::{QueueLimits, Queues};
 use bindery_classes::{Consumer, Driver, Message, MessageId, Subscription};
@@ -132,6 +134,18 @@ impl Driver for MemQueue {
 
     fn retry(&self, destination: &str, id: MessageId) -> Result<(), Failure> {
         self.queues.retry(destination, id)
+    }
+
+    fn purge(&self, destination: &str, done: Completion<u64>) {
+        done.complete(self.queues.purge(destination).map(|ids| ids.len() as u64));
+    }
+
+    fn delete(&self, destination: &str, options: DeleteOptions, done: Completion<u64>) {
+        done.complete(
+            self.queues
+                .delete(destination, options)
+                .map(|ids| ids.len() as u64),
+        );
     }
 
     fn stop(&self) {

@@ -12,9 +12,10 @@ use bindery_classes::{MessageId, Subscription};
 use bytes::Bytes;
 
 use crate::core::{Core, Refusal, code, hard, soft};
+use crate::manage::Managing;
 use crate::methods::Method;
-use crate::queues::stats;
 use crate::wire::ContentHeader;
+use bindery_classes::driver::DeleteOptions;
 
 /// A message taken from a queue and not yet settled.
 pub(crate) struct Unacked {
@@ -100,6 +101,13 @@ pub(crate) enum Pending {
     Get { channel: u16, driver: DriverHandle },
     /// Topic messages for a queue (`queue.bind`).
     Bridge { queue: Arc<str> },
+    /// A `queue.purge` or `queue.delete` waiting for its driver.
+    Manage {
+        channel: u16,
+        queue: String,
+        what: Managing,
+        no_wait: bool,
+    },
 }
 
 /// A publish waiting for its driver.
@@ -168,7 +176,9 @@ impl Core {
             return;
         };
         // Cancel first, so the released messages do not come back here.
+        let paths: Vec<Arc<str>> = c.consumers.values().map(|c| c.path.clone()).collect();
         c.consumers.clear();
+        self.auto_delete(paths);
         c.get = None;
         // Deliveries already on their way find no tag and go back to their
         // queues (see `Core::noted`).
@@ -283,9 +293,20 @@ impl Core {
                 queue,
                 passive,
                 exclusive,
+                auto_delete,
                 no_wait,
                 ..
-            } => self.queue_declare(io, ch, queue, passive, exclusive, no_wait),
+            } => self.queue_declare(
+                io,
+                ch,
+                queue,
+                crate::queues::Declare {
+                    passive,
+                    exclusive,
+                    auto_delete,
+                    no_wait,
+                },
+            ),
             Method::QueueBind {
                 queue,
                 exchange,
@@ -314,57 +335,36 @@ impl Core {
                 self.send(io, ch, &Method::QueueUnbindOk);
                 Ok(())
             }
-            Method::QueuePurge { queue, .. } => Err(soft(
-                code::NOT_IMPLEMENTED,
-                format!(
-                    "NOT_IMPLEMENTED - queue.purge of {queue:?}: the queue driver has no purge"
-                ),
-            )),
-            Method::QueueDelete { queue, no_wait, .. } => {
-                let (driver, path) = self.queue(&queue, false)?;
-                let depth = stats(&driver, &path).0;
-                self.shared.queues.lock().remove(&queue);
-                self.shared.unroute(&queue);
-                self.bindings.retain(|b| b.queue != queue);
-                // This connection's consumers of the queue are cancelled,
-                // and told so.
-                for (c, chan) in self.channels.iter_mut() {
-                    let gone: Vec<Arc<str>> = chan
-                        .consumers
-                        .iter()
-                        .filter(|(_, c)| c.path == path)
-                        .map(|(t, _)| t.clone())
-                        .collect();
-                    for tag in gone {
-                        chan.consumers.remove(&tag);
-                        crate::wire::put_frame(io.out(), crate::wire::METHOD, *c, |out| {
-                            crate::methods::encode(
-                                out,
-                                &Method::BasicCancel {
-                                    consumer_tag: tag.to_string(),
-                                    no_wait: true,
-                                },
-                            )
-                        });
-                    }
-                }
-                if !no_wait {
-                    self.send(
-                        io,
-                        ch,
-                        &Method::QueueDeleteOk {
-                            message_count: depth,
-                        },
-                    );
-                }
-                Ok(())
-            }
+            Method::QueuePurge { queue, no_wait } => self.queue_manage(
+                io,
+                ch,
+                queue,
+                Managing::Purge,
+                DeleteOptions::default(),
+                no_wait,
+            ),
+            Method::QueueDelete {
+                queue,
+                if_unused,
+                if_empty,
+                no_wait,
+            } => self.queue_manage(
+                io,
+                ch,
+                queue,
+                Managing::Delete,
+                DeleteOptions {
+                    if_unused,
+                    if_empty,
+                },
+                no_wait,
+            ),
             Method::BasicPublish {
                 exchange,
                 routing_key,
                 mandatory,
                 immediate,
-            } => self.publish(ch, exchange, routing_key, mandatory, immediate),
+            } => self.publish(io, ch, exchange, routing_key, mandatory, immediate),
             Method::ConfirmSelect { no_wait } => {
                 self.channel(ch)?.confirm = true;
                 if !no_wait {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bindery::{Completion, Failure, Note};
+use bindery_classes::auth::Action;
 use bindery_classes::connection::Io;
 use bindery_classes::driver::{DriverHandle, Receipt, SubscribeOptions};
 use bindery_classes::{Delivery, Message, MessageId};
@@ -68,6 +69,7 @@ impl Core {
             } => {
                 let (driver, path) = self.queue(&queue, true)?;
                 self.require_known(&queue, &driver, &path)?;
+                self.allow_queue(io, Action::Consume, &queue, &path)?;
                 let id = self.id;
                 let c = self.channel(ch)?;
                 let tag: Arc<str> = if consumer_tag.is_empty() {
@@ -131,7 +133,9 @@ impl Core {
                 no_wait,
             } => {
                 let gone = self.channel(ch)?.consumers.remove(consumer_tag.as_str());
+                let path = gone.as_ref().map(|c| c.path.clone());
                 drop(gone);
+                self.auto_delete(path.into_iter().collect());
                 // A delivery already on its way finds no tag and goes back
                 // to its queue (see `noted`).
                 self.pending.retain(|_, p| {
@@ -145,6 +149,7 @@ impl Core {
             Method::BasicGet { queue, no_ack } => {
                 let (driver, path) = self.queue(&queue, true)?;
                 self.require_known(&queue, &driver, &path)?;
+                self.allow_queue(io, Action::Consume, &queue, &path)?;
                 let tag = self.tag(Pending::Get {
                     channel: ch,
                     driver: driver.clone(),
@@ -381,6 +386,7 @@ impl Core {
                     _ => {}
                 }
             }
+            Some(Pending::Manage { .. }) => self.managed(io, note),
             Some(Pending::Bridge { queue }) => {
                 let queue = queue.clone();
                 if let Ok(Delivery::Message(m)) = note.take::<Delivery>() {

@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 use crate::Shared;
 use crate::channel::{Binding, Channel, Pending};
+use crate::guard::{self, Guard};
 use crate::methods::{self, Method};
 use crate::wire::{self, Framed, Table, Value};
 
@@ -61,6 +62,9 @@ pub(crate) struct Refusal {
     pub(crate) code: u16,
     pub(crate) text: String,
     pub(crate) connection: bool,
+    /// Not a refusal: the auth instance was asked, and the frame is held
+    /// until it answers ([`crate::guard`]).
+    pub(crate) held: bool,
 }
 
 /// A channel exception.
@@ -69,6 +73,7 @@ pub(crate) fn soft(code: u16, text: impl Into<String>) -> Refusal {
         code,
         text: text.into(),
         connection: false,
+        held: false,
     }
 }
 
@@ -78,6 +83,7 @@ pub(crate) fn hard(code: u16, text: impl Into<String>) -> Refusal {
         code,
         text: text.into(),
         connection: true,
+        held: false,
     }
 }
 
@@ -128,6 +134,10 @@ pub(crate) struct Core {
     blocked_until: Option<Instant>,
     /// Tags of `basic.get`s answered empty (see [`crate::consume`]).
     pub(crate) retired_gets: std::collections::VecDeque<u64>,
+    /// Who the client is, and what it may do ([`crate::guard`]).
+    pub(crate) guard: Guard,
+    /// The frame being handled is held ([`Core::frame`]).
+    held: bool,
     unused: usize,
 }
 
@@ -155,6 +165,8 @@ impl Core {
             retired_gets: Default::default(),
             blocked_capable: false,
             blocked_until: None,
+            guard: Guard::default(),
+            held: false,
             unused: 0,
         }
     }
@@ -253,6 +265,11 @@ impl Core {
         };
         for q in mine {
             self.shared.unroute(&q);
+            // An exclusive queue goes with its connection.
+            let path = self.shared.queue_path(&q);
+            if let Ok(driver) = self.shared.dispatcher.driver(&path) {
+                crate::manage::delete_quietly(&self.shared, &driver, &q, &path, Default::default());
+            }
         }
     }
 
@@ -300,7 +317,11 @@ impl Core {
                     ("platform".into(), text("Rust")),
                     ("capabilities".into(), Value::Table(capabilities)),
                 ],
-                mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+                mechanisms: Bytes::from_static(if self.shared.config.use_identity_as_username {
+                    &b"EXTERNAL PLAIN AMQPLAIN"[..]
+                } else {
+                    &b"PLAIN AMQPLAIN"[..]
+                }),
                 locales: Bytes::from_static(b"en_US"),
             },
         );
@@ -320,6 +341,7 @@ impl Core {
                 Method::ConnectionStartOk {
                     mechanism,
                     client_properties,
+                    response,
                     ..
                 },
             ) => {
@@ -327,7 +349,9 @@ impl Core {
                     k == "capabilities"
                         && matches!(v, Value::Table(t) if t.iter().any(|(k, v)| k == "connection.blocked" && *v == Value::Bool(true)))
                 });
-                if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+                let external =
+                    mechanism == "EXTERNAL" && self.shared.config.use_identity_as_username;
+                if mechanism != "PLAIN" && mechanism != "AMQPLAIN" && !external {
                     return Err(hard(
                         code::ACCESS_REFUSED,
                         format!(
@@ -335,6 +359,7 @@ impl Core {
                         ),
                     ));
                 }
+                self.login(io, &mechanism, &response)?;
                 self.send(
                     io,
                     0,
@@ -398,8 +423,8 @@ impl Core {
                 self.send(io, 0, &Method::ConnectionOpenOk);
                 self.stage = Stage::Running;
             }
-            // Credentials are not checked yet (an auth class will): a new
-            // secret is as good as the old.
+            // The identity stays the one logged in: a new secret (a
+            // refreshed token) is not checked again.
             (Stage::Running, Method::ConnectionUpdateSecret { .. }) => {
                 self.send(io, 0, &Method::ConnectionUpdateSecretOk);
             }
@@ -425,8 +450,16 @@ impl Core {
         Ok(())
     }
 
-    /// One frame.
-    fn frame(&mut self, io: &mut Io<'_>, f: wire::Frame<'_>) {
+    /// One frame; `false` if it is held for the auth instance's answer
+    /// (not used: it is offered again).
+    fn frame(&mut self, io: &mut Io<'_>, f: wire::Frame<'_>) -> bool {
+        self.held = false;
+        self.frame_inner(io, f);
+        !self.held
+    }
+
+    /// One frame, handled or held.
+    fn frame_inner(&mut self, io: &mut Io<'_>, f: wire::Frame<'_>) {
         if f.kind == wire::HEARTBEAT {
             if f.channel != 0 {
                 self.fail(
@@ -503,7 +536,9 @@ impl Core {
             self.channel_method(io, f.channel, m)
         };
         if let Err(r) = result {
-            if r.connection {
+            if r.held {
+                self.held = true;
+            } else if r.connection {
                 self.fail(io, r.code, &r.text, id);
             } else {
                 self.channel_fail(io, f.channel, r.code, &r.text, id);
@@ -535,7 +570,7 @@ impl Protocol for Core {
             self.stage = Stage::StartOk;
             self.start(io);
         }
-        while self.closing != Closing::Done {
+        while self.closing != Closing::Done && !self.guard.waiting() {
             let max = if self.stage == Stage::Running {
                 self.frame_max
             } else {
@@ -543,8 +578,13 @@ impl Protocol for Core {
             };
             match wire::frame(&input[used..], max) {
                 Ok(Framed::Frame(f, n)) => {
+                    if !self.frame(io, f) {
+                        // Held for the auth instance: offered again after
+                        // its answer.
+                        break;
+                    }
+                    self.guard.handled();
                     used += n;
-                    self.frame(io, f);
                 }
                 Ok(Framed::Partial) => break,
                 Err(e) => {
@@ -574,6 +614,9 @@ impl Protocol for Core {
         if note.tag == RESUME || self.closing == Closing::Done {
             return;
         }
+        if note.tag == guard::LOGIN || note.tag == guard::ACCESS {
+            return self.answered(note);
+        }
         if note.tag == FULL {
             if let Ok(f) = note.take::<bindery::Failure>() {
                 self.slow_down(io, &f);
@@ -584,7 +627,9 @@ impl Protocol for Core {
     }
 
     fn intake(&self, reading: &Reading) -> Intake {
-        if self.closing == Closing::Done || self.publishing.load(Ordering::Relaxed) > MAX_PUBLISHING
+        if self.closing == Closing::Done
+            || self.guard.waiting()
+            || self.publishing.load(Ordering::Relaxed) > MAX_PUBLISHING
         {
             return Intake::Wait;
         }
@@ -646,6 +691,10 @@ impl Protocol for Core {
             }
             _ => {}
         }
+    }
+
+    fn certified(&mut self, chain: &[bindery_classes::connection::CertificateDer<'static>]) {
+        self.certified_by(chain);
     }
 
     fn peer_closed(&mut self, _: &mut Io<'_>) {

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bindery::{Completion, Failure, FailureKind};
+use bindery_classes::auth::Action;
 use bindery_classes::connection::Io;
 use bindery_classes::driver::Receipt;
 use bindery_classes::{Message, MessageId};
@@ -32,6 +33,7 @@ fn topic_key(key: &str) -> bool {
 impl Core {
     pub(crate) fn publish(
         &mut self,
+        io: &mut Io<'_>,
         ch: u16,
         exchange: String,
         routing_key: String,
@@ -76,6 +78,9 @@ impl Core {
                 .map(|q| self.shared.queue_path(q))
                 .collect(),
         };
+        for path in &paths {
+            self.allow(io, Action::Publish, path)?;
+        }
         let topic = kind == Some(Kind::Topic);
         let via = matches!(kind, Some(Kind::Direct | Kind::Fanout));
         self.channel(ch)?.incoming = Some(Incoming {

@@ -10,8 +10,10 @@ use bindery_classes::connection::Io;
 use bindery_classes::driver::{DriverHandle, SubscribeOptions};
 
 use crate::core::{Core, Refusal, code, hard, soft};
+use crate::guard::held;
 use crate::methods::Method;
 use crate::{Declared, Kind};
+use bindery_classes::auth::Action;
 
 use crate::channel::{Binding, Pending, queue_name};
 
@@ -33,6 +35,14 @@ pub(crate) fn filter(key: &str) -> Option<String> {
             .collect::<Vec<_>>()
             .join("/"),
     )
+}
+
+/// `queue.declare`'s flags.
+pub(crate) struct Declare {
+    pub(crate) passive: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) no_wait: bool,
 }
 
 /// A queue's depth and consumers from its driver's stats.
@@ -183,11 +193,16 @@ impl Core {
         io: &mut Io<'_>,
         ch: u16,
         mut queue: String,
-        passive: bool,
-        exclusive: bool,
-        no_wait: bool,
+        how: Declare,
     ) -> Result<(), Refusal> {
-        if queue.is_empty() && !passive {
+        let Declare {
+            passive,
+            exclusive,
+            auto_delete,
+            no_wait,
+        } = how;
+        let server_named = queue.is_empty() && !passive;
+        if server_named {
             queue = format!("amq.gen-{}-{}", self.id, MessageId::next());
         } else if queue.starts_with("amq.")
             && !passive
@@ -210,13 +225,33 @@ impl Core {
                 ));
             }
         } else {
+            let known = self.shared.queues.lock().contains_key(&queue)
+                || driver.stats().iter().any(|s| *s.destination == *path);
+            if !known && !server_named {
+                // Making a queue: for one who may consume from it or
+                // publish to it.
+                match self.permit(io, Action::Consume, &path) {
+                    Some(true) => {}
+                    None => return Err(held()),
+                    Some(false) => match self.permit(io, Action::Publish, &path) {
+                        Some(true) => {}
+                        None => return Err(held()),
+                        Some(false) => return Err(self.denied(Action::Consume, &path)),
+                    },
+                }
+            }
+            if server_named && self.shared.auth.is_some() {
+                self.guard.made.insert(queue.clone());
+            }
             let mut queues = self.shared.queues.lock();
-            let d = queues
-                .entry(queue.clone())
-                .or_insert(Declared { owner: None });
+            let d = queues.entry(queue.clone()).or_insert(Declared {
+                owner: None,
+                auto_delete: false,
+            });
             if exclusive {
                 d.owner = Some(self.id);
             }
+            d.auto_delete |= auto_delete;
         }
         if !no_wait {
             self.send(
@@ -255,6 +290,14 @@ impl Core {
             )
         })?;
         let (_, path) = self.queue(&queue, true)?;
+        if kind == Kind::Topic {
+            // What the binding feeds the queue is as if published to it.
+            if let Some(f) = filter(&key) {
+                let topic = format!("{}{f}", self.shared.config.topic_root);
+                self.allow(io, Action::Subscribe, &topic)?;
+                self.allow_queue(io, Action::Publish, &queue, &path)?;
+            }
+        }
         if kind != Kind::Topic {
             let mut routes = self.shared.routes.lock();
             let bound = routes.entry(exchange).or_default();

@@ -18,7 +18,7 @@ use crate::methods::{self, Method};
 use crate::wire::{self, ContentHeader, Framed, Properties, Value};
 use crate::{Config, Shared, Stats};
 
-const SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
 
 fn shared() -> Arc<Shared> {
     shared_with(Default::default())
@@ -45,14 +45,14 @@ fn pipe(shared: &Arc<Shared>) -> Pipe<Core> {
 
 /// A frame the test reads back.
 #[derive(Debug, PartialEq)]
-enum In {
+pub(crate) enum In {
     M(u16, Method),
     H(u16, ContentHeader),
     B(u16, Vec<u8>),
     Beat,
 }
 
-fn frames(mut out: &[u8]) -> Vec<In> {
+pub(crate) fn frames(mut out: &[u8]) -> Vec<In> {
     let mut all = Vec::new();
     if out.starts_with(b"AMQP") {
         out = &out[8..];
@@ -70,13 +70,13 @@ fn frames(mut out: &[u8]) -> Vec<In> {
     all
 }
 
-fn method(ch: u16, m: &Method) -> Vec<u8> {
+pub(crate) fn method(ch: u16, m: &Method) -> Vec<u8> {
     let mut out = Vec::new();
     wire::put_frame(&mut out, wire::METHOD, ch, |o| methods::encode(o, m));
     out
 }
 
-fn publish(ch: u16, exchange: &str, key: &str, body: &[u8], mandatory: bool) -> Vec<u8> {
+pub(crate) fn publish(ch: u16, exchange: &str, key: &str, body: &[u8], mandatory: bool) -> Vec<u8> {
     let mut out = method(
         ch,
         &Method::BasicPublish {
@@ -100,7 +100,7 @@ fn publish(ch: u16, exchange: &str, key: &str, body: &[u8], mandatory: bool) -> 
 }
 
 /// A connection through open, with channel 1 open.
-fn open(shared: &Arc<Shared>) -> Pipe<Core> {
+pub(crate) fn open(shared: &Arc<Shared>) -> Pipe<Core> {
     let mut p = pipe(shared);
     let mut input = wire::PROTOCOL_HEADER.to_vec();
     input.extend(method(
@@ -152,7 +152,7 @@ fn open(shared: &Arc<Shared>) -> Pipe<Core> {
     p
 }
 
-fn declare(q: &str) -> Method {
+pub(crate) fn declare(q: &str) -> Method {
     Method::QueueDeclare {
         queue: q.into(),
         passive: false,
