@@ -9,11 +9,9 @@ fn main() {
     for i in 0..COUNT {
         let _ = writeln!(
             out,
-            "#[bindery::linkme::distributed_slice(bindery::BINDERY_MODULES)]\n\
-             #[linkme(crate = bindery::linkme)]\n\
-             static M{i}: bindery::ModuleDescriptor = bindery::ModuleDescriptor {{ \
+            "bindery::__register! {{ static M{i} = bindery::ModuleDescriptor {{ \
              class: \"generated\", name: \"m{i}\", version: \"0.0.0\", abi: bindery::ABI_VERSION, \
-             description: \"generated\", krate: \"generated\", main: generated_main, certify_config: \"\" }};"
+             description: \"generated\", krate: \"generated\", main: generated_main, certify_config: \"\" }}; }}"
         );
     }
     let dir = std::env::var("OUT_DIR").expect("OUT_DIR");
