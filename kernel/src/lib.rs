@@ -82,6 +82,15 @@ pub mod routes;
 mod runtime;
 mod suggest;
 
+#[cfg(all(feature = "linkme", not(feature = "inventory")))]
+#[doc(hidden)]
+pub use backend::__linkme;
+#[cfg(all(feature = "linkme", not(feature = "inventory")))]
+pub use backend::BINDERY_MODULES;
+pub use backend::REGISTRATION;
+#[cfg(feature = "inventory")]
+#[doc(hidden)]
+pub use backend::{__Entry, __inventory};
 pub use bindings::{KeyKind, Table};
 pub use completion::{Completion, Failure, FailureKind, Note};
 pub use config::{
@@ -94,15 +103,6 @@ pub use kernel::{
     Monitor, Reload, Runtime, State, linked_modules,
 };
 pub use reactor::{Address, Cx, Handler, ReactorHandle};
-#[cfg(all(feature = "linkme", not(feature = "inventory")))]
-pub use backend::BINDERY_MODULES;
-#[cfg(feature = "inventory")]
-#[doc(hidden)]
-pub use backend::{__Entry, __inventory};
-pub use backend::REGISTRATION;
-#[cfg(all(feature = "linkme", not(feature = "inventory")))]
-#[doc(hidden)]
-pub use backend::__linkme;
 pub use registry::{
     ABI_VERSION, Class, ModuleDescriptor, ModuleList, ModuleMain, Registrar, Registry, Untyped,
 };

@@ -468,9 +468,7 @@ impl Registry {
         Self::register(modules.iter().copied())
     }
 
-    fn register(
-        slice: impl Iterator<Item = &'static ModuleDescriptor>,
-    ) -> Result<Registry, Error> {
+    fn register(slice: impl Iterator<Item = &'static ModuleDescriptor>) -> Result<Registry, Error> {
         let mut modules: Vec<&'static ModuleDescriptor> = Vec::with_capacity(slice.size_hint().0);
         // Hashes of class and name; a repeated hash is checked exactly.
         let mut seen: FxHashSet<u64> = FxHashSet::default();
