@@ -21,8 +21,8 @@ pub use crate::runtime::Runtime;
 /// Describes the linked modules without running any module main (for
 /// `--list-modules`).
 pub fn linked_modules(list: ModuleList) -> Result<Vec<&'static ModuleDescriptor>, Error> {
-    crate::registry::check(list.descriptors(), &crate::BINDERY_MODULES)?;
-    let mut all: Vec<_> = crate::BINDERY_MODULES.iter().collect();
+    crate::registry::check(list.descriptors(), crate::backend::table())?;
+    let mut all: Vec<_> = crate::backend::table().collect();
     all.sort_by_key(|d| (d.class, d.name));
     Ok(all)
 }

@@ -7,7 +7,9 @@
 //!
 //! - **registration at link time** ([`module!`], [`modules!`],
 //!   [`Registry`]): each module crate places a `const` [`ModuleDescriptor`]
-//!   in one `linkme` slice; a server's main file lists the crates it links,
+//!   in the module table (a `linkme` slice by default, or `inventory`'s
+//!   constructors with the `inventory` feature: [`REGISTRATION`] says
+//!   which); a server's main file lists the crates it links,
 //!   and the kernel refuses to start if a listed module is missing, two
 //!   modules share a class and name, a module's ABI differs, or a module
 //!   main fails. A module names its [`Class`] as a type, and its module main
@@ -64,6 +66,7 @@
 //! A completion dropped unanswered reports [`FailureKind::Dropped`]: the
 //! caller always hears back.
 
+mod backend;
 pub mod bindings;
 pub mod completion;
 pub mod config;
@@ -79,6 +82,15 @@ pub mod routes;
 mod runtime;
 mod suggest;
 
+#[cfg(all(feature = "linkme", not(feature = "inventory")))]
+#[doc(hidden)]
+pub use backend::__linkme;
+#[cfg(all(feature = "linkme", not(feature = "inventory")))]
+pub use backend::BINDERY_MODULES;
+pub use backend::REGISTRATION;
+#[cfg(feature = "inventory")]
+#[doc(hidden)]
+pub use backend::{__Entry, __inventory};
 pub use bindings::{KeyKind, Table};
 pub use completion::{Completion, Failure, FailureKind, Note};
 pub use config::{
@@ -92,9 +104,5 @@ pub use kernel::{
 };
 pub use reactor::{Address, Cx, Handler, ReactorHandle};
 pub use registry::{
-    ABI_VERSION, BINDERY_MODULES, Class, ModuleDescriptor, ModuleList, ModuleMain, Registrar,
-    Registry, Untyped,
+    ABI_VERSION, Class, ModuleDescriptor, ModuleList, ModuleMain, Registrar, Registry, Untyped,
 };
-
-#[doc(hidden)]
-pub use linkme;

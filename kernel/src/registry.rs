@@ -1,15 +1,16 @@
-//! Link-time registration: module descriptors, the module table, the main
-//! file's list, and the registrar a module main fills in.
+//! Link-time registration: module descriptors, the main file's list, and
+//! the registrar a module main fills in.
 //!
 //! A module crate declares itself once with [`module!`](crate::module), which
-//! places a `const` [`ModuleDescriptor`] into the [`BINDERY_MODULES`]
-//! distributed slice. Nothing runs before `main`: the slice is assembled by
-//! the linker. A server's main file names the crates it links with
-//! [`modules!`](crate::modules); that list takes the address of every
-//! descriptor, so a listed crate cannot be dropped by rustc or the linker, and
-//! [`Registry::load`] refuses to go on if a listed module is missing from the
-//! slice, if two modules share a class and name, or if a module was built for
-//! another ABI.
+//! places a `const` [`ModuleDescriptor`] in the module table (a `linkme`
+//! distributed slice, [`BINDERY_MODULES`](crate::BINDERY_MODULES), or with
+//! the `inventory` feature a list built by constructors; see
+//! [`REGISTRATION`](crate::REGISTRATION)). A server's main file names the
+//! crates it links with [`modules!`](crate::modules); that list takes the
+//! address of every descriptor, so a listed crate cannot be dropped by rustc
+//! or the linker, and [`Registry::load`] refuses to go on if a listed module
+//! is missing from the table, if two modules share a class and name, or if a
+//! module was built for another ABI. Both backends share every check here.
 //!
 //! Longer than most files here: the descriptor, the two macros, the typed
 //! registrar and the load-time checks, which must agree with each other.
@@ -34,7 +35,7 @@ pub const ABI_VERSION: u32 = 1;
 /// A module's "module main": registers the module's instance factory.
 pub type ModuleMain = fn(&mut Registrar<'_>) -> Result<(), BoxError>;
 
-/// What a module says of itself, placed in [`BINDERY_MODULES`] at link time.
+/// What a module says of itself, placed in the module table at link time.
 #[derive(Debug)]
 pub struct ModuleDescriptor {
     /// The module class: `terminal`, `dispatcher`, `parser`, `driver`, ...
@@ -65,13 +66,6 @@ impl ModuleDescriptor {
     }
 }
 
-/// The module table: every module descriptor linked into this binary.
-///
-/// Use [`module!`](crate::module) to add to it; read it through
-/// [`Registry`].
-#[linkme::distributed_slice]
-pub static BINDERY_MODULES: [ModuleDescriptor];
-
 /// Declares this crate's module: a `pub static MODULE` descriptor placed in
 /// the kernel's module table.
 ///
@@ -99,10 +93,9 @@ macro_rules! module {
         main: $main:path
         $(, certify_config: $certify:expr)? $(,)?
     ) => {
+        $crate::__register! {
         /// This crate's module descriptor, in the kernel's module table.
-        #[$crate::linkme::distributed_slice($crate::BINDERY_MODULES)]
-        #[linkme(crate = $crate::linkme)]
-        pub static MODULE: $crate::ModuleDescriptor = $crate::ModuleDescriptor {
+        pub static MODULE = $crate::ModuleDescriptor {
             class: <$class as $crate::Class>::NAME,
             name: $name,
             version: env!("CARGO_PKG_VERSION"),
@@ -119,6 +112,7 @@ macro_rules! module {
             },
             certify_config: $crate::__or_empty!($($certify)?),
         };
+        }
     };
 }
 
@@ -375,30 +369,30 @@ impl fmt::Debug for Registry {
     }
 }
 
-/// Checks the slice against a list and for duplicates and ABI, without
+/// Checks the table against a list and for duplicates and ABI, without
 /// running any module main.
-pub(crate) fn check(
-    listed: &[&'static ModuleDescriptor],
-    slice: &'static [ModuleDescriptor],
-) -> Result<(), Error> {
-    check_listed(listed, slice)?;
+pub(crate) fn check<I>(listed: &[&'static ModuleDescriptor], table: I) -> Result<(), Error>
+where
+    I: Iterator<Item = &'static ModuleDescriptor> + Clone,
+{
+    check_listed(listed, table.clone())?;
     let mut seen: FxHashMap<(&str, &str), &ModuleDescriptor> = FxHashMap::default();
-    seen.reserve(slice.len());
-    for d in slice {
+    seen.reserve(table.size_hint().0);
+    for d in table {
         check_one(d, seen.insert((d.class, d.name), d))?;
     }
     Ok(())
 }
 
-/// Every listed descriptor must be in the slice.
-fn check_listed(
-    listed: &[&'static ModuleDescriptor],
-    slice: &'static [ModuleDescriptor],
-) -> Result<(), Error> {
+/// Every listed descriptor must be in the table.
+fn check_listed<I>(listed: &[&'static ModuleDescriptor], table: I) -> Result<(), Error>
+where
+    I: Iterator<Item = &'static ModuleDescriptor> + Clone,
+{
     let present: Box<dyn Fn(&ModuleDescriptor) -> bool> = if listed.len() < 16 {
-        Box::new(|want| slice.iter().any(|have| std::ptr::eq(have, want)))
+        Box::new(move |want| table.clone().any(|have| std::ptr::eq(have, want)))
     } else {
-        let set: FxHashSet<*const ModuleDescriptor> = slice.iter().map(|d| d as *const _).collect();
+        let set: FxHashSet<*const ModuleDescriptor> = table.map(|d| d as *const _).collect();
         Box::new(move |want| set.contains(&(want as *const _)))
     };
     match listed.iter().find(|want| !present(want)) {
@@ -452,7 +446,9 @@ impl Registry {
     /// Loads every linked module: checks the main file's list against the
     /// module table, then runs each module main.
     pub fn load(list: ModuleList) -> Result<Registry, Error> {
-        Self::load_from(list.descriptors(), &BINDERY_MODULES)
+        let table = crate::backend::table();
+        check_listed(list.descriptors(), table.clone())?;
+        Self::register(table)
     }
 
     /// Like [`Registry::load`] over an explicit slice (tests use this to check
@@ -461,7 +457,7 @@ impl Registry {
         listed: &[&'static ModuleDescriptor],
         slice: &'static [ModuleDescriptor],
     ) -> Result<Registry, Error> {
-        check_listed(listed, slice)?;
+        check_listed(listed, slice.iter())?;
         Self::register(slice.iter())
     }
 
@@ -472,13 +468,11 @@ impl Registry {
         Self::register(modules.iter().copied())
     }
 
-    fn register(
-        slice: impl ExactSizeIterator<Item = &'static ModuleDescriptor>,
-    ) -> Result<Registry, Error> {
-        let mut modules: Vec<&'static ModuleDescriptor> = Vec::with_capacity(slice.len());
+    fn register(slice: impl Iterator<Item = &'static ModuleDescriptor>) -> Result<Registry, Error> {
+        let mut modules: Vec<&'static ModuleDescriptor> = Vec::with_capacity(slice.size_hint().0);
         // Hashes of class and name; a repeated hash is checked exactly.
         let mut seen: FxHashSet<u64> = FxHashSet::default();
-        seen.reserve(slice.len());
+        seen.reserve(slice.size_hint().0);
         let mut classes: FxHashMap<&'static str, ClassInfo> = FxHashMap::default();
         for descriptor in slice {
             let earlier =

@@ -1,4 +1,6 @@
-//! Generates 10,000 module descriptors for the `registered` binary.
+//! Generates 10,000 module descriptors for the `registered` binaries, and
+//! links the `_nopie` binaries as executables that are not
+//! position-independent (only those two: every other build stays as it is).
 
 use std::fmt::Write as _;
 
@@ -9,14 +11,19 @@ fn main() {
     for i in 0..COUNT {
         let _ = writeln!(
             out,
-            "#[bindery::linkme::distributed_slice(bindery::BINDERY_MODULES)]\n\
-             #[linkme(crate = bindery::linkme)]\n\
-             static M{i}: bindery::ModuleDescriptor = bindery::ModuleDescriptor {{ \
+            "bindery::__register! {{ static M{i} = bindery::ModuleDescriptor {{ \
              class: \"generated\", name: \"m{i}\", version: \"0.0.0\", abi: bindery::ABI_VERSION, \
-             description: \"generated\", krate: \"generated\", main: generated_main, certify_config: \"\" }};"
+             description: \"generated\", krate: \"generated\", main: generated_main, certify_config: \"\" }}; }}"
         );
     }
     let dir = std::env::var("OUT_DIR").expect("OUT_DIR");
     std::fs::write(format!("{dir}/registrations.rs"), out).expect("write registrations");
+    // x86_64 Linux with a cc driver (what Cargo uses there): `-no-pie` comes
+    // after rustc's own `-pie`, and the last one wins.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        for bin in ["registered_nopie", "empty_nopie"] {
+            println!("cargo::rustc-link-arg-bin={bin}=-no-pie");
+        }
+    }
     println!("cargo::rerun-if-changed=build.rs");
 }

@@ -47,7 +47,8 @@ pub struct Cli {
     /// List the modules this binary links, without starting.
     #[arg(long)]
     pub list_modules: bool,
-    /// With --list-modules: print JSON.
+    /// With --list-modules: print JSON (`registration`: the backend,
+    /// `modules`: the list).
     #[arg(long = "json", requires = "list_modules")]
     pub list_json: bool,
     /// Reactor threads (0: one per core). Overrides `threads` in `[server]`.
@@ -275,7 +276,10 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
                     })
                 })
                 .collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            let all = serde_json::json!({
+                "registration": bindery::REGISTRATION, "modules": list,
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
         } else {
             for d in modules {
                 writeln!(
@@ -287,6 +291,7 @@ fn run_cli(cli: &Cli, linked: ModuleList, default_config: &str) -> anyhow::Resul
                     d.description
                 )?;
             }
+            writeln!(out, "registration: {}", bindery::REGISTRATION)?;
         }
         return Ok(());
     }

@@ -44,7 +44,7 @@ fn ctl_lists_creates_stops_and_removes() {
     let (code, out, _) = ctl(&s, &["info"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("registration") && out.contains("linkme"),
+        out.contains("registration") && out.contains(bindery::REGISTRATION),
         "{out}"
     );
 

@@ -1,6 +1,16 @@
 //! Registration at link time: every module crate a main file lists is in
-//! the module table, in whatever profile and with whatever linker CI builds
-//! this test (`.ci/run` runs it in debug and release).
+//! the module table, in whatever profile, with whatever linker and with
+//! whichever registration backend CI builds this test (`scripts/test` runs
+//! it in debug and release, with rust-lld and GNU ld, on linkme and with
+//! `--features inventory`: inventory has its own history of silently
+//! dropped entries).
+
+/// The backend this build of the server should report.
+const BACKEND: &str = if cfg!(feature = "inventory") {
+    "inventory"
+} else {
+    "linkme"
+};
 
 use std::process::Command;
 
@@ -56,6 +66,7 @@ fn every_listed_module_crate_is_registered() {
         assert!(!d.description.is_empty());
     }
     assert_eq!(linked_modules(linked).unwrap().len(), want.len());
+    assert_eq!(bindery::REGISTRATION, BACKEND);
 }
 
 #[test]
@@ -65,8 +76,9 @@ fn the_server_binary_lists_its_modules_without_starting() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<String> = list
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(all["registration"], BACKEND);
+    let ids: Vec<String> = all["modules"]
         .as_array()
         .unwrap()
         .iter()
@@ -109,4 +121,22 @@ fn the_server_binary_lists_its_modules_without_starting() {
         text.contains("terminal.http") && text.contains("terminal_http"),
         "{text}"
     );
+    assert!(text.contains(&format!("registration: {BACKEND}")), "{text}");
+}
+
+/// The inventory build links no linkme at all: no slice section, no
+/// `__start_`/`__stop_` bounds of one (read with binutils' `readelf`).
+#[cfg(all(feature = "inventory", target_os = "linux"))]
+#[test]
+fn the_inventory_build_links_no_linkme_slice() {
+    for (args, always) in [("-SW", ".init_array"), ("-sW", "main")] {
+        let out = Command::new("readelf")
+            .args([args, env!("CARGO_BIN_EXE_bindery")])
+            .output()
+            .expect("readelf (binutils) runs");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(always), "readelf {args}: no {always}?");
+        assert!(!text.contains("linkme"), "{args:?}: linkme is linked");
+    }
 }

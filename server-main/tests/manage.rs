@@ -114,7 +114,7 @@ fn the_api_describes_the_server() {
     let s = Server::start(&config(""));
     let api = Api::of(&s);
     let system = api.expect(200, "GET", "/v1/system", None);
-    assert_eq!(system["registration"], "linkme");
+    assert_eq!(system["registration"], bindery::REGISTRATION);
     assert!(system["cores"].as_u64().unwrap() >= 1);
     assert_eq!(system["pid"].as_u64().unwrap(), u64::from(s.pid()));
     let modules = api.expect(200, "GET", "/v1/modules", None);

@@ -2,7 +2,8 @@
 //! loading them: checks, module mains) against the same binary with none.
 //! The difference of the two is what registrations cost at start.
 //!
-//! Run: `cargo bench -p bindery-startup-bench`.
+//! Run: `cargo bench -p bindery-startup-bench [--features inventory]`;
+//! `scripts/bench-startup` compares both backends, PIE and not, in one run.
 
 // criterion's macros make undocumented items.
 #![allow(missing_docs)]
@@ -23,6 +24,12 @@ fn startup(c: &mut Criterion) {
     });
     g.bench_function("registered_10000", |b| {
         b.iter(|| run(env!("CARGO_BIN_EXE_registered")))
+    });
+    g.bench_function("empty_main_nopie", |b| {
+        b.iter(|| run(env!("CARGO_BIN_EXE_empty_nopie")))
+    });
+    g.bench_function("registered_10000_nopie", |b| {
+        b.iter(|| run(env!("CARGO_BIN_EXE_registered_nopie")))
     });
     g.finish();
 }

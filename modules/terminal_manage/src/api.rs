@@ -161,7 +161,7 @@ fn system(rt: &Runtime) -> System {
             .get()
             .and_then(|t| t.elapsed().ok())
             .map_or(0, |d| d.as_secs()),
-        registration: "linkme",
+        registration: bindery::REGISTRATION,
         instances: rt.instances().len(),
     }
 }

@@ -1,9 +1,4 @@
-//! Starts with no module registrations and loads the (empty) table.
+//! Starts with no module registrations and loads the (empty) table: the
+//! baseline of `registered`.
 
-fn main() {
-    let n = bindery_startup_bench::load();
-    if n != 0 {
-        eprintln!("expected no modules, found {n}");
-        std::process::exit(1);
-    }
-}
+include!("../empty.rs");
