@@ -25,8 +25,10 @@
 //!   raised. A node renews the entries it holds; the entries of a node that
 //!   died are claimed by the others once idle for `orphan_after_ms`. A
 //!   lease with less than `orphan_after_ms` left has its idle time set in
-//!   Redis (once) to reach `orphan_after_ms` when it ends, so a dead
-//!   node's short leases come back when they end. A longer lease comes
+//!   Redis (once, in the reader's next round after the delivery) to
+//!   reach `orphan_after_ms` when it ends, so a dead node's short leases
+//!   come back when they end (a node that dies within that moment loses
+//!   them to `orphan_after_ms`, as a long one). A longer lease comes
 //!   back `orphan_after_ms` after its node stopped renewing it, sooner
 //!   than its end: a dead node holds nothing longer than that (its
 //!   consumers' connections died with it; a pull consumer's ack through
