@@ -124,6 +124,11 @@ impl Core {
                         done
                     } else {
                         let join = Join::new(parts, done);
+                        // In this order into the store's journal: a record
+                        // that says the packet id was taken is never on
+                        // disk without the copies it stands for (a crash
+                        // between them at worst publishes a resend again).
+                        self.shared.store_copies(p.topic, targets, &message, &join);
                         if retain {
                             store.retain(p.topic, &message, join.part(false, false));
                         }
@@ -131,7 +136,6 @@ impl Core {
                             self.shared
                                 .save_session_then(session, Some(join.part(false, false)));
                         }
-                        self.shared.store_copies(p.topic, targets, &message, &join);
                         join.part(true, false)
                     }
                 }
