@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::future::Future;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use common::amqp::run;
 use common::mqtt::{publish_packet, raw, read_packet, subscribe_on};
 use common::{Server, agent, config};
 use futures_util::StreamExt;
@@ -20,31 +20,17 @@ use lapin::options::{
     QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
+
+/// A guest login.
+async fn connect(addr: SocketAddr) -> Connection {
+    common::amqp::connect(addr, "guest", "guest").await.unwrap()
+}
 
 fn start() -> (Server, SocketAddr) {
     let s = Server::start(&config(""));
     let amqp = s.bound("127.0.0.7:0");
     (s, amqp)
-}
-
-/// Runs `f` on a runtime of its own, bounded so a hang fails the test.
-fn run<F: Future<Output = ()>>(f: F) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), f)
-            .await
-            .expect("the test finished in time")
-    });
-}
-
-async fn connect(addr: SocketAddr) -> Connection {
-    Connection::connect(
-        &format!("amqp://guest:guest@{addr}/%2f"),
-        ConnectionProperties::default(),
-    )
-    .await
-    .unwrap()
 }
 
 async fn declare(ch: &Channel, name: &str, passive: bool) -> (String, u32) {

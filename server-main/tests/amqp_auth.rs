@@ -5,20 +5,19 @@
 
 mod common;
 
-use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
+use common::amqp::{connect, run};
 use common::{Server, TempDir, metric};
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 
 const ACL: &str = "
 allow  alice  all                /queues/shared
@@ -64,24 +63,6 @@ auth = "default"
     let s = Server::start_at(dir, &config, &["--threads", "2"]);
     let amqp = s.bound("127.0.0.7:0");
     (s, amqp)
-}
-
-/// Runs `f` on a runtime of its own, bounded so a hang fails the test.
-fn run<F: Future<Output = ()>>(f: F) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), f)
-            .await
-            .expect("the test finished in time")
-    });
-}
-
-async fn connect(addr: SocketAddr, user: &str, password: &str) -> lapin::Result<Connection> {
-    Connection::connect(
-        &format!("amqp://{user}:{password}@{addr}/%2f"),
-        ConnectionProperties::default(),
-    )
-    .await
 }
 
 async fn channel(addr: SocketAddr, user: &str, password: &str) -> (Connection, Channel) {

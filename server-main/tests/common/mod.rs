@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod amqp;
 pub mod children;
 pub mod conn;
 pub mod mqtt;
